@@ -1,0 +1,1 @@
+//! The config file: model, loading and validation.

@@ -1,0 +1,1 @@
+//! Service proxy: Kubernetes Services programmed into IPVS.

@@ -1,0 +1,11 @@
+//! lbd: one daemon for Kubernetes control-plane nodes.
+//!
+//! `vrrp` holds the apiserver VIP, `tcplb` + `health` replace haproxy, `ipvs`
+//! replaces kube-proxy in IPVS mode. Only `app` knows every subsystem; `vrrp`
+//! and `ipvs` never import each other; pure modules import no I/O.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod ipvs;
+pub mod sys;
+pub mod vrrp;

@@ -1,0 +1,1 @@
+//! VRRP speaker (RFC 5798 v3, RFC 3768 v2).
