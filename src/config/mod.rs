@@ -1,1 +1,3 @@
 //! The config file: model, loading and validation.
+mod model;
+pub use model::*;

@@ -1,0 +1,195 @@
+//! The validated configuration: plain typed values, no I/O, no spans.
+//!
+//! Produced by [`crate::config::parse`] from the YAML file (see SPEC.md);
+//! every subsystem reads only these types.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub vrrp: Option<VrrpConfig>,
+    pub tcplb: Option<TcplbConfig>,
+    pub proxy: Option<ProxyConfig>,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeConfig {
+    /// Defaults to the host name.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VrrpConfig {
+    pub instances: Vec<VrrpInstanceConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum VrrpVersion {
+    V2,
+    V3,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VrrpInstanceConfig {
+    pub name: String,
+    pub interface: String,
+    pub vrid: u8,
+    pub version: VrrpVersion,
+    /// 1-254 (255 is reserved for the address owner, which lbd never is).
+    pub priority: u8,
+    pub advert_interval: Duration,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    /// All of one family; IPv6 only with version 3.
+    pub virtual_ips: Vec<IpNet>,
+    /// Empty: multicast 224.0.0.18 / ff02::12.
+    pub unicast_peers: Vec<IpAddr>,
+    /// v2 only, at most 8 bytes (keepalived's PASS); empty: no authentication.
+    pub auth_pass: String,
+    pub track: Vec<TrackConfig>,
+    /// Gratuitous ARPs / unsolicited NAs sent at once on becoming master.
+    pub garp_burst: u32,
+    /// Period of the gratuitous ARP refresh while master; None: off.
+    pub garp_refresh: Option<Duration>,
+    /// Command run on every state change as `CMD INSTANCE STATE`.
+    pub notify: Option<String>,
+    /// valid_lft of the VIPs: a crashed lbd leaves no VIP behind for longer.
+    /// The master renews it well before it runs out.
+    pub vip_lifetime: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TrackTarget {
+    /// Fails while that tcplb listener has no healthy backend.
+    Listener(String),
+    /// Fails while that interface's link is down.
+    Interface(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrackConfig {
+    pub target: TrackTarget,
+    /// Added to the priority while failing (usually negative).
+    pub weight: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TcplbConfig {
+    pub listeners: Vec<ListenerConfig>,
+    /// On SIGTERM: how long established sessions may go on before exit.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    Source,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OnBackendDown {
+    /// Established sessions go on (haproxy's default).
+    Keep,
+    /// Established sessions to a backend marked down are closed.
+    ShutdownSessions,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub balance: Balance,
+    pub backends: Vec<SocketAddr>,
+    pub health: HealthConfig,
+    pub connect_timeout: Duration,
+    /// Further backends tried after a failed connect.
+    pub retries: u32,
+    pub max_connections: u32,
+    pub on_backend_down: OnBackendDown,
+    /// None: sessions may idle forever (kube watches live for hours).
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HealthKind {
+    Https,
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub path: String,
+    pub expect_status: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Host header; default: the backend address.
+    pub host: Option<String>,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ProxyMode {
+    Ipvs,
+    Nftables,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProxyConfig {
+    pub mode: ProxyMode,
+    pub kube_proxy_config: Option<PathBuf>,
+    /// None: in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    pub cluster_cidr: Vec<IpNet>,
+    pub masquerade_all: bool,
+    /// Empty: NodePorts on every local address.
+    pub node_port_addresses: Vec<IpNet>,
+    /// Overrides node.name for the Node object and topology.
+    pub hostname_override: Option<String>,
+    pub ipvs: IpvsConfig,
+    pub healthz_bind: Option<SocketAddr>,
+    pub metrics_bind: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IpvsConfig {
+    pub scheduler: String,
+    pub strict_arp: bool,
+    pub exclude_cidrs: Vec<IpNet>,
+    pub sync_period: Duration,
+    pub min_sync_period: Duration,
+    /// IPVS connection timeouts; None leaves the kernel's value.
+    pub tcp_timeout: Option<Duration>,
+    pub tcp_fin_timeout: Option<Duration>,
+    pub udp_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdminConfig {
+    /// Unix socket, mode 0600.
+    pub socket: PathBuf,
+    /// TCP listener for /healthz /readyz /metrics /status; None: off.
+    pub listen: Option<SocketAddr>,
+}
