@@ -7,5 +7,6 @@
 
 pub mod config;
 pub mod ipvs;
+pub mod status;
 pub mod sys;
 pub mod vrrp;
