@@ -1,1 +1,2 @@
 //! Service proxy: Kubernetes Services programmed into IPVS.
+pub mod desired;
