@@ -1,2 +1,3 @@
 //! Service proxy: Kubernetes Services programmed into IPVS.
 pub mod desired;
+pub mod plan;
