@@ -1,3 +1,5 @@
 //! Service proxy: Kubernetes Services programmed into IPVS.
 pub mod desired;
 pub mod plan;
+pub mod kube;
+pub mod metrics;
