@@ -1,1 +1,13 @@
 //! Service proxy: Kubernetes Services programmed into IPVS.
+
+// Kernel side (ipvs-kernel): model, codec, handle.
+pub mod fake;
+pub mod handle;
+pub mod model;
+
+pub use fake::{FakeIpvs, IpvsCall};
+pub use handle::{IpvsError, IpvsHandle};
+pub use model::{
+    DestKey, FwdMethod, IpvsInfo, Protocol, RealServer, ServiceFlags, ServiceKey, Timeouts,
+    VirtualServer,
+};
