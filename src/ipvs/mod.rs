@@ -1,5 +1,19 @@
 //! Service proxy: Kubernetes Services programmed into IPVS.
+
+// Kernel side (ipvs-kernel): model, codec, handle.
+pub mod fake;
+pub mod handle;
+pub mod model;
+
+pub use fake::{FakeIpvs, IpvsCall};
+pub use handle::{IpvsError, IpvsHandle};
+pub use model::{
+    DestKey, FwdMethod, IpvsInfo, Protocol, RealServer, ServiceFlags, ServiceKey, Timeouts,
+    VirtualServer,
+};
+
+// Engine side (ipvs-engine): desired state, plan, watches, sync.
 pub mod desired;
-pub mod plan;
 pub mod kube;
 pub mod metrics;
+pub mod plan;
