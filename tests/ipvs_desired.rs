@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lbd::ipvs::desired::{
-    compute, node_addresses, DesiredParams, DesiredState, Protocol, RsKey, VsKey, VsKind,
+    compute, node_addresses, DesiredParams, DesiredState, DestKey, Protocol, ServiceKey, VsKind,
 };
 use serde_json::{json, Value};
 
@@ -23,20 +23,20 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn key(a: &str, port: u16, proto: Protocol) -> VsKey {
-    VsKey {
+fn key(a: &str, port: u16, proto: Protocol) -> ServiceKey {
+    ServiceKey {
         addr: ip(a),
         port,
-        proto,
+        protocol: proto,
     }
 }
 
-fn rs(list: &[&str]) -> BTreeMap<RsKey, u32> {
+fn rs(list: &[&str]) -> BTreeMap<DestKey, u32> {
     list.iter()
         .map(|s| {
             let sa: std::net::SocketAddr = s.parse().unwrap();
             (
-                RsKey {
+                DestKey {
                     addr: sa.ip(),
                     port: sa.port(),
                 },
@@ -147,8 +147,8 @@ fn cluster_ip_tcp_udp_sctp_with_named_ports() {
         rs(&["10.244.1.2:3868", "10.244.1.3:3868"])
     );
     let vs = &d.virtual_servers[&key("10.96.0.10", 53, Protocol::Udp)];
-    assert_eq!(vs.settings.scheduler, "rr");
-    assert_eq!(vs.settings.persistent_timeout, None);
+    assert_eq!(vs.vs.scheduler, "rr");
+    assert_eq!(vs.vs.persistent, None);
     assert_eq!(vs.kind, VsKind::ClusterIp);
     assert_eq!(vs.service, "default/dns:dns");
     assert_eq!(
@@ -458,7 +458,7 @@ fn node_port_addresses_filter_node_ips() {
                  "ports": [{"port": 80, "nodePort": 31000, "protocol": "UDP"}]}
     }));
     let d = run(&[s.clone()], &[], &["10.0.0.0/8"]);
-    let nodeports: Vec<VsKey> = d
+    let nodeports: Vec<ServiceKey> = d
         .virtual_servers
         .iter()
         .filter(|(_, v)| v.kind == VsKind::NodePort)
@@ -469,7 +469,7 @@ fn node_port_addresses_filter_node_ips() {
     assert!(!d.bind_addresses.contains(&ip("10.0.0.10")));
 
     let d = run(&[s], &[], &["192.168.1.0/24", "fd00:1::/64"]);
-    let nodeports: Vec<VsKey> = d
+    let nodeports: Vec<ServiceKey> = d
         .virtual_servers
         .iter()
         .filter(|(_, v)| v.kind == VsKind::NodePort)
@@ -503,19 +503,17 @@ fn session_affinity_client_ip_sets_persistence() {
     let mut s = cluster_svc("a", "10.96.0.70", json!([{"port": 80}]));
     s.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
     let d = run(&[s.clone()], &[], &[]);
-    assert_eq!(
-        d.virtual_servers[&key("10.96.0.70", 80, Protocol::Tcp)]
-            .settings
-            .persistent_timeout,
-        Some(10800)
-    );
+    let vs = &d.virtual_servers[&key("10.96.0.70", 80, Protocol::Tcp)].vs;
+    assert_eq!(vs.persistent, Some(10800));
+    // Per client address: the full host netmask, as kube-proxy sets it.
+    assert_eq!(vs.netmask, 32);
     s.spec.as_mut().unwrap().session_affinity_config =
         serde_json::from_value(json!({"clientIP": {"timeoutSeconds": 600}})).unwrap();
     let d = run(&[s], &[], &[]);
     assert_eq!(
         d.virtual_servers[&key("10.96.0.70", 80, Protocol::Tcp)]
-            .settings
-            .persistent_timeout,
+            .vs
+            .persistent,
         Some(600)
     );
 }
@@ -536,7 +534,7 @@ fn configured_scheduler_is_used() {
     );
     assert_eq!(
         d.virtual_servers[&key("10.96.0.80", 80, Protocol::Tcp)]
-            .settings
+            .vs
             .scheduler,
         "wlc"
     );

@@ -9,13 +9,11 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Serialize;
 
 /// Label that ties an EndpointSlice to its Service (discovery.k8s.io/v1).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -24,86 +22,20 @@ pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 /// Weight of a serving real server; draining ones get 0.
 pub const DEFAULT_WEIGHT: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
+pub use super::model::{DestKey, Protocol, ServiceKey, VirtualServer};
 
-impl Protocol {
-    /// Kubernetes spelling; absent means TCP.
-    pub fn from_k8s(p: Option<&str>) -> Option<Self> {
-        match p.unwrap_or("TCP") {
-            "TCP" => Some(Self::Tcp),
-            "UDP" => Some(Self::Udp),
-            "SCTP" => Some(Self::Sctp),
-            _ => None,
-        }
+/// Kubernetes spelling of a Service protocol; absent means TCP.
+pub fn protocol_from_k8s(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
     }
-
-    /// IANA protocol number, as IPVS and nftables want it.
-    pub fn number(self) -> u8 {
-        match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Sctp => 132,
-        }
-    }
-
-    pub fn from_number(n: u16) -> Option<Self> {
-        match n {
-            6 => Some(Self::Tcp),
-            17 => Some(Self::Udp),
-            132 => Some(Self::Sctp),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp => "sctp",
-        }
-    }
-}
-
-/// Identity of a virtual server in the kernel: what `ipvsadm -Ln` prints
-/// first on a service line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct VsKey {
-    pub addr: IpAddr,
-    pub port: u16,
-    pub proto: Protocol,
-}
-
-impl fmt::Display for VsKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.addr {
-            IpAddr::V4(a) => write!(f, "{}:{}/{}", a, self.port, self.proto.as_str()),
-            IpAddr::V6(a) => write!(f, "[{}]:{}/{}", a, self.port, self.proto.as_str()),
-        }
-    }
-}
-
-/// Identity of a real server inside one virtual server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct RsKey {
-    pub addr: IpAddr,
-    pub port: u16,
-}
-
-/// The settings of a virtual server the kernel holds (and we compare).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VsSettings {
-    pub scheduler: String,
-    /// sessionAffinity ClientIP: IPVS persistence timeout in seconds.
-    pub persistent_timeout: Option<u32>,
 }
 
 /// Which kind of Service address a virtual server serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum VsKind {
     ClusterIp,
     ExternalIp,
@@ -111,9 +43,10 @@ pub enum VsKind {
     NodePort,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredVs {
-    pub settings: VsSettings,
+    /// The virtual server as the kernel should hold it.
+    pub vs: VirtualServer,
     pub kind: VsKind,
     /// `namespace/name:port-name`, for logs and metrics.
     pub service: String,
@@ -122,13 +55,13 @@ pub struct DesiredVs {
     /// LoadBalancer only: allowed client ranges; empty = everyone.
     pub source_ranges: Vec<IpNet>,
     /// Real servers with their weight.
-    pub real_servers: BTreeMap<RsKey, u32>,
+    pub real_servers: BTreeMap<DestKey, u32>,
 }
 
 /// The whole table lbd wants in the kernel plus what goes on kube-ipvs0.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub virtual_servers: BTreeMap<VsKey, DesiredVs>,
+    pub virtual_servers: BTreeMap<ServiceKey, DesiredVs>,
     /// ClusterIPs, external IPs and LoadBalancer IPs bound on kube-ipvs0 so
     /// the kernel delivers their packets locally, where IPVS picks them up.
     pub bind_addresses: BTreeSet<IpAddr>,
@@ -188,7 +121,7 @@ struct EndpointInfo {
 }
 
 /// Endpoints of one Service port: address:port -> conditions.
-type PortEndpoints = BTreeMap<RsKey, EndpointInfo>;
+type PortEndpoints = BTreeMap<DestKey, EndpointInfo>;
 
 /// Computes the full desired table. Services are taken in (namespace, name)
 /// order; slices are grouped by their service-name label.
@@ -282,10 +215,6 @@ fn add_service(
             .filter(|t| *t > 0)
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
     });
-    let settings = VsSettings {
-        scheduler: params.scheduler.to_string(),
-        persistent_timeout,
-    };
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let source_ranges: Vec<IpNet> = spec
@@ -321,7 +250,7 @@ fn add_service(
 
     let mut added = false;
     for port in spec.ports.iter().flatten() {
-        let Some(proto) = Protocol::from_k8s(port.protocol.as_deref()) else {
+        let Some(proto) = protocol_from_k8s(port.protocol.as_deref()) else {
             continue;
         };
         let Ok(svc_port) = u16::try_from(port.port) else {
@@ -333,8 +262,10 @@ fn add_service(
         let endpoints = port_endpoints(slices, port, proto, params.node_name);
         let port_label = format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or(""));
         let mut add = |addr: IpAddr, port_no: u16, kind: VsKind, local_only: bool| {
+            let mut vs = VirtualServer::new(addr, port_no, proto, params.scheduler);
+            vs.persistent = persistent_timeout;
             let vs = DesiredVs {
-                settings: settings.clone(),
+                vs,
                 kind,
                 service: port_label.clone(),
                 local_only,
@@ -348,10 +279,10 @@ fn add_service(
             // First writer wins on a clash (two Services claiming one
             // external IP and port): deterministic since Services are sorted.
             out.virtual_servers
-                .entry(VsKey {
+                .entry(ServiceKey {
                     addr,
                     port: port_no,
-                    proto,
+                    protocol: proto,
                 })
                 .or_insert(vs);
         };
@@ -409,7 +340,7 @@ fn port_endpoints(
             .flatten()
             .find(|p| {
                 p.name.as_deref().unwrap_or("") == want_name
-                    && Protocol::from_k8s(p.protocol.as_deref()) == Some(proto)
+                    && protocol_from_k8s(p.protocol.as_deref()) == Some(proto)
             })
             .and_then(|p| p.port)
             .and_then(|p| u16::try_from(p).ok())
@@ -434,7 +365,7 @@ fn port_endpoints(
                 let Ok(addr) = a.parse::<IpAddr>() else {
                     continue;
                 };
-                let key = RsKey {
+                let key = DestKey {
                     addr,
                     port: ep_port,
                 };
@@ -457,13 +388,13 @@ fn port_endpoints(
 /// Real servers for one virtual server: same family as the VIP, local ones
 /// only under a Local policy, ready ones, or serving+terminating ones when
 /// no ready one exists (KEP-1669 "ProxyTerminatingEndpoints").
-fn select(endpoints: &PortEndpoints, vip: IpAddr, local_only: bool) -> BTreeMap<RsKey, u32> {
+fn select(endpoints: &PortEndpoints, vip: IpAddr, local_only: bool) -> BTreeMap<DestKey, u32> {
     let candidates = || {
         endpoints
             .iter()
             .filter(move |(k, e)| k.addr.is_ipv4() == vip.is_ipv4() && (!local_only || e.local))
     };
-    let ready: BTreeMap<RsKey, u32> = candidates()
+    let ready: BTreeMap<DestKey, u32> = candidates()
         .filter(|(_, e)| e.ready)
         .map(|(k, _)| (*k, DEFAULT_WEIGHT))
         .collect();
@@ -474,28 +405,4 @@ fn select(endpoints: &PortEndpoints, vip: IpAddr, local_only: bool) -> BTreeMap<
         .filter(|(_, e)| e.serving && e.terminating)
         .map(|(k, _)| (*k, DEFAULT_WEIGHT))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn protocol_numbers_round_trip() {
-        for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
-            assert_eq!(Protocol::from_number(u16::from(p.number())), Some(p));
-        }
-        assert_eq!(Protocol::from_k8s(None), Some(Protocol::Tcp));
-        assert_eq!(Protocol::from_k8s(Some("ICMP")), None);
-    }
-
-    #[test]
-    fn vs_key_display_brackets_v6() {
-        let k = VsKey {
-            addr: "fd00::1".parse().unwrap(),
-            port: 80,
-            proto: Protocol::Udp,
-        };
-        assert_eq!(k.to_string(), "[fd00::1]:80/udp");
-    }
 }

@@ -18,41 +18,54 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use super::desired::{DesiredState, Protocol, RsKey, VsKey, VsSettings};
+use super::desired::DesiredState;
+use super::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
 
-/// A real server as listed from the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelRs {
-    pub weight: u32,
-    pub active_conns: u32,
-    pub inactive_conns: u32,
-}
-
-/// A virtual server as listed from the kernel.
+/// A virtual server as listed from the kernel, real servers with counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelVs {
-    pub settings: VsSettings,
-    pub real_servers: BTreeMap<RsKey, KernelRs>,
+    pub vs: VirtualServer,
+    pub real_servers: BTreeMap<DestKey, RealServer>,
 }
 
 /// What the kernel holds: the IPVS table and the addresses on kube-ipvs0.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
-    pub virtual_servers: BTreeMap<VsKey, KernelVs>,
+    pub virtual_servers: BTreeMap<ServiceKey, KernelVs>,
     pub bound_addresses: BTreeSet<IpAddr>,
+}
+
+impl KernelState {
+    /// From one `IpvsHandle::list_services` and the addresses on kube-ipvs0.
+    pub fn from_listing(
+        listing: Vec<(VirtualServer, Vec<RealServer>)>,
+        bound_addresses: BTreeSet<IpAddr>,
+    ) -> Self {
+        let virtual_servers = listing
+            .into_iter()
+            .map(|(vs, rs)| {
+                let real_servers = rs.into_iter().map(|r| (r.key(), r)).collect();
+                (vs.key(), KernelVs { vs, real_servers })
+            })
+            .collect();
+        KernelState {
+            virtual_servers,
+            bound_addresses,
+        }
+    }
 }
 
 /// One change to apply, in list order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     BindAddress(IpAddr),
-    AddVirtual(VsKey, VsSettings),
-    UpdateVirtual(VsKey, VsSettings),
-    AddReal(VsKey, RsKey, u32),
+    AddVirtual(VirtualServer),
+    UpdateVirtual(VirtualServer),
+    AddReal(ServiceKey, RealServer),
     /// Weight change; weight 0 starts a drain.
-    UpdateReal(VsKey, RsKey, u32),
-    DeleteReal(VsKey, RsKey),
-    DeleteVirtual(VsKey),
+    UpdateReal(ServiceKey, RealServer),
+    DeleteReal(ServiceKey, DestKey),
+    DeleteVirtual(ServiceKey),
     UnbindAddress(IpAddr),
 }
 
@@ -68,7 +81,7 @@ pub struct PlanParams<'a> {
 /// State kept across syncs, outside the kernel: when each drain started.
 #[derive(Debug, Clone, Default)]
 pub struct DrainTracker {
-    since: BTreeMap<(VsKey, RsKey), Instant>,
+    since: BTreeMap<(ServiceKey, DestKey), Instant>,
 }
 
 impl DrainTracker {
@@ -101,7 +114,7 @@ pub fn plan(
 ) -> Plan {
     let excluded = |a: &IpAddr| params.exclude_cidrs.iter().any(|n| n.contains(a));
     let desired_addrs = desired.addresses();
-    let ours = |k: &VsKey| {
+    let ours = |k: &ServiceKey| {
         desired.virtual_servers.contains_key(k)
             || ((desired_addrs.contains(&k.addr) || kernel.bound_addresses.contains(&k.addr))
                 && !excluded(&k.addr))
@@ -113,7 +126,7 @@ pub fn plan(
     let mut del_rs = Vec::new();
     let mut del_vs = Vec::new();
     let mut unbinds = Vec::new();
-    let mut still_draining: BTreeMap<(VsKey, RsKey), Instant> = BTreeMap::new();
+    let mut still_draining: BTreeMap<(ServiceKey, DestKey), Instant> = BTreeMap::new();
 
     for a in desired.bind_addresses.difference(&kernel.bound_addresses) {
         binds.push(Change::BindAddress(*a));
@@ -122,20 +135,19 @@ pub fn plan(
     for (key, want) in &desired.virtual_servers {
         let have = kernel.virtual_servers.get(key);
         match have {
-            None => add_vs.push(Change::AddVirtual(*key, want.settings.clone())),
-            Some(h) if h.settings != want.settings => {
-                add_vs.push(Change::UpdateVirtual(*key, want.settings.clone()))
-            }
+            None => add_vs.push(Change::AddVirtual(want.vs.clone())),
+            Some(h) if h.vs != want.vs => add_vs.push(Change::UpdateVirtual(want.vs.clone())),
             Some(_) => {}
         }
         let empty = BTreeMap::new();
         let have_rs = have.map(|h| &h.real_servers).unwrap_or(&empty);
         for (rs, weight) in &want.real_servers {
+            let want_rs = RealServer::new(rs.addr, rs.port, *weight);
             match have_rs.get(rs) {
-                None => add_rs.push(Change::AddReal(*key, *rs, *weight)),
+                None => add_rs.push(Change::AddReal(*key, want_rs)),
                 // Also brings back a real server we were draining.
-                Some(h) if h.weight != *weight => {
-                    add_rs.push(Change::UpdateReal(*key, *rs, *weight))
+                Some(h) if !h.same_config(&want_rs) => {
+                    add_rs.push(Change::UpdateReal(*key, want_rs))
                 }
                 Some(_) => {}
             }
@@ -147,13 +159,21 @@ pub fn plan(
             // UDP has no connection end to wait for: an entry would only
             // keep sending datagrams to a gone endpoint (kube-proxy deletes
             // UDP real servers at once too).
-            if key.proto == Protocol::Udp {
+            if key.protocol == Protocol::Udp {
                 del_rs.push(Change::DeleteReal(*key, *rs));
                 continue;
             }
             let since = *drains.since.get(&(*key, *rs)).unwrap_or(&now);
             if h.weight != 0 {
-                del_rs.push(Change::UpdateReal(*key, *rs, 0));
+                // Same configuration at weight 0; counters are not config.
+                let drained = RealServer {
+                    weight: 0,
+                    active_conns: 0,
+                    inactive_conns: 0,
+                    persist_conns: 0,
+                    ..h.clone()
+                };
+                del_rs.push(Change::UpdateReal(*key, drained));
                 still_draining.insert((*key, *rs), since);
             } else if h.active_conns + h.inactive_conns == 0
                 || now.saturating_duration_since(since) >= params.drain_timeout
@@ -201,28 +221,28 @@ mod tests {
     use super::*;
     use crate::ipvs::desired::{DesiredVs, VsKind};
 
-    fn vk(a: &str, port: u16, proto: Protocol) -> VsKey {
-        VsKey {
+    fn vk(a: &str, port: u16, proto: Protocol) -> ServiceKey {
+        ServiceKey {
             addr: a.parse().unwrap(),
             port,
-            proto,
+            protocol: proto,
         }
     }
-    fn rk(a: &str, port: u16) -> RsKey {
-        RsKey {
+    fn rk(a: &str, port: u16) -> DestKey {
+        DestKey {
             addr: a.parse().unwrap(),
             port,
         }
     }
-    fn settings() -> VsSettings {
-        VsSettings {
-            scheduler: "rr".into(),
-            persistent_timeout: None,
-        }
+    fn vs(k: ServiceKey) -> VirtualServer {
+        VirtualServer::new(k.addr, k.port, k.protocol, "rr")
     }
-    fn dvs(rs: &[RsKey]) -> DesiredVs {
+    fn rsv(k: DestKey, w: u32) -> RealServer {
+        RealServer::new(k.addr, k.port, w)
+    }
+    fn dvs(k: ServiceKey, rs: &[DestKey]) -> DesiredVs {
         DesiredVs {
-            settings: settings(),
+            vs: vs(k),
             kind: VsKind::ClusterIp,
             service: "default/x:".into(),
             local_only: false,
@@ -230,20 +250,15 @@ mod tests {
             real_servers: rs.iter().map(|r| (*r, 1)).collect(),
         }
     }
-    fn kvs(rs: &[(RsKey, u32, u32)]) -> KernelVs {
+    fn kvs(k: ServiceKey, rs: &[(DestKey, u32, u32)]) -> KernelVs {
         KernelVs {
-            settings: settings(),
+            vs: vs(k),
             real_servers: rs
                 .iter()
                 .map(|(r, w, c)| {
-                    (
-                        *r,
-                        KernelRs {
-                            weight: *w,
-                            active_conns: *c,
-                            inactive_conns: 0,
-                        },
-                    )
+                    let mut x = rsv(*r, *w);
+                    x.active_conns = *c;
+                    (*r, x)
                 })
                 .collect(),
         }
@@ -266,28 +281,24 @@ mod tests {
                 Change::UnbindAddress(a) => {
                     k.bound_addresses.remove(a);
                 }
-                Change::AddVirtual(v, s) | Change::UpdateVirtual(v, s) => {
+                Change::AddVirtual(v) | Change::UpdateVirtual(v) => {
                     k.virtual_servers
-                        .entry(*v)
-                        .or_insert_with(|| kvs(&[]))
-                        .settings = s.clone();
+                        .entry(v.key())
+                        .or_insert_with(|| kvs(v.key(), &[]))
+                        .vs = v.clone();
                 }
                 Change::DeleteVirtual(v) => {
                     k.virtual_servers.remove(v);
                 }
-                Change::AddReal(v, r, w) | Change::UpdateReal(v, r, w) => {
+                Change::AddReal(v, r) | Change::UpdateReal(v, r) => {
                     let e = k
                         .virtual_servers
                         .get_mut(v)
                         .unwrap()
                         .real_servers
-                        .entry(*r)
-                        .or_insert(KernelRs {
-                            weight: 0,
-                            active_conns: 0,
-                            inactive_conns: 0,
-                        });
-                    e.weight = *w;
+                        .entry(r.key())
+                        .or_insert_with(|| r.clone());
+                    e.weight = r.weight;
                 }
                 Change::DeleteReal(v, r) => {
                     k.virtual_servers.get_mut(v).unwrap().real_servers.remove(r);
@@ -298,10 +309,9 @@ mod tests {
 
     fn one_service() -> DesiredState {
         let mut d = DesiredState::default();
-        d.virtual_servers.insert(
-            vk("10.96.0.1", 80, Protocol::Tcp),
-            dvs(&[rk("10.244.0.1", 8080), rk("10.244.0.2", 8080)]),
-        );
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        d.virtual_servers
+            .insert(v, dvs(v, &[rk("10.244.0.1", 8080), rk("10.244.0.2", 8080)]));
         d.bind_addresses.insert("10.96.0.1".parse().unwrap());
         d
     }
@@ -321,9 +331,9 @@ mod tests {
             p.changes,
             vec![
                 Change::BindAddress("10.96.0.1".parse().unwrap()),
-                Change::AddVirtual(v, settings()),
-                Change::AddReal(v, rk("10.244.0.1", 8080), 1),
-                Change::AddReal(v, rk("10.244.0.2", 8080), 1),
+                Change::AddVirtual(vs(v)),
+                Change::AddReal(v, rsv(rk("10.244.0.1", 8080), 1)),
+                Change::AddReal(v, rsv(rk("10.244.0.2", 8080), 1)),
             ]
         );
     }
@@ -349,10 +359,13 @@ mod tests {
         let mut k = KernelState::default();
         k.virtual_servers.insert(
             v,
-            kvs(&[
-                (rk("10.244.0.1", 8080), 1, 5),
-                (rk("10.244.0.2", 8080), 1, 3),
-            ]),
+            kvs(
+                v,
+                &[
+                    (rk("10.244.0.1", 8080), 1, 5),
+                    (rk("10.244.0.2", 8080), 1, 3),
+                ],
+            ),
         );
         k.bound_addresses.insert("10.96.0.1".parse().unwrap());
         let p = plan(
@@ -382,7 +395,7 @@ mod tests {
         let p = plan(&d, &k, &mut t, &params(), now);
         assert_eq!(
             p.changes,
-            vec![Change::AddReal(v, rk("10.244.0.3", 8080), 1)]
+            vec![Change::AddReal(v, rsv(rk("10.244.0.3", 8080), 1))]
         );
     }
 
@@ -393,17 +406,18 @@ mod tests {
         let mut k = KernelState::default();
         k.virtual_servers.insert(
             v,
-            kvs(&[
-                (rk("10.244.0.1", 8080), 1, 0),
-                (rk("10.244.0.2", 8080), 1, 0),
-            ]),
+            kvs(
+                v,
+                &[
+                    (rk("10.244.0.1", 8080), 1, 0),
+                    (rk("10.244.0.2", 8080), 1, 0),
+                ],
+            ),
         );
         k.bound_addresses.insert(v.addr);
-        let s2 = VsSettings {
-            scheduler: "rr".into(),
-            persistent_timeout: Some(10800),
-        };
-        d.virtual_servers.get_mut(&v).unwrap().settings = s2.clone();
+        let mut s2 = vs(v);
+        s2.persistent = Some(10800);
+        d.virtual_servers.get_mut(&v).unwrap().vs = s2.clone();
         let p = plan(
             &d,
             &k,
@@ -411,7 +425,7 @@ mod tests {
             &params(),
             Instant::now(),
         );
-        assert_eq!(p.changes, vec![Change::UpdateVirtual(v, s2)]);
+        assert_eq!(p.changes, vec![Change::UpdateVirtual(s2)]);
     }
 
     #[test]
@@ -421,7 +435,7 @@ mod tests {
         let gone = rk("10.244.0.2", 8080);
         let mut k = KernelState::default();
         k.virtual_servers
-            .insert(v, kvs(&[(rk("10.244.0.1", 8080), 1, 0), (gone, 1, 2)]));
+            .insert(v, kvs(v, &[(rk("10.244.0.1", 8080), 1, 0), (gone, 1, 2)]));
         k.bound_addresses.insert(v.addr);
         d.virtual_servers
             .get_mut(&v)
@@ -432,7 +446,7 @@ mod tests {
         let t0 = Instant::now();
 
         let p = plan(&d, &k, &mut t, &params(), t0);
-        assert_eq!(p.changes, vec![Change::UpdateReal(v, gone, 0)]);
+        assert_eq!(p.changes, vec![Change::UpdateReal(v, rsv(gone, 0))]);
         assert_eq!(p.draining, 1);
         assert_eq!(p.next_deadline, Some(t0 + BOUND));
         apply(&mut k, &p);
@@ -463,7 +477,7 @@ mod tests {
         let gone = rk("10.244.0.2", 8080);
         let mut k = KernelState::default();
         k.virtual_servers
-            .insert(v, kvs(&[(rk("10.244.0.1", 8080), 1, 0), (gone, 1, 9)]));
+            .insert(v, kvs(v, &[(rk("10.244.0.1", 8080), 1, 0), (gone, 1, 9)]));
         d.virtual_servers
             .get_mut(&v)
             .unwrap()
@@ -495,11 +509,11 @@ mod tests {
         let back = rk("10.244.0.2", 8080);
         let mut k = KernelState::default();
         k.virtual_servers
-            .insert(v, kvs(&[(rk("10.244.0.1", 8080), 1, 0), (back, 0, 4)]));
+            .insert(v, kvs(v, &[(rk("10.244.0.1", 8080), 1, 0), (back, 0, 4)]));
         k.bound_addresses.insert(v.addr);
         let mut t = DrainTracker::default();
         let p = plan(&d, &k, &mut t, &params(), Instant::now());
-        assert_eq!(p.changes, vec![Change::UpdateReal(v, back, 1)]);
+        assert_eq!(p.changes, vec![Change::UpdateReal(v, rsv(back, 1))]);
         assert!(t.is_empty());
     }
 
@@ -507,11 +521,14 @@ mod tests {
     fn udp_real_server_is_deleted_at_once() {
         let v = vk("10.96.0.10", 53, Protocol::Udp);
         let mut d = DesiredState::default();
-        d.virtual_servers.insert(v, dvs(&[rk("10.244.0.1", 53)]));
+        d.virtual_servers.insert(v, dvs(v, &[rk("10.244.0.1", 53)]));
         let mut k = KernelState::default();
         k.virtual_servers.insert(
             v,
-            kvs(&[(rk("10.244.0.1", 53), 1, 0), (rk("10.244.0.9", 53), 1, 7)]),
+            kvs(
+                v,
+                &[(rk("10.244.0.1", 53), 1, 0), (rk("10.244.0.9", 53), 1, 7)],
+            ),
         );
         let p = plan(
             &d,
@@ -531,15 +548,22 @@ mod tests {
         // Another tool's service on an address we neither want nor bound.
         k.virtual_servers.insert(
             vk("192.0.2.1", 80, Protocol::Tcp),
-            kvs(&[(rk("192.0.2.2", 80), 1, 0)]),
+            kvs(
+                vk("192.0.2.1", 80, Protocol::Tcp),
+                &[(rk("192.0.2.2", 80), 1, 0)],
+            ),
         );
         // A stale one of ours: its address is still bound on kube-ipvs0.
-        k.virtual_servers
-            .insert(vk("10.96.0.99", 80, Protocol::Tcp), kvs(&[]));
+        k.virtual_servers.insert(
+            vk("10.96.0.99", 80, Protocol::Tcp),
+            kvs(vk("10.96.0.99", 80, Protocol::Tcp), &[]),
+        );
         k.bound_addresses.insert("10.96.0.99".parse().unwrap());
         // Another port on an address we want is ours too.
-        k.virtual_servers
-            .insert(vk("10.96.0.1", 81, Protocol::Tcp), kvs(&[]));
+        k.virtual_servers.insert(
+            vk("10.96.0.1", 81, Protocol::Tcp),
+            kvs(vk("10.96.0.1", 81, Protocol::Tcp), &[]),
+        );
         let p = plan(
             &d,
             &k,
@@ -566,10 +590,14 @@ mod tests {
     fn exclude_cidrs_are_never_cleaned_up() {
         let d = DesiredState::default();
         let mut k = KernelState::default();
-        k.virtual_servers
-            .insert(vk("10.96.0.99", 80, Protocol::Tcp), kvs(&[]));
-        k.virtual_servers
-            .insert(vk("10.97.0.1", 80, Protocol::Tcp), kvs(&[]));
+        k.virtual_servers.insert(
+            vk("10.96.0.99", 80, Protocol::Tcp),
+            kvs(vk("10.96.0.99", 80, Protocol::Tcp), &[]),
+        );
+        k.virtual_servers.insert(
+            vk("10.97.0.1", 80, Protocol::Tcp),
+            kvs(vk("10.97.0.1", 80, Protocol::Tcp), &[]),
+        );
         k.bound_addresses.insert("10.96.0.99".parse().unwrap());
         k.bound_addresses.insert("10.97.0.1".parse().unwrap());
         let excl: Vec<IpNet> = vec!["10.96.0.0/16".parse().unwrap()];
@@ -603,14 +631,14 @@ mod tests {
         let v2 = vk("10.96.0.2", 53, Protocol::Udp);
         d.virtual_servers.clear();
         d.bind_addresses.clear();
-        d.virtual_servers.insert(v2, dvs(&[]));
+        d.virtual_servers.insert(v2, dvs(v2, &[]));
         d.bind_addresses.insert(v2.addr);
         let p = plan(&d, &k, &mut t, &params(), now);
         assert_eq!(
             p.changes,
             vec![
                 Change::BindAddress(v2.addr),
-                Change::AddVirtual(v2, settings()),
+                Change::AddVirtual(vs(v2)),
                 Change::DeleteVirtual(vk("10.96.0.1", 80, Protocol::Tcp)),
                 Change::UnbindAddress("10.96.0.1".parse().unwrap()),
             ]
