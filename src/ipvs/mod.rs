@@ -16,4 +16,5 @@ pub use model::{
 pub mod desired;
 pub mod kube;
 pub mod metrics;
+pub mod nft;
 pub mod plan;
