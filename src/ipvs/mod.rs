@@ -18,3 +18,5 @@ pub mod kube;
 pub mod metrics;
 pub mod nft;
 pub mod plan;
+pub mod server;
+pub mod sync;
