@@ -15,6 +15,7 @@ pub use model::{
 // Engine side (ipvs-engine): desired state, plan, watches, sync.
 pub mod desired;
 pub mod kube;
+pub mod kubeproxy_config;
 pub mod metrics;
 pub mod nft;
 pub mod plan;

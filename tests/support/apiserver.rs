@@ -163,12 +163,27 @@ impl TestApiServer {
         }
         let key = (
             kind,
-            obj["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
-            obj["metadata"]["name"].as_str().expect("metadata.name").to_string(),
+            obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            obj["metadata"]["name"]
+                .as_str()
+                .expect("metadata.name")
+                .to_string(),
         );
-        let ty = if st.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+        let ty = if st.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         st.objects.insert(key, obj.clone());
-        let ev = Event { rv, kind, ty, object: obj };
+        let ev = Event {
+            rv,
+            kind,
+            ty,
+            object: obj,
+        };
         st.history.push(ev.clone());
         let _ = self.events.send(ev);
         rv
@@ -176,13 +191,21 @@ impl TestApiServer {
 
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> bool {
         let mut st = self.lock();
-        let Some(mut obj) = st.objects.remove(&(kind, namespace.to_string(), name.to_string())) else {
+        let Some(mut obj) = st
+            .objects
+            .remove(&(kind, namespace.to_string(), name.to_string()))
+        else {
             return false;
         };
         st.rv += 1;
         let rv = st.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let ev = Event { rv, kind, ty: "DELETED", object: obj };
+        let ev = Event {
+            rv,
+            kind,
+            ty: "DELETED",
+            object: obj,
+        };
         st.history.push(ev.clone());
         let _ = self.events.send(ev);
         true
@@ -236,7 +259,9 @@ impl TestApiServer {
                 r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             };
             if !self.online.load(Ordering::SeqCst) {
-                self.counters.dropped_connections.fetch_add(1, Ordering::SeqCst);
+                self.counters
+                    .dropped_connections
+                    .fetch_add(1, Ordering::SeqCst);
                 drop(stream);
                 continue;
             }
@@ -259,7 +284,11 @@ impl TestApiServer {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, gen: CancellationToken) -> Response<BoxBody<Bytes, Infallible>> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        gen: CancellationToken,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
         let Some(kind) = Kind::from_path(req.uri().path()) else {
             return status_response(StatusCode::NOT_FOUND, "NotFound", "no such path");
         };
@@ -272,9 +301,14 @@ impl TestApiServer {
             .get("fieldSelector")
             .and_then(|f| f.strip_prefix("metadata.name="))
             .map(str::to_string);
-        if q.get("watch").map(String::as_str) == Some("true") || q.get("watch").map(String::as_str) == Some("1") {
+        if q.get("watch").map(String::as_str) == Some("true")
+            || q.get("watch").map(String::as_str) == Some("1")
+        {
             self.counters.watches.fetch_add(1, Ordering::SeqCst);
-            let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let from: u64 = q
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
             return self.watch(kind, from, name_filter, bookmarks, gen);
         }
@@ -312,7 +346,9 @@ impl TestApiServer {
                     .as_ref()
                     .is_none_or(|f| e.object["metadata"]["name"].as_str() == Some(f))
         };
-        let line = |ty: &str, obj: &Value| Bytes::from(format!("{}\n", json!({"type": ty, "object": obj})));
+        let line = |ty: &str, obj: &Value| {
+            Bytes::from(format!("{}\n", json!({"type": ty, "object": obj})))
+        };
         // Subscribe before reading history so no event falls in between.
         let mut live = self.events.subscribe();
         let mut bm = self.bookmarks.subscribe();
@@ -321,7 +357,12 @@ impl TestApiServer {
             if from != 0 && from < st.compacted_below {
                 (Vec::new(), true, st.rv)
             } else {
-                let b: Vec<Event> = st.history.iter().filter(|e| e.rv > from && matches(e)).cloned().collect();
+                let b: Vec<Event> = st
+                    .history
+                    .iter()
+                    .filter(|e| e.rv > from && matches(e))
+                    .cloned()
+                    .collect();
                 (b, false, st.rv)
             }
         };
@@ -381,23 +422,33 @@ fn rx_once(b: Bytes) -> mpsc::Receiver<Bytes> {
 
 fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response<BoxBody<Bytes, Infallible>> {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<BoxBody<Bytes, Infallible>> {
     let mut r = Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
-fn status_response(status: StatusCode, reason: &str, msg: &str) -> Response<BoxBody<Bytes, Infallible>> {
+fn status_response(
+    status: StatusCode,
+    reason: &str,
+    msg: &str,
+) -> Response<BoxBody<Bytes, Infallible>> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": msg, "reason": reason, "code": status.as_u16()});
     json_response(status, body.to_string())
