@@ -2,6 +2,7 @@
 
 // Kernel side (ipvs-kernel): model, codec, handle.
 pub mod fake;
+pub mod genl;
 pub mod handle;
 pub mod model;
 
