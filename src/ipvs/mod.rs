@@ -5,6 +5,7 @@ pub mod fake;
 pub mod genl;
 pub mod handle;
 pub mod model;
+pub mod netlink;
 
 pub use fake::{FakeIpvs, IpvsCall};
 pub use handle::{IpvsError, IpvsHandle};
@@ -12,3 +13,4 @@ pub use model::{
     DestKey, FwdMethod, IpvsInfo, Protocol, RealServer, ServiceFlags, ServiceKey, Timeouts,
     VirtualServer,
 };
+pub use netlink::NetlinkIpvs;
