@@ -237,7 +237,7 @@ fn not_ready_endpoints_are_left_out_and_terminating_used_only_as_fallback() {
             ep("10.244.0.3", "cp2", Some(false), Some(false), Some(false)), // not ready
         ],
     );
-    let d = run(&[s.clone()], &[both], &[]);
+    let d = run(std::slice::from_ref(&s), &[both], &[]);
     assert_eq!(
         d.virtual_servers[&key("10.96.0.40", 80, Protocol::Tcp)].real_servers,
         rs(&["10.244.0.1:80"])
@@ -457,7 +457,7 @@ fn node_port_addresses_filter_node_ips() {
         "spec": {"type": "NodePort", "clusterIP": "10.96.0.60", "clusterIPs": ["10.96.0.60"],
                  "ports": [{"port": 80, "nodePort": 31000, "protocol": "UDP"}]}
     }));
-    let d = run(&[s.clone()], &[], &["10.0.0.0/8"]);
+    let d = run(std::slice::from_ref(&s), &[], &["10.0.0.0/8"]);
     let nodeports: Vec<ServiceKey> = d
         .virtual_servers
         .iter()
@@ -502,7 +502,7 @@ fn load_balancer_without_node_ports_has_none() {
 fn session_affinity_client_ip_sets_persistence() {
     let mut s = cluster_svc("a", "10.96.0.70", json!([{"port": 80}]));
     s.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
-    let d = run(&[s.clone()], &[], &[]);
+    let d = run(std::slice::from_ref(&s), &[], &[]);
     let vs = &d.virtual_servers[&key("10.96.0.70", 80, Protocol::Tcp)].vs;
     assert_eq!(vs.persistent, Some(10800));
     // Per client address: the full host netmask, as kube-proxy sets it.

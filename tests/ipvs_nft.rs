@@ -11,6 +11,7 @@ use lbd::ipvs::model::Protocol;
 use lbd::ipvs::nft::{render, FakeFirewall, Firewall, NftFirewall, NftParams, TABLE};
 use serde_json::Value;
 
+#[allow(clippy::too_many_arguments)]
 fn add(
     d: &mut DesiredState,
     a: &str,

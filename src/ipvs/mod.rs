@@ -2,8 +2,10 @@
 
 // Kernel side (ipvs-kernel): model, codec, handle.
 pub mod fake;
+pub mod genl;
 pub mod handle;
 pub mod model;
+pub mod netlink;
 
 pub use fake::{FakeIpvs, IpvsCall};
 pub use handle::{IpvsError, IpvsHandle};
@@ -11,6 +13,7 @@ pub use model::{
     DestKey, FwdMethod, IpvsInfo, Protocol, RealServer, ServiceFlags, ServiceKey, Timeouts,
     VirtualServer,
 };
+pub use netlink::NetlinkIpvs;
 
 // Engine side (ipvs-engine): desired state, plan, watches, sync.
 pub mod desired;

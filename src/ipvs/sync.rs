@@ -434,7 +434,7 @@ fn obj_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> St
 
 fn latency_since(rfc3339: &str, now: SystemTime) -> Option<f64> {
     let ts: k8s_openapi::jiff::Timestamp = rfc3339.parse().ok()?;
-    let then = SystemTime::try_from(ts).ok()?;
+    let then = SystemTime::from(ts);
     now.duration_since(then).ok().map(|d| d.as_secs_f64())
 }
 
