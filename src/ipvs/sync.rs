@@ -98,6 +98,67 @@ impl ServiceAddresses for FakeAddresses {
     }
 }
 
+/// kube-ipvs0 through `sys::dummy` (rtnetlink), driven from the sync's
+/// blocking thread by entering the runtime the link's connection runs on.
+pub struct DummyAddresses {
+    rt: tokio::runtime::Handle,
+    strict_arp: bool,
+    link: Mutex<Option<crate::sys::dummy::DummyLink>>,
+}
+
+impl DummyAddresses {
+    /// Must be called inside the tokio runtime.
+    pub fn new(strict_arp: bool) -> Self {
+        DummyAddresses {
+            rt: tokio::runtime::Handle::current(),
+            strict_arp,
+            link: Mutex::new(None),
+        }
+    }
+
+    fn link(&self) -> Result<crate::sys::dummy::DummyLink, String> {
+        use crate::sys::dummy::{connect, DummyLink, KUBE_IPVS0};
+        let mut g = self.link.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = g.as_ref() {
+            return Ok(l.clone());
+        }
+        let _enter = self.rt.enter();
+        let handle = connect().map_err(|e| e.to_string())?;
+        let l = self
+            .rt
+            .block_on(DummyLink::ensure(handle, KUBE_IPVS0))
+            .map_err(|e| e.to_string())?;
+        *g = Some(l.clone());
+        Ok(l)
+    }
+}
+
+impl ServiceAddresses for DummyAddresses {
+    fn prepare(&self) -> Result<(), String> {
+        use crate::sys::dummy::{ensure_sysctls, kernel_release, proxy_sysctls};
+        self.link()?;
+        let changed = ensure_sysctls(&proxy_sysctls(&kernel_release(), self.strict_arp))
+            .map_err(|e| e.to_string())?;
+        if !changed.is_empty() {
+            tracing::info!(?changed, "proxy sysctls set");
+        }
+        Ok(())
+    }
+    fn list(&self) -> Result<BTreeSet<IpAddr>, String> {
+        let l = self.link()?;
+        let v = self.rt.block_on(l.addresses()).map_err(|e| e.to_string())?;
+        Ok(v.into_iter().collect())
+    }
+    fn add(&self, addr: IpAddr) -> Result<(), String> {
+        let l = self.link()?;
+        self.rt.block_on(l.bind(addr)).map(|_| ()).map_err(|e| e.to_string())
+    }
+    fn remove(&self, addr: IpAddr) -> Result<(), String> {
+        let l = self.link()?;
+        self.rt.block_on(l.unbind(addr)).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
 /// The kernel-facing parts the engine drives.
 #[derive(Clone)]
 pub struct ProxyBackends {
@@ -105,6 +166,18 @@ pub struct ProxyBackends {
     pub addresses: Arc<dyn ServiceAddresses>,
     /// None: no nftables table (masquerade left to someone else).
     pub firewall: Option<Arc<dyn Firewall>>,
+}
+
+impl ProxyBackends {
+    /// The real kernel: IPVS over generic netlink, kube-ipvs0 over
+    /// rtnetlink, the nftables table through `nft`. Call inside the runtime.
+    pub fn kernel(cfg: &ProxyConfig) -> Result<Self, ProxyError> {
+        Ok(ProxyBackends {
+            ipvs: Arc::new(super::netlink::NetlinkIpvs::new()?),
+            addresses: Arc::new(DummyAddresses::new(cfg.ipvs.strict_arp)),
+            firewall: Some(Arc::new(nft::NftFirewall::default())),
+        })
+    }
 }
 
 /// Settings of the engine, from [`ProxyConfig`].
