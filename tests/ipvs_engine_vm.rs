@@ -31,18 +31,32 @@ fn in_vm() -> bool {
     if std::env::var("LBD_IN_VM").as_deref() == Ok("1") {
         return true;
     }
-    eprintln!("skipping: needs IPVS, run inside the VM with VM_TESTS=ipvs_engine_vm scripts/vm-test.sh");
+    eprintln!(
+        "skipping: needs IPVS, run inside the VM with VM_TESTS=ipvs_engine_vm scripts/vm-test.sh"
+    );
     false
 }
 
 fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("spawn sh");
-    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn has(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// `ipvsadm -Ln` without the header and connection counters: one line per
@@ -66,7 +80,11 @@ fn ipvs_table() -> Vec<String> {
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}\n{}", sh("ipvsadm -Ln"));
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}\n{}",
+            sh("ipvsadm -Ln")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -85,7 +103,13 @@ impl Helper {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(exe)
-            .args(["--exact", "helper", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "helper",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("LBD_VM_HELPER", spec)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -93,15 +117,21 @@ impl Helper {
             .unwrap();
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Helper { child, stdin, stdout }
+        Helper {
+            child,
+            stdin,
+            stdout,
+        }
     }
-    /// Next line starting with "H " (the test harness prints other lines).
+    /// Next helper message (marked "@@H "; the harness prints other lines).
     fn line(&mut self) -> String {
         let mut l = String::new();
         loop {
             l.clear();
             assert!(self.stdout.read_line(&mut l).unwrap() > 0, "helper ended");
-            if let Some(x) = l.strip_prefix("H ") {
+            // The harness prints "test helper ... " without a newline
+            // before the test runs: the marker may start mid-line.
+            if let Some((_, x)) = l.split_once("@@H ") {
                 return x.trim().to_string();
             }
         }
@@ -143,7 +173,7 @@ fn helper() {
                     let _ = u.send_to(n2.as_bytes(), from);
                 }
             });
-            println!("H ready");
+            println!("@@H ready");
             std::io::stdout().flush().unwrap();
             let deadline = Instant::now() + Duration::from_secs(300);
             for s in l.incoming() {
@@ -169,7 +199,7 @@ fn helper() {
             let mut r = BufReader::new(s.try_clone().unwrap());
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
-            println!("H {}", line.trim());
+            println!("@@H {}", line.trim());
             std::io::stdout().flush().unwrap();
             if f[0] == "hold" {
                 let stdin = std::io::stdin();
@@ -178,7 +208,7 @@ fn helper() {
                     (&s).write_all(format!("{l}\n").as_bytes()).unwrap();
                     let mut echo = String::new();
                     r.read_line(&mut echo).unwrap();
-                    println!("H {}", echo.trim());
+                    println!("@@H {}", echo.trim());
                     std::io::stdout().flush().unwrap();
                 }
             }
@@ -191,11 +221,11 @@ fn helper() {
             for _ in 0..5 {
                 u.send_to(b"q", addr).unwrap();
                 if let Ok((n, _)) = u.recv_from(&mut buf) {
-                    println!("H {}", String::from_utf8_lossy(&buf[..n]));
+                    println!("@@H {}", String::from_utf8_lossy(&buf[..n]));
                     return;
                 }
             }
-            println!("H none");
+            println!("@@H none");
         }
         other => panic!("unknown helper {other}"),
     }
@@ -238,6 +268,8 @@ fn slice(addrs: &[&str]) -> Value {
            "endpoints": eps})
 }
 
+const DRAIN: Duration = Duration::from_secs(60);
+
 fn settings() -> EngineSettings {
     EngineSettings {
         node_name: "cp1".into(),
@@ -248,9 +280,10 @@ fn settings() -> EngineSettings {
         masquerade_all: false,
         min_sync_period: Duration::from_millis(50),
         sync_period: Duration::from_secs(2),
-        // Short so the test sees the bound: a closed connection stays in
-        // TIME_WAIT (InActConn) for two minutes.
-        drain_timeout: Duration::from_secs(8),
+        // Short so the test sees the bound (a closed connection stays in
+        // TIME_WAIT, InActConn, for two minutes) yet longer than the steps
+        // between the drain and the restart take in the emulated VM.
+        drain_timeout: DRAIN,
         timeouts: None,
     }
 }
@@ -262,9 +295,7 @@ struct Running {
 }
 
 async fn start(api: &TestApiServer, firewall: bool) -> Running {
-    let kc = kube::config::Kubeconfig::from_yaml(&api.kubeconfig_yaml()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-    let client = kube::Client::try_from(cfg).unwrap();
+    let client = api.client().await;
     let status = Arc::new(ArcSwap::from_pointee(None));
     let engine = Engine {
         settings: settings(),
@@ -286,10 +317,17 @@ async fn start(api: &TestApiServer, firewall: bool) -> Running {
 impl Running {
     async fn stop(self) {
         self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap();
     }
     fn synced(&self) -> bool {
-        self.status.load().as_ref().as_ref().is_some_and(|s| s.synced)
+        self.status
+            .load()
+            .as_ref()
+            .as_ref()
+            .is_some_and(|s| s.synced)
     }
 }
 
@@ -298,7 +336,18 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     if !in_vm() {
         return;
     }
+    // Bounded in time whatever hangs: a stuck helper or kernel call ends
+    // the VM run with a message instead of the harness's timeout.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(900));
+        eprintln!("vm test watchdog: still running after 900 s, aborting");
+        std::process::exit(3);
+    });
+    let step = |s: &str| eprintln!("step: {s}");
+    step("setup");
     sh("ip link set lo up");
+    // `nft -f -` reads /dev/stdin, which the VM's minimal /dev lacks.
+    sh("[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin");
     // Another owner's virtual server: must survive everything below.
     sh("ipvsadm -A -t 192.0.2.1:80 -s wlc && ipvsadm -a -t 192.0.2.1:80 -r 192.0.2.2:80 -m -w 3");
 
@@ -312,18 +361,26 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
              ip -n {n} link set lo up && ip -n {n} route add default via 10.250.{net}.1"
         ));
     }
+    step("backends");
     let mut backends = Vec::new();
-    for (n, name, addr) in [("lbdt-b1", "b1", "10.250.2.2:8080"), ("lbdt-b2", "b2", "10.250.3.2:8080")] {
+    for (n, name, addr) in [
+        ("lbdt-b1", "b1", "10.250.2.2:8080"),
+        ("lbdt-b2", "b2", "10.250.3.2:8080"),
+    ] {
         let mut h = Helper::spawn(n, &format!("backend {addr} {name}"));
         assert_eq!(h.line(), "ready");
         backends.push(h);
     }
 
+    step("api server + engine");
     let api = TestApiServer::start().await;
     api.apply(Kind::Service, service());
     api.apply(Kind::EndpointSlice, slice(&["10.250.2.2", "10.250.3.2"]));
-    api.apply(Kind::Node, json!({"metadata": {"name": "cp1"},
-        "status": {"addresses": [{"type": "InternalIP", "address": "10.250.1.1"}]}}));
+    api.apply(
+        Kind::Node,
+        json!({"metadata": {"name": "cp1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.250.1.1"}]}}),
+    );
     let nft = has("nft");
     if !nft {
         eprintln!("note: nft not in the VM image, nftables table not checked");
@@ -339,6 +396,7 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
         "TCP 192.0.2.1:80 wlc",
         "-> 192.0.2.2:80 Masq 3",
     ];
+    step("wait for table");
     tokio::task::block_in_place(|| {
         wait_until("table programmed", 60, || {
             let t = ipvs_table();
@@ -347,14 +405,27 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     });
     assert!(sh("ip -o addr show dev kube-ipvs0").contains("10.96.0.20/32"));
     if nft {
+        // The table follows the IPVS changes within the same sync.
+        tokio::task::block_in_place(|| wait_until("first sync done", 60, || run.synced()));
+        let err = run
+            .status
+            .load()
+            .as_ref()
+            .as_ref()
+            .and_then(|s| s.last_error.clone());
+        assert_eq!(err, None, "sync error (nft modules loaded? see VM_MODULES)");
         let t = sh("nft list table inet lbd-proxy");
         assert!(t.contains("10.96.0.20 . tcp . 80"), "{t}");
     }
 
+    step("traffic");
     tokio::task::block_in_place(|| {
         // ClusterIP and NodePort over TCP, round robin over both backends.
         let got: Vec<String> = (0..4).map(|_| get("lbdt-cl", "10.96.0.20:80")).collect();
-        assert!(got.contains(&"b1".into()) && got.contains(&"b2".into()), "{got:?}");
+        assert!(
+            got.contains(&"b1".into()) && got.contains(&"b2".into()),
+            "{got:?}"
+        );
         let np = get("lbdt-cl", "10.250.1.1:30080");
         assert!(np == "b1" || np == "b2", "{np}");
         // UDP ClusterIP.
@@ -362,15 +433,22 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
         assert!(u == "b1" || u == "b2", "{u}");
     });
 
+    step("drain");
     // A connection held open while its endpoint is removed: the real server
     // goes to weight 0 and keeps serving it until the drain bound.
     let mut held = tokio::task::block_in_place(|| Helper::spawn("lbdt-cl", "hold 10.96.0.20:80"));
     let who = tokio::task::block_in_place(|| held.line());
-    let (gone_ip, keep_ip) = if who == "b1" { ("10.250.2.2", "10.250.3.2") } else { ("10.250.3.2", "10.250.2.2") };
+    let (gone_ip, keep_ip) = if who == "b1" {
+        ("10.250.2.2", "10.250.3.2")
+    } else {
+        ("10.250.3.2", "10.250.2.2")
+    };
     api.apply(Kind::EndpointSlice, slice(&[keep_ip]));
     let drained_at = Instant::now();
     tokio::task::block_in_place(|| {
-        wait_until("weight 0", 30, || ipvs_table().contains(&format!("-> {gone_ip}:8080 Masq 0")));
+        wait_until("weight 0", 30, || {
+            ipvs_table().contains(&format!("-> {gone_ip}:8080 Masq 0"))
+        });
         held.say("ping");
         assert_eq!(held.line(), "ping", "held connection broke while draining");
         // New connections all go to the remaining backend.
@@ -379,11 +457,14 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
             assert_eq!(get("lbdt-cl", "10.96.0.20:80"), other);
         }
         // UDP real servers are deleted at once, not drained.
-        assert!(!ipvs_table().iter().any(|l| l.starts_with(&format!("-> {gone_ip}:8080")) && l.ends_with("Masq 1")));
+        assert!(!ipvs_table()
+            .iter()
+            .any(|l| l.starts_with(&format!("-> {gone_ip}:8080")) && l.ends_with("Masq 1")));
     });
 
     // Restart without flush while the connection is still open: the second
     // engine adopts the table, changes nothing, the connection survives.
+    step("restart");
     assert!(run.synced());
     run.stop().await;
     let before = ipvs_table();
@@ -396,29 +477,45 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     assert_eq!(before, after, "restart changed the table");
     tokio::task::block_in_place(|| {
         held.say("again");
-        assert_eq!(held.line(), "again", "held connection broke across the restart");
+        assert_eq!(
+            held.line(),
+            "again",
+            "held connection broke across the restart"
+        );
     });
     drop(held);
 
+    step("drain bound");
     // The drain bound passes: the real server is deleted.
     tokio::task::block_in_place(|| {
-        wait_until("drained real server deleted", 60, || {
-            !ipvs_table().iter().any(|l| l.starts_with(&format!("-> {gone_ip}:8080")))
+        wait_until("drained real server deleted", 180, || {
+            !ipvs_table()
+                .iter()
+                .any(|l| l.starts_with(&format!("-> {gone_ip}:8080")))
         })
     });
-    assert!(drained_at.elapsed() >= Duration::from_secs(8), "deleted before the drain bound");
+    assert!(
+        drained_at.elapsed() >= DRAIN,
+        "deleted before the drain bound"
+    );
 
     // Service deleted: its virtual servers and address go, the foreign
     // one stays.
+    step("service delete");
     api.delete(Kind::Service, "default", "web");
     tokio::task::block_in_place(|| {
         wait_until("service removed", 30, || {
             let t = ipvs_table();
-            !t.iter().any(|l| l.contains("10.96.0.20") || l.contains("30080"))
+            !t.iter()
+                .any(|l| l.contains("10.96.0.20") || l.contains("30080"))
         })
     });
     let t = ipvs_table();
-    assert!(t.contains(&"TCP 192.0.2.1:80 wlc".to_string()) && t.contains(&"-> 192.0.2.2:80 Masq 3".to_string()), "{t:?}");
+    assert!(
+        t.contains(&"TCP 192.0.2.1:80 wlc".to_string())
+            && t.contains(&"-> 192.0.2.2:80 Masq 3".to_string()),
+        "{t:?}"
+    );
     assert!(!sh("ip -o addr show dev kube-ipvs0").contains("10.96.0.20"));
     run.stop().await;
     drop(backends);

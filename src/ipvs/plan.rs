@@ -91,6 +91,58 @@ impl DrainTracker {
     pub fn is_empty(&self) -> bool {
         self.since.is_empty()
     }
+    /// Virtual servers with a draining real server.
+    pub fn services(&self) -> BTreeSet<ServiceKey> {
+        self.since.keys().map(|(k, _)| *k).collect()
+    }
+}
+
+impl KernelState {
+    /// Updates this view as if `change` had been applied successfully, so
+    /// the next sync can plan against it without listing the kernel again.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::BindAddress(a) => {
+                self.bound_addresses.insert(*a);
+            }
+            Change::UnbindAddress(a) => {
+                self.bound_addresses.remove(a);
+            }
+            Change::AddVirtual(vs) | Change::UpdateVirtual(vs) => {
+                self.virtual_servers
+                    .entry(vs.key())
+                    .and_modify(|k| k.vs = vs.clone())
+                    .or_insert_with(|| KernelVs {
+                        vs: vs.clone(),
+                        real_servers: BTreeMap::new(),
+                    });
+            }
+            Change::DeleteVirtual(k) => {
+                self.virtual_servers.remove(k);
+            }
+            Change::AddReal(k, rs) | Change::UpdateReal(k, rs) => {
+                if let Some(v) = self.virtual_servers.get_mut(k) {
+                    v.real_servers
+                        .entry(rs.key())
+                        .and_modify(|cur| {
+                            // Counters are kernel state; keep what we saw.
+                            *cur = RealServer {
+                                active_conns: cur.active_conns,
+                                inactive_conns: cur.inactive_conns,
+                                persist_conns: cur.persist_conns,
+                                ..rs.clone()
+                            }
+                        })
+                        .or_insert_with(|| rs.clone());
+                }
+            }
+            Change::DeleteReal(k, d) => {
+                if let Some(v) = self.virtual_servers.get_mut(k) {
+                    v.real_servers.remove(d);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
