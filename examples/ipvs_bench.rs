@@ -145,6 +145,33 @@ fn main() {
         },
     );
     let compute_ms = t.elapsed().as_secs_f64() * 1000.0;
+    // The memoised recompute the syncs use, nothing changed.
+    let mut cache = lbd::ipvs::desired::DesiredCache::default();
+    let p = lbd::ipvs::desired::DesiredParams {
+        node_name: "bench",
+        node_addresses: &[],
+        node_port_addresses: &[],
+        scheduler: "rr",
+    };
+    cache.compute(&services, &slices, &p);
+    let t = Instant::now();
+    let again = cache.compute(&services, &slices, &p);
+    let memo_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(again, d);
+    let kernel = lbd::ipvs::plan::KernelState::from_listing(
+        backends_ipvs.list_services().unwrap(),
+        Default::default(),
+    );
+    let t = Instant::now();
+    let pl = lbd::ipvs::plan::plan(
+        &d,
+        &kernel,
+        &mut Default::default(),
+        &Default::default(),
+        std::time::Instant::now(),
+    );
+    let plan_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let _ = pl;
     let t = Instant::now();
     let listing = backends_ipvs.list_services().unwrap();
     let list_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -159,7 +186,8 @@ fn main() {
             "one_change_ipvs_applied_ms": one.ipvs_applied.map(|d| (d.as_secs_f64() * 10000.0).round() / 10.0),
             "one_change_full_listing": one.full,
             "noop_resync_ms": (noop_ms * 10.0).round() / 10.0, "noop_changes": noop.changes,
-            "compute_ms": (compute_ms * 10.0).round() / 10.0, "list_ms": (list_ms * 10.0).round() / 10.0,
+            "compute_ms": (compute_ms * 10.0).round() / 10.0,
+            "memo_compute_ms": (memo_ms * 10.0).round() / 10.0, "plan_ms": (plan_ms * 10.0).round() / 10.0, "list_ms": (list_ms * 10.0).round() / 10.0,
             "rss_after_inputs_mib": rss_inputs / 1024, "rss_mib": rss_kib("VmRSS:") / 1024,
             "peak_rss_mib": rss_kib("VmHWM:") / 1024,
         })

@@ -10,6 +10,7 @@
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
@@ -61,7 +62,8 @@ pub struct DesiredVs {
 /// The whole table lbd wants in the kernel plus what goes on kube-ipvs0.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub virtual_servers: BTreeMap<ServiceKey, DesiredVs>,
+    /// Shared with the per-Service cache: a sync clones pointers, not tables.
+    pub virtual_servers: BTreeMap<ServiceKey, Arc<DesiredVs>>,
     /// ClusterIPs, external IPs and LoadBalancer IPs bound on kube-ipvs0 so
     /// the kernel delivers their packets locally, where IPVS picks them up.
     pub bind_addresses: BTreeSet<IpAddr>,
@@ -259,7 +261,8 @@ fn slices_of<'a>(
         .unwrap_or(&[])
 }
 
-fn node_port_ips(params: &DesiredParams<'_>) -> Vec<IpAddr> {
+/// The node addresses NodePorts are served on.
+pub fn node_port_ips(params: &DesiredParams<'_>) -> Vec<IpAddr> {
     params
         .node_addresses
         .iter()
@@ -305,7 +308,9 @@ fn merge(out: &mut DesiredState, frag: DesiredState) {
 
 fn merge_ref(out: &mut DesiredState, frag: &DesiredState) {
     for (k, v) in &frag.virtual_servers {
-        out.virtual_servers.entry(*k).or_insert_with(|| v.clone());
+        out.virtual_servers
+            .entry(*k)
+            .or_insert_with(|| Arc::clone(v));
     }
     out.bind_addresses
         .extend(frag.bind_addresses.iter().copied());
@@ -420,7 +425,7 @@ fn add_service(
                     port: port_no,
                     protocol: proto,
                 })
-                .or_insert(vs);
+                .or_insert_with(|| Arc::new(vs));
         };
         for ip in &cluster_ips {
             add(*ip, svc_port, VsKind::ClusterIp, internal_local);

@@ -270,6 +270,8 @@ pub struct Syncer {
     /// changes); None forces a full listing.
     kernel: Option<KernelState>,
     last_full: Option<std::time::Instant>,
+    /// Virtual servers wanted since start (ownership of stale NodePorts).
+    remembered: BTreeSet<super::model::ServiceKey>,
     last_ruleset: Option<serde_json::Value>,
     /// Slice (namespace/name) -> (resourceVersion, trigger time) last seen.
     seen_slices: HashMap<String, (String, Option<String>)>,
@@ -287,6 +289,7 @@ impl Syncer {
             desired: DesiredCache::default(),
             kernel: None,
             last_full: None,
+            remembered: BTreeSet::new(),
             last_ruleset: None,
             seen_slices: HashMap::new(),
             seen_services: HashMap::new(),
@@ -304,16 +307,14 @@ impl Syncer {
     ) -> SyncOutcome {
         let started = std::time::Instant::now();
         let node_addrs = node.map(desired::node_addresses).unwrap_or_default();
-        let want = self.desired.compute(
-            services,
-            slices,
-            &DesiredParams {
-                node_name: &self.settings.node_name,
-                node_addresses: &node_addrs,
-                node_port_addresses: &self.settings.node_port_addresses,
-                scheduler: &self.settings.scheduler,
-            },
-        );
+        let dparams = DesiredParams {
+            node_name: &self.settings.node_name,
+            node_addresses: &node_addrs,
+            node_port_addresses: &self.settings.node_port_addresses,
+            scheduler: &self.settings.scheduler,
+        };
+        let want = self.desired.compute(services, slices, &dparams);
+        let np_ips = desired::node_port_ips(&dparams);
         let mut out = SyncOutcome {
             services: want.services,
             virtual_servers: want.virtual_servers.len(),
@@ -388,9 +389,12 @@ impl Syncer {
             &PlanParams {
                 exclude_cidrs: &self.settings.exclude_cidrs,
                 drain_timeout: self.settings.drain_timeout,
+                node_port_ips: &np_ips,
+                remembered: Some(&self.remembered),
             },
             now,
         );
+        self.remembered.extend(want.virtual_servers.keys().copied());
         out.changes = p.changes.len();
         out.draining = p.draining;
         for c in &p.changes {
@@ -398,6 +402,9 @@ impl Syncer {
             match r {
                 Ok(()) => {
                     kernel.apply(c);
+                    if let Change::DeleteVirtual(k) = c {
+                        self.remembered.remove(k);
+                    }
                     self.metrics
                         .kernel_changes
                         .get_or_create(&OpLabels { op })
