@@ -122,12 +122,10 @@ impl Tcplb {
         // 2. Update the unchanged ones in place.
         for cfg in wanted {
             if let Some(l) = self.running.get(&cfg.name) {
-                if l.bind == cfg.bind {
-                    if *l.config() != *cfg {
-                        let _ = l.health.update(cfg);
-                        l.update(cfg.clone());
-                        tracing::info!(listener = %cfg.name, "listener updated");
-                    }
+                if l.bind == cfg.bind && *l.config() != *cfg {
+                    let _ = l.health.update(cfg);
+                    l.update(cfg.clone());
+                    tracing::info!(listener = %cfg.name, "listener updated");
                 }
             }
         }
