@@ -58,6 +58,7 @@ struct Tcplb {
     shutdown: CancellationToken,
     copy_mode: CopyMode,
     track_tx: watch::Sender<ListenerHealthMap>,
+    track_generation: Arc<AtomicU64>,
 }
 
 impl Tcplb {
@@ -191,8 +192,13 @@ impl Tcplb {
                 .collect()
         };
         tx.send_replace(compute(&listeners));
+        let tx = tx.clone();
         let shutdown = self.shutdown.clone();
-        let generation = self.track_tx.clone();
+        // A reload starts a new watcher over the new set; the older one
+        // sees the generation move on and stops, so it cannot publish a
+        // stale map.
+        let generation = self.track_generation.fetch_add(1, Relaxed) + 1;
+        let current = self.track_generation.clone();
         tokio::spawn(async move {
             let mut subs: Vec<_> = listeners.iter().map(|l| l.health.subscribe()).collect();
             loop {
@@ -205,11 +211,10 @@ impl Tcplb {
                     _ = shutdown.cancelled() => return,
                     (r, _, _) = changed => if r.is_err() { return },
                 }
-                // A newer watcher (after a reload) replaces this one.
-                if listeners.iter().any(|l| l.draining.load(Relaxed)) {
+                if current.load(Relaxed) != generation {
                     return;
                 }
-                generation.send_replace(compute(&listeners));
+                tx.send_replace(compute(&listeners));
             }
         });
     }
@@ -254,6 +259,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         shutdown: shutdown.clone(),
         copy_mode: CopyMode::from_env(),
         track_tx,
+        track_generation: Arc::new(AtomicU64::new(0)),
     };
     let grace = cfg
         .tcplb
