@@ -293,5 +293,8 @@ fn mangled_configs_never_panic() {
             assert!(e.to_string().starts_with("m.yaml:"), "{e}");
         }
     }
-    assert!(errors > 1000, "mangling should mostly break the file ({errors})");
+    assert!(
+        errors > 1000,
+        "mangling should mostly break the file ({errors})"
+    );
 }

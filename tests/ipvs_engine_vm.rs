@@ -31,18 +31,32 @@ fn in_vm() -> bool {
     if std::env::var("LBD_IN_VM").as_deref() == Ok("1") {
         return true;
     }
-    eprintln!("skipping: needs IPVS, run inside the VM with VM_TESTS=ipvs_engine_vm scripts/vm-test.sh");
+    eprintln!(
+        "skipping: needs IPVS, run inside the VM with VM_TESTS=ipvs_engine_vm scripts/vm-test.sh"
+    );
     false
 }
 
 fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("spawn sh");
-    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn has(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// `ipvsadm -Ln` without the header and connection counters: one line per
@@ -66,7 +80,11 @@ fn ipvs_table() -> Vec<String> {
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}\n{}", sh("ipvsadm -Ln"));
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}\n{}",
+            sh("ipvsadm -Ln")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -85,7 +103,13 @@ impl Helper {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(exe)
-            .args(["--exact", "helper", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "helper",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("LBD_VM_HELPER", spec)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -93,7 +117,11 @@ impl Helper {
             .unwrap();
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Helper { child, stdin, stdout }
+        Helper {
+            child,
+            stdin,
+            stdout,
+        }
     }
     /// Next line starting with "H " (the test harness prints other lines).
     fn line(&mut self) -> String {
@@ -263,7 +291,9 @@ struct Running {
 
 async fn start(api: &TestApiServer, firewall: bool) -> Running {
     let kc = kube::config::Kubeconfig::from_yaml(&api.kubeconfig_yaml()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
     let client = kube::Client::try_from(cfg).unwrap();
     let status = Arc::new(ArcSwap::from_pointee(None));
     let engine = Engine {
@@ -286,10 +316,17 @@ async fn start(api: &TestApiServer, firewall: bool) -> Running {
 impl Running {
     async fn stop(self) {
         self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap();
     }
     fn synced(&self) -> bool {
-        self.status.load().as_ref().as_ref().is_some_and(|s| s.synced)
+        self.status
+            .load()
+            .as_ref()
+            .as_ref()
+            .is_some_and(|s| s.synced)
     }
 }
 
@@ -313,7 +350,10 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
         ));
     }
     let mut backends = Vec::new();
-    for (n, name, addr) in [("lbdt-b1", "b1", "10.250.2.2:8080"), ("lbdt-b2", "b2", "10.250.3.2:8080")] {
+    for (n, name, addr) in [
+        ("lbdt-b1", "b1", "10.250.2.2:8080"),
+        ("lbdt-b2", "b2", "10.250.3.2:8080"),
+    ] {
         let mut h = Helper::spawn(n, &format!("backend {addr} {name}"));
         assert_eq!(h.line(), "ready");
         backends.push(h);
@@ -322,8 +362,11 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     let api = TestApiServer::start().await;
     api.apply(Kind::Service, service());
     api.apply(Kind::EndpointSlice, slice(&["10.250.2.2", "10.250.3.2"]));
-    api.apply(Kind::Node, json!({"metadata": {"name": "cp1"},
-        "status": {"addresses": [{"type": "InternalIP", "address": "10.250.1.1"}]}}));
+    api.apply(
+        Kind::Node,
+        json!({"metadata": {"name": "cp1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.250.1.1"}]}}),
+    );
     let nft = has("nft");
     if !nft {
         eprintln!("note: nft not in the VM image, nftables table not checked");
@@ -354,7 +397,10 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     tokio::task::block_in_place(|| {
         // ClusterIP and NodePort over TCP, round robin over both backends.
         let got: Vec<String> = (0..4).map(|_| get("lbdt-cl", "10.96.0.20:80")).collect();
-        assert!(got.contains(&"b1".into()) && got.contains(&"b2".into()), "{got:?}");
+        assert!(
+            got.contains(&"b1".into()) && got.contains(&"b2".into()),
+            "{got:?}"
+        );
         let np = get("lbdt-cl", "10.250.1.1:30080");
         assert!(np == "b1" || np == "b2", "{np}");
         // UDP ClusterIP.
@@ -366,11 +412,17 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     // goes to weight 0 and keeps serving it until the drain bound.
     let mut held = tokio::task::block_in_place(|| Helper::spawn("lbdt-cl", "hold 10.96.0.20:80"));
     let who = tokio::task::block_in_place(|| held.line());
-    let (gone_ip, keep_ip) = if who == "b1" { ("10.250.2.2", "10.250.3.2") } else { ("10.250.3.2", "10.250.2.2") };
+    let (gone_ip, keep_ip) = if who == "b1" {
+        ("10.250.2.2", "10.250.3.2")
+    } else {
+        ("10.250.3.2", "10.250.2.2")
+    };
     api.apply(Kind::EndpointSlice, slice(&[keep_ip]));
     let drained_at = Instant::now();
     tokio::task::block_in_place(|| {
-        wait_until("weight 0", 30, || ipvs_table().contains(&format!("-> {gone_ip}:8080 Masq 0")));
+        wait_until("weight 0", 30, || {
+            ipvs_table().contains(&format!("-> {gone_ip}:8080 Masq 0"))
+        });
         held.say("ping");
         assert_eq!(held.line(), "ping", "held connection broke while draining");
         // New connections all go to the remaining backend.
@@ -379,7 +431,9 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
             assert_eq!(get("lbdt-cl", "10.96.0.20:80"), other);
         }
         // UDP real servers are deleted at once, not drained.
-        assert!(!ipvs_table().iter().any(|l| l.starts_with(&format!("-> {gone_ip}:8080")) && l.ends_with("Masq 1")));
+        assert!(!ipvs_table()
+            .iter()
+            .any(|l| l.starts_with(&format!("-> {gone_ip}:8080")) && l.ends_with("Masq 1")));
     });
 
     // Restart without flush while the connection is still open: the second
@@ -396,17 +450,26 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     assert_eq!(before, after, "restart changed the table");
     tokio::task::block_in_place(|| {
         held.say("again");
-        assert_eq!(held.line(), "again", "held connection broke across the restart");
+        assert_eq!(
+            held.line(),
+            "again",
+            "held connection broke across the restart"
+        );
     });
     drop(held);
 
     // The drain bound passes: the real server is deleted.
     tokio::task::block_in_place(|| {
         wait_until("drained real server deleted", 60, || {
-            !ipvs_table().iter().any(|l| l.starts_with(&format!("-> {gone_ip}:8080")))
+            !ipvs_table()
+                .iter()
+                .any(|l| l.starts_with(&format!("-> {gone_ip}:8080")))
         })
     });
-    assert!(drained_at.elapsed() >= Duration::from_secs(8), "deleted before the drain bound");
+    assert!(
+        drained_at.elapsed() >= Duration::from_secs(8),
+        "deleted before the drain bound"
+    );
 
     // Service deleted: its virtual servers and address go, the foreign
     // one stays.
@@ -414,11 +477,16 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     tokio::task::block_in_place(|| {
         wait_until("service removed", 30, || {
             let t = ipvs_table();
-            !t.iter().any(|l| l.contains("10.96.0.20") || l.contains("30080"))
+            !t.iter()
+                .any(|l| l.contains("10.96.0.20") || l.contains("30080"))
         })
     });
     let t = ipvs_table();
-    assert!(t.contains(&"TCP 192.0.2.1:80 wlc".to_string()) && t.contains(&"-> 192.0.2.2:80 Masq 3".to_string()), "{t:?}");
+    assert!(
+        t.contains(&"TCP 192.0.2.1:80 wlc".to_string())
+            && t.contains(&"-> 192.0.2.2:80 Masq 3".to_string()),
+        "{t:?}"
+    );
     assert!(!sh("ip -o addr show dev kube-ipvs0").contains("10.96.0.20"));
     run.stop().await;
     drop(backends);

@@ -151,11 +151,17 @@ impl ServiceAddresses for DummyAddresses {
     }
     fn add(&self, addr: IpAddr) -> Result<(), String> {
         let l = self.link()?;
-        self.rt.block_on(l.bind(addr)).map(|_| ()).map_err(|e| e.to_string())
+        self.rt
+            .block_on(l.bind(addr))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
     fn remove(&self, addr: IpAddr) -> Result<(), String> {
         let l = self.link()?;
-        self.rt.block_on(l.unbind(addr)).map(|_| ()).map_err(|e| e.to_string())
+        self.rt
+            .block_on(l.unbind(addr))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
