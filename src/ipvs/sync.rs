@@ -107,7 +107,7 @@ pub struct DummyAddresses {
 }
 
 impl DummyAddresses {
-    /// Must be called inside the tokio runtime.
+    /// Must be called inside a multi-thread tokio runtime.
     pub fn new(strict_arp: bool) -> Self {
         DummyAddresses {
             rt: tokio::runtime::Handle::current(),
@@ -118,6 +118,11 @@ impl DummyAddresses {
 
     fn link(&self) -> Result<crate::sys::dummy::DummyLink, String> {
         use crate::sys::dummy::{connect, DummyLink, KUBE_IPVS0};
+        // Handle::block_on cannot drive a current-thread runtime's I/O from
+        // another thread: the rtnetlink connection would never run.
+        if self.rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return Err("kube-ipvs0 needs a multi-thread tokio runtime".into());
+        }
         let mut g = self.link.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = g.as_ref() {
             return Ok(l.clone());
