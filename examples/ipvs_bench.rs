@@ -74,7 +74,8 @@ fn main() {
         .to_string();
     let with_nft = args.get(4).map(String::as_str) == Some("nft");
 
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
