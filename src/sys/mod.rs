@@ -2,4 +2,9 @@
 //! splice. The only module allowed `unsafe` (each block says why it is sound).
 #![allow(unsafe_code)]
 
+pub mod addr;
+pub mod fd;
+pub mod link;
+pub mod packet;
 pub mod splice;
+pub mod sysctl;

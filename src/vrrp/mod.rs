@@ -1,1 +1,2 @@
 //! VRRP speaker (RFC 5798 v3, RFC 3768 v2).
+pub mod net;
