@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod fd;
 pub mod link;
+pub mod netns;
 pub mod packet;
 pub mod splice;
 pub mod sysctl;
