@@ -1,2 +1,3 @@
 //! VRRP speaker (RFC 5798 v3, RFC 3768 v2).
+pub mod metrics;
 pub mod net;
