@@ -23,6 +23,7 @@ use crate::sys::link::{NetEvent, NetMonitor};
 use crate::sys::packet::PacketSender;
 
 use super::metrics::{InstanceMetrics, VrrpMetrics};
+use super::interim::{decode, encode, Action, Advert, Input, Router, State};
 use super::net::{garp_frame, unsolicited_na_frame, VrrpSocket};
 
 /// Listener name -> has at least one healthy backend (what app.rs publishes).
@@ -182,6 +183,602 @@ fn track_status(tracks: &[TrackConfig], state: &TrackState) -> Vec<TrackStatus> 
             failing: *f,
         })
         .collect()
+}
+
+
+/// What the status shows about a peer heard recently.
+struct PeerSeen {
+    priority: u8,
+    interval: Duration,
+    at: Instant,
+}
+
+/// The per-instance state the loop keeps beside the pure router.
+struct Instance {
+    cfg: VrrpInstanceConfig,
+    m: InstanceMetrics,
+    status: Arc<ArcSwap<VrrpInstanceStatus>>,
+    nl: Netlink,
+    link: LinkInfo,
+    holder: VipHolder,
+    announcer: Option<Announcer>,
+    sock: VrrpSocket,
+    router: Router,
+    start: Instant,
+    since: Instant,
+    transitions: u64,
+    peers: BTreeMap<IpAddr, PeerSeen>,
+    track_state: TrackState,
+    listeners: ListenerHealthMap,
+    links_up: BTreeMap<String, bool>,
+    /// While master: when to renew the VIP lifetime / refresh the GARPs.
+    renew_at: Option<Instant>,
+    garp_at: Option<Instant>,
+}
+
+fn version_number(v: VrrpVersion) -> u8 {
+    match v {
+        VrrpVersion::V2 => 2,
+        VrrpVersion::V3 => 3,
+    }
+}
+
+impl Instance {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// How often the master renews the VIP lifetime: three times per
+    /// lifetime, so two renewals may fail before the VIP lapses.
+    fn renew_period(&self) -> Duration {
+        (self.cfg.vip_lifetime / 3).max(Duration::from_millis(500))
+    }
+
+    fn advert_interval_field(&self) -> u16 {
+        match self.cfg.version {
+            VrrpVersion::V2 => self.cfg.advert_interval.as_secs().clamp(1, 255) as u16,
+            VrrpVersion::V3 => (self.cfg.advert_interval.as_millis() / 10).clamp(1, 4095) as u16,
+        }
+    }
+
+    async fn send_advert(&self, priority: u8) {
+        let advert = Advert {
+            version: version_number(self.cfg.version),
+            vrid: self.cfg.vrid,
+            priority,
+            interval: self.advert_interval_field(),
+            addrs: self.cfg.virtual_ips.iter().map(|v| v.addr()).collect(),
+        };
+        for dst in self.sock.destinations() {
+            let bytes = encode(&advert, self.sock.source(), *dst, &self.cfg.auth_pass);
+            match self.sock.send_to(*dst, &bytes).await {
+                Ok(()) => {
+                    self.m.sent.inc();
+                }
+                Err(e) => tracing::warn!(instance = %self.cfg.name, to = %dst, error = %e, "advert not sent"),
+            }
+        }
+    }
+
+    fn announce(&self) {
+        if let Some(a) = &self.announcer {
+            a.announce(&self.cfg.virtual_ips, &self.m);
+        }
+    }
+
+    async fn perform(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::SendAdvert { priority } => self.send_advert(priority).await,
+                Action::TakeVips => {
+                    if let Err(e) = self.holder.install(&self.link).await {
+                        tracing::error!(instance = %self.cfg.name, error = %e, "cannot add VIPs");
+                    }
+                    for _ in 0..self.cfg.garp_burst.max(1) {
+                        self.announce();
+                    }
+                    self.renew_at = Some(Instant::now() + self.renew_period());
+                    self.garp_at = self.cfg.garp_refresh.map(|d| Instant::now() + d);
+                }
+                Action::ReleaseVips => {
+                    self.renew_at = None;
+                    self.garp_at = None;
+                    if let Err(e) = self.holder.remove(&self.link).await {
+                        tracing::error!(instance = %self.cfg.name, error = %e, "cannot remove VIPs");
+                    }
+                }
+                Action::StateChanged(st) => {
+                    self.transitions += 1;
+                    self.since = Instant::now();
+                    self.m.transitions.inc();
+                    self.m.state.set(match st {
+                        State::Init => super::metrics::STATE_INIT,
+                        State::Backup => super::metrics::STATE_BACKUP,
+                        State::Master => super::metrics::STATE_MASTER,
+                        State::Fault => super::metrics::STATE_FAULT,
+                    });
+                    tracing::info!(instance = %self.cfg.name, state = st.as_str(), priority = self.router.priority, "VRRP state change");
+                    if let Some(cmd) = &self.cfg.notify {
+                        run_notify(cmd, &self.cfg.name, st.as_str());
+                    }
+                }
+            }
+        }
+        self.publish();
+    }
+
+    async fn input(&mut self, input: Input) {
+        let now = self.now();
+        let actions = self.router.handle(now, input);
+        self.perform(actions).await;
+    }
+
+    async fn retrack(&mut self) {
+        let st = track_failing(&self.cfg.track, &self.listeners, &self.links_up);
+        if st == self.track_state {
+            return;
+        }
+        self.track_state = st;
+        let p = effective_priority(self.cfg.priority, &self.cfg.track, &self.track_state);
+        self.m.effective_priority.set(i64::from(p));
+        if p != self.router.priority {
+            tracing::info!(instance = %self.cfg.name, priority = p, "effective priority changed");
+            self.input(Input::Priority(p)).await;
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let now = Instant::now();
+        let cfg = &self.cfg;
+        self.status.store(Arc::new(VrrpInstanceStatus {
+            name: cfg.name.clone(),
+            interface: cfg.interface.clone(),
+            vrid: cfg.vrid,
+            state: self.router.state.as_str().to_string(),
+            priority: cfg.priority,
+            effective_priority: self.router.priority,
+            virtual_ips: cfg.virtual_ips.iter().map(|v| v.to_string()).collect(),
+            master: self.router.master.map(|m| m.to_string()),
+            transitions: self.transitions,
+            since_seconds: now.saturating_duration_since(self.since).as_secs(),
+            version: version_number(cfg.version),
+            advert_interval_ms: cfg.advert_interval.as_millis() as u64,
+            peers: self
+                .peers
+                .iter()
+                .map(|(a, p)| VrrpPeerStatus {
+                    address: a.to_string(),
+                    priority: p.priority,
+                    advert_interval_ms: p.interval.as_millis() as u64,
+                    last_heard_seconds_ago: now.saturating_duration_since(p.at).as_secs_f64(),
+                })
+                .collect(),
+            tracks: track_status(&cfg.track, &self.track_state),
+        }));
+    }
+
+    async fn on_packet(&mut self, r: std::io::Result<super::net::Received>) {
+        let pkt = match r {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                self.m.dropped("ip_header");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(instance = %self.cfg.name, error = %e, "VRRP socket receive");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                return;
+            }
+        };
+        if pkt.src == self.sock.source() {
+            return;
+        }
+        if !self.sock.accepts_from(pkt.src) {
+            self.m.dropped("not_a_peer");
+            return;
+        }
+        let advert = match decode(
+            &pkt.payload,
+            pkt.src,
+            pkt.dst,
+            pkt.ttl,
+            version_number(self.cfg.version),
+            &self.cfg.auth_pass,
+        ) {
+            Ok(a) => a,
+            Err(reason) => {
+                self.m.dropped(reason);
+                return;
+            }
+        };
+        if advert.vrid != self.cfg.vrid {
+            // Another group on the same link: normal, but counted.
+            self.m.dropped("vrid");
+            return;
+        }
+        self.m.received.inc();
+        let interval = advert.interval_duration();
+        self.peers.insert(
+            pkt.src,
+            PeerSeen {
+                priority: advert.priority,
+                interval,
+                at: Instant::now(),
+            },
+        );
+        self.input(Input::Advert {
+            src: pkt.src,
+            priority: advert.priority,
+            interval,
+        })
+        .await;
+    }
+
+    async fn on_net_event(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Link(l) => {
+                if self.links_up.contains_key(&l.name) {
+                    self.links_up.insert(l.name.clone(), l.up);
+                }
+                if l.index == self.link.index {
+                    let was = self.link.up;
+                    self.link = l;
+                    if was && !self.link.up {
+                        tracing::warn!(instance = %self.cfg.name, interface = %self.link.name, "link down: FAULT");
+                        self.input(Input::LinkDown).await;
+                    } else if !was && self.link.up {
+                        tracing::info!(instance = %self.cfg.name, interface = %self.link.name, "link up");
+                        self.input(Input::LinkUp).await;
+                    }
+                }
+                self.retrack().await;
+            }
+            NetEvent::AddrRemoved { ifindex, addr }
+                if ifindex == self.link.index
+                    && self.holder.held
+                    && self.holder.is_vip(addr)
+                    && self.router.state == State::Master =>
+            {
+                // Section "never lose the VIP while master": someone (or an
+                // expired lifetime) removed it; put it back and announce.
+                tracing::warn!(instance = %self.cfg.name, vip = %addr, "VIP removed while master: restoring");
+                if let Err(e) = self.holder.install(&self.link).await {
+                    tracing::error!(instance = %self.cfg.name, error = %e, "cannot restore VIP");
+                }
+                self.announce();
+                self.renew_at = Some(Instant::now() + self.renew_period());
+            }
+            _ => {}
+        }
+    }
+}
+
+fn sys_err(instance: &str) -> impl Fn(SysError) -> VrrpError + '_ {
+    move |source| VrrpError::Sys {
+        instance: instance.to_string(),
+        source,
+    }
+}
+
+/// Lets backups bind the tcplb listener on a VIP they do not hold yet.
+fn allow_nonlocal_bind(v6: bool) {
+    let key = if v6 {
+        "net.ipv6.ip_nonlocal_bind"
+    } else {
+        "net.ipv4.ip_nonlocal_bind"
+    };
+    match crate::sys::sysctl::ensure(key, "1") {
+        Ok(Some(old)) => tracing::info!(sysctl = key, old = %old, "set to 1 so backups can bind the VIP"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(sysctl = key, error = %e, "cannot set (listeners on the VIP need IP_FREEBIND)"),
+    }
+}
+
+/// Waits until `name` exists (and, for IPv6, has a link-local address),
+/// publishing FAULT meanwhile. None on shutdown.
+async fn wait_ready(
+    cfg: &VrrpInstanceConfig,
+    nl: &Netlink,
+    mon: &mut NetMonitor,
+    status: &ArcSwap<VrrpInstanceStatus>,
+    shutdown: &CancellationToken,
+) -> Result<Option<(LinkInfo, IpAddr)>, VrrpError> {
+    let v6 = cfg.virtual_ips.first().is_some_and(|v| v.addr().is_ipv6());
+    let exclude: Vec<IpAddr> = cfg.virtual_ips.iter().map(|v| v.addr()).collect();
+    let mut warned = false;
+    loop {
+        match nl.link_by_name(&cfg.interface).await {
+            Ok(link) => {
+                if let Some(src) = nl
+                    .source_address(&link, v6, &exclude)
+                    .await
+                    .map_err(sys_err(&cfg.name))?
+                {
+                    return Ok(Some((link, src)));
+                }
+            }
+            Err(SysError::NoSuchInterface(_)) => {}
+            Err(e) => return Err(sys_err(&cfg.name)(e)),
+        }
+        if !warned {
+            tracing::warn!(instance = %cfg.name, interface = %cfg.interface,
+                "interface missing or without a usable address: FAULT until it has one");
+            let mut st = (**status.load()).clone();
+            st.state = State::Fault.as_str().to_string();
+            status.store(Arc::new(st));
+            warned = true;
+        }
+        // Re-check on any link/address change, and at least every second.
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = mon.next() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The status of an instance before its task runs.
+pub fn initial_status(cfg: &VrrpInstanceConfig) -> VrrpInstanceStatus {
+    VrrpInstanceStatus {
+        name: cfg.name.clone(),
+        interface: cfg.interface.clone(),
+        vrid: cfg.vrid,
+        state: State::Init.as_str().to_string(),
+        priority: cfg.priority,
+        effective_priority: cfg.priority,
+        virtual_ips: cfg.virtual_ips.iter().map(|v| v.to_string()).collect(),
+        master: None,
+        transitions: 0,
+        since_seconds: 0,
+        version: version_number(cfg.version),
+        advert_interval_ms: cfg.advert_interval.as_millis() as u64,
+        peers: Vec::new(),
+        tracks: Vec::new(),
+    }
+}
+
+/// Runs one VRRP instance until `shutdown`; then sends priority 0 (if
+/// master) and removes the VIPs, so a backup takes over after skew time.
+pub async fn run_instance(
+    cfg: VrrpInstanceConfig,
+    mut tracks: watch::Receiver<ListenerHealthMap>,
+    status: Arc<ArcSwap<VrrpInstanceStatus>>,
+    metrics: VrrpMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), VrrpError> {
+    let m = metrics.instance(&cfg.name);
+    let nl = Netlink::connect().map_err(sys_err(&cfg.name))?;
+    // Subscribed before reading any state so no change falls in between.
+    let mut mon = NetMonitor::open().map_err(sys_err(&cfg.name))?;
+    let v6 = cfg.virtual_ips.first().is_some_and(|v| v.addr().is_ipv6());
+    allow_nonlocal_bind(v6);
+    let Some((link, src)) = wait_ready(&cfg, &nl, &mut mon, &status, &shutdown).await? else {
+        return Ok(());
+    };
+    let io_err = |what: &'static str| {
+        let name = cfg.name.clone();
+        move |source| VrrpError::Io {
+            instance: name.clone(),
+            what,
+            source,
+        }
+    };
+    let sock = VrrpSocket::open(&link.name, link.index, src, &cfg.unicast_peers)
+        .map_err(io_err("VRRP socket"))?;
+    let announcer = match link.mac {
+        Some(mac) => Some(Announcer {
+            tx: PacketSender::open(link.index).map_err(io_err("packet socket"))?,
+            mac,
+        }),
+        None => None,
+    };
+    let mut holder = VipHolder {
+        nl: nl.clone(),
+        vips: cfg.virtual_ips.clone(),
+        lifetime: cfg.vip_lifetime,
+        foreign: Vec::new(),
+        held: false,
+    };
+    // VIPs a crashed predecessor left (tagged ours): not master yet, so
+    // they go; a foreign copy stays.
+    if let Err(e) = holder.remove(&link).await {
+        tracing::warn!(instance = %cfg.name, error = %e, "cannot clean stale VIPs");
+    }
+    let mut links_up = BTreeMap::new();
+    for t in &cfg.track {
+        if let TrackTarget::Interface(name) = &t.target {
+            let up = nl.link_by_name(name).await.map(|l| l.up).unwrap_or(false);
+            links_up.insert(name.clone(), up);
+        }
+    }
+    let listeners = tracks.borrow_and_update().clone();
+    let track_state = track_failing(&cfg.track, &listeners, &links_up);
+    let prio = effective_priority(cfg.priority, &cfg.track, &track_state);
+    m.effective_priority.set(i64::from(prio));
+    let router = Router::new(
+        version_number(cfg.version),
+        prio,
+        cfg.advert_interval,
+        cfg.preempt,
+        cfg.preempt_delay,
+        src,
+    );
+    tracing::info!(instance = %cfg.name, interface = %link.name, source = %src, vrid = cfg.vrid,
+        priority = prio, peers = cfg.unicast_peers.len(), "VRRP instance starting");
+    let now = Instant::now();
+    let mut inst = Instance {
+        cfg,
+        m,
+        status,
+        nl,
+        link,
+        holder,
+        announcer,
+        sock,
+        router,
+        start: now,
+        since: now,
+        transitions: 0,
+        peers: BTreeMap::new(),
+        track_state,
+        listeners,
+        links_up,
+        renew_at: None,
+        garp_at: None,
+    };
+    inst.input(Input::Startup).await;
+    if !inst.link.up {
+        inst.input(Input::LinkDown).await;
+    }
+    let mut tracks_open = true;
+    let mut mon_open = true;
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let deadline = inst.router.next_deadline().map(|d| inst.start + d);
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                inst.input(Input::Tick).await;
+            }
+            r = inst.sock.recv() => inst.on_packet(r).await,
+            ev = mon.next(), if mon_open => match ev {
+                Some(ev) => inst.on_net_event(ev).await,
+                None => {
+                    tracing::warn!(instance = %inst.cfg.name, "netlink monitor closed; relying on periodic renewal");
+                    mon_open = false;
+                }
+            },
+            r = tracks.changed(), if tracks_open => {
+                if r.is_err() {
+                    tracks_open = false;
+                } else {
+                    inst.listeners = tracks.borrow_and_update().clone();
+                    inst.retrack().await;
+                }
+            }
+            _ = tokio::time::sleep_until(inst.renew_at.unwrap_or(far)), if inst.renew_at.is_some() => {
+                // Renewing also re-adds a VIP whose removal we missed.
+                if let Err(e) = inst.holder.install(&inst.link).await {
+                    tracing::warn!(instance = %inst.cfg.name, error = %e, "cannot renew VIP lifetime");
+                }
+                inst.renew_at = Some(Instant::now() + inst.renew_period());
+            }
+            _ = tokio::time::sleep_until(inst.garp_at.unwrap_or(far)), if inst.garp_at.is_some() => {
+                inst.announce();
+                inst.garp_at = inst.cfg.garp_refresh.map(|d| Instant::now() + d);
+            }
+            _ = status_tick.tick() => inst.publish(),
+        }
+    }
+    // RFC 5798 section 6.4.3: on Shutdown the master sends priority 0.
+    inst.input(Input::Shutdown).await;
+    if inst.holder.held {
+        let _ = inst.holder.remove(&inst.link).await;
+    }
+    let _ = &inst.nl;
+    tracing::info!(instance = %inst.cfg.name, "VRRP instance stopped");
+    Ok(())
+}
+
+/// All VRRP instances of a config, for app.rs: start, report, reload, stop.
+pub struct VrrpRunner {
+    metrics: VrrpMetrics,
+    tracks: watch::Receiver<ListenerHealthMap>,
+    running: Vec<RunningInstance>,
+    published: VrrpReporter,
+}
+
+/// A cheap, cloneable view of every instance's status (for the admin
+/// server's report closure).
+#[derive(Clone, Default)]
+pub struct VrrpReporter(Arc<ArcSwap<Vec<Arc<ArcSwap<VrrpInstanceStatus>>>>>);
+
+impl VrrpReporter {
+    pub fn report(&self) -> Vec<VrrpInstanceStatus> {
+        self.0.load().iter().map(|s| (**s.load()).clone()).collect()
+    }
+}
+
+struct RunningInstance {
+    cfg: VrrpInstanceConfig,
+    status: Arc<ArcSwap<VrrpInstanceStatus>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl VrrpRunner {
+    pub fn new(metrics: VrrpMetrics, tracks: watch::Receiver<ListenerHealthMap>) -> VrrpRunner {
+        VrrpRunner {
+            metrics,
+            tracks,
+            running: Vec::new(),
+            published: VrrpReporter::default(),
+        }
+    }
+
+    fn spawn(&self, cfg: VrrpInstanceConfig) -> RunningInstance {
+        let status = Arc::new(ArcSwap::from_pointee(initial_status(&cfg)));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (cfg, status, stop) = (cfg.clone(), status.clone(), stop.clone());
+            let (tracks, metrics) = (self.tracks.clone(), self.metrics.clone());
+            async move {
+                let name = cfg.name.clone();
+                if let Err(e) = run_instance(cfg, tracks, status, metrics, stop).await {
+                    tracing::error!(instance = %name, "VRRP instance failed: {e}");
+                }
+            }
+        });
+        RunningInstance {
+            cfg,
+            status,
+            stop,
+            task,
+        }
+    }
+
+    /// Brings the running instances to `wanted`: unchanged ones keep
+    /// running, changed ones restart (releasing the VIP with priority 0 first).
+    pub async fn apply(&mut self, wanted: &[VrrpInstanceConfig]) {
+        let mut keep = Vec::new();
+        for r in std::mem::take(&mut self.running) {
+            if wanted.contains(&r.cfg) {
+                keep.push(r);
+            } else {
+                r.stop.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(3), r.task).await;
+            }
+        }
+        for cfg in wanted {
+            if !keep.iter().any(|r| r.cfg == *cfg) {
+                keep.push(self.spawn(cfg.clone()));
+            }
+        }
+        self.running = keep;
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let all = self.running.iter().map(|r| r.status.clone()).collect();
+        self.published.0.store(Arc::new(all));
+    }
+
+    pub fn reporter(&self) -> VrrpReporter {
+        self.published.clone()
+    }
+
+    /// Stops every instance (priority 0, VIPs removed), bounded in time.
+    pub async fn stop(&mut self) {
+        for r in &self.running {
+            r.stop.cancel();
+        }
+        let tasks: Vec<_> = self.running.iter_mut().map(|r| &mut r.task).collect();
+        let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(tasks)).await;
+    }
 }
 
 #[cfg(test)]
