@@ -191,3 +191,293 @@ fn renewal_keeps_vip_and_monitor_reports_removal_and_link_down() {
         "(renewed VIP kept, removal seen, link down seen)"
     );
 }
+
+// ---------------------------------------------------------------------
+// Three `lbd run` nodes on a bridge.
+
+use common::vrrp::VipWatch;
+use std::path::{Path, PathBuf};
+
+const LBD: &str = env!("CARGO_BIN_EXE_lbd");
+
+/// Per-instance settings of one test scenario.
+#[derive(Clone)]
+struct Scenario {
+    version: u8,
+    interval_ms: u64,
+    v6: bool,
+    preempt: bool,
+    unicast: bool,
+    vip_lifetime: Option<&'static str>,
+    auth_pass: Option<&'static str>,
+    /// Extra YAML lines appended to the instance (indented 6 spaces).
+    extra: String,
+    /// Whole `tcplb:` section, if any.
+    tcplb: String,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            version: 3,
+            interval_ms: 100,
+            v6: false,
+            preempt: true,
+            unicast: false,
+            vip_lifetime: None,
+            auth_pass: None,
+            extra: String::new(),
+            tcplb: String::new(),
+        }
+    }
+}
+
+struct Cluster {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    ns: Vec<String>,
+    /// Lab child index of each node's lbd, if running.
+    procs: Vec<Option<usize>>,
+    net: u8,
+    sc: Scenario,
+    prios: Vec<u8>,
+}
+
+impl Cluster {
+    /// Three nodes 10.213.<net>.1-3 (fd00:db8:<net>::1-3), VIP .100.
+    fn new(net: u8, sc: Scenario, prios: &[u8]) -> Cluster {
+        let mut lab = Lab::new("vrrp");
+        let mut ns = Vec::new();
+        for i in 1..=prios.len() {
+            let n = lab.add_ns(&format!("n{i}"));
+            let v4 = format!("10.213.{net}.{i}/24");
+            let v6 = format!("fd00:db8:{net}::{i}/64");
+            lab.attach(&n, "eth0", &[&v4, &v6]);
+            ns.push(n);
+        }
+        // IPv6 link-local addresses need a moment (DAD) before they are
+        // usable as VRRP source.
+        if sc.v6 {
+            for n in &ns {
+                let ok = wait_for(Duration::from_secs(5), || {
+                    let a = lab.addrs(n);
+                    a.contains("fe80::") && !a.contains("tentative")
+                });
+                assert!(
+                    ok.is_some(),
+                    "no link-local address in {n}: {}",
+                    lab.addrs(n)
+                );
+            }
+        }
+        Cluster {
+            lab,
+            dir: tempfile::tempdir().unwrap(),
+            procs: vec![None; prios.len()],
+            ns,
+            net,
+            sc,
+            prios: prios.to_vec(),
+        }
+    }
+
+    fn vip(&self) -> IpAddr {
+        if self.sc.v6 {
+            format!("fd00:db8:{}::100", self.net).parse().unwrap()
+        } else {
+            format!("10.213.{}.100", self.net).parse().unwrap()
+        }
+    }
+
+    fn config(&self, i: usize) -> String {
+        let sc = &self.sc;
+        let net = self.net;
+        let vip = if sc.v6 {
+            format!("fd00:db8:{net}::100/64")
+        } else {
+            format!("10.213.{net}.100/24")
+        };
+        let mut inst = format!(
+            "    - name: vip\n      interface: eth0\n      vrid: 51\n      version: {}\n      priority: {}\n      advert_interval: {}ms\n      preempt: {}\n      virtual_ips: [{vip}]\n",
+            sc.version, self.prios[i], sc.interval_ms, sc.preempt
+        );
+        if sc.unicast {
+            let peers: Vec<String> = (1..=self.prios.len())
+                .filter(|j| *j != i + 1)
+                .map(|j| {
+                    if sc.v6 {
+                        format!("\"fd00:db8:{net}::{j}\"")
+                    } else {
+                        format!("10.213.{net}.{j}")
+                    }
+                })
+                .collect();
+            inst.push_str(&format!("      unicast_peers: [{}]\n", peers.join(", ")));
+        }
+        if let Some(l) = sc.vip_lifetime {
+            inst.push_str(&format!("      vip_lifetime: {l}\n"));
+        }
+        if let Some(p) = sc.auth_pass {
+            inst.push_str(&format!("      auth_pass: \"{p}\"\n"));
+        }
+        inst.push_str(&sc.extra);
+        let sock = self.dir.path().join(format!("n{}.sock", i + 1));
+        format!(
+            "node:\n  name: n{}\nvrrp:\n  instances:\n{inst}{}admin:\n  socket: {}\n  listen: \"\"\n",
+            i + 1,
+            sc.tcplb,
+            sock.display()
+        )
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{}.log", i + 1))
+    }
+
+    fn start(&mut self, i: usize) {
+        let conf = self.dir.path().join(format!("n{}.yaml", i + 1));
+        std::fs::write(&conf, self.config(i)).unwrap();
+        let log = self.log(i);
+        let ns = self.ns[i].clone();
+        let idx = self.lab.spawn(
+            &ns,
+            "env",
+            &["RUST_LOG=info", LBD, "run", "-c", conf.to_str().unwrap()],
+            Some(&log),
+        );
+        self.procs[i] = Some(idx);
+    }
+
+    fn start_all(&mut self) {
+        for i in 0..self.ns.len() {
+            self.start(i);
+        }
+    }
+
+    fn kill(&mut self, i: usize, sig: &str) {
+        let idx = self.procs[i].take().expect("node not running");
+        self.lab.signal(idx, sig);
+        let st = self.lab.wait_exit(idx, Duration::from_secs(5));
+        assert!(st.is_some(), "n{} did not exit on {sig}", i + 1);
+    }
+
+    fn watch(&self) -> VipWatch {
+        VipWatch::start(&self.ns, "eth0", self.vip())
+    }
+
+    fn logs(&self) -> String {
+        (0..self.ns.len())
+            .map(|i| {
+                format!(
+                    "--- n{} ---\n{}",
+                    i + 1,
+                    std::fs::read_to_string(self.log(i)).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// Master_Down_Interval of node `i` as RFC 5798 section 6.1 defines it.
+    fn master_down(&self, i: usize) -> Duration {
+        let ai = Duration::from_millis(self.sc.interval_ms);
+        let skew_base = if self.sc.version == 2 {
+            Duration::from_secs(1)
+        } else {
+            ai
+        };
+        ai * 3 + skew_base * (256 - u32::from(self.prios[i])) / 256
+    }
+
+    fn skew(&self, i: usize) -> Duration {
+        let ai = Duration::from_millis(self.sc.interval_ms);
+        let skew_base = if self.sc.version == 2 {
+            Duration::from_secs(1)
+        } else {
+            ai
+        };
+        skew_base * (256 - u32::from(self.prios[i])) / 256
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.sc.interval_ms)
+    }
+}
+
+/// Startup: exactly the highest priority node holds the VIP; then SIGKILL
+/// of it -> the next holds it within Master_Down_Interval (plus sampling
+/// and process slack); then SIGTERM of that one -> takeover in about skew.
+fn failover_scenario(net: u8, sc: Scenario) {
+    let mut c = Cluster::new(net, sc, &[150, 100, 50]);
+    let w = c.watch();
+    c.start_all();
+    let first = w.wait_sole_holder(0, Duration::from_secs(10));
+    assert!(
+        first.is_some(),
+        "n1 never sole master: {:?}\n{}",
+        w.holders(),
+        c.logs()
+    );
+    // Stable: the same single master for 10 advert intervals.
+    std::thread::sleep(c.interval() * 10);
+    assert_eq!(w.holders(), vec![0], "{}", c.logs());
+
+    let dual = w.take_max_dual();
+    assert!(
+        dual <= c.interval() + Duration::from_millis(60),
+        "split brain {dual:?} at startup"
+    );
+
+    // Crash of the master: lbd is gone but n1's VIP stays until its
+    // lifetime runs out (nobody renews it). n2 must hold it within
+    // Master_Down_Interval regardless.
+    c.kill(0, "KILL");
+    let took = wait_for(Duration::from_secs(10), || w.holders().contains(&1))
+        .unwrap_or_else(|| panic!("n2 never took over: {:?}\n{}", w.holders(), c.logs()));
+    let md = c.master_down(1);
+    eprintln!("[net {net}] SIGKILL of master: n2 holds the VIP after {took:?} (Master_Down_Interval {md:?})");
+    assert!(
+        took <= md + Duration::from_millis(250),
+        "takeover {took:?} slower than Master_Down_Interval {md:?} + 250 ms\n{}",
+        c.logs()
+    );
+    let stale = wait_for(Duration::from_secs(10), || w.holders() == vec![1])
+        .unwrap_or_else(|| panic!("killed master's VIP never expired: {:?}", w.holders()));
+    eprintln!("[net {net}] killed master's VIP gone {stale:?} after takeover (vip_lifetime)");
+    assert!(
+        stale <= Duration::from_secs(3) + Duration::from_millis(500),
+        "{stale:?}"
+    );
+    w.take_max_dual();
+
+    // Graceful stop of the new master: priority 0 -> n3 after skew.
+    assert!(
+        w.wait_sole_holder(1, Duration::from_secs(10)).is_some(),
+        "{:?}",
+        w.holders()
+    );
+    c.kill(1, "TERM");
+    let took = w
+        .wait_sole_holder(2, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("n3 never took over: {:?}\n{}", w.holders(), c.logs()));
+    let skew = c.skew(2);
+    eprintln!("[net {net}] SIGTERM of master: n3 holds the VIP after {took:?} (skew {skew:?})");
+    assert!(
+        took <= skew + c.interval() + Duration::from_millis(250),
+        "graceful takeover {took:?} not within skew {skew:?} + one interval"
+    );
+    let dual = w.max_dual();
+    assert!(
+        dual <= c.interval() + Duration::from_millis(60),
+        "two nodes held the VIP for {dual:?} (> one advert interval)\n{}",
+        c.logs()
+    );
+    assert!(w.samples() > 20);
+}
+
+#[test]
+fn v3_ipv4_multicast_failover() {
+    if !require_root("v3_ipv4_multicast_failover") {
+        return;
+    }
+    failover_scenario(31, Scenario::default());
+}

@@ -102,6 +102,16 @@ impl VipWatch {
         self.stats.lock().unwrap().max_dual
     }
 
+    /// The longest dual holding so far, and starts counting afresh (for a
+    /// phase where it is expected, like a killed node's VIP expiring).
+    pub fn take_max_dual(&self) -> Duration {
+        let mut s = self.stats.lock().unwrap();
+        let d = s.max_dual;
+        s.max_dual = Duration::ZERO;
+        s.dual_since = None;
+        d
+    }
+
     pub fn samples(&self) -> u64 {
         self.stats.lock().unwrap().samples
     }
