@@ -481,3 +481,100 @@ fn v3_ipv4_multicast_failover() {
     }
     failover_scenario(31, Scenario::default());
 }
+
+#[test]
+fn v3_ipv6_multicast_failover() {
+    if !require_root("v3_ipv6_multicast_failover") {
+        return;
+    }
+    failover_scenario(
+        32,
+        Scenario {
+            v6: true,
+            ..Scenario::default()
+        },
+    );
+}
+
+#[test]
+fn v3_ipv4_unicast_failover() {
+    if !require_root("v3_ipv4_unicast_failover") {
+        return;
+    }
+    failover_scenario(
+        33,
+        Scenario {
+            unicast: true,
+            ..Scenario::default()
+        },
+    );
+}
+
+#[test]
+fn v2_pass_auth_failover() {
+    if !require_root("v2_pass_auth_failover") {
+        return;
+    }
+    failover_scenario(
+        34,
+        Scenario {
+            version: 2,
+            interval_ms: 1000,
+            auth_pass: Some("s3cret"),
+            ..Scenario::default()
+        },
+    );
+}
+
+/// A higher-priority node that returns takes the VIP back (preempt on) and
+/// does not with preempt off.
+fn preemption(net: u8, preempt: bool) {
+    let mut c = Cluster::new(
+        net,
+        Scenario {
+            preempt,
+            ..Scenario::default()
+        },
+        &[150, 100],
+    );
+    let w = c.watch();
+    c.start(1);
+    assert!(
+        w.wait_sole_holder(1, Duration::from_secs(10)).is_some(),
+        "n2 alone never master: {:?}",
+        w.holders()
+    );
+    c.start(0);
+    if preempt {
+        let t = w
+            .wait_sole_holder(0, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("n1 did not preempt: {:?}\n{}", w.holders(), c.logs()));
+        eprintln!("[net {net}] preemption by returning n1 after {t:?}");
+    } else {
+        // Ten Master_Down_Intervals: n2 keeps the VIP.
+        std::thread::sleep(c.master_down(0) * 10);
+        assert_eq!(w.holders(), vec![1], "preempt off, yet: {}", c.logs());
+    }
+    let dual = w.max_dual();
+    assert!(
+        dual <= c.interval() + Duration::from_millis(60),
+        "split brain {dual:?}\n{}",
+        c.logs()
+    );
+}
+
+#[test]
+fn returning_higher_priority_node_preempts() {
+    if !require_root("returning_higher_priority_node_preempts") {
+        return;
+    }
+    preemption(35, true);
+}
+
+#[test]
+fn no_preemption_when_off() {
+    if !require_root("no_preemption_when_off") {
+        return;
+    }
+    preemption(36, false);
+}
