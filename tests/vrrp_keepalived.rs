@@ -116,7 +116,11 @@ impl Mixed {
     }
 
     fn start_lbd(&mut self) {
-        let auth = if self.version == 2 { "      auth_pass: \"42\"\n" } else { "" };
+        let auth = if self.version == 2 {
+            "      auth_pass: \"42\"\n"
+        } else {
+            ""
+        };
         let conf = format!(
             "vrrp:\n  instances:\n    - name: vip\n      interface: eth0\n      vrid: 51\n      version: {}\n      priority: {}\n      advert_interval: {}ms\n      virtual_ips: [{}/24]\n{auth}admin:\n  socket: {}\n  listen: \"\"\n",
             self.version,
@@ -157,16 +161,28 @@ impl Mixed {
     }
 
     fn watch(&self) -> VipWatch {
-        VipWatch::start(&[self.a.clone(), self.b.clone()], "eth0", self.vip().parse().unwrap())
+        VipWatch::start(
+            &[self.a.clone(), self.b.clone()],
+            "eth0",
+            self.vip().parse().unwrap(),
+        )
     }
 
     fn logs(&self) -> String {
         let r = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
-        format!("--- lbd ---\n{}\n--- keepalived ---\n{}", r("lbd.log"), r("ka.log"))
+        format!(
+            "--- lbd ---\n{}\n--- keepalived ---\n{}",
+            r("lbd.log"),
+            r("ka.log")
+        )
     }
 
     fn master_down(&self, prio: u8) -> Duration {
-        let skew = if self.version == 2 { Duration::from_secs(1) } else { self.interval() };
+        let skew = if self.version == 2 {
+            Duration::from_secs(1)
+        } else {
+            self.interval()
+        };
         self.interval() * 3 + skew * (256 - u32::from(prio)) / 256
     }
 
@@ -174,8 +190,14 @@ impl Mixed {
     fn assert_keepalived_accepted_us(&self) {
         let log = std::fs::read_to_string(self.dir.path().join("ka.log")).unwrap_or_default();
         for bad in ["bogus", "Invalid", "invalid", "checksum", "ttl", "auth"] {
-            let hit = log.lines().find(|l| l.contains(bad) && l.contains("10.213."));
-            assert!(hit.is_none(), "keepalived complained: {hit:?}\n{}", self.logs());
+            let hit = log
+                .lines()
+                .find(|l| l.contains(bad) && l.contains("10.213."));
+            assert!(
+                hit.is_none(),
+                "keepalived complained: {hit:?}\n{}",
+                self.logs()
+            );
         }
     }
 }
@@ -189,7 +211,8 @@ fn lbd_master_keepalived_backup(net: u8, version: u8) {
     m.start_lbd();
     let limit = m.master_down(100) * 3;
     assert!(
-        w.wait_sole_holder(0, limit + Duration::from_secs(3)).is_some(),
+        w.wait_sole_holder(0, limit + Duration::from_secs(3))
+            .is_some(),
         "lbd never sole master: {:?}\n{}",
         w.holders(),
         m.logs()
@@ -198,22 +221,48 @@ fn lbd_master_keepalived_backup(net: u8, version: u8) {
     assert_eq!(w.holders(), vec![0], "{}", m.logs());
     let i = m.lbd.take().unwrap();
     m.lab.signal(i, "KILL");
-    m.lab.wait_exit(i, Duration::from_secs(5)).expect("lbd exit");
+    m.lab
+        .wait_exit(i, Duration::from_secs(5))
+        .expect("lbd exit");
     let took = common::netns::wait_for(Duration::from_secs(10), || w.holders().contains(&1))
-        .unwrap_or_else(|| panic!("keepalived never took over: {:?}\n{}", w.holders(), m.logs()));
+        .unwrap_or_else(|| {
+            panic!(
+                "keepalived never took over: {:?}\n{}",
+                w.holders(),
+                m.logs()
+            )
+        });
     let md = m.master_down(100);
     eprintln!("[v{version}] lbd SIGKILL -> keepalived holds VIP after {took:?} (MDI {md:?})");
-    assert!(took <= md + Duration::from_millis(300), "{took:?} > {md:?}\n{}", m.logs());
+    assert!(
+        took <= md + Duration::from_millis(300),
+        "{took:?} > {md:?}\n{}",
+        m.logs()
+    );
     // lbd's VIP lapses (lifetime), then lbd returns and preempts.
-    assert!(w.wait_sole_holder(1, Duration::from_secs(6)).is_some(), "{:?}", w.holders());
+    assert!(
+        w.wait_sole_holder(1, Duration::from_secs(6)).is_some(),
+        "{:?}",
+        w.holders()
+    );
     w.take_max_dual();
     m.start_lbd();
     let back = w
         .wait_sole_holder(0, Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("lbd did not preempt keepalived: {:?}\n{}", w.holders(), m.logs()));
+        .unwrap_or_else(|| {
+            panic!(
+                "lbd did not preempt keepalived: {:?}\n{}",
+                w.holders(),
+                m.logs()
+            )
+        });
     eprintln!("[v{version}] lbd back -> preempted keepalived after {back:?}");
     let dual = w.max_dual();
-    assert!(dual <= m.interval() + Duration::from_millis(60), "split brain {dual:?}\n{}", m.logs());
+    assert!(
+        dual <= m.interval() + Duration::from_millis(60),
+        "split brain {dual:?}\n{}",
+        m.logs()
+    );
     m.assert_keepalived_accepted_us();
 }
 
@@ -242,14 +291,26 @@ fn keepalived_master_lbd_backup(net: u8, version: u8) {
         "graceful takeover {took:?} slower than a full Master_Down_Interval\n{}",
         m.logs()
     );
-    m.lab.wait_exit(i, Duration::from_secs(5)).expect("keepalived exit");
+    m.lab
+        .wait_exit(i, Duration::from_secs(5))
+        .expect("keepalived exit");
     m.start_ka();
     let back = w
         .wait_sole_holder(1, Duration::from_secs(15))
-        .unwrap_or_else(|| panic!("keepalived did not preempt lbd: {:?}\n{}", w.holders(), m.logs()));
+        .unwrap_or_else(|| {
+            panic!(
+                "keepalived did not preempt lbd: {:?}\n{}",
+                w.holders(),
+                m.logs()
+            )
+        });
     eprintln!("[v{version}] keepalived back -> preempted lbd after {back:?}");
     let dual = w.max_dual();
-    assert!(dual <= m.interval() + Duration::from_millis(60), "split brain {dual:?}\n{}", m.logs());
+    assert!(
+        dual <= m.interval() + Duration::from_millis(60),
+        "split brain {dual:?}\n{}",
+        m.logs()
+    );
 }
 
 #[test]

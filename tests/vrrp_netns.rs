@@ -578,3 +578,112 @@ fn no_preemption_when_off() {
     }
     preemption(36, false);
 }
+
+/// Binds a TCP listener inside namespace `ns` (the socket belongs to the
+/// namespace it was created in); dropping it makes the backend go away.
+fn listen_in(ns: &str, addr: &str) -> std::net::TcpListener {
+    let addr = addr.to_string();
+    in_ns(ns, move || {
+        std::net::TcpListener::bind(addr).expect("bind backend")
+    })
+}
+
+/// A tracked tcplb listener losing its only backend lowers the master's
+/// priority below the backup's: the VIP moves, and a notify command
+/// reports every state change as `CMD INSTANCE STATE`.
+#[test]
+fn tracked_listener_without_backends_moves_the_vip() {
+    if !require_root("tracked_listener_without_backends_moves_the_vip") {
+        return;
+    }
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_log = notify_dir.path().join("notify.log");
+    let sc = Scenario {
+        extra: format!(
+            "      track:\n        - listener: api\n          weight: -100\n      notify: \"echo >> {}\"\n",
+            notify_log.display()
+        ),
+        tcplb: "tcplb:\n  listeners:\n    - name: api\n      bind: 0.0.0.0:8443\n      backends: [127.0.0.1:7001]\n      health: { type: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }\n".to_string(),
+        ..Scenario::default()
+    };
+    let mut c = Cluster::new(37, sc, &[150, 100]);
+    let backends: Vec<_> =
+        c.ns.iter()
+            .map(|n| listen_in(n, "127.0.0.1:7001"))
+            .collect();
+    let w = c.watch();
+    c.start_all();
+    assert!(
+        w.wait_sole_holder(0, Duration::from_secs(10)).is_some(),
+        "n1 never master: {:?}\n{}",
+        w.holders(),
+        c.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(w.holders(), vec![0]);
+    let mut backends = backends.into_iter();
+    drop(backends.next()); // n1's backend dies
+    let moved = w
+        .wait_sole_holder(1, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("VIP did not move: {:?}\n{}", w.holders(), c.logs()));
+    eprintln!("[net 37] listener lost its backends: VIP on n2 after {moved:?}");
+    assert!(
+        moved <= Duration::from_secs(1),
+        "{moved:?} (target: <= 1 s)"
+    );
+    let dual = w.max_dual();
+    assert!(
+        dual <= c.interval() + Duration::from_millis(60),
+        "split brain {dual:?}"
+    );
+    // The notify command ran (asynchronously; both nodes append to the
+    // same file): n1 and then n2 became MASTER, n1 went BACKUP.
+    let seen = wait_for(Duration::from_secs(2), || {
+        std::fs::read_to_string(&notify_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "vip MASTER")
+            .count()
+            >= 2
+    });
+    let log = std::fs::read_to_string(&notify_log).unwrap_or_default();
+    assert!(seen.is_some(), "notify log: {log:?}");
+    assert!(log.lines().any(|l| l == "vip BACKUP"), "{log:?}");
+    drop(backends);
+}
+
+/// The master's link goes down: it goes FAULT and drops the VIP, the
+/// backup takes over; the link comes back and the master preempts.
+#[test]
+fn link_down_master_goes_fault_and_returns() {
+    if !require_root("link_down_master_goes_fault_and_returns") {
+        return;
+    }
+    let mut c = Cluster::new(38, Scenario::default(), &[150, 100]);
+    let w = c.watch();
+    c.start_all();
+    assert!(
+        w.wait_sole_holder(0, Duration::from_secs(10)).is_some(),
+        "{}",
+        c.logs()
+    );
+    let n1 = c.ns[0].clone();
+    c.lab.sh(&n1, &["ip", "link", "set", "eth0", "down"]);
+    let t = w
+        .wait_sole_holder(1, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no takeover on link down: {:?}\n{}", w.holders(), c.logs()));
+    eprintln!("[net 38] master link down: n2 sole holder after {t:?}");
+    assert!(t <= c.master_down(1) + Duration::from_millis(250), "{t:?}");
+    let log = std::fs::read_to_string(c.log(0)).unwrap_or_default();
+    assert!(log.contains("FAULT"), "{log}");
+    c.lab.sh(&n1, &["ip", "link", "set", "eth0", "up"]);
+    let t = w
+        .wait_sole_holder(0, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("n1 never came back: {:?}\n{}", w.holders(), c.logs()));
+    eprintln!("[net 38] link back: n1 master again after {t:?}");
+    let dual = w.max_dual();
+    assert!(
+        dual <= c.interval() + Duration::from_millis(60),
+        "split brain {dual:?}"
+    );
+}
