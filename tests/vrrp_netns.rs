@@ -196,7 +196,7 @@ fn renewal_keeps_vip_and_monitor_reports_removal_and_link_down() {
 // Three `lbd run` nodes on a bridge.
 
 use common::vrrp::VipWatch;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const LBD: &str = env!("CARGO_BIN_EXE_lbd");
 
@@ -550,6 +550,27 @@ fn preemption(net: u8, preempt: bool) {
             .wait_sole_holder(0, Duration::from_secs(10))
             .unwrap_or_else(|| panic!("n1 did not preempt: {:?}\n{}", w.holders(), c.logs()));
         eprintln!("[net {net}] preemption by returning n1 after {t:?}");
+        // What `lbd status --json` tells about it, from both sides.
+        std::thread::sleep(Duration::from_millis(300));
+        let status = |i: usize| -> serde_json::Value {
+            let sock = c.dir.path().join(format!("n{}.sock", i + 1));
+            let out =
+                common::netns::run(&[LBD, "status", "--json", "--socket", sock.to_str().unwrap()]);
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        };
+        let (s1, s2) = (status(0), status(1));
+        let (v1, v2) = (&s1["vrrp"][0], &s2["vrrp"][0]);
+        assert_eq!(v1["state"], "MASTER", "{s1}");
+        assert_eq!(v2["state"], "BACKUP", "{s2}");
+        let me = format!("10.213.{net}.1");
+        assert_eq!(v1["master"], me.as_str(), "{s1}");
+        assert_eq!(v2["master"], me.as_str(), "{s2}");
+        assert_eq!(v2["peers"][0]["address"], me.as_str(), "{s2}");
+        assert_eq!(v2["peers"][0]["priority"], 150, "{s2}");
+        assert!(
+            v2["transitions"].as_u64().unwrap() >= 3,
+            "BACKUP, MASTER, BACKUP: {s2}"
+        );
     } else {
         // Ten Master_Down_Intervals: n2 keeps the VIP.
         std::thread::sleep(c.master_down(0) * 10);

@@ -22,8 +22,8 @@ use crate::sys::addr::{AddOutcome, LinkInfo, Netlink, SysError};
 use crate::sys::link::{NetEvent, NetMonitor};
 use crate::sys::packet::PacketSender;
 
-use super::metrics::{InstanceMetrics, VrrpMetrics};
 use super::interim::{decode, encode, Action, Advert, Input, Router, State};
+use super::metrics::{InstanceMetrics, VrrpMetrics};
 use super::net::{garp_frame, unsolicited_na_frame, VrrpSocket};
 
 /// Listener name -> has at least one healthy backend (what app.rs publishes).
@@ -185,7 +185,6 @@ fn track_status(tracks: &[TrackConfig], state: &TrackState) -> Vec<TrackStatus> 
         .collect()
 }
 
-
 /// What the status shows about a peer heard recently.
 struct PeerSeen {
     priority: u8,
@@ -255,7 +254,9 @@ impl Instance {
                 Ok(()) => {
                     self.m.sent.inc();
                 }
-                Err(e) => tracing::warn!(instance = %self.cfg.name, to = %dst, error = %e, "advert not sent"),
+                Err(e) => {
+                    tracing::warn!(instance = %self.cfg.name, to = %dst, error = %e, "advert not sent")
+                }
             }
         }
     }
@@ -469,9 +470,13 @@ fn allow_nonlocal_bind(v6: bool) {
         "net.ipv4.ip_nonlocal_bind"
     };
     match crate::sys::sysctl::ensure(key, "1") {
-        Ok(Some(old)) => tracing::info!(sysctl = key, old = %old, "set to 1 so backups can bind the VIP"),
+        Ok(Some(old)) => {
+            tracing::info!(sysctl = key, old = %old, "set to 1 so backups can bind the VIP")
+        }
         Ok(None) => {}
-        Err(e) => tracing::warn!(sysctl = key, error = %e, "cannot set (listeners on the VIP need IP_FREEBIND)"),
+        Err(e) => {
+            tracing::warn!(sysctl = key, error = %e, "cannot set (listeners on the VIP need IP_FREEBIND)")
+        }
     }
 }
 
@@ -777,7 +782,8 @@ impl VrrpRunner {
             r.stop.cancel();
         }
         let tasks: Vec<_> = self.running.iter_mut().map(|r| &mut r.task).collect();
-        let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(tasks)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(tasks)).await;
     }
 }
 

@@ -275,7 +275,7 @@ impl Router {
         }
     }
 
-    fn to_backup(&mut self, now: Duration, out: &mut Vec<Action>) {
+    fn enter_backup(&mut self, now: Duration, out: &mut Vec<Action>) {
         if self.state == State::Master {
             out.push(Action::ReleaseVips);
         }
@@ -285,7 +285,7 @@ impl Router {
         out.push(Action::StateChanged(State::Backup));
     }
 
-    fn to_master(&mut self, now: Duration, out: &mut Vec<Action>) {
+    fn enter_master(&mut self, now: Duration, out: &mut Vec<Action>) {
         self.state = State::Master;
         self.master = Some(self.our_addr);
         self.master_down_at = None;
@@ -305,7 +305,7 @@ impl Router {
             // address, so never priority 255).
             (State::Init, Input::Startup) => {
                 self.master_adver_interval = self.adver_interval;
-                self.to_backup(now, &mut out);
+                self.enter_backup(now, &mut out);
             }
             (_, Input::LinkDown) => {
                 if self.state == State::Master {
@@ -319,7 +319,7 @@ impl Router {
             }
             (State::Fault, Input::LinkUp) => {
                 self.master_adver_interval = self.adver_interval;
-                self.to_backup(now, &mut out);
+                self.enter_backup(now, &mut out);
             }
             (_, Input::Priority(p)) => {
                 self.priority = p;
@@ -342,18 +342,14 @@ impl Router {
                 self.adver_at = None;
                 self.master_down_at = None;
             }
-            (State::Backup, Input::Tick) => {
-                if self.master_down_at.is_some_and(|t| now >= t) {
-                    self.to_master(now, &mut out);
-                }
+            (State::Backup, Input::Tick) if self.master_down_at.is_some_and(|t| now >= t) => {
+                self.enter_master(now, &mut out);
             }
-            (State::Master, Input::Tick) => {
-                if self.adver_at.is_some_and(|t| now >= t) {
-                    out.push(Action::SendAdvert {
-                        priority: self.priority,
-                    });
-                    self.adver_at = Some(now + self.adver_interval);
-                }
+            (State::Master, Input::Tick) if self.adver_at.is_some_and(|t| now >= t) => {
+                out.push(Action::SendAdvert {
+                    priority: self.priority,
+                });
+                self.adver_at = Some(now + self.adver_interval);
             }
             // Section 6.4.2: Backup receives an advert.
             (
@@ -406,7 +402,7 @@ impl Router {
                         self.master_adver_interval = interval;
                     }
                     self.master = Some(src);
-                    self.to_backup(now, &mut out);
+                    self.enter_backup(now, &mut out);
                 }
             }
             _ => {}

@@ -227,30 +227,30 @@ pub fn parse_ipv4(pkt: &[u8]) -> io::Result<Received> {
 fn recv_v6(sock: &Socket) -> io::Result<Received> {
     let mut buf = [0u8; 2048];
     let mut cmsg = nix::cmsg_space!(libc::c_int, libc::in6_pktinfo);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<SockaddrIn6>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::empty(),
-    )?;
-    let n = msg.bytes;
-    let src = msg
-        .address
-        .map(|a| IpAddr::V6(a.ip()))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no source address"))?;
     let mut ttl = None;
     let mut dst = None;
-    for c in msg.cmsgs()? {
-        match c {
-            ControlMessageOwned::Ipv6HopLimit(h) => ttl = u8::try_from(h).ok(),
-            ControlMessageOwned::Ipv6PacketInfo(i) => {
-                dst = Some(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr)))
+    // The message borrows `buf` through the iovec; read what we need from
+    // it inside this block, then copy the payload out.
+    let (n, src) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<SockaddrIn6>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )?;
+        for c in msg.cmsgs()? {
+            match c {
+                ControlMessageOwned::Ipv6HopLimit(h) => ttl = u8::try_from(h).ok(),
+                ControlMessageOwned::Ipv6PacketInfo(i) => {
+                    dst = Some(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr)))
+                }
+                _ => {}
             }
-            _ => {}
         }
-    }
-    drop(iov);
+        (msg.bytes, msg.address.map(|a| IpAddr::V6(a.ip())))
+    };
+    let src = src.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no source address"))?;
     match (ttl, dst) {
         (Some(ttl), Some(dst)) => Ok(Received {
             src,
