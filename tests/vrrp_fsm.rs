@@ -902,3 +902,54 @@ fn conformance_replays_match_goldens() {
         assert_eq!(got.len(), want.len(), "{}: line count", golden.display());
     }
 }
+
+// ------------------------------------------------------ from config ------
+
+#[test]
+fn params_and_local_instance_from_config() {
+    use lbd::config::{VrrpInstanceConfig, VrrpVersion};
+    use lbd::vrrp::packet::{Auth, LocalInstance};
+    let cfg = VrrpInstanceConfig {
+        name: "apiserver".into(),
+        interface: "eth0".into(),
+        vrid: 51,
+        version: VrrpVersion::V2,
+        priority: 100,
+        advert_interval: ms(1000),
+        preempt: true,
+        preempt_delay: ms(3000),
+        virtual_ips: vec!["10.213.0.100/24".parse().unwrap()],
+        unicast_peers: vec![],
+        auth_pass: "42".into(),
+        track: vec![],
+        garp_burst: 5,
+        garp_refresh: Some(Duration::ZERO),
+        notify: None,
+        vip_lifetime: ms(60_000),
+    };
+    let p = VirtualRouterParams::from_config(&cfg, ip(1));
+    assert_eq!(p.version, Version::V2);
+    assert_eq!(p.advert_interval_cs, 100);
+    assert_eq!(
+        p.virtual_ips,
+        vec!["10.213.0.100".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(p.preempt_delay, ms(3000));
+    // A zero refresh period means off, not a busy loop.
+    assert_eq!(p.garp_refresh, None);
+    let l = LocalInstance::from_config(&cfg);
+    assert_eq!(l.auth, Auth::Password(*b"42\0\0\0\0\0\0"));
+    assert_eq!(l.advert_interval_cs, 100);
+    let v3 = VrrpInstanceConfig {
+        version: VrrpVersion::V3,
+        advert_interval: ms(100),
+        ..cfg
+    };
+    let l = LocalInstance::from_config(&v3);
+    assert_eq!(l.auth, Auth::None);
+    assert_eq!(l.advert_interval_cs, 10);
+    assert_eq!(
+        VirtualRouterParams::from_config(&v3, ip(1)).advert_interval_cs,
+        10
+    );
+}

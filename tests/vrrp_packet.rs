@@ -684,3 +684,32 @@ fn random_inputs_never_panic() {
     // proves little about the deeper code.
     assert!(accepted > 1000, "only {accepted} accepted");
 }
+
+// ------------------------------------------------ unsolicited NA ---------
+
+#[test]
+fn unsolicited_na_matches_scapy_bytes() {
+    // scapy 2.5: Ether(src=MAC, dst="33:33:00:00:00:01") /
+    // IPv6(src=VIP, dst="ff02::1", hlim=255) /
+    // ICMPv6ND_NA(tgt=VIP, R=r, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=MAC)
+    let mac = [0x1a, 0xb4, 0xe8, 0xbd, 0x65, 0x34];
+    let vip: Ipv6Addr = "2001:db8::100".parse().unwrap();
+    let host = hex(
+        "3333000000011ab4e8bd653486dd6000000000203aff20010db8000000000000000000000100\
+         ff020000000000000000000000000001880090872000000020010db8000000000000000000000100\
+         02011ab4e8bd6534",
+    );
+    let router = hex(
+        "3333000000011ab4e8bd653486dd6000000000203aff20010db8000000000000000000000100\
+         ff02000000000000000000000000000188001087a000000020010db8000000000000000000000100\
+         02011ab4e8bd6534",
+    );
+    assert_eq!(
+        lbd::vrrp::packet::unsolicited_na_frame(mac, vip, false).to_vec(),
+        host
+    );
+    assert_eq!(
+        lbd::vrrp::packet::unsolicited_na_frame(mac, vip, true).to_vec(),
+        router
+    );
+}

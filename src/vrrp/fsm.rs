@@ -41,7 +41,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VrrpInstanceConfig;
-use crate::vrrp::packet::{Version, VrrpPacket, MAX_ADVERT_INTERVAL_CS};
+pub use crate::vrrp::packet::interval_cs;
+use crate::vrrp::packet::{Version, VrrpPacket};
 
 /// How many peers are remembered for status. A spoofing host could invent
 /// any number of source addresses; the oldest heard is forgotten first.
@@ -91,16 +92,6 @@ impl VirtualRouterParams {
             garp_refresh: cfg.garp_refresh.filter(|d| !d.is_zero()),
             immediate_preempt: false,
         }
-    }
-}
-
-/// A configured interval in the centiseconds the machine counts in: v3 10 ms
-/// steps, 1..=4095; v2 whole seconds (rounded up), 1..=255 s.
-pub fn interval_cs(version: Version, d: Duration) -> u16 {
-    let cs = d.as_millis().div_ceil(10);
-    match version {
-        Version::V3 => cs.clamp(1, u128::from(MAX_ADVERT_INTERVAL_CS)) as u16,
-        Version::V2 => (cs.div_ceil(100).clamp(1, 255) * 100) as u16,
     }
 }
 

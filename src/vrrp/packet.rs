@@ -12,10 +12,11 @@
 //! `IPV6_HOPLIMIT` control message.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::VrrpVersion;
+use crate::config::{VrrpInstanceConfig, VrrpVersion};
 
 /// IP protocol number of VRRP (RFC 5798 sec 5.1.1.4, RFC 3768 sec 5.2.4).
 pub const IPPROTO_VRRP: u8 = 112;
@@ -226,6 +227,32 @@ pub struct LocalInstance {
     pub auth: Auth,
     /// Our Advertisement_Interval; v2 drops packets with another one.
     pub advert_interval_cs: u16,
+}
+
+impl LocalInstance {
+    /// From the config of one instance (auth_pass as keepalived's PASS).
+    pub fn from_config(cfg: &VrrpInstanceConfig) -> Self {
+        let version = Version::from(cfg.version);
+        LocalInstance {
+            version,
+            vrid: cfg.vrid,
+            auth: match version {
+                Version::V2 => Auth::from_pass(&cfg.auth_pass),
+                Version::V3 => Auth::None,
+            },
+            advert_interval_cs: interval_cs(version, cfg.advert_interval),
+        }
+    }
+}
+
+/// A configured interval in centiseconds: v3 10 ms steps (rounded up),
+/// 1..=4095; v2 whole seconds (rounded up), 1..=255 s.
+pub fn interval_cs(version: Version, d: Duration) -> u16 {
+    let cs = d.as_millis().div_ceil(10);
+    match version {
+        Version::V3 => cs.clamp(1, u128::from(MAX_ADVERT_INTERVAL_CS)) as u16,
+        Version::V2 => (cs.div_ceil(100).clamp(1, 255) * 100) as u16,
+    }
 }
 
 /// One VRRP advertisement.
@@ -678,6 +705,44 @@ pub fn gratuitous_arp_frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; 42] {
     f[28..32].copy_from_slice(&vip.octets());
     f[32..38].copy_from_slice(&[0xff; 6]);
     f[38..42].copy_from_slice(&vip.octets());
+    f
+}
+
+/// The unsolicited neighbour advertisement for an IPv6 VIP on becoming
+/// master (RFC 5798 sec 6.4.2 "send an Unsolicited ND Neighbor
+/// Advertisement", RFC 4861 sec 7.2.6), as keepalived builds it: Ethernet to
+/// 33:33:00:00:00:01, IPv6 from the VIP to ff02::1 with hop limit 255,
+/// ICMPv6 type 136 with the Override flag (and Router when the host
+/// forwards), target the VIP, and a Target Link-Layer Address option.
+/// 86 bytes, checksum included.
+pub fn unsolicited_na_frame(mac: [u8; 6], vip: Ipv6Addr, router: bool) -> [u8; 86] {
+    const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mut f = [0u8; 86];
+    f[0..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    // IPv6: version 6, payload 32 bytes, next header 58 (ICMPv6), hop 255.
+    f[14] = 0x60;
+    f[18..20].copy_from_slice(&32u16.to_be_bytes());
+    f[20] = 58;
+    f[21] = 255;
+    f[22..38].copy_from_slice(&vip.octets());
+    f[38..54].copy_from_slice(&ALL_NODES.octets());
+    // ICMPv6 NA: type 136, code 0, checksum, flags R S O, target.
+    f[54] = 136;
+    f[58] = if router { 0xa0 } else { 0x20 };
+    f[62..78].copy_from_slice(&vip.octets());
+    // Option 2 (Target Link-Layer Address), length 1 (8 bytes).
+    f[78] = 2;
+    f[79] = 1;
+    f[80..86].copy_from_slice(&mac);
+    let mut sum = Sum::default();
+    sum.add(&vip.octets());
+    sum.add(&ALL_NODES.octets());
+    sum.add(&32u32.to_be_bytes());
+    sum.add(&[0, 0, 0, 58]);
+    sum.add(&f[54..86]);
+    f[56..58].copy_from_slice(&sum.finish().to_be_bytes());
     f
 }
 
