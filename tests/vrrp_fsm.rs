@@ -953,3 +953,86 @@ fn params_and_local_instance_from_config() {
         10
     );
 }
+
+// ------------------------------------------------------- invariants ------
+
+/// Random input sequences (fixed seeds) keep the invariants the driver
+/// relies on: VIPs are added only when not held and removed only when held,
+/// and held exactly while Master; a StateChanged starts from the state the
+/// machine was in; no timer is left due after `handle`; a timer runs exactly
+/// in Backup and Master; priority 0 is sent only when a master shuts down.
+#[test]
+fn random_input_sequences_keep_the_invariants() {
+    for seed in 0..200u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let p = VirtualRouterParams {
+            version: if rng.bool() { Version::V3 } else { Version::V2 },
+            priority: rng.u8(1..=254),
+            advert_interval_cs: [10u16, 100, 300][rng.usize(..3)],
+            preempt: rng.bool(),
+            preempt_delay: ms(rng.u64(0..3) * 1000),
+            garp_refresh: [None, Some(ms(700))][rng.usize(..2)],
+            immediate_preempt: rng.bool(),
+            ..params(0)
+        };
+        let mut r = VirtualRouter::new(p);
+        let mut holding = false;
+        let mut now = Duration::ZERO;
+        for _ in 0..2000 {
+            now += ms(rng.u64(0..1500));
+            let input = match rng.u8(..10) {
+                0 => Input::Startup,
+                1 => Input::Shutdown,
+                2 => Input::InterfaceUp,
+                3 => Input::InterfaceDown,
+                4 => Input::TrackChanged {
+                    weight: rng.i32(-300..300),
+                },
+                5 | 6 => Input::Tick,
+                _ => Input::Advert {
+                    src: ip(rng.u8(1..10)),
+                    priority: rng.u8(..),
+                    advert_interval_cs: rng.u16(..),
+                    addresses: vec![],
+                },
+            };
+            let before = r.state();
+            let shutting_master = before == State::Master && input == Input::Shutdown;
+            let mut state = before;
+            for a in r.handle(now, input.clone()) {
+                match a {
+                    Action::AddVips => {
+                        assert!(!holding, "seed {seed}: AddVips twice");
+                        holding = true;
+                    }
+                    Action::RemoveVips => {
+                        assert!(holding, "seed {seed}: RemoveVips without VIPs");
+                        holding = false;
+                    }
+                    Action::StateChanged { from, to } => {
+                        assert_eq!(from, state, "seed {seed}");
+                        assert_ne!(from, to);
+                        state = to;
+                    }
+                    Action::SendAdvert { priority: 0, .. } => {
+                        assert!(shutting_master, "seed {seed}: priority 0 on {input:?}")
+                    }
+                    Action::SendAdvert { priority, .. } => {
+                        assert_eq!(priority, r.effective_priority())
+                    }
+                    Action::SendGratuitous { .. } => assert!(holding),
+                }
+            }
+            assert_eq!(state, r.state(), "seed {seed}");
+            assert_eq!(holding, r.state() == State::Master, "seed {seed}");
+            match r.next_deadline() {
+                Some(d) => {
+                    assert!(d > now, "seed {seed}: timer left due");
+                    assert!(matches!(r.state(), State::Backup | State::Master));
+                }
+                None => assert!(matches!(r.state(), State::Initialize | State::Fault)),
+            }
+            assert!((1..=254).contains(&r.effective_priority()));
+        }
+    }
+}
