@@ -22,9 +22,10 @@ use crate::sys::addr::{AddOutcome, LinkInfo, Netlink, SysError};
 use crate::sys::link::{NetEvent, NetMonitor};
 use crate::sys::packet::PacketSender;
 
-use super::interim::{decode, encode, Action, Advert, Input, Router, State};
+use super::fsm::{Action, Input, State, VirtualRouter, VirtualRouterParams};
 use super::metrics::{InstanceMetrics, VrrpMetrics};
 use super::net::{garp_frame, unsolicited_na_frame, VrrpSocket};
+use super::packet::{LocalInstance, RxContext, VrrpPacket};
 
 /// Listener name -> has at least one healthy backend (what app.rs publishes).
 pub type ListenerHealthMap = BTreeMap<String, bool>;
@@ -158,16 +159,14 @@ fn track_failing(
     }
 }
 
-/// Priority after tracking: the configured one plus the weight of every
-/// failing track, kept within 1..=254 (0 means "leaving", 255 "owner").
-fn effective_priority(base: u8, tracks: &[TrackConfig], state: &TrackState) -> u8 {
-    let sum: i64 = tracks
+/// Sum of the weights of the failing tracks: what the state machine adds to
+/// the configured priority ([`super::fsm::effective_priority`]).
+fn track_weight(tracks: &[TrackConfig], state: &TrackState) -> i32 {
+    tracks
         .iter()
         .zip(&state.failing)
         .filter(|(_, f)| **f)
-        .map(|(t, _)| i64::from(t.weight))
-        .sum();
-    (i64::from(base) + sum).clamp(1, 254) as u8
+        .fold(0i32, |acc, (t, _)| acc.saturating_add(t.weight))
 }
 
 fn track_status(tracks: &[TrackConfig], state: &TrackState) -> Vec<TrackStatus> {
@@ -185,13 +184,6 @@ fn track_status(tracks: &[TrackConfig], state: &TrackState) -> Vec<TrackStatus> 
         .collect()
 }
 
-/// What the status shows about a peer heard recently.
-struct PeerSeen {
-    priority: u8,
-    interval: Duration,
-    at: Instant,
-}
-
 /// The per-instance state the loop keeps beside the pure router.
 struct Instance {
     cfg: VrrpInstanceConfig,
@@ -202,17 +194,14 @@ struct Instance {
     holder: VipHolder,
     announcer: Option<Announcer>,
     sock: VrrpSocket,
-    router: Router,
+    router: VirtualRouter,
+    local: LocalInstance,
     start: Instant,
-    since: Instant,
-    transitions: u64,
-    peers: BTreeMap<IpAddr, PeerSeen>,
     track_state: TrackState,
     listeners: ListenerHealthMap,
     links_up: BTreeMap<String, bool>,
-    /// While master: when to renew the VIP lifetime / refresh the GARPs.
+    /// While master: when to renew the VIP lifetime.
     renew_at: Option<Instant>,
-    garp_at: Option<Instant>,
 }
 
 fn version_number(v: VrrpVersion) -> u8 {
@@ -233,23 +222,17 @@ impl Instance {
         (self.cfg.vip_lifetime / 3).max(Duration::from_millis(500))
     }
 
-    fn advert_interval_field(&self) -> u16 {
-        match self.cfg.version {
-            VrrpVersion::V2 => self.cfg.advert_interval.as_secs().clamp(1, 255) as u16,
-            VrrpVersion::V3 => (self.cfg.advert_interval.as_millis() / 10).clamp(1, 4095) as u16,
-        }
-    }
-
-    async fn send_advert(&self, priority: u8) {
-        let advert = Advert {
-            version: version_number(self.cfg.version),
-            vrid: self.cfg.vrid,
+    async fn send_advert(&self, priority: u8, advert_interval_cs: u16) {
+        let advert = VrrpPacket::advertisement(
+            self.local.version,
+            self.cfg.vrid,
             priority,
-            interval: self.advert_interval_field(),
-            addrs: self.cfg.virtual_ips.iter().map(|v| v.addr()).collect(),
-        };
+            advert_interval_cs,
+            self.local.auth,
+            self.cfg.virtual_ips.iter().map(|v| v.addr()).collect(),
+        );
         for dst in self.sock.destinations() {
-            let bytes = encode(&advert, self.sock.source(), *dst, &self.cfg.auth_pass);
+            let bytes = advert.encode(self.sock.source(), *dst);
             match self.sock.send_to(*dst, &bytes).await {
                 Ok(()) => {
                     self.m.sent.inc();
@@ -270,35 +253,42 @@ impl Instance {
     async fn perform(&mut self, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::SendAdvert { priority } => self.send_advert(priority).await,
-                Action::TakeVips => {
+                Action::SendAdvert {
+                    priority,
+                    advert_interval_cs,
+                } => self.send_advert(priority, advert_interval_cs).await,
+                Action::AddVips => {
                     if let Err(e) = self.holder.install(&self.link).await {
                         tracing::error!(instance = %self.cfg.name, error = %e, "cannot add VIPs");
                     }
-                    for _ in 0..self.cfg.garp_burst.max(1) {
+                    self.renew_at = Some(Instant::now() + self.renew_period());
+                }
+                Action::SendGratuitous { refresh } => {
+                    let n = if refresh {
+                        1
+                    } else {
+                        self.cfg.garp_burst.max(1)
+                    };
+                    for _ in 0..n {
                         self.announce();
                     }
-                    self.renew_at = Some(Instant::now() + self.renew_period());
-                    self.garp_at = self.cfg.garp_refresh.map(|d| Instant::now() + d);
                 }
-                Action::ReleaseVips => {
+                Action::RemoveVips => {
                     self.renew_at = None;
-                    self.garp_at = None;
                     if let Err(e) = self.holder.remove(&self.link).await {
                         tracing::error!(instance = %self.cfg.name, error = %e, "cannot remove VIPs");
                     }
                 }
-                Action::StateChanged(st) => {
-                    self.transitions += 1;
-                    self.since = Instant::now();
+                Action::StateChanged { from, to: st } => {
                     self.m.transitions.inc();
                     self.m.state.set(match st {
-                        State::Init => super::metrics::STATE_INIT,
+                        State::Initialize => super::metrics::STATE_INIT,
                         State::Backup => super::metrics::STATE_BACKUP,
                         State::Master => super::metrics::STATE_MASTER,
                         State::Fault => super::metrics::STATE_FAULT,
                     });
-                    tracing::info!(instance = %self.cfg.name, state = st.as_str(), priority = self.router.priority, "VRRP state change");
+                    tracing::info!(instance = %self.cfg.name, from = from.as_str(), state = st.as_str(),
+                        priority = self.router.effective_priority(), "VRRP state change");
                     if let Some(cmd) = &self.cfg.notify {
                         run_notify(cmd, &self.cfg.name, st.as_str());
                     }
@@ -320,39 +310,39 @@ impl Instance {
             return;
         }
         self.track_state = st;
-        let p = effective_priority(self.cfg.priority, &self.cfg.track, &self.track_state);
+        let weight = track_weight(&self.cfg.track, &self.track_state);
+        self.input(Input::TrackChanged { weight }).await;
+        let p = self.router.effective_priority();
         self.m.effective_priority.set(i64::from(p));
-        if p != self.router.priority {
-            tracing::info!(instance = %self.cfg.name, priority = p, "effective priority changed");
-            self.input(Input::Priority(p)).await;
-        }
+        tracing::info!(instance = %self.cfg.name, priority = p, "tracking changed: effective priority");
         self.publish();
     }
 
     fn publish(&self) {
-        let now = Instant::now();
+        let now = self.now();
         let cfg = &self.cfg;
+        let r = &self.router;
         self.status.store(Arc::new(VrrpInstanceStatus {
             name: cfg.name.clone(),
             interface: cfg.interface.clone(),
             vrid: cfg.vrid,
-            state: self.router.state.as_str().to_string(),
+            state: r.state().as_str().to_string(),
             priority: cfg.priority,
-            effective_priority: self.router.priority,
+            effective_priority: r.effective_priority(),
             virtual_ips: cfg.virtual_ips.iter().map(|v| v.to_string()).collect(),
-            master: self.router.master.map(|m| m.to_string()),
-            transitions: self.transitions,
-            since_seconds: now.saturating_duration_since(self.since).as_secs(),
+            master: r.master().map(|m| m.to_string()),
+            transitions: r.transitions(),
+            since_seconds: now.saturating_sub(r.since()).as_secs(),
             version: version_number(cfg.version),
             advert_interval_ms: cfg.advert_interval.as_millis() as u64,
-            peers: self
-                .peers
+            peers: r
+                .peers()
                 .iter()
                 .map(|(a, p)| VrrpPeerStatus {
                     address: a.to_string(),
                     priority: p.priority,
-                    advert_interval_ms: p.interval.as_millis() as u64,
-                    last_heard_seconds_ago: now.saturating_duration_since(p.at).as_secs_f64(),
+                    advert_interval_ms: u64::from(p.advert_interval_cs) * 10,
+                    last_heard_seconds_ago: now.saturating_sub(p.last_heard).as_secs_f64(),
                 })
                 .collect(),
             tracks: track_status(&cfg.track, &self.track_state),
@@ -379,41 +369,23 @@ impl Instance {
             self.m.dropped("not_a_peer");
             return;
         }
-        let advert = match decode(
-            &pkt.payload,
-            pkt.src,
-            pkt.dst,
-            pkt.ttl,
-            version_number(self.cfg.version),
-            &self.cfg.auth_pass,
-        ) {
+        let ctx = RxContext {
+            src: pkt.src,
+            dst: pkt.dst,
+            ttl_or_hop_limit: pkt.ttl,
+        };
+        // Another group on the same link ends here as `vrid`: normal, but
+        // counted.
+        let advert = match VrrpPacket::decode_for(&pkt.payload, &ctx, &self.local) {
             Ok(a) => a,
-            Err(reason) => {
-                self.m.dropped(reason);
+            Err(e) => {
+                tracing::trace!(instance = %self.cfg.name, from = %pkt.src, error = %e, "VRRP packet dropped");
+                self.m.dropped(e.reason().as_str());
                 return;
             }
         };
-        if advert.vrid != self.cfg.vrid {
-            // Another group on the same link: normal, but counted.
-            self.m.dropped("vrid");
-            return;
-        }
         self.m.received.inc();
-        let interval = advert.interval_duration();
-        self.peers.insert(
-            pkt.src,
-            PeerSeen {
-                priority: advert.priority,
-                interval,
-                at: Instant::now(),
-            },
-        );
-        self.input(Input::Advert {
-            src: pkt.src,
-            priority: advert.priority,
-            interval,
-        })
-        .await;
+        self.input(Input::advert(pkt.src, &advert)).await;
     }
 
     async fn on_net_event(&mut self, ev: NetEvent) {
@@ -427,10 +399,10 @@ impl Instance {
                     self.link = l;
                     if was && !self.link.up {
                         tracing::warn!(instance = %self.cfg.name, interface = %self.link.name, "link down: FAULT");
-                        self.input(Input::LinkDown).await;
+                        self.input(Input::InterfaceDown).await;
                     } else if !was && self.link.up {
                         tracing::info!(instance = %self.cfg.name, interface = %self.link.name, "link up");
-                        self.input(Input::LinkUp).await;
+                        self.input(Input::InterfaceUp).await;
                     }
                 }
                 self.retrack().await;
@@ -439,7 +411,7 @@ impl Instance {
                 if ifindex == self.link.index
                     && self.holder.held
                     && self.holder.is_vip(addr)
-                    && self.router.state == State::Master =>
+                    && self.router.state() == State::Master =>
             {
                 // Section "never lose the VIP while master": someone (or an
                 // expired lifetime) removed it; put it back and announce.
@@ -529,7 +501,7 @@ pub fn initial_status(cfg: &VrrpInstanceConfig) -> VrrpInstanceStatus {
         name: cfg.name.clone(),
         interface: cfg.interface.clone(),
         vrid: cfg.vrid,
-        state: State::Init.as_str().to_string(),
+        state: State::Initialize.as_str().to_string(),
         priority: cfg.priority,
         effective_priority: cfg.priority,
         virtual_ips: cfg.virtual_ips.iter().map(|v| v.to_string()).collect(),
@@ -599,16 +571,17 @@ pub async fn run_instance(
     }
     let listeners = tracks.borrow_and_update().clone();
     let track_state = track_failing(&cfg.track, &listeners, &links_up);
-    let prio = effective_priority(cfg.priority, &cfg.track, &track_state);
-    m.effective_priority.set(i64::from(prio));
-    let router = Router::new(
-        version_number(cfg.version),
-        prio,
-        cfg.advert_interval,
-        cfg.preempt,
-        cfg.preempt_delay,
-        src,
+    let mut router = VirtualRouter::new(VirtualRouterParams::from_config(&cfg, src));
+    let local = LocalInstance::from_config(&cfg);
+    // Tracking known before Startup, so the first advert already carries it.
+    router.handle(
+        Duration::ZERO,
+        Input::TrackChanged {
+            weight: track_weight(&cfg.track, &track_state),
+        },
     );
+    let prio = router.effective_priority();
+    m.effective_priority.set(i64::from(prio));
     tracing::info!(instance = %cfg.name, interface = %link.name, source = %src, vrid = cfg.vrid,
         priority = prio, peers = cfg.unicast_peers.len(), "VRRP instance starting");
     let now = Instant::now();
@@ -622,20 +595,17 @@ pub async fn run_instance(
         announcer,
         sock,
         router,
+        local,
         start: now,
-        since: now,
-        transitions: 0,
-        peers: BTreeMap::new(),
         track_state,
         listeners,
         links_up,
         renew_at: None,
-        garp_at: None,
     };
-    inst.input(Input::Startup).await;
     if !inst.link.up {
-        inst.input(Input::LinkDown).await;
+        inst.input(Input::InterfaceDown).await;
     }
+    inst.input(Input::Startup).await;
     let mut tracks_open = true;
     let mut mon_open = true;
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
@@ -671,10 +641,6 @@ pub async fn run_instance(
                     tracing::warn!(instance = %inst.cfg.name, error = %e, "cannot renew VIP lifetime");
                 }
                 inst.renew_at = Some(Instant::now() + inst.renew_period());
-            }
-            _ = tokio::time::sleep_until(inst.garp_at.unwrap_or(far)), if inst.garp_at.is_some() => {
-                inst.announce();
-                inst.garp_at = inst.cfg.garp_refresh.map(|d| Instant::now() + d);
             }
             _ = status_tick.tick() => inst.publish(),
         }
@@ -809,15 +775,13 @@ mod tests {
         links.insert("eth1".to_string(), true);
         let st = track_failing(&tracks, &l, &links);
         assert_eq!(st.failing, vec![true, false, false]);
-        assert_eq!(effective_priority(100, &tracks, &st), 50);
+        assert_eq!(track_weight(&tracks, &st), -50);
         links.insert("eth1".to_string(), false);
         let st = track_failing(&tracks, &l, &links);
-        assert_eq!(effective_priority(100, &tracks, &st), 20);
-        // Never 0 (that means "leaving") nor above 254.
-        assert_eq!(effective_priority(10, &tracks, &st), 1);
+        assert_eq!(track_weight(&tracks, &st), -80);
         let up = vec![t(TrackTarget::Listener("api".into()), 200)];
         let st = track_failing(&up, &l, &links);
-        assert_eq!(effective_priority(100, &up, &st), 254);
+        assert_eq!(track_weight(&up, &st), 200);
         // A listener not published yet does not count as failing.
         let st = track_failing(&[t(TrackTarget::Listener("new".into()), -50)], &l, &links);
         assert_eq!(st.failing, vec![false]);

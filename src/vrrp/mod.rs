@@ -8,6 +8,5 @@ pub mod fsm;
 pub mod packet;
 
 pub mod driver;
-pub mod interim;
 pub mod metrics;
 pub mod net;
