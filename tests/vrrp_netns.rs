@@ -568,8 +568,8 @@ fn preemption(net: u8, preempt: bool) {
         assert_eq!(v2["peers"][0]["address"], me.as_str(), "{s2}");
         assert_eq!(v2["peers"][0]["priority"], 150, "{s2}");
         assert!(
-            v2["transitions"].as_u64().unwrap() >= 3,
-            "BACKUP, MASTER, BACKUP: {s2}"
+            v2["transitions"].as_u64().unwrap() >= 2,
+            "at least MASTER, then BACKUP: {s2}"
         );
     } else {
         // Ten Master_Down_Intervals: n2 keeps the VIP.
