@@ -24,7 +24,8 @@ use crate::sys::packet::PacketSender;
 
 use super::fsm::{Action, Input, State, VirtualRouter, VirtualRouterParams};
 use super::metrics::{InstanceMetrics, VrrpMetrics};
-use super::net::{garp_frame, unsolicited_na_frame, VrrpSocket};
+use super::net::VrrpSocket;
+use super::packet::{gratuitous_arp_frame, unsolicited_na_frame};
 use super::packet::{LocalInstance, RxContext, VrrpPacket};
 
 /// Listener name -> has at least one healthy backend (what app.rs publishes).
@@ -96,8 +97,8 @@ impl Announcer {
     fn announce(&self, vips: &[IpNet], m: &InstanceMetrics) {
         for vip in vips {
             let r = match vip.addr() {
-                IpAddr::V4(v4) => self.tx.send(&garp_frame(self.mac, v4)),
-                IpAddr::V6(v6) => self.tx.send(&unsolicited_na_frame(self.mac, v6)),
+                IpAddr::V4(v4) => self.tx.send(&gratuitous_arp_frame(self.mac, v4)),
+                IpAddr::V6(v6) => self.tx.send(&unsolicited_na_frame(self.mac, v6, false)),
             };
             match r {
                 Ok(()) => {

@@ -1,5 +1,6 @@
-//! Raw VRRP sockets (IP protocol 112) and the frames that announce a VIP
-//! (gratuitous ARP, unsolicited neighbour advertisement).
+//! Raw VRRP sockets (IP protocol 112). The frames that announce a VIP
+//! (gratuitous ARP, unsolicited NA) are built by `packet` and sent by
+//! `sys::packet`.
 //!
 //! One socket per instance, bound to the interface (SO_BINDTODEVICE). It
 //! receives the IP header (IPv4 raw sockets deliver it; IPv6 gets the hop
@@ -10,7 +11,7 @@
 //! what goes on the wire.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
@@ -21,11 +22,9 @@ use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// IANA protocol number of VRRP.
-pub const IPPROTO_VRRP: i32 = 112;
-/// RFC 5798 section 5.1.1.2 / 5.1.2.2.
-pub const VRRP_GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
-pub const VRRP_GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+use super::packet::{
+    split_ipv4, IPPROTO_VRRP, MULTICAST_V4 as VRRP_GROUP_V4, MULTICAST_V6 as VRRP_GROUP_V6,
+};
 /// Internet control precedence, as keepalived marks its adverts.
 const TOS_INTERNETCONTROL: u32 = 0xc0;
 
@@ -56,7 +55,11 @@ impl VrrpSocket {
     pub fn open(ifname: &str, ifindex: u32, src: IpAddr, peers: &[IpAddr]) -> io::Result<Self> {
         let v6 = src.is_ipv6();
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
-        let sock = Socket::new(domain, Type::RAW, Some(Protocol::from(IPPROTO_VRRP)))?;
+        let sock = Socket::new(
+            domain,
+            Type::RAW,
+            Some(Protocol::from(i32::from(IPPROTO_VRRP))),
+        )?;
         sock.set_nonblocking(true)?;
         sock.bind_device(Some(ifname.as_bytes()))?;
         let unicast = !peers.is_empty();
@@ -203,24 +206,16 @@ fn recv_v4(sock: &Socket) -> io::Result<Received> {
     parse_ipv4(&buf[..n])
 }
 
-/// Splits a raw IPv4 datagram into header fields and VRRP payload.
+/// Splits a raw IPv4 datagram into header fields and VRRP payload
+/// (the codec's [`split_ipv4`]); a bad header is `InvalidData`.
 pub fn parse_ipv4(pkt: &[u8]) -> io::Result<Received> {
-    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
-    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
-        return Err(bad("not an IPv4 header"));
-    }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-    if ihl < 20 || total < ihl || pkt.len() < total {
-        return Err(bad("truncated IPv4 packet"));
-    }
-    let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+    let (ctx, payload) =
+        split_ipv4(pkt).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     Ok(Received {
-        src: IpAddr::V4(src),
-        dst: IpAddr::V4(dst),
-        ttl: pkt[8],
-        payload: pkt[ihl..total].to_vec(),
+        src: ctx.src,
+        dst: ctx.dst,
+        ttl: ctx.ttl_or_hop_limit,
+        payload: payload.to_vec(),
     })
 }
 
@@ -265,112 +260,9 @@ fn recv_v6(sock: &Socket) -> io::Result<Received> {
     }
 }
 
-/// Ethernet broadcast.
-const BROADCAST: [u8; 6] = [0xff; 6];
-
-/// A gratuitous ARP as keepalived sends it (see the fixtures): an ARP
-/// request to broadcast, sender and target both the VIP, target hardware
-/// address ff:ff:ff:ff:ff:ff, source MAC the interface's (keepalived's
-/// default without use_vmac).
-pub fn garp_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
-    let mut f = [0u8; 42];
-    f[0..6].copy_from_slice(&BROADCAST);
-    f[6..12].copy_from_slice(&mac);
-    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    // htype Ethernet, ptype IPv4, hlen 6, plen 4, op request.
-    f[14..22].copy_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
-    f[22..28].copy_from_slice(&mac);
-    f[28..32].copy_from_slice(&ip.octets());
-    f[32..38].copy_from_slice(&BROADCAST);
-    f[38..42].copy_from_slice(&ip.octets());
-    f
-}
-
-/// An unsolicited neighbour advertisement (RFC 4861 section 7.2.6) for
-/// `ip`: to all-nodes ff02::1, hop limit 255, Override set, Solicited
-/// clear, with the target link-layer address option.
-pub fn unsolicited_na_frame(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
-    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-    let mut icmp = Vec::with_capacity(32);
-    icmp.extend_from_slice(&[136, 0, 0, 0]); // type NA, code 0, checksum
-    icmp.extend_from_slice(&[0x20, 0, 0, 0]); // R=0 S=0 O=1
-    icmp.extend_from_slice(&ip.octets());
-    icmp.extend_from_slice(&[2, 1]); // target link-layer address, 8 bytes
-    icmp.extend_from_slice(&mac);
-    let ck = icmpv6_checksum(ip, all_nodes, &icmp);
-    icmp[2..4].copy_from_slice(&ck.to_be_bytes());
-
-    let mut f = Vec::with_capacity(14 + 40 + icmp.len());
-    f.extend_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&0x86ddu16.to_be_bytes());
-    f.extend_from_slice(&[0x60, 0, 0, 0]);
-    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[58, 255]);
-    f.extend_from_slice(&ip.octets());
-    f.extend_from_slice(&all_nodes.octets());
-    f.extend_from_slice(&icmp);
-    f
-}
-
-fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |b: &[u8]| {
-        for c in b.chunks(2) {
-            let w = if c.len() == 2 {
-                u16::from_be_bytes([c[0], c[1]])
-            } else {
-                u16::from_be_bytes([c[0], 0])
-            };
-            sum += u32::from(w);
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    add(&(msg.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    add(msg);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The first gratuitous ARP in tests/fixtures/vrrp/vrrp-v2-advert1.pcap
-    /// (keepalived 2.2.7), frame bytes as tcpdump shows them.
-    const KEEPALIVED_GARP: [u8; 42] = [
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1a, 0xb4, 0xe8, 0xbd, 0x65, 0x34, 0x08, 0x06, //
-        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x1a, 0xb4, 0xe8, 0xbd, 0x65, 0x34, //
-        0x0a, 0xd5, 0x00, 0x64, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0a, 0xd5, 0x00, 0x64,
-    ];
-
-    #[test]
-    fn garp_matches_keepalived_bytes() {
-        let f = garp_frame(
-            [0x1a, 0xb4, 0xe8, 0xbd, 0x65, 0x34],
-            Ipv4Addr::new(10, 213, 0, 100),
-        );
-        assert_eq!(f, KEEPALIVED_GARP);
-    }
-
-    #[test]
-    fn na_checksum_verifies_to_zero() {
-        let ip: Ipv6Addr = "fd00:db8::100".parse().unwrap();
-        let f = unsolicited_na_frame([2, 0, 0, 0, 0, 1], ip);
-        assert_eq!(f.len(), 14 + 40 + 32);
-        assert_eq!(f[20], 58);
-        assert_eq!(f[21], 255);
-        let icmp = &f[54..];
-        assert_eq!(icmp[0], 136);
-        assert_eq!(icmp[4] & 0xe0, 0x20, "override only");
-        // Summing a message together with its checksum gives 0xffff -> !0.
-        let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
-        assert_eq!(icmpv6_checksum(ip, all_nodes, icmp), 0);
-    }
 
     #[test]
     fn parses_ipv4_header_of_a_captured_advert() {
@@ -381,7 +273,7 @@ mod tests {
             0x0a, 0xd5, 0x00, 0x64,
         ];
         let r = parse_ipv4(&pkt).unwrap();
-        assert_eq!(r.src, IpAddr::V4(Ipv4Addr::new(10, 213, 0, 1)));
+        assert_eq!(r.src, IpAddr::V4(std::net::Ipv4Addr::new(10, 213, 0, 1)));
         assert_eq!(r.dst, IpAddr::V4(VRRP_GROUP_V4));
         assert_eq!(r.ttl, 255);
         assert_eq!(r.payload, pkt[20..].to_vec());
