@@ -708,3 +708,79 @@ fn link_down_master_goes_fault_and_returns() {
         "split brain {dual:?}"
     );
 }
+
+/// Fetches `path` from the admin server at 127.0.0.1:9440 inside `ns`.
+fn admin_get(ns: &str, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    in_ns(ns, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9440").expect("admin listen");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+}
+
+/// While master, a VIP that someone deletes is put back at once; the
+/// metrics tell the story.
+#[test]
+fn master_restores_a_removed_vip_and_exports_metrics() {
+    if !require_root("master_restores_a_removed_vip_and_exports_metrics") {
+        return;
+    }
+    let mut c = Cluster::new(39, Scenario::default(), &[150, 100]);
+    let w = c.watch();
+    // Admin TCP listener on the namespace's own loopback.
+    let conf = c
+        .config(0)
+        .replace("  listen: \"\"\n", "  listen: 127.0.0.1:9440\n");
+    let path = c.dir.path().join("n1-admin.yaml");
+    std::fs::write(&path, conf).unwrap();
+    let (n1, log) = (c.ns[0].clone(), c.log(0));
+    c.procs[0] = Some(c.lab.spawn(
+        &n1,
+        "env",
+        &["RUST_LOG=info", LBD, "run", "-c", path.to_str().unwrap()],
+        Some(&log),
+    ));
+    c.start(1);
+    assert!(
+        w.wait_sole_holder(0, Duration::from_secs(10)).is_some(),
+        "{}",
+        c.logs()
+    );
+    c.lab.sh(
+        &n1,
+        &["ip", "addr", "del", "10.213.39.100/24", "dev", "eth0"],
+    );
+    let back = wait_for(Duration::from_secs(2), || {
+        c.lab.has_addr(&n1, "10.213.39.100")
+    })
+    .unwrap_or_else(|| panic!("VIP not restored: {}", c.logs()));
+    eprintln!("[net 39] VIP deleted by hand on the master: back after {back:?}");
+    assert!(back <= Duration::from_millis(500), "{back:?}");
+    assert_eq!(w.holders(), vec![0]);
+    let m = admin_get(&n1, "/metrics");
+    for want in [
+        "lbd_vrrp_state{instance=\"vip\"} 2",
+        "lbd_vrrp_effective_priority{instance=\"vip\"} 150",
+    ] {
+        assert!(m.contains(want), "missing {want}:\n{m}");
+    }
+    let count = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+    };
+    assert!(count("lbd_vrrp_adverts_sent_total{instance=\"vip\"}") >= 1.0);
+    assert!(count("lbd_vrrp_transitions_total{instance=\"vip\"}") >= 1.0);
+    // The burst on becoming master plus the re-announcement after restore.
+    assert!(
+        count("lbd_vrrp_gratuitous_arps_sent_total{instance=\"vip\"}") >= 6.0,
+        "{m}"
+    );
+}
