@@ -63,7 +63,7 @@ fn vip_is_tagged_renewed_and_expires_when_not_renewed() {
                 .remove_vip(&link, "10.213.1.200".parse().unwrap())
                 .await
                 .unwrap();
-            let src4 = nl.source_address(&link, false, &[]).await.unwrap();
+            let src4 = nl.source_address(&link, false, false, &[]).await.unwrap();
             let list = nl.addresses(link.index).await.unwrap();
             let ours: Vec<_> = list
                 .iter()
@@ -782,5 +782,20 @@ fn master_restores_a_removed_vip_and_exports_metrics() {
     assert!(
         count("lbd_vrrp_gratuitous_arps_sent_total{instance=\"vip\"}") >= 6.0,
         "{m}"
+    );
+}
+
+#[test]
+fn v3_ipv6_unicast_failover() {
+    if !require_root("v3_ipv6_unicast_failover") {
+        return;
+    }
+    failover_scenario(
+        40,
+        Scenario {
+            v6: true,
+            unicast: true,
+            ..Scenario::default()
+        },
     );
 }

@@ -266,11 +266,14 @@ impl Netlink {
 
     /// The address VRRP adverts are sent from: IPv4 the primary
     /// (non-secondary) address of the link that is not one of `exclude`;
-    /// IPv6 the link-local address (RFC 5798 section 5.1.2.1).
+    /// IPv6 the link-local address (RFC 5798 section 5.1.2.1), or with
+    /// `unicast` a global one, since peers list each other by the
+    /// addresses they can reach (keepalived's unicast_src_ip does the same).
     pub async fn source_address(
         &self,
         link: &LinkInfo,
         v6: bool,
+        unicast: bool,
         exclude: &[IpAddr],
     ) -> Result<Option<IpAddr>, SysError> {
         let addrs = self.addresses(link.index).await?;
@@ -278,7 +281,7 @@ impl Netlink {
             let fam = a.addr.addr().is_ipv6() == v6;
             let usable = !exclude.contains(&a.addr.addr()) && !a.is_ours(&link.name);
             if v6 {
-                fam && usable && a.link_local && !a.tentative
+                fam && usable && a.link_local != unicast && !a.tentative
             } else {
                 fam && usable && !a.secondary
             }

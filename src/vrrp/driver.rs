@@ -469,7 +469,7 @@ async fn wait_ready(
         match nl.link_by_name(&cfg.interface).await {
             Ok(link) => {
                 if let Some(src) = nl
-                    .source_address(&link, v6, &exclude)
+                    .source_address(&link, v6, !cfg.unicast_peers.is_empty(), &exclude)
                     .await
                     .map_err(sys_err(&cfg.name))?
                 {
