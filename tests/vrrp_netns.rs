@@ -799,3 +799,45 @@ fn v3_ipv6_unicast_failover() {
         },
     );
 }
+
+/// `track: interface`: the master's second link going down lowers its
+/// priority below the backup's, which takes the VIP (preempt).
+#[test]
+fn tracked_interface_down_moves_the_vip() {
+    if !require_root("tracked_interface_down_moves_the_vip") {
+        return;
+    }
+    let sc = Scenario {
+        extra: "      track:\n        - interface: eth1\n          weight: -100\n".to_string(),
+        ..Scenario::default()
+    };
+    let mut c = Cluster::new(45, sc, &[150, 100]);
+    for (i, n) in c.ns.clone().iter().enumerate() {
+        let a = format!("10.213.46.{}/24", i + 1);
+        c.lab.attach(n, "eth1", &[&a]);
+    }
+    let w = c.watch();
+    c.start_all();
+    assert!(
+        w.wait_sole_holder(0, Duration::from_secs(10)).is_some(),
+        "{}",
+        c.logs()
+    );
+    let n1 = c.ns[0].clone();
+    c.lab.sh(&n1, &["ip", "link", "set", "eth1", "down"]);
+    let t = w
+        .wait_sole_holder(1, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("VIP did not move: {:?}\n{}", w.holders(), c.logs()));
+    eprintln!("[net 45] tracked interface down: VIP on n2 after {t:?}");
+    assert!(t <= c.master_down(1) + Duration::from_millis(250), "{t:?}");
+    c.lab.sh(&n1, &["ip", "link", "set", "eth1", "up"]);
+    let t = w
+        .wait_sole_holder(0, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("VIP did not come back: {:?}\n{}", w.holders(), c.logs()));
+    eprintln!("[net 45] tracked interface up: VIP back on n1 after {t:?}");
+    let dual = w.max_dual();
+    assert!(
+        dual <= c.interval() + Duration::from_millis(60),
+        "split brain {dual:?}"
+    );
+}
