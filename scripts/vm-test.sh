@@ -4,14 +4,14 @@
 # Exit status: the tests'.  Extra arguments go to the test binaries, e.g.
 #   scripts/vm-test.sh                 # all VM tests
 #   scripts/vm-test.sh -- --nocapture  # show their output
-#   VM_TESTS="ipvs_vm" scripts/vm-test.sh
+#   VM_TESTS="ipvs_vm" scripts/vm-test.sh   # default: every tests/*_vm.rs
 # Needs: qemu-system-x86 busybox-static ipvsadm nftables iproute2 (see
 # scripts/install-deps.sh); the kernel .deb is fetched once into
 # ${LBD_VM_CACHE:-~/.cache/lbd-vm} with apt-get download.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-tests=${VM_TESTS:-ipvs_vm}
+tests=${VM_TESTS:-$(cd tests && ls *_vm.rs | sed 's/\.rs$//' | tr '\n' ' ')}
 targs=()
 for t in $tests; do targs+=(--test "$t"); done
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$root/tests/vm/cargo-vm-runner.sh"

@@ -383,6 +383,8 @@ fn random_and_mutated_bytes_never_panic() {
             if let Ok(m) = IpvsMessage::parse_with_param(&bytes[4..], hdr) {
                 let mut b = vec![0u8; m.buffer_len()];
                 m.emit(&mut b);
+                // What decodes re-emits to the same message.
+                assert_eq!(IpvsMessage::parse_with_param(&b, hdr).unwrap(), m);
             }
         }
     };
