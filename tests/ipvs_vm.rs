@@ -565,3 +565,88 @@ fn tcp_traffic_is_balanced_through_a_virtual_service() {
     let served: Vec<usize> = servers.into_iter().map(|s| s.join().unwrap()).collect();
     assert_eq!(served, vec![2, 4]);
 }
+
+// ------------------------------------------- our bytes vs ipvsadm's ----
+
+/// Netlink messages in a LINKTYPE_NETLINK pcap (16-byte cooked header).
+fn pcap_messages(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off + 16 <= pcap.len() {
+        let incl = u32_at(pcap, off + 8) as usize;
+        if off + 16 + incl > pcap.len() {
+            break; // tcpdump still writing this one
+        }
+        let mut m = &pcap[off + 16 + 16.min(incl)..off + 16 + incl];
+        off += 16 + incl;
+        while m.len() >= 16 {
+            let len = u32_at(m, 0) as usize;
+            if len < 16 || len > m.len() {
+                break;
+            }
+            out.push(m[..len].to_vec());
+            m = &m[((len + 3) & !3).min(m.len())..];
+        }
+    }
+    out
+}
+
+/// The first NEW_SERVICE request in a capture, without type, seq and pid.
+fn new_service_request(msgs: &[Vec<u8>]) -> Option<Vec<u8>> {
+    msgs.iter()
+        .find(|m| {
+            let ty = u16::from_le_bytes([m[4], m[5]]);
+            let flags = u16::from_le_bytes([m[6], m[7]]);
+            // generic netlink (>= 0x10, not CTRL), NLM_F_REQUEST, cmd 1
+            ty > 0x10 && flags & 1 != 0 && m.len() > 16 && m[16] == 1
+        })
+        .map(|m| [&m[..4], &m[6..8], &m[16..]].concat())
+}
+
+#[test]
+fn our_new_service_on_the_wire_equals_ipvsadms() {
+    if !in_vm("our_new_service_on_the_wire_equals_ipvsadms") {
+        return;
+    }
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        eprintln!("skipping our_new_service_on_the_wire_equals_ipvsadms: no tcpdump in the VM (install tcpdump on the host)");
+        return;
+    }
+    private_netns();
+    sh("ip link add nlmon0 type nlmon && ip link set nlmon0 up");
+    let pcap = "/tmp/lbdt-ipvs-nlmon.pcap";
+    let mut td = Command::new("tcpdump")
+        .args(["-Z", "root", "-U", "-i", "nlmon0", "-w", pcap])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    // tcpdump writes the file header once it is capturing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(pcap).map_or(true, |m| m.len() < 24) {
+        assert!(Instant::now() < deadline, "tcpdump did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let h = NetlinkIpvs::new().unwrap();
+    h.add_service(&VirtualServer::new(
+        ip("10.96.0.1"),
+        443,
+        Protocol::Tcp,
+        "rr",
+    ))
+    .unwrap();
+    let ours = loop {
+        let msgs = pcap_messages(&std::fs::read(pcap).unwrap());
+        if let Some(m) = new_service_request(&msgs) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "request not captured");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = td.kill();
+    let _ = td.wait();
+    let fixture = pcap_messages(include_bytes!("fixtures/ipvs/ipvs-netlink.pcap"));
+    // capture.sh's first command: ipvsadm -A -t 10.96.0.1:443 -s rr
+    let theirs = new_service_request(&fixture).unwrap();
+    assert_eq!(ours, theirs, "lbd's NEW_SERVICE differs from ipvsadm's");
+}
