@@ -14,3 +14,13 @@ pub use model::{
     VirtualServer,
 };
 pub use netlink::NetlinkIpvs;
+
+// Engine side (ipvs-engine): desired state, plan, watches, sync.
+pub mod desired;
+pub mod kube;
+pub mod kubeproxy_config;
+pub mod metrics;
+pub mod nft;
+pub mod plan;
+pub mod server;
+pub mod sync;
