@@ -650,3 +650,119 @@ fn our_new_service_on_the_wire_equals_ipvsadms() {
     let theirs = new_service_request(&fixture).unwrap();
     assert_eq!(ours, theirs, "lbd's NEW_SERVICE differs from ipvsadm's");
 }
+
+#[test]
+fn udp_datagrams_are_balanced_through_a_virtual_service() {
+    if !in_vm("udp_datagrams_are_balanced_through_a_virtual_service") {
+        return;
+    }
+    private_netns();
+    let ns = Netns::create("u", 2);
+    let (client, backend) = (&ns.names[0], &ns.names[1]);
+    for (i, n) in [client, backend].into_iter().enumerate() {
+        let net = i + 1;
+        sh(&format!(
+            "ip link add lbdt-u{net} type veth peer name eth0 netns {n} && \
+             ip addr add 10.251.{net}.1/24 dev lbdt-u{net} && ip link set lbdt-u{net} up && \
+             ip -n {n} addr add 10.251.{net}.2/24 dev eth0 && ip -n {n} link set eth0 up && \
+             ip -n {n} route add default via 10.251.{net}.1"
+        ));
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let link = DummyLink::ensure(dummy::connect().unwrap(), KUBE_IPVS0)
+            .await
+            .unwrap();
+        link.bind(ip("10.96.0.53")).await.unwrap();
+    });
+    let h = NetlinkIpvs::new().unwrap();
+    let vs = VirtualServer::new(ip("10.96.0.53"), 53, Protocol::Udp, "rr");
+    h.add_service(&vs).unwrap();
+    h.add_dest(&vs.key(), &RealServer::new(ip("10.251.2.2"), 5353, 1))
+        .unwrap();
+
+    // Backend: answer each datagram with "pong:<payload>", bounded in time.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = in_named_netns(backend, move || {
+        let u = std::net::UdpSocket::bind("10.251.2.2:5353").unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((n, from)) = u.recv_from(&mut buf) {
+            let reply = [b"pong:".as_slice(), &buf[..n]].concat();
+            u.send_to(&reply, from).unwrap();
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let answer = in_named_netns(client, || {
+        let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 64];
+        // The first datagram may wait on ARP: retry a few times.
+        for _ in 0..5 {
+            u.send_to(b"ping", "10.96.0.53:53").unwrap();
+            if let Ok((n, from)) = u.recv_from(&mut buf) {
+                return Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+            }
+        }
+        None
+    })
+    .join()
+    .unwrap();
+    server.join().unwrap();
+    let (text, from) = answer.expect("an answer through IPVS");
+    assert_eq!(text, "pong:ping");
+    // Masquerade in reverse: the answer comes from the service address.
+    assert_eq!(from, "10.96.0.53:53".parse::<SocketAddr>().unwrap());
+}
+
+/// Figures for the kernel path alone (the engine's benchmark covers syncs):
+/// printed with --nocapture; the bound only catches pathologies.
+#[test]
+fn bulk_programming_figures() {
+    if !in_vm("bulk_programming_figures") {
+        return;
+    }
+    private_netns();
+    let h = NetlinkIpvs::new().unwrap();
+    let (n_svc, n_dest) = (500u32, 5u32);
+    let vss: Vec<VirtualServer> = (0..n_svc)
+        .map(|i| {
+            let a = IpAddr::from([10, 96, (i / 250) as u8, (i % 250) as u8 + 1]);
+            VirtualServer::new(a, 80, Protocol::Tcp, "rr")
+        })
+        .collect();
+    let t0 = Instant::now();
+    for (i, vs) in vss.iter().enumerate() {
+        h.add_service(vs).unwrap();
+        for d in 0..n_dest {
+            let a = IpAddr::from([10, 244, (i / 250) as u8, (i % 250) as u8]);
+            h.add_dest(&vs.key(), &RealServer::new(a, 8000 + d as u16, 1))
+                .unwrap();
+        }
+    }
+    let add = t0.elapsed();
+    let t1 = Instant::now();
+    let listed = h.list_services().unwrap();
+    let list = t1.elapsed();
+    assert_eq!(listed.len(), n_svc as usize);
+    assert!(listed.iter().all(|(_, d)| d.len() == n_dest as usize));
+    let t2 = Instant::now();
+    h.update_dest(&vss[0].key(), &RealServer::new(ip("10.244.0.0"), 8000, 0))
+        .unwrap();
+    let one = t2.elapsed();
+    for vs in &vss {
+        h.delete_service(&vs.key()).unwrap();
+    }
+    let ops = n_svc * (1 + n_dest);
+    eprintln!(
+        "figures (TCG guest): {ops} adds in {add:?} ({:?}/op), list of {n_svc} services + {} dests in {list:?}, one SET_DEST in {one:?}",
+        add / ops,
+        n_svc * n_dest
+    );
+    assert!(add < Duration::from_secs(120) && list < Duration::from_secs(60));
+}
