@@ -21,8 +21,11 @@ cargo +nightly fuzz build -O -s none
 for t in $(cargo +nightly fuzz list); do
   echo "fuzz-smoke: $t for ${secs}s"
   mkdir -p "corpus/$t"
-  cargo +nightly fuzz run -O -s none "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 2>&1 |
-    grep -E "^(#[0-9]+.*DONE|Done|==|SUMMARY)|panicked|ERROR" || true
-  test "${PIPESTATUS[0]}" = 0
+  log=$(mktemp)
+  rc=0
+  cargo +nightly fuzz run -O -s none "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$log" 2>&1 || rc=$?
+  grep -E "DONE|Done [0-9]+ runs|panicked|ERROR|SUMMARY" "$log" | tail -5 || true
+  if [ "$rc" != 0 ]; then tail -40 "$log"; rm -f "$log"; echo "fuzz-smoke: $t FAILED"; exit 1; fi
+  rm -f "$log"
 done
 echo "fuzz-smoke: ok"
