@@ -5,8 +5,11 @@
 //! and `ipvs` never import each other; pure modules import no I/O.
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod config;
+pub mod health;
 pub mod ipvs;
 pub mod status;
 pub mod sys;
+pub mod tcplb;
 pub mod vrrp;

@@ -1,1 +1,175 @@
-fn main() {}
+//! The `lbd` command line (SPEC.md): run, check, status, manifest, version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+const DEFAULT_CONFIG: &str = "/etc/lbd/lbd.yaml";
+
+#[derive(Parser)]
+#[command(name = "lbd", about = "VRRP VIP, TCP balancer with health checks and IPVS service proxy for Kubernetes control-plane nodes", version = env!("CARGO_PKG_VERSION"))]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (SIGHUP reloads, SIGTERM stops).
+    Run {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file; every problem as PATH:LINE:COL: message.
+    Check {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Ask the running daemon who holds the VIP and which backends are up.
+    Status {
+        /// Print the JSON object (for scripts).
+        #[arg(long)]
+        json: bool,
+        /// Config file whose admin.socket to use.
+        #[arg(short, long, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// Admin socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Version, git commit, build target.
+    Version,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lbd: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap exits 2 on usage errors and 0 for --help/--version.
+            e.exit();
+        }
+    };
+    match cli.command {
+        Command::Run { config } => {
+            init_logging(cli.log_format);
+            match runtime().block_on(lbd::app::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Check { config } => match lbd::app::load_config(&config) {
+            Ok(c) => {
+                let mut parts = Vec::new();
+                if let Some(v) = &c.vrrp {
+                    parts.push(format!("{} VRRP instance(s)", v.instances.len()));
+                }
+                if let Some(t) = &c.tcplb {
+                    parts.push(format!("{} listener(s)", t.listeners.len()));
+                }
+                if let Some(p) = &c.proxy {
+                    parts.push(format!("proxy mode {:?}", p.mode).to_lowercase());
+                }
+                println!(
+                    "{}: ok ({})",
+                    config.display(),
+                    if parts.is_empty() {
+                        "admin only".into()
+                    } else {
+                        parts.join(", ")
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Status {
+            json,
+            config,
+            socket,
+        } => {
+            let socket = match (socket, config) {
+                (Some(s), _) => s,
+                (None, Some(c)) => match lbd::config::load(&c) {
+                    Ok(cfg) => cfg.admin.socket,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(1);
+                    }
+                },
+                (None, None) => lbd::config::load(std::path::Path::new(DEFAULT_CONFIG))
+                    .map(|c| c.admin.socket)
+                    .unwrap_or_else(|_| PathBuf::from("/run/lbd/lbd.sock")),
+            };
+            match runtime().block_on(lbd::status::client::fetch(&socket)) {
+                Ok(report) => {
+                    if json {
+                        match serde_json::to_string_pretty(&report) {
+                            Ok(s) => println!("{s}"),
+                            Err(e) => {
+                                eprintln!("lbd: {e}");
+                                return ExitCode::from(1);
+                            }
+                        }
+                    } else {
+                        print!("{}", lbd::status::client::render_table(&report));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Version => {
+            println!(
+                "lbd {} (commit {}, target {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("LBD_GIT_COMMIT"),
+                env!("LBD_BUILD_TARGET")
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,3 +1,7 @@
 //! The config file: model, loading and validation.
 mod model;
+mod parse;
+pub mod yaml;
+
 pub use model::*;
+pub use parse::{load, parse, parse_duration, ConfigError, Environment, Problem};

@@ -1,3 +1,6 @@
 //! Admin server (unix socket + TCP), status client, and the report type.
+pub mod client;
 mod report;
+pub mod server;
+
 pub use report::*;

@@ -1,3 +1,12 @@
-//! Kernel access shared by vrrp and ipvs: links, addresses, sysctls, splice.
-//! The only module allowed `unsafe` (each block says why it is sound).
+//! Kernel access shared by vrrp, ipvs and tcplb: links, addresses, sysctls,
+//! splice. The only module allowed `unsafe` (each block says why it is sound).
 #![allow(unsafe_code)]
+
+pub mod addr;
+pub mod dummy;
+pub mod fd;
+pub mod link;
+pub mod netns;
+pub mod packet;
+pub mod splice;
+pub mod sysctl;

@@ -6,3 +6,7 @@
 
 pub mod fsm;
 pub mod packet;
+
+pub mod driver;
+pub mod metrics;
+pub mod net;

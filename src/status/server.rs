@@ -1,0 +1,165 @@
+//! The admin server: `/healthz`, `/readyz`, `/metrics`, `/status` on the
+//! unix socket (0600) and on the optional TCP `admin.listen`.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use super::report::StatusReport;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub report: Box<dyn Fn() -> StatusReport + Send + Sync>,
+    pub registry: Arc<Registry>,
+    /// Every listener bound and the first syncs done.
+    pub ready: AtomicBool,
+}
+
+fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+async fn handle(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n",
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/healthz" | "/livez" => text(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "text/plain", "ok\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
+            }
+        }
+        "/metrics" => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
+                Ok(()) => text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    out,
+                ),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encoding failed\n",
+                ),
+            }
+        }
+        "/status" => {
+            let report = (state.report)();
+            match serde_json::to_vec_pretty(&report) {
+                Ok(body) => text(StatusCode::OK, "application/json", body),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encoding failed\n",
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz /readyz /metrics /status\n",
+        ),
+    })
+}
+
+fn serve_conn<S>(state: Arc<AdminState>, io: S, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let svc = service_fn(move |req| handle(state.clone(), req));
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        tokio::select! {
+            _ = conn => {}
+            _ = shutdown.cancelled() => {}
+        }
+    });
+}
+
+/// Binds the unix socket with mode 0600 (root-only: status can reveal the
+/// topology), replacing a stale socket file left by a crash.
+pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // Someone answering there means another lbd runs: don't steal it.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running lbd", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    // Created 0600 from the start: no window where others could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve_unix(
+    listener: UnixListener,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((s, _)) => serve_conn(state.clone(), s, shutdown.clone()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+pub async fn serve_tcp(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((s, _)) => serve_conn(state.clone(), s, shutdown.clone()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

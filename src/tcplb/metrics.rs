@@ -1,0 +1,140 @@
+//! Balancer metrics, read from the sessions' atomic counters at scrape time
+//! so the data path never touches a metrics lock.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use super::proxy::Listener;
+
+/// The listeners currently running (including draining ones).
+#[derive(Debug, Default, Clone)]
+pub struct TcplbCollector {
+    pub listeners: Arc<ArcSwap<Vec<Arc<Listener>>>>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("name", &self.name)
+            .field("bind", &self.bind)
+            .finish()
+    }
+}
+
+type L1<'a> = [(&'static str, &'a str); 1];
+type L2<'a> = [(&'static str, &'a str); 2];
+
+impl Collector for TcplbCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let listeners = self.listeners.load_full();
+        type ListenerGetter = fn(&Listener) -> u64;
+        let per_listener: [(&str, &str, MetricType, ListenerGetter); 6] = [
+            (
+                "lbd_connections_active",
+                "Sessions open now",
+                MetricType::Gauge,
+                |l| l.active.load(Relaxed),
+            ),
+            (
+                "lbd_connections",
+                "Connections accepted",
+                MetricType::Counter,
+                |l| l.total.load(Relaxed),
+            ),
+            (
+                "lbd_connections_refused_no_backend",
+                "Connections closed at once because no backend was healthy",
+                MetricType::Counter,
+                |l| l.refused_no_backend.load(Relaxed),
+            ),
+            (
+                "lbd_connections_failed",
+                "Connections closed because every backend tried failed to connect",
+                MetricType::Counter,
+                |l| l.connect_failures.load(Relaxed),
+            ),
+            (
+                "lbd_received_bytes",
+                "Bytes from clients to backends",
+                MetricType::Counter,
+                |l| l.bytes_in.load(Relaxed),
+            ),
+            (
+                "lbd_sent_bytes",
+                "Bytes from backends to clients",
+                MetricType::Counter,
+                |l| l.bytes_out.load(Relaxed),
+            ),
+        ];
+        for (name, help, kind, get) in per_listener {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for l in listeners.iter() {
+                let labels: L1 = [("listener", &l.name)];
+                let v = get(l);
+                let m = family.encode_family(&labels)?;
+                if matches!(kind, MetricType::Gauge) {
+                    ConstGauge::new(v as i64).encode(m)?;
+                } else {
+                    ConstCounter::new(v).encode(m)?;
+                }
+            }
+        }
+        type BackendGetter = fn(&super::proxy::Backend) -> u64;
+        let per_backend: [(&str, &str, MetricType, BackendGetter); 5] = [
+            (
+                "lbd_backend_connections_active",
+                "Sessions open now to this backend",
+                MetricType::Gauge,
+                |b| b.active.load(Relaxed),
+            ),
+            (
+                "lbd_backend_connections",
+                "Sessions made to this backend",
+                MetricType::Counter,
+                |b| b.total.load(Relaxed),
+            ),
+            (
+                "lbd_backend_connect_errors",
+                "Failed or timed-out connects to this backend",
+                MetricType::Counter,
+                |b| b.connect_errors.load(Relaxed),
+            ),
+            (
+                "lbd_backend_received_bytes",
+                "Bytes from clients to this backend",
+                MetricType::Counter,
+                |b| b.bytes_in.load(Relaxed),
+            ),
+            (
+                "lbd_backend_sent_bytes",
+                "Bytes from this backend to clients",
+                MetricType::Counter,
+                |b| b.bytes_out.load(Relaxed),
+            ),
+        ];
+        for (name, help, kind, get) in per_backend {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for l in listeners.iter() {
+                for b in l.backends().iter() {
+                    let addr = b.addr.to_string();
+                    let labels: L2 = [("listener", &l.name), ("backend", &addr)];
+                    let v = get(b);
+                    let m = family.encode_family(&labels)?;
+                    if matches!(kind, MetricType::Gauge) {
+                        ConstGauge::new(v as i64).encode(m)?;
+                    } else {
+                        ConstCounter::new(v).encode(m)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,300 @@
+//! Config parsing and validation: SPEC.md's example, defaults, and broken
+//! files that must report every problem at its line and column.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lbd::config::*;
+
+fn env_with(files: &[&str]) -> Environment {
+    Environment {
+        hostname: "testhost".into(),
+        existing_files: Some(files.iter().map(PathBuf::from).collect::<BTreeSet<_>>()),
+    }
+}
+
+const SPEC_EXAMPLE: &str = r#"
+node:
+  name: cp1                      # default: the host name
+vrrp:
+  instances:
+    - name: apiserver
+      interface: eth0
+      vrid: 51                   # 1-255
+      version: 3                 # 3 (RFC 5798, default) or 2 (RFC 3768)
+      priority: 100              # 1-254
+      advert_interval: 1s        # v3: 10ms steps up to 40.95s; v2: whole seconds
+      preempt: true
+      preempt_delay: 0s
+      virtual_ips: [10.31.90.0/24]        # IPv4 or IPv6 (v3), one family per instance
+      unicast_peers: []          # empty: multicast 224.0.0.18 / ff02::12
+      auth_pass: ""              # v2 only, <= 8 bytes, as keepalived's PASS
+      track:
+        - listener: apiserver    # fails while that listener has no healthy backend
+          weight: -50            # added to priority while failing
+        - interface: eth0        # fails while the link is down
+          weight: -50
+tcplb:
+  listeners:
+    - name: apiserver
+      bind: 0.0.0.0:8443
+      balance: roundrobin        # roundrobin | leastconn | source | random
+      backends: [10.31.90.1:6443, 10.31.90.2:6443, 10.31.90.3:6443]
+      health:
+        type: https              # https | http | tcp
+        path: /healthz
+        expect_status: 200
+        interval: 1s
+        timeout: 1s
+        rise: 2
+        fall: 2
+        tls: { ca_file: /etc/kubernetes/pki/ca.crt, server_name: kubernetes, insecure_skip_verify: false }
+      connect_timeout: 3s
+      retries: 2                 # another backend on connect failure
+      max_connections: 20000
+proxy:
+  mode: ipvs                     # ipvs | nftables | none
+  kube_proxy_config: /etc/kubernetes/kube-proxy-config.yaml  # optional: a KubeProxyConfiguration to read
+  kubeconfig: /etc/kubernetes/kube-proxy.kubeconfig          # absent: in-cluster
+  cluster_cidr: 10.244.0.0/16
+  ipvs: { scheduler: rr, strict_arp: false, exclude_cidrs: [], sync_period: 30s, min_sync_period: 1s }
+  healthz_bind: 0.0.0.0:10256
+  metrics_bind: 127.0.0.1:10249
+admin:
+  socket: /run/lbd/lbd.sock      # mode 0600; `lbd status` talks here
+  listen: 127.0.0.1:9440         # /healthz /readyz /metrics /status
+"#;
+
+#[test]
+fn spec_example_parses_with_every_value() {
+    let env = env_with(&[
+        "/etc/kubernetes/pki/ca.crt",
+        "/etc/kubernetes/kube-proxy-config.yaml",
+        "/etc/kubernetes/kube-proxy.kubeconfig",
+    ]);
+    let c = parse(SPEC_EXAMPLE, "lbd.yaml", &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.node.name, "cp1");
+    let v = &c.vrrp.as_ref().unwrap().instances[0];
+    assert_eq!(v.name, "apiserver");
+    assert_eq!(v.interface, "eth0");
+    assert_eq!(v.vrid, 51);
+    assert_eq!(v.version, VrrpVersion::V3);
+    assert_eq!(v.priority, 100);
+    assert_eq!(v.advert_interval, Duration::from_secs(1));
+    assert!(v.preempt);
+    assert_eq!(v.virtual_ips, vec!["10.31.90.0/24".parse().unwrap()]);
+    assert!(v.unicast_peers.is_empty());
+    assert_eq!(
+        v.track,
+        vec![
+            TrackConfig {
+                target: TrackTarget::Listener("apiserver".into()),
+                weight: -50
+            },
+            TrackConfig {
+                target: TrackTarget::Interface("eth0".into()),
+                weight: -50
+            },
+        ]
+    );
+    assert_eq!(v.vip_lifetime, Duration::from_secs(3));
+    let l = &c.tcplb.as_ref().unwrap().listeners[0];
+    assert_eq!(l.bind, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!(l.balance, Balance::RoundRobin);
+    assert_eq!(l.backends.len(), 3);
+    assert_eq!(l.health.kind, HealthKind::Https);
+    assert_eq!((l.health.rise, l.health.fall), (2, 2));
+    assert_eq!(l.health.tls.server_name.as_deref(), Some("kubernetes"));
+    assert_eq!(
+        l.health.tls.ca_file,
+        Some(PathBuf::from("/etc/kubernetes/pki/ca.crt"))
+    );
+    assert_eq!(l.connect_timeout, Duration::from_secs(3));
+    assert_eq!((l.retries, l.max_connections), (2, 20000));
+    assert_eq!(l.on_backend_down, OnBackendDown::Keep);
+    assert_eq!(l.idle_timeout, None);
+    let p = c.proxy.as_ref().unwrap();
+    assert_eq!(p.mode, ProxyMode::Ipvs);
+    assert_eq!(p.cluster_cidr, vec!["10.244.0.0/16".parse().unwrap()]);
+    assert_eq!(p.ipvs.scheduler, "rr");
+    assert_eq!(p.ipvs.sync_period, Duration::from_secs(30));
+    assert_eq!(p.metrics_bind, Some("127.0.0.1:10249".parse().unwrap()));
+    assert_eq!(c.admin.socket, PathBuf::from("/run/lbd/lbd.sock"));
+    assert_eq!(c.admin.listen, Some("127.0.0.1:9440".parse().unwrap()));
+}
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let c = parse(
+        "tcplb:\n  listeners:\n    - name: a\n      bind: 127.0.0.1:8443\n      backends: [127.0.0.1:6443]\n",
+        "x.yaml",
+        &env_with(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.node.name, "testhost");
+    assert!(c.vrrp.is_none() && c.proxy.is_none());
+    let l = &c.tcplb.unwrap().listeners[0];
+    assert_eq!(l.health.kind, HealthKind::Tcp);
+    assert_eq!(
+        (l.health.interval, l.health.rise, l.health.fall),
+        (Duration::from_secs(2), 2, 3)
+    );
+    assert_eq!(l.balance, Balance::RoundRobin);
+    assert_eq!(l.retries, 2);
+    // An empty file is a valid config that runs nothing but the admin server.
+    let empty = parse("", "e.yaml", &env_with(&[])).unwrap();
+    assert!(empty.tcplb.is_none());
+}
+
+#[test]
+fn every_problem_is_reported_with_line_and_column() {
+    let text = "\
+vrrp:
+  instances:
+    - name: vip
+      interface: eth0
+      vrid: 0
+      priority: 300
+      advert_interval: 15ms
+      virtual_ips: [10.0.0.1/24, fd00::1/64]
+      auth_pass: toolongpassword
+      track:
+        - listener: nosuch
+          weight: -50
+tcplb:
+  listeners:
+    - name: api
+      bind: 0.0.0.0:99999
+      backends: []
+      balanse: roundrobin
+      connect_timeout: 3
+      health: { type: https, interval: 1x, rise: 0 }
+";
+    let err = parse(text, "bad.yaml", &env_with(&[])).unwrap_err();
+    let out = err.to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    let expect = [
+        "bad.yaml:5:13: vrid must be between 1 and 255, not 0",
+        "bad.yaml:6:17: priority must be between 1 and 254, not 300",
+        "bad.yaml:7:24: advert_interval for VRRPv3 must be 10ms to 40.95s in steps of 10ms",
+        "bad.yaml:8:20: virtual_ips must all be IPv4 or all IPv6 (one family per instance)",
+        "bad.yaml:9:18: auth_pass is only for version 2 (RFC 5798 removed authentication)",
+        "bad.yaml:9:18: auth_pass must be at most 8 bytes (keepalived's PASS)",
+        "bad.yaml:11:21: track.listener: no tcplb listener is named \"nosuch\"",
+        "bad.yaml:16:13: bind: invalid \"0.0.0.0:99999\"",
+        "bad.yaml:17:17: backends must name at least one ADDRESS:PORT",
+        "bad.yaml:18:7: unknown key \"balanse\" in a listener (did you mean \"balance\"?)",
+        "bad.yaml:19:24: connect_timeout needs a unit, as in 1s, 100ms or 1m30s",
+        "bad.yaml:20:15: https health checks verify the backend",
+        "bad.yaml:20:40: health.interval: invalid duration \"1x\": unknown unit \"x\"",
+        "bad.yaml:20:50: health.rise must be between 1 and 1000, not 0",
+    ];
+    for e in expect {
+        assert!(
+            lines.iter().any(|l| l.starts_with(e)),
+            "missing {e:?} in:\n{out}"
+        );
+    }
+    assert_eq!(
+        lines.len(),
+        expect.len(),
+        "unexpected extra problems:\n{out}"
+    );
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let err = parse("tcplb:\n  listeners: [\n", "s.yaml", &env_with(&[])).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert!(err.problems[0].line >= 2, "{err}");
+    assert!(err.to_string().starts_with("s.yaml:"));
+}
+
+#[test]
+fn missing_files_and_v2_rules() {
+    let text = "\
+vrrp:
+  instances:
+    - name: v
+      interface: eth0
+      vrid: 7
+      version: 2
+      advert_interval: 1500ms
+      virtual_ips: [fd00::1/64]
+      auth_pass: secret
+tcplb:
+  listeners:
+    - name: api
+      bind: 0.0.0.0:8443
+      backends: [10.0.0.1:6443]
+      health:
+        type: https
+        tls: { ca_file: /nonexistent/ca.crt, cert_file: /c.pem }
+";
+    let err = parse(text, "v2.yaml", &env_with(&["/c.pem"])).unwrap_err();
+    let out = err.to_string();
+    for needle in [
+        "v2.yaml:7:24: advert_interval for VRRPv2 must be whole seconds",
+        "v2.yaml:8:20: IPv6 virtual_ips need version 3",
+        "tls.ca_file: /nonexistent/ca.crt does not exist",
+        "tls.cert_file and tls.key_file go together",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("10ms").unwrap(), Duration::from_millis(10));
+    assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+    assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+    assert!(parse_duration("10").is_err());
+    assert!(parse_duration("s").is_err());
+    assert!(parse_duration("5 s").is_err());
+}
+
+/// Mangled files (truncations, flipped bytes, spliced lines) give errors,
+/// never a panic.
+#[test]
+fn mangled_configs_never_panic() {
+    let env = env_with(&[]);
+    let base = SPEC_EXAMPLE.as_bytes();
+    let mut rng = fastrand::Rng::with_seed(0x1bd);
+    let mut errors = 0;
+    for i in 0..3000 {
+        let mut bytes = base.to_vec();
+        match i % 4 {
+            0 => bytes.truncate(rng.usize(..bytes.len())),
+            1 => {
+                for _ in 0..rng.usize(1..8) {
+                    let at = rng.usize(..bytes.len());
+                    bytes[at] = b"{}[]:-,#'\"&*!|>%@ \n\t0a"[rng.usize(..22)];
+                }
+            }
+            2 => {
+                let lines: Vec<&[u8]> = base.split(|b| *b == b'\n').collect();
+                let a = rng.usize(..lines.len());
+                let b = rng.usize(..lines.len());
+                let mut v = lines.clone();
+                v.swap(a, b);
+                bytes = v.join(&b'\n');
+            }
+            _ => {
+                let at = rng.usize(..bytes.len());
+                bytes.insert(at, rng.u8(..));
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(e) = parse(&text, "m.yaml", &env) {
+            errors += 1;
+            assert!(!e.problems.is_empty());
+            assert!(e.to_string().starts_with("m.yaml:"), "{e}");
+        }
+    }
+    assert!(
+        errors > 1000,
+        "mangling should mostly break the file ({errors})"
+    );
+}
