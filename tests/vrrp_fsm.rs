@@ -918,6 +918,7 @@ fn params_and_local_instance_from_config() {
         advert_interval: ms(1000),
         preempt: true,
         preempt_delay: ms(3000),
+        immediate_preempt: false,
         virtual_ips: vec!["10.213.0.100/24".parse().unwrap()],
         unicast_peers: vec![],
         auth_pass: "42".into(),
@@ -935,6 +936,7 @@ fn params_and_local_instance_from_config() {
         vec!["10.213.0.100".parse::<IpAddr>().unwrap()]
     );
     assert_eq!(p.preempt_delay, ms(3000));
+    assert!(!p.immediate_preempt);
     // A zero refresh period means off, not a busy loop.
     assert_eq!(p.garp_refresh, None);
     let l = LocalInstance::from_config(&cfg);

@@ -26,7 +26,8 @@
 //!   keepalived we also send an advert at once, so a second master (after a
 //!   partition heals) steps down within a round trip rather than within one
 //!   interval.
-//! - **`immediate_preempt`** (off by default, not RFC): a preempting backup
+//! - **`immediate_preempt`** (config default on; off in bare params; not
+//!   RFC): a preempting backup
 //!   that hears a lower-priority master takes over at once instead of letting
 //!   Master_Down_Interval run out. The RFC (and keepalived) wait.
 //! - Adverts from our own primary address (multicast looped back) are
@@ -90,7 +91,7 @@ impl VirtualRouterParams {
             primary_address,
             virtual_ips: cfg.virtual_ips.iter().map(|n| n.addr()).collect(),
             garp_refresh: cfg.garp_refresh.filter(|d| !d.is_zero()),
-            immediate_preempt: false,
+            immediate_preempt: cfg.immediate_preempt,
         }
     }
 }
