@@ -37,6 +37,7 @@ if [[ -z ${LBD:-} ]]; then
 fi
 [[ -x $LBD ]] || { echo "no lbd binary at $LBD" >&2; exit 2; }
 if [[ ${NICE:-0} != 0 ]]; then renice -n "$NICE" -p $$ >/dev/null; fi # children inherit it
+T_START=$SECONDS # the build above is not counted
 
 # ---- ports (all on 127.0.0.1) ----------------------------------------------
 NGX=($((BASE + 1)) $((BASE + 2)) $((BASE + 3))) # three TLS backends (one nginx)
@@ -292,7 +293,6 @@ wrkrun() {
 }
 
 # ---- runs: for each test the proxies run back to back ------------------------
-T_START=$SECONDS
 echo "# machine: $(nproc) CPUs ($(awk -F: '/model name/ { print $2; exit }' /proc/cpuinfo | sed 's/^ //')), kernel $(uname -r), PIN=$PIN, DUR=${DUR}s, nice $(nice)"
 echo "# haproxy $(haproxy -v | awk 'NR == 1 { print $3 }') nbthread $HA_THREADS; lbd $("$LBD" version | head -1); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A R
@@ -374,4 +374,4 @@ echo "No proxy (client straight to one backend), the ceiling on this machine:"
 echo "  iperf3 ${R[direct_up]} / ${R[direct_down]} (-R) Gb/s; keep-alive ${R[direct_ka]} req/s p99 ${R[direct_ka_p99]} ms; new TLS ${R[direct_nc]} conn/s"
 errs="haproxy ka=${R[ha_ka_err]} nc=${R[ha_nc_err]}; lbd ka=${R[lbd_ka_err]} nc=${R[lbd_nc_err]}; lbd-userspace ka=${R[lbdu_ka_err]} nc=${R[lbdu_nc_err]}"
 echo "wrk socket errors + non-2xx: $errs"
-echo "measurement phase: $((SECONDS - T_START)) s"
+echo "run time (without the build): $((SECONDS - T_START)) s"
