@@ -1,8 +1,21 @@
 //! Zero-copy forwarding between two TCP sockets with splice(2) through a
 //! pipe: bytes move socket -> pipe -> socket inside the kernel.
+//!
+//! A session holds a pipe only while bytes are in it: the pipe is taken from
+//! a small shared pool when the source is readable and given back once it
+//! has been drained into the destination. Why not two pipes per session:
+//! the kernel charges pipe pages to the user (`fs.pipe-user-pages-soft`,
+//! 16384 pages = 64 MiB by default, shared by every process of that uid);
+//! past that limit a process without CAP_SYS_RESOURCE/CAP_SYS_ADMIN (lbd's
+//! static pod has neither) gets 2-page pipes and F_SETPIPE_SZ fails, and so
+//! does every other process of the same user. Two 1 MiB pipes per session
+//! reached it at 32 mostly idle sessions (kube watches); see
+//! bench/splice-pipe-limit.sh. Pooling also keeps an idle session at two
+//! descriptors instead of six.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -10,14 +23,18 @@ use tokio::net::TcpStream;
 /// Bytes moved per splice call; also the pipe size asked for.
 const CHUNK: usize = 1 << 20;
 
-/// A non-blocking pipe used as the in-kernel buffer of one direction.
-pub struct Pipe {
+/// Empty pipes kept for reuse; more are closed when given back. Pipes in
+/// use are not limited: one per direction that is moving bytes right now.
+const POOL_IDLE_MAX: usize = 16;
+
+/// A non-blocking pipe used as the in-kernel buffer of one chunk.
+struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
 }
 
 impl Pipe {
-    pub fn new() -> io::Result<Pipe> {
+    fn new() -> io::Result<Pipe> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: pipe2 writes two descriptors into the array we own.
         let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -31,6 +48,51 @@ impl Pipe {
         // SAFETY: F_SETPIPE_SZ on a pipe we own; no memory is passed.
         unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
         Ok(Pipe { read, write })
+    }
+}
+
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// A pipe borrowed from the pool; back to the pool on drop if it is empty.
+struct Lease {
+    pipe: Option<Pipe>,
+    /// Bytes spliced in and not yet out.
+    pending: usize,
+}
+
+impl Lease {
+    fn take() -> io::Result<Lease> {
+        let pooled = POOL.lock().ok().and_then(|mut pool| pool.pop());
+        let pipe = match pooled {
+            Some(p) => p,
+            None => Pipe::new()?,
+        };
+        Ok(Lease {
+            pipe: Some(pipe),
+            pending: 0,
+        })
+    }
+
+    fn fds(&self) -> (RawFd, RawFd) {
+        match &self.pipe {
+            Some(p) => (p.read.as_raw_fd(), p.write.as_raw_fd()),
+            None => (-1, -1),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // A pipe still holding bytes (the session was cut mid-chunk) would
+        // leak them into another session: it is closed, never reused.
+        if self.pending != 0 {
+            return;
+        }
+        if let (Some(pipe), Ok(mut pool)) = (self.pipe.take(), POOL.lock()) {
+            if pool.len() < POOL_IDLE_MAX {
+                pool.push(pipe);
+            }
+        }
     }
 }
 
@@ -54,47 +116,148 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
 /// Moves bytes from `src` to `dst` until `src` reaches EOF; returns the byte
 /// count. `on_progress` is called after each chunk (idle tracking, counters).
 /// Does not shut `dst` down: the caller decides (half-close).
 pub async fn splice_copy(
     src: &TcpStream,
     dst: &TcpStream,
-    pipe: &Pipe,
     mut on_progress: impl FnMut(usize),
 ) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
+        src.readable().await?;
+        let mut lease = match Lease::take() {
+            Ok(lease) => lease,
+            // No descriptor left for a pipe (EMFILE, ENFILE): this chunk
+            // goes through user space instead of failing the session.
+            Err(_) => match copy_chunk(src, dst).await? {
+                0 => return Ok(total),
+                n => {
+                    total += n as u64;
+                    on_progress(n);
+                    continue;
+                }
+            },
+        };
+        let (pipe_read, pipe_write) = lease.fds();
         // socket -> pipe
-        let n = loop {
-            src.readable().await?;
-            match src.try_io(Interest::READABLE, || {
-                splice(src.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+        let n = match src.try_io(Interest::READABLE, || {
+            splice(src.as_raw_fd(), pipe_write, CHUNK)
+        }) {
+            Ok(n) => n,
+            Err(e) if retry(&e) => continue,
+            Err(e) => return Err(e),
         };
         if n == 0 {
             return Ok(total);
         }
-        // pipe -> socket: drain all of it before reading more.
-        let mut left = n;
-        while left > 0 {
+        // pipe -> socket: drain all of it before the pipe goes back.
+        lease.pending = n;
+        while lease.pending > 0 {
             dst.writable().await?;
             match dst.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
+                splice(pipe_read, dst.as_raw_fd(), lease.pending)
             }) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(m) => lease.pending -= m,
+                Err(e) if retry(&e) => continue,
                 Err(e) => return Err(e),
             }
         }
+        drop(lease);
         total += n as u64;
         on_progress(n);
+    }
+}
+
+/// One read and its complete write through a user-space buffer; 0 at EOF.
+async fn copy_chunk(src: &TcpStream, dst: &TcpStream) -> io::Result<usize> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = loop {
+        src.readable().await?;
+        match src.try_read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if retry(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let mut done = 0;
+    while done < n {
+        dst.writable().await?;
+        match dst.try_write(&buf[done..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => done += m,
+            Err(e) if retry(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    fn pipe_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter(|t| t.to_string_lossy().starts_with("pipe:"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Idle sessions hold no pipe: 40 of them once held 160 pipe
+    /// descriptors (and 80 MiB of the user's pipe quota).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_sessions_hold_no_pipes_and_bytes_arrive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let before = pipe_fds();
+        let mut ends = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            // client a <-> b (proxy) => c (proxy) <-> d backend
+            let (a, b) = pair(&listener).await;
+            let (c, d) = pair(&listener).await;
+            tasks.push(tokio::spawn(async move {
+                splice_copy(&b, &c, |_| {}).await.map(|n| (n, b, c))
+            }));
+            ends.push((a, d));
+        }
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for (a, d) in ends.iter_mut() {
+            a.write_all(&payload).await.unwrap();
+            let mut got = vec![0u8; payload.len()];
+            d.read_exact(&mut got).await.unwrap();
+            assert!(got == payload, "bytes changed on the way");
+        }
+        // All 40 sessions are idle now, each with its bytes delivered.
+        let held = pipe_fds().saturating_sub(before);
+        assert!(
+            held <= 2 * POOL_IDLE_MAX,
+            "{held} pipe descriptors held by 40 idle sessions"
+        );
+        for ((a, _d), t) in ends.into_iter().zip(tasks) {
+            drop(a); // EOF ends the copy
+            let (n, _b, _c) = t.await.unwrap().unwrap();
+            assert_eq!(n, payload.len() as u64);
+        }
     }
 }
