@@ -248,6 +248,17 @@ struct ReloadState {
 pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
     let cfg = load_config(&config_path)?;
     let started = Instant::now();
+    match crate::sys::rlimit::raise_nofile() {
+        Ok((old, new)) if new > old => tracing::info!(old, new, "raised the open-file limit"),
+        Ok((_, limit)) if limit < 65536 => {
+            tracing::warn!(
+                limit,
+                "open-file limit is low: each balanced session needs two"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
     let health_metrics = HealthMetrics::register(&mut registry);
