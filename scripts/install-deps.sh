@@ -10,7 +10,7 @@ PKGS=(
   iproute2 procps psmisc openssl curl socat tcpdump   # namespaces, demo, checks
   nftables ipvsadm                                    # kernel state judges
   keepalived                                          # VRRP interop peer
-  haproxy iperf3 wrk nginx-light                      # benchmarks against haproxy
+  haproxy iperf3 wrk nginx-light jq                   # benchmarks against haproxy
   qemu-system-x86 busybox-static                      # the IPVS VM harness
   rpm                                                 # checking the .rpm
 )

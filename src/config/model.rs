@@ -47,6 +47,10 @@ pub struct VrrpInstanceConfig {
     pub advert_interval: Duration,
     pub preempt: bool,
     pub preempt_delay: Duration,
+    /// A preempting backup that hears a lower-priority master (for example
+    /// one whose tracked listener lost its backends) takes over at once
+    /// instead of waiting out Master_Down_Interval as RFC 5798 does.
+    pub immediate_preempt: bool,
     /// All of one family; IPv6 only with version 3.
     pub virtual_ips: Vec<IpNet>,
     /// Empty: multicast 224.0.0.18 / ff02::12.

@@ -580,6 +580,10 @@ impl Cx<'_> {
                 self.err(n.pos, "preempt_delay must be at most 1000s");
             }
         }
+        let immediate_preempt = o
+            .get("immediate_preempt")
+            .and_then(|n| self.boolean(n))
+            .unwrap_or(true);
         let mut virtual_ips = Vec::new();
         match o.get("virtual_ips") {
             Some(list) => {
@@ -692,6 +696,7 @@ impl Cx<'_> {
                 "advert_interval",
                 "preempt",
                 "preempt_delay",
+                "immediate_preempt",
                 "virtual_ips",
                 "unicast_peers",
                 "auth_pass",
@@ -711,6 +716,7 @@ impl Cx<'_> {
             advert_interval,
             preempt,
             preempt_delay,
+            immediate_preempt,
             virtual_ips,
             unicast_peers,
             auth_pass,

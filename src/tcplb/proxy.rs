@@ -373,15 +373,8 @@ async fn forward(
     let tick = || last_activity.fetch_add(1, Relaxed);
     match listener.copy_mode {
         CopyMode::Splice => {
-            let (Ok(p1), Ok(p2)) = (
-                crate::sys::splice::Pipe::new(),
-                crate::sys::splice::Pipe::new(),
-            ) else {
-                return forward_userspace(listener, backend, client, upstream, &last_activity)
-                    .await;
-            };
             let up = async {
-                let r = crate::sys::splice::splice_copy(&client, &upstream, &p1, |n| {
+                let r = crate::sys::splice::splice_copy(&client, &upstream, |n| {
                     listener.bytes_in.fetch_add(n as u64, Relaxed);
                     backend.bytes_in.fetch_add(n as u64, Relaxed);
                     tick();
@@ -391,7 +384,7 @@ async fn forward(
                 r
             };
             let down = async {
-                let r = crate::sys::splice::splice_copy(&upstream, &client, &p2, |n| {
+                let r = crate::sys::splice::splice_copy(&upstream, &client, |n| {
                     listener.bytes_out.fetch_add(n as u64, Relaxed);
                     backend.bytes_out.fetch_add(n as u64, Relaxed);
                     tick();

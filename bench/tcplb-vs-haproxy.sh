@@ -1,0 +1,377 @@
+#!/usr/bin/env bash
+# lbd's TCP balancer against Debian's haproxy (mode tcp), side by side in one
+# run, on loopback only (127.0.0.1). See docs/benchmarks.md for how to read
+# the figures.
+#
+#   bench/tcplb-vs-haproxy.sh            # builds lbd --release if needed
+#   DUR=10 PIN=0 BASE_PORT=26440 LBD=/path/to/lbd bench/tcplb-vs-haproxy.sh
+#
+# DUR        seconds per measurement (default 10; the whole run is ~17*DUR+15 s)
+# PIN        1: proxies on CPU 1, backends and load generators on CPU 0,
+#            haproxy nbthread 1 and one tokio worker for lbd; 0 (default): no
+#            pinning, haproxy nbthread = nproc, lbd's default runtime.
+# BASE_PORT  first of the 127.0.0.1 ports used (BASE_PORT .. BASE_PORT+39)
+# LBD        lbd binary (default: cargo build --release, target/release/lbd)
+# NICE       nice value for the whole benchmark (e.g. -10 as root) so that
+#            other work on the machine disturbs the figures less; default 0
+#
+# Needs (Debian): haproxy iperf3 wrk nginx-light (or nginx) openssl jq curl
+# util-linux (taskset). Run as root or as a user who may bind those ports.
+set -euo pipefail
+
+DUR=${DUR:-10}
+PIN=${PIN:-0}
+BASE=${BASE_PORT:-26440}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+for tool in haproxy iperf3 wrk nginx openssl jq curl taskset; do
+    command -v "$tool" >/dev/null || {
+        echo "missing $tool: apt-get install -y haproxy iperf3 wrk nginx-light openssl jq curl util-linux" >&2
+        exit 2
+    }
+done
+
+if [[ -z ${LBD:-} ]]; then
+    (cd "$here" && cargo build --release --quiet --bin lbd)
+    LBD=${CARGO_TARGET_DIR:-$here/target}/release/lbd
+fi
+[[ -x $LBD ]] || { echo "no lbd binary at $LBD" >&2; exit 2; }
+if [[ ${NICE:-0} != 0 ]]; then renice -n "$NICE" -p $$ >/dev/null; fi # children inherit it
+T_START=$SECONDS # the build above is not counted
+
+# ---- ports (all on 127.0.0.1) ----------------------------------------------
+NGX=($((BASE + 1)) $((BASE + 2)) $((BASE + 3))) # three TLS backends (one nginx)
+IPERF_DIRECT=$((BASE + 5))
+IPERF_HA=$((BASE + 6))       # one iperf3 server per proxy: a health check of
+IPERF_LBD=$((BASE + 7))      # one proxy never lands in another proxy's test
+IPERF_LBDU=$((BASE + 8))
+HA_HTTPS=$((BASE + 10)) HA_IPERF=$((BASE + 11)) HA_STATS=$((BASE + 19))
+LBD_HTTPS=$((BASE + 20)) LBD_IPERF=$((BASE + 21))
+LBDU_HTTPS=$((BASE + 30)) LBDU_IPERF=$((BASE + 31))
+for p in "${NGX[@]}" $IPERF_DIRECT $IPERF_HA $IPERF_LBD $IPERF_LBDU $HA_HTTPS $HA_IPERF \
+    $HA_STATS $LBD_HTTPS $LBD_IPERF $LBDU_HTTPS $LBDU_IPERF; do
+    if [[ -n $(ss -Htln "sport = :$p") ]]; then
+        echo "port $p is in use; set BASE_PORT" >&2
+        exit 2
+    fi
+done
+
+# ---- cleanup: everything started here dies with the script -------------------
+WORK=$(mktemp -d /tmp/lbd-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 0.3
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    [[ -n ${WATCHDOG:-} ]] && kill "$WATCHDOG" 2>/dev/null || true
+    wait 2>/dev/null || true
+    if [[ -n ${KEEP:-} ]]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT TERM
+# The whole run is bounded: a stuck tool cannot keep it alive.
+LIMIT=$((17 * DUR + 120))
+(
+    trap 'kill $sp 2>/dev/null; exit 0' TERM
+    sleep "$LIMIT" &
+    sp=$!
+    wait $sp
+    echo "watchdog: over ${LIMIT}s, stopping" >&2
+    kill -TERM $$
+) &
+WATCHDOG=$!
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Both proxies get the same connection limit, within the descriptor limit
+# (haproxy needs 2 per session; lbd needs 2, plus 4 for the splice pipes).
+MAXCONN=4000
+NCPU=$(nproc)
+if [[ $PIN == 1 ]]; then
+    (( NCPU >= 2 )) || { echo "PIN=1 needs 2 CPUs" >&2; exit 2; }
+    PROXY_CPU=(taskset -c 1) LOAD_CPU=(taskset -c 0) HA_THREADS=1 NGX_WORKERS=1
+else
+    PROXY_CPU=() LOAD_CPU=() HA_THREADS=$NCPU NGX_WORKERS=$NCPU
+fi
+CLK_TCK=$(getconf CLK_TCK)
+
+# ---- certificates: a CA and an ECDSA P-256 server cert for 127.0.0.1 --------
+cd "$WORK"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout ca.key -out ca.crt -days 2 -subj /CN=lbd-bench-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >srv.ext
+openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile srv.ext -out srv.crt 2>/dev/null
+
+# ---- TLS backends: one nginx listening on three ports ------------------------
+mkdir -p tmp
+BODY=$(head -c 1024 /dev/zero | tr "\0" x) # 1 KiB body, served from memory
+cat >nginx.conf <<EOF
+worker_processes $NGX_WORKERS;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path $WORK/tmp;
+    keepalive_requests 10000000;   # keep-alive test: no reconnects
+    keepalive_timeout 300s;
+    ssl_certificate $WORK/srv.crt;
+    ssl_certificate_key $WORK/srv.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;         # every new connection is a full handshake
+    ssl_session_tickets off;
+    server {
+        listen 127.0.0.1:${NGX[0]} ssl;
+        listen 127.0.0.1:${NGX[1]} ssl;
+        listen 127.0.0.1:${NGX[2]} ssl;
+        location = /healthz { return 200 "ok\n"; }
+        location / { return 200 "$BODY"; }
+    }
+}
+EOF
+"${LOAD_CPU[@]}" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" \
+    -g 'daemon off;' &
+PIDS+=($!)
+
+# ---- iperf3 servers ------------------------------------------------------------
+for p in $IPERF_DIRECT $IPERF_HA $IPERF_LBD $IPERF_LBDU; do
+    "${LOAD_CPU[@]}" iperf3 -s -B 127.0.0.1 -p "$p" >"iperf3-$p.log" 2>&1 &
+    PIDS+=($!)
+done
+
+# ---- haproxy ---------------------------------------------------------------------
+cat >haproxy.cfg <<EOF
+global
+    nbthread $HA_THREADS
+    maxconn $MAXCONN
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 1h      # lbd has no idle timeout; haproxy needs one
+    timeout server 1h
+    option tcpka           # lbd sets TCP keepalive on both legs
+    retries 2
+    option redispatch
+listen https
+    bind 127.0.0.1:$HA_HTTPS
+    balance roundrobin
+    option httpchk GET /healthz
+    http-check expect status 200
+    default-server check check-ssl verify none inter 1s rise 2 fall 2
+    server b1 127.0.0.1:${NGX[0]}
+    server b2 127.0.0.1:${NGX[1]}
+    server b3 127.0.0.1:${NGX[2]}
+listen iperf
+    bind 127.0.0.1:$HA_IPERF
+    balance roundrobin
+    server i1 127.0.0.1:$IPERF_HA check inter 1s rise 2 fall 2
+listen stats
+    mode http
+    bind 127.0.0.1:$HA_STATS
+    timeout client 5s
+    stats enable
+    stats uri /
+EOF
+haproxy -c -q -f haproxy.cfg
+"${PROXY_CPU[@]}" haproxy -db -f haproxy.cfg >haproxy.log 2>&1 &
+HA_PID=$!
+PIDS+=($HA_PID)
+
+# ---- lbd: splice (default) and user-space copy -------------------------------
+lbd_config() { # NAME HTTPS_PORT IPERF_PORT IPERF_BACKEND
+    cat <<EOF
+node: { name: bench }
+tcplb:
+  listeners:
+    - name: https
+      bind: 127.0.0.1:$2
+      balance: roundrobin
+      backends: [127.0.0.1:${NGX[0]}, 127.0.0.1:${NGX[1]}, 127.0.0.1:${NGX[2]}]
+      health:
+        type: https
+        path: /healthz
+        expect_status: 200
+        interval: 1s
+        timeout: 1s
+        rise: 2
+        fall: 2
+        tls: { insecure_skip_verify: true }
+      retries: 2
+      max_connections: $MAXCONN
+    - name: iperf
+      bind: 127.0.0.1:$3
+      balance: roundrobin
+      backends: [127.0.0.1:$4]
+      health: { type: tcp, interval: 1s, rise: 2, fall: 2 }
+admin:
+  socket: $WORK/$1.sock
+  listen: ""
+EOF
+}
+lbd_config lbd "$LBD_HTTPS" "$LBD_IPERF" "$IPERF_LBD" >lbd.yaml
+lbd_config lbdu "$LBDU_HTTPS" "$LBDU_IPERF" "$IPERF_LBDU" >lbdu.yaml
+"$LBD" check -c lbd.yaml >/dev/null
+RUST_LOG=warn "${PROXY_CPU[@]}" "$LBD" run -c lbd.yaml >lbd.log 2>&1 &
+LBD_PID=$!
+PIDS+=($LBD_PID)
+LBD_COPY=userspace RUST_LOG=warn "${PROXY_CPU[@]}" "$LBD" run -c lbdu.yaml >lbdu.log 2>&1 &
+LBDU_PID=$!
+PIDS+=($LBDU_PID)
+
+# ---- wait until every proxy sees all its backends up -------------------------
+lbd_up() { "$LBD" status --json --socket "$WORK/$1.sock" 2>/dev/null |
+    jq '[.tcplb[].backends[] | select(.healthy)] | length' 2>/dev/null || echo 0; }
+ha_up() { curl -s --max-time 1 "http://127.0.0.1:$HA_STATS/;csv" 2>/dev/null |
+    awk -F, '$2 ~ /^[bi][0-9]$/ && $18 == "UP"' | wc -l; }
+deadline=$((SECONDS + 20))
+until [[ $(lbd_up lbd) == 4 && $(lbd_up lbdu) == 4 && $(ha_up) == 4 ]]; do
+    for pid in "${PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || { echo "process $pid died at startup (logs in $WORK)" >&2; KEEP=1; exit 1; }
+    done
+    if ((SECONDS > deadline)); then
+        echo "proxies not ready after 20s: lbd=$(lbd_up lbd)/4 lbdu=$(lbd_up lbdu)/4 haproxy=$(ha_up)/4" >&2
+        KEEP=1
+        exit 1
+    fi
+    sleep 0.3
+done
+sleep 3 # a few check rounds at idle
+rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+RSS_LBD=$(rss_mb $LBD_PID) RSS_LBDU=$(rss_mb $LBDU_PID) RSS_HA=$(rss_mb $HA_PID)
+
+# ---- measurement helpers -------------------------------------------------------
+cpu_ticks() { [[ -z $1 ]] && echo 0 || awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Sets CPU to the proxy's CPU use in % of one core over the last run.
+measure_cpu_start() { T0=$(cpu_ticks "$1"); W0=$(date +%s.%N); }
+measure_cpu_end() {
+    local t1 w1
+    t1=$(cpu_ticks "$1") w1=$(date +%s.%N)
+    CPU=$(awk -v a="$T0" -v b="$t1" -v w0="$W0" -v w1="$w1" -v hz="$CLK_TCK" \
+        'BEGIN { printf "%.0f", (b - a) / hz / (w1 - w0) * 100 }')
+}
+# iperf3 PORT PID [-R]: prints "Gbit/s cpu%"
+iperf() {
+    local port=$1 pid=$2 out try
+    shift 2
+    for try in 1 2; do # a health-check connect can race the data connection
+        measure_cpu_start "$pid"
+        if out=$(timeout $((DUR + 15)) "${LOAD_CPU[@]}" iperf3 -c 127.0.0.1 -p "$port" \
+            -t "$DUR" -J "$@" 2>/dev/null); then
+            measure_cpu_end "$pid"
+            echo "$(jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100' <<<"$out") $CPU"
+            return
+        fi
+        sleep 1
+    done
+    echo "err -"
+}
+# wrk URL [header]: prints "req/s p99_ms errors cpu%"
+wrkrun() {
+    local port=$1 pid=$2 out
+    shift 2
+    measure_cpu_start "$pid"
+    out=$(timeout $((DUR + 15)) "${LOAD_CPU[@]}" wrk -t2 -c50 -d"${DUR}s" --latency "$@" \
+        "https://127.0.0.1:$port/" 2>&1) || true
+    measure_cpu_end "$pid"
+    echo "$out" >>"$WORK/wrk.log"
+    awk -v cpu="$CPU" '
+        function ms(v) {
+            if (v ~ /us$/) return v / 1000
+            if (v ~ /ms$/) return v + 0
+            if (v ~ /s$/) return v * 1000
+            return v + 0
+        }
+        /^ +99%/ { p99 = ms($2) }
+        /Requests\/sec:/ { rps = $2 }
+        /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+        /Non-2xx/ { err += $NF }
+        END { printf "%s %.2f %d %s\n", (rps == "" ? "err" : rps), p99, err, cpu }' <<<"$out"
+}
+
+# ---- runs: for each test the proxies run back to back ------------------------
+echo "# machine: $(nproc) CPUs ($(awk -F: '/model name/ { print $2; exit }' /proc/cpuinfo | sed 's/^ //')), kernel $(uname -r), PIN=$PIN, DUR=${DUR}s, nice $(nice)"
+echo "# haproxy $(haproxy -v | awk 'NR == 1 { print $3 }') nbthread $HA_THREADS; lbd $("$LBD" version | head -1); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+declare -A R
+for dir in up down; do
+    flag=()
+    [[ $dir == down ]] && flag=(-R)
+    read -r R[ha_$dir] R[ha_${dir}_cpu] < <(iperf $HA_IPERF "$HA_PID" "${flag[@]}")
+    read -r R[lbd_$dir] R[lbd_${dir}_cpu] < <(iperf $LBD_IPERF "$LBD_PID" "${flag[@]}")
+    read -r R[lbdu_$dir] R[lbdu_${dir}_cpu] < <(iperf $LBDU_IPERF "$LBDU_PID" "${flag[@]}")
+    read -r R[direct_$dir] _ < <(iperf $IPERF_DIRECT "" "${flag[@]}")
+done
+for kind in ka nc; do
+    hdr=()
+    [[ $kind == nc ]] && hdr=(-H "Connection: close")
+    read -r R[ha_$kind] R[ha_${kind}_p99] R[ha_${kind}_err] R[ha_${kind}_cpu] < <(wrkrun $HA_HTTPS "$HA_PID" "${hdr[@]}")
+    read -r R[lbd_$kind] R[lbd_${kind}_p99] R[lbd_${kind}_err] R[lbd_${kind}_cpu] < <(wrkrun $LBD_HTTPS "$LBD_PID" "${hdr[@]}")
+    read -r R[lbdu_$kind] R[lbdu_${kind}_p99] R[lbdu_${kind}_err] R[lbdu_${kind}_cpu] < <(wrkrun $LBDU_HTTPS "$LBDU_PID" "${hdr[@]}")
+    read -r R[direct_$kind] R[direct_${kind}_p99] R[direct_${kind}_err] _ < <(wrkrun "${NGX[0]}" "" "${hdr[@]}")
+done
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---- table ---------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }
+verdict() { # RATIO OP LIMIT
+    awk -v r="$1" -v op="$2" -v l="$3" 'BEGIN {
+        if (r == "-") { print "MISS"; exit }
+        ok = (op == ">=") ? (r + 0 >= l) : (r + 0 <= l)
+        print ok ? "PASS" : "MISS" }'
+}
+row() { # LABEL LBD HAPROXY TARGET_OP TARGET (TARGET_OP "abs<=" compares lbd itself)
+    local r v="-" t="-"
+    r=$(ratio "$2" "$3")
+    case $4 in
+    ">=" | "<=") v=$(verdict "$r" "$4" "$5") t="ratio $4 $5" ;;
+    "abs<=") v=$(verdict "$2" "<=" "$5") t="lbd <= $5" ;;
+    esac
+    printf '| %-34s | %9s | %9s | %6s | %-13s | %-4s |\n' "$1" "$2" "$3" "$r" "$t" "$v"
+}
+echo
+echo "| figure                             |       lbd |   haproxy | ratio  | target        |      |"
+echo "|------------------------------------|-----------|-----------|--------|---------------|------|"
+row "TCP throughput client->server Gb/s" "${R[lbd_up]}" "${R[ha_up]}" ">=" 1.5
+row "TCP throughput server->client Gb/s" "${R[lbd_down]}" "${R[ha_down]}" ">=" 1.5
+row "HTTPS keep-alive req/s" "${R[lbd_ka]}" "${R[ha_ka]}" ">=" 1.2
+row "HTTPS keep-alive p99 ms" "${R[lbd_ka_p99]}" "${R[ha_ka_p99]}" "<=" 1.0
+row "new TLS connections/s" "${R[lbd_nc]}" "${R[ha_nc]}" "" ""
+row "new TLS connections p99 ms" "${R[lbd_nc_p99]}" "${R[ha_nc_p99]}" "" ""
+row "idle RSS MB" "$RSS_LBD" "$RSS_HA" "abs<=" 15
+echo
+# CPU cost per unit of work: robust when the load generator and other
+# processes compete for the same cores (throughput then mostly measures them).
+per_gb() { awk -v c="$1" -v g="$2" 'BEGIN { if (c != "-" && g + 0 > 0) printf "%.2f", c / 100 * 8 / g; else print "-" }'; }
+per_req() { awk -v c="$1" -v r="$2" 'BEGIN { if (c != "-" && r + 0 > 0) printf "%.0f", c / 100 * 1e6 / r; else print "-" }'; }
+cpu_row() { # LABEL UNIT KEY CONVERTER
+    local l=${R[lbd_$3_cpu]} u=${R[lbdu_$3_cpu]} h=${R[ha_$3_cpu]}
+    printf '| %-21s | %5s%% %9s | %5s%% %9s | %5s%% %9s | %-9s |\n' "$1" \
+        "$l" "$($4 "$l" "${R[lbd_$3]}")" "$u" "$($4 "$u" "${R[lbdu_$3]}")" \
+        "$h" "$($4 "$h" "${R[ha_$3]}")" "$2"
+}
+echo "Proxy CPU during each test (% of one core) and CPU per unit of work (lower is better):"
+echo "| test                  | lbd splice       | lbd userspace    | haproxy          | unit      |"
+echo "|-----------------------|------------------|------------------|------------------|-----------|"
+cpu_row "iperf3 client->server" "CPU s/GB" up per_gb
+cpu_row "iperf3 server->client" "CPU s/GB" down per_gb
+cpu_row "wrk keep-alive" "CPU us/req" ka per_req
+cpu_row "wrk Connection: close" "CPU us/conn" nc per_req
+echo
+echo "lbd copy mode (splice is the default; LBD_COPY=userspace):"
+echo "| figure                             |    splice | userspace | splice/userspace |"
+echo "|------------------------------------|-----------|-----------|------------------|"
+for f in "up:TCP throughput client->server Gb/s" "down:TCP throughput server->client Gb/s" \
+    "ka:HTTPS keep-alive req/s" "ka_p99:HTTPS keep-alive p99 ms" "nc:new TLS connections/s"; do
+    k=${f%%:*}
+    printf '| %-34s | %9s | %9s | %16s |\n' "${f#*:}" "${R[lbd_$k]}" "${R[lbdu_$k]}" "$(ratio "${R[lbd_$k]}" "${R[lbdu_$k]}")"
+done
+printf '| %-34s | %9s | %9s | %16s |\n' "idle RSS MB" "$RSS_LBD" "$RSS_LBDU" "$(ratio "$RSS_LBD" "$RSS_LBDU")"
+echo
+echo "No proxy (client straight to one backend), the ceiling on this machine:"
+echo "  iperf3 ${R[direct_up]} / ${R[direct_down]} (-R) Gb/s; keep-alive ${R[direct_ka]} req/s p99 ${R[direct_ka_p99]} ms; new TLS ${R[direct_nc]} conn/s"
+errs="haproxy ka=${R[ha_ka_err]} nc=${R[ha_nc_err]}; lbd ka=${R[lbd_ka_err]} nc=${R[lbd_nc_err]}; lbd-userspace ka=${R[lbdu_ka_err]} nc=${R[lbdu_nc_err]}"
+echo "wrk socket errors + non-2xx: $errs"
+echo "run time (without the build): $((SECONDS - T_START)) s"
