@@ -39,7 +39,11 @@ else
     ADVERT=1s; HEALTH_INTERVAL=1s; CURL_TIMEOUT=1; PAUSE=0.2; DEADLINE=30
 fi
 
-bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [[ -t 1 ]]; then
+    bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    bold() { printf '\n== %s\n' "$*"; }
+fi
 say() { printf '   %s\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit "${2:-1}"; }
 now_ms() { date +%s%3N; }
@@ -77,6 +81,7 @@ else
 fi
 [[ -x $lbd ]] || die "no lbd binary at $lbd" 2
 say "$("$lbd" version)"
+say "work directory (logs): $work"
 
 # ---- network: one bridge in its own namespace, nothing on the host -------
 bold "three nodes and a client on a bridge ($NET.0/24, VIP $VIP)"
