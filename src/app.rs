@@ -13,10 +13,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ProxyMode;
 use crate::config::{self, Config, ListenerConfig};
 use crate::health::{HealthMetrics, ListenerHealth};
 use crate::status::server::{bind_unix, serve_tcp, serve_unix, AdminState};
-use crate::status::{BackendStatus, ConfigStatus, ListenerStatus, StatusReport};
+use crate::status::{BackendStatus, ConfigStatus, ListenerStatus, ProxyStatus, StatusReport};
 use crate::tcplb::{CopyMode, Listener, TcplbCollector};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,20 @@ pub enum AppError {
     },
     #[error("signals: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    KubeProxyConfig(#[from] crate::ipvs::kubeproxy_config::KubeProxyConfigError),
+}
+
+/// Loads the config file and, when it names one, the KubeProxyConfiguration
+/// whose fields fill the proxy section (as kube-proxy reads them).
+pub fn load_config(path: &Path) -> Result<Config, AppError> {
+    let mut cfg = config::load(path)?;
+    if let Some(p) = cfg.proxy.as_mut() {
+        if let Some(kpc) = p.kube_proxy_config.clone() {
+            crate::ipvs::kubeproxy_config::load(&kpc, p)?;
+        }
+    }
+    Ok(cfg)
 }
 
 /// Listener name -> has at least one usable backend; what VRRP tracks.
@@ -58,6 +73,7 @@ struct Tcplb {
     shutdown: CancellationToken,
     copy_mode: CopyMode,
     track_tx: watch::Sender<ListenerHealthMap>,
+    track_generation: Arc<AtomicU64>,
 }
 
 impl Tcplb {
@@ -122,12 +138,10 @@ impl Tcplb {
         // 2. Update the unchanged ones in place.
         for cfg in wanted {
             if let Some(l) = self.running.get(&cfg.name) {
-                if l.bind == cfg.bind {
-                    if *l.config() != *cfg {
-                        let _ = l.health.update(cfg);
-                        l.update(cfg.clone());
-                        tracing::info!(listener = %cfg.name, "listener updated");
-                    }
+                if l.bind == cfg.bind && *l.config() != *cfg {
+                    let _ = l.health.update(cfg);
+                    l.update(cfg.clone());
+                    tracing::info!(listener = %cfg.name, "listener updated");
                 }
             }
         }
@@ -193,8 +207,13 @@ impl Tcplb {
                 .collect()
         };
         tx.send_replace(compute(&listeners));
+        let tx = tx.clone();
         let shutdown = self.shutdown.clone();
-        let generation = self.track_tx.clone();
+        // A reload starts a new watcher over the new set; the older one
+        // sees the generation move on and stops, so it cannot publish a
+        // stale map.
+        let generation = self.track_generation.fetch_add(1, Relaxed) + 1;
+        let current = self.track_generation.clone();
         tokio::spawn(async move {
             let mut subs: Vec<_> = listeners.iter().map(|l| l.health.subscribe()).collect();
             loop {
@@ -207,11 +226,10 @@ impl Tcplb {
                     _ = shutdown.cancelled() => return,
                     (r, _, _) = changed => if r.is_err() { return },
                 }
-                // A newer watcher (after a reload) replaces this one.
-                if listeners.iter().any(|l| l.draining.load(Relaxed)) {
+                if current.load(Relaxed) != generation {
                     return;
                 }
-                generation.send_replace(compute(&listeners));
+                tx.send_replace(compute(&listeners));
             }
         });
     }
@@ -228,7 +246,7 @@ struct ReloadState {
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
-    let cfg = config::load(&config_path)?;
+    let cfg = load_config(&config_path)?;
     let started = Instant::now();
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
@@ -256,6 +274,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         shutdown: shutdown.clone(),
         copy_mode: CopyMode::from_env(),
         track_tx,
+        track_generation: Arc::new(AtomicU64::new(0)),
     };
     let grace = cfg
         .tcplb
@@ -265,6 +284,17 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         tcplb.apply(&t.listeners, grace).await?;
     }
 
+    let proxy_status: Arc<ArcSwap<Option<ProxyStatus>>> = Arc::new(ArcSwap::from_pointee(None));
+    if let Some(p) = cfg.proxy.clone() {
+        start_proxy(
+            p,
+            &cfg.node.name,
+            &mut registry,
+            proxy_status.clone(),
+            shutdown.clone(),
+        );
+    }
+
     let current = Arc::new(ArcSwap::from_pointee(cfg.clone()));
     let reload_state = Arc::new(ReloadState::default());
     let node_name = cfg.node.name.clone();
@@ -272,7 +302,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         let collector = collector.clone();
         let reload_state = reload_state.clone();
         let path = config_path.display().to_string();
-        move || build_report(&node_name, started, &collector, &reload_state, &path)
+        let proxy_status = proxy_status.clone();
+        move || {
+            let mut r = build_report(&node_name, started, &collector, &reload_state, &path);
+            r.proxy = (**proxy_status.load()).clone();
+            r
+        }
     };
     let state = Arc::new(AdminState {
         report: Box::new(report),
@@ -349,7 +384,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
 }
 
 async fn reload(path: &Path, current: &ArcSwap<Config>, tcplb: &mut Tcplb) -> Result<(), AppError> {
-    let next = config::load(path)?;
+    let next = load_config(path)?;
     let old = current.load_full();
     let grace = next
         .tcplb
@@ -361,6 +396,12 @@ async fn reload(path: &Path, current: &ArcSwap<Config>, tcplb: &mut Tcplb) -> Re
         .map(|t| t.listeners.clone())
         .unwrap_or_default();
     tcplb.apply(&wanted, grace).await?;
+    if old.proxy != next.proxy {
+        tracing::warn!("proxy section changed: takes effect on restart");
+    }
+    if old.vrrp != next.vrrp {
+        tracing::warn!("vrrp section changed: takes effect on restart");
+    }
     if old.admin != next.admin {
         tracing::warn!("admin section changed: takes effect on restart");
     }
@@ -437,5 +478,71 @@ fn build_report(
                 .unwrap_or_else(|p| p.into_inner())
                 .map(|t| t.elapsed().as_secs()),
         },
+    }
+}
+
+/// Starts the Service proxy. Its failures are logged and shown in status; they
+/// never take the VIP or the balancer down with them.
+fn start_proxy(
+    p: crate::config::ProxyConfig,
+    node: &str,
+    registry: &mut Registry,
+    status: Arc<ArcSwap<Option<ProxyStatus>>>,
+    shutdown: CancellationToken,
+) {
+    let failed = |status: &ArcSwap<Option<ProxyStatus>>, mode: &str, e: String| {
+        status.store(Arc::new(Some(ProxyStatus {
+            mode: mode.to_string(),
+            synced: false,
+            services: 0,
+            real_servers: 0,
+            last_sync_seconds_ago: None,
+            last_sync_duration_ms: None,
+            last_error: Some(e),
+        })));
+    };
+    match p.mode {
+        ProxyMode::None => {}
+        ProxyMode::Nftables => {
+            tracing::error!(
+                "proxy mode nftables is not implemented: no Service rules are programmed"
+            );
+            failed(
+                &status,
+                "nftables",
+                "mode nftables is not implemented; use ipvs".into(),
+            );
+        }
+        ProxyMode::Ipvs => {
+            let metrics = crate::ipvs::metrics::ProxyMetrics::new();
+            metrics.register_lbd(registry);
+            let node = p
+                .hostname_override
+                .clone()
+                .unwrap_or_else(|| node.to_string());
+            match crate::ipvs::sync::ProxyBackends::kernel(&p) {
+                Ok(backends) => {
+                    tokio::spawn(async move {
+                        let r = crate::ipvs::sync::run_proxy(
+                            p,
+                            node,
+                            backends,
+                            status.clone(),
+                            metrics,
+                            shutdown,
+                        )
+                        .await;
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "service proxy stopped");
+                            failed(&status, "ipvs", e.to_string());
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "service proxy cannot start");
+                    failed(&status, "ipvs", e.to_string());
+                }
+            }
+        }
     }
 }

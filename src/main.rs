@@ -103,7 +103,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match lbd::config::load(&config) {
+        Command::Check { config } => match lbd::app::load_config(&config) {
             Ok(c) => {
                 let mut parts = Vec::new();
                 if let Some(v) = &c.vrrp {

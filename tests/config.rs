@@ -254,3 +254,47 @@ fn durations() {
     assert!(parse_duration("s").is_err());
     assert!(parse_duration("5 s").is_err());
 }
+
+/// Mangled files (truncations, flipped bytes, spliced lines) give errors,
+/// never a panic.
+#[test]
+fn mangled_configs_never_panic() {
+    let env = env_with(&[]);
+    let base = SPEC_EXAMPLE.as_bytes();
+    let mut rng = fastrand::Rng::with_seed(0x1bd);
+    let mut errors = 0;
+    for i in 0..3000 {
+        let mut bytes = base.to_vec();
+        match i % 4 {
+            0 => bytes.truncate(rng.usize(..bytes.len())),
+            1 => {
+                for _ in 0..rng.usize(1..8) {
+                    let at = rng.usize(..bytes.len());
+                    bytes[at] = b"{}[]:-,#'\"&*!|>%@ \n\t0a"[rng.usize(..22)];
+                }
+            }
+            2 => {
+                let lines: Vec<&[u8]> = base.split(|b| *b == b'\n').collect();
+                let a = rng.usize(..lines.len());
+                let b = rng.usize(..lines.len());
+                let mut v = lines.clone();
+                v.swap(a, b);
+                bytes = v.join(&b'\n');
+            }
+            _ => {
+                let at = rng.usize(..bytes.len());
+                bytes.insert(at, rng.u8(..));
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(e) = parse(&text, "m.yaml", &env) {
+            errors += 1;
+            assert!(!e.problems.is_empty());
+            assert!(e.to_string().starts_with("m.yaml:"), "{e}");
+        }
+    }
+    assert!(
+        errors > 1000,
+        "mangling should mostly break the file ({errors})"
+    );
+}

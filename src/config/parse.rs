@@ -545,8 +545,7 @@ impl Cx<'_> {
             let ms = advert_interval.as_millis();
             match version {
                 VrrpVersion::V3 => {
-                    if ms < 10
-                        || ms > 40_950
+                    if !(10..=40_950).contains(&ms)
                         || ms % 10 != 0
                         || advert_interval.subsec_nanos() % 1_000_000 != 0
                     {
@@ -585,7 +584,7 @@ impl Cx<'_> {
         match o.get("virtual_ips") {
             Some(list) => {
                 virtual_ips = self.list(list, "virtual_ips", |cx, n| cx.ip_net(n, "virtual_ips"));
-                if virtual_ips.is_empty() && matches!(list.value, Value::Seq(_)) {
+                if matches!(&list.value, Value::Seq(items) if items.is_empty()) {
                     self.err(list.pos, "virtual_ips must name at least one address");
                 }
                 let fams: BTreeSet<bool> = virtual_ips.iter().map(|n| n.addr().is_ipv6()).collect();
@@ -841,7 +840,7 @@ impl Cx<'_> {
             Some(list) => {
                 let b: Vec<SocketAddr> =
                     self.list(list, "backends", |cx, n| cx.socket_addr(n, "backends"));
-                if b.is_empty() && matches!(list.value, Value::Seq(_)) {
+                if matches!(&list.value, Value::Seq(items) if items.is_empty()) {
                     self.err(list.pos, "backends must name at least one ADDRESS:PORT");
                 }
                 let mut seen = BTreeSet::new();

@@ -161,7 +161,10 @@ async fn aggregate(
                     };
                     // Spread the first probes over one interval so a listener
                     // with many backends does not probe them all at once.
-                    let offset = health.interval.mul_f64(i as f64 / backends.len().max(1) as f64);
+                    // (At most over one second: the first verdict should not
+                    // wait for a long interval.)
+                    let spread = health.interval.min(Duration::from_secs(1));
+                    let offset = spread.mul_f64(i as f64 / backends.len().max(1) as f64);
                     let prober = tokio::spawn(probe_loop(
                         *addr, probe.clone(), health.interval, offset, generation, results_tx.clone(),
                     ));

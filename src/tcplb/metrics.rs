@@ -34,7 +34,8 @@ type L2<'a> = [(&'static str, &'a str); 2];
 impl Collector for TcplbCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let listeners = self.listeners.load_full();
-        let per_listener: [(&str, &str, MetricType, fn(&Listener) -> u64); 6] = [
+        type ListenerGetter = fn(&Listener) -> u64;
+        let per_listener: [(&str, &str, MetricType, ListenerGetter); 6] = [
             (
                 "lbd_connections_active",
                 "Sessions open now",

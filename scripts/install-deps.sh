@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building, testing and the demo need on Debian 12 (as root).
+# The Rust toolchain itself is expected to be installed (rustup).
+set -euo pipefail
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: run as root (apt-get)" >&2
+  exit 1
+fi
+PKGS=(
+  iproute2 procps psmisc openssl curl socat tcpdump   # namespaces, demo, checks
+  nftables ipvsadm                                    # kernel state judges
+  keepalived                                          # VRRP interop peer
+  haproxy iperf3 wrk nginx-light                      # benchmarks against haproxy
+  qemu-system-x86 busybox-static                      # the IPVS VM harness
+  rpm                                                 # checking the .rpm
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Debian starts these services on install; lbd's tests run their own copies.
+for s in haproxy keepalived nginx; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$s" 2>/dev/null; then
+    systemctl stop "$s" || true
+  fi
+done
+echo "install-deps: ok"

@@ -1,0 +1,408 @@
+//! The desired IPVS table, computed from the whole Service / EndpointSlice /
+//! Node caches and the config (pure: no I/O, no clock).
+//!
+//! Mirrors what kube-proxy's IPVS proxier programs (pkg/proxy/ipvs): one
+//! virtual server per Service port on every ClusterIP, external IP,
+//! LoadBalancer ingress IP and, for NodePorts, every allowed node address.
+//! Everything is kept in `BTreeMap`s so the same inputs always give the same
+//! table and the same plan.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// Label that ties an EndpointSlice to its Service (discovery.k8s.io/v1).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// kube-proxy's default for sessionAffinityConfig.clientIP.timeoutSeconds.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+/// Weight of a serving real server; draining ones get 0.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+pub use super::model::{DestKey, Protocol, ServiceKey, VirtualServer};
+
+/// Kubernetes spelling of a Service protocol; absent means TCP.
+pub fn protocol_from_k8s(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// Which kind of Service address a virtual server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VsKind {
+    ClusterIp,
+    ExternalIp,
+    LoadBalancer,
+    NodePort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredVs {
+    /// The virtual server as the kernel should hold it.
+    pub vs: VirtualServer,
+    pub kind: VsKind,
+    /// `namespace/name:port-name`, for logs and metrics.
+    pub service: String,
+    /// The traffic policy of this address is Local (external or internal).
+    pub local_only: bool,
+    /// LoadBalancer only: allowed client ranges; empty = everyone.
+    pub source_ranges: Vec<IpNet>,
+    /// Real servers with their weight.
+    pub real_servers: BTreeMap<DestKey, u32>,
+}
+
+/// The whole table lbd wants in the kernel plus what goes on kube-ipvs0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub virtual_servers: BTreeMap<ServiceKey, DesiredVs>,
+    /// ClusterIPs, external IPs and LoadBalancer IPs bound on kube-ipvs0 so
+    /// the kernel delivers their packets locally, where IPVS picks them up.
+    pub bind_addresses: BTreeSet<IpAddr>,
+    /// Services that contributed at least one virtual server.
+    pub services: usize,
+}
+
+impl DesiredState {
+    pub fn real_server_count(&self) -> usize {
+        self.virtual_servers
+            .values()
+            .map(|v| v.real_servers.len())
+            .sum()
+    }
+
+    /// Every address used by a desired virtual server (bound or node ones).
+    pub fn addresses(&self) -> BTreeSet<IpAddr> {
+        self.virtual_servers.keys().map(|k| k.addr).collect()
+    }
+}
+
+/// Inputs besides the caches.
+#[derive(Debug, Clone)]
+pub struct DesiredParams<'a> {
+    /// This node's name (the EndpointSlice `nodeName` for Local policies).
+    pub node_name: &'a str,
+    /// Candidate addresses for NodePorts (the node's addresses).
+    pub node_addresses: &'a [IpAddr],
+    /// kube-proxy's nodePortAddresses; empty = every node address.
+    pub node_port_addresses: &'a [IpNet],
+    pub scheduler: &'a str,
+}
+
+/// Node addresses (InternalIP, ExternalIP) from the Node object.
+pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One endpoint address after merging the slices of a Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EndpointInfo {
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    local: bool,
+}
+
+/// Endpoints of one Service port: address:port -> conditions.
+type PortEndpoints = BTreeMap<DestKey, EndpointInfo>;
+
+/// Computes the full desired table. Services are taken in (namespace, name)
+/// order; slices are grouped by their service-name label.
+pub fn compute<S, E>(services: &[S], slices: &[E], params: &DesiredParams<'_>) -> DesiredState
+where
+    S: Borrow<Service>,
+    E: Borrow<EndpointSlice>,
+{
+    // (namespace, service name) -> slices
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        let s: &EndpointSlice = s.borrow();
+        let Some(name) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        let ns = s.metadata.namespace.as_deref().unwrap_or("");
+        by_service.entry((ns, name.as_str())).or_default().push(s);
+    }
+
+    let node_port_ips: Vec<IpAddr> = params
+        .node_addresses
+        .iter()
+        .copied()
+        .filter(|a| {
+            params.node_port_addresses.is_empty()
+                || params.node_port_addresses.iter().any(|n| n.contains(a))
+        })
+        .collect();
+
+    let mut sorted: Vec<&Service> = services.iter().map(|s| s.borrow()).collect();
+    sorted.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+
+    let mut out = DesiredState::default();
+    for svc in sorted {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        let slices = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if add_service(&mut out, svc, slices, params, &node_port_ips) {
+            out.services += 1;
+        }
+    }
+    out
+}
+
+fn add_service(
+    out: &mut DesiredState,
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    params: &DesiredParams<'_>,
+    node_port_ips: &[IpAddr],
+) -> bool {
+    let Some(spec) = svc.spec.as_ref() else {
+        return false;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return false;
+    }
+    // Headless (None) or not yet allocated (""): nothing to proxy, as in
+    // kube-proxy's ShouldSkipService.
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    match spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
+        Some(ips) => cluster_ips.extend(ips.iter().filter_map(|s| s.parse::<IpAddr>().ok())),
+        None => cluster_ips.extend(
+            spec.cluster_ip
+                .as_deref()
+                .and_then(|s| s.parse::<IpAddr>().ok()),
+        ),
+    }
+    if cluster_ips.is_empty() {
+        return false;
+    }
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+    let name = svc.metadata.name.as_deref().unwrap_or("");
+
+    let persistent_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    });
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let source_ranges: Vec<IpNet> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|r| parse_net(r.trim()))
+        .collect();
+
+    let external_ips: Vec<IpAddr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
+    let lb_ips: Vec<IpAddr> = if is_lb {
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            // ipMode Proxy: the load balancer sends to the node, not to the
+            // VIP, so kube-proxy does not capture the VIP locally.
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_deref().and_then(|s| s.parse().ok()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let has_node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+
+    let mut added = false;
+    for port in spec.ports.iter().flatten() {
+        let Some(proto) = protocol_from_k8s(port.protocol.as_deref()) else {
+            continue;
+        };
+        let Ok(svc_port) = u16::try_from(port.port) else {
+            continue;
+        };
+        if svc_port == 0 {
+            continue;
+        }
+        let endpoints = port_endpoints(slices, port, proto, params.node_name);
+        let port_label = format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or(""));
+        let mut add = |addr: IpAddr, port_no: u16, kind: VsKind, local_only: bool| {
+            let mut vs = VirtualServer::new(addr, port_no, proto, params.scheduler);
+            vs.persistent = persistent_timeout;
+            let vs = DesiredVs {
+                vs,
+                kind,
+                service: port_label.clone(),
+                local_only,
+                source_ranges: if kind == VsKind::LoadBalancer {
+                    source_ranges.clone()
+                } else {
+                    Vec::new()
+                },
+                real_servers: select(&endpoints, addr, local_only),
+            };
+            // First writer wins on a clash (two Services claiming one
+            // external IP and port): deterministic since Services are sorted.
+            out.virtual_servers
+                .entry(ServiceKey {
+                    addr,
+                    port: port_no,
+                    protocol: proto,
+                })
+                .or_insert(vs);
+        };
+        for ip in &cluster_ips {
+            add(*ip, svc_port, VsKind::ClusterIp, internal_local);
+            out.bind_addresses.insert(*ip);
+        }
+        for ip in &external_ips {
+            add(*ip, svc_port, VsKind::ExternalIp, external_local);
+            out.bind_addresses.insert(*ip);
+        }
+        for ip in &lb_ips {
+            add(*ip, svc_port, VsKind::LoadBalancer, external_local);
+            out.bind_addresses.insert(*ip);
+        }
+        if has_node_port {
+            if let Some(np) = port
+                .node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+            {
+                for ip in node_port_ips {
+                    add(*ip, np, VsKind::NodePort, external_local);
+                }
+            }
+        }
+        added = true;
+    }
+    added
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// Merges every slice's endpoints for one Service port. The endpoint port
+/// is the slice port with the Service port's name (and protocol).
+fn port_endpoints(
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    proto: Protocol,
+    node_name: &str,
+) -> PortEndpoints {
+    let want_name = port.name.as_deref().unwrap_or("");
+    let mut out = PortEndpoints::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue; // FQDN slices are not proxied
+        }
+        let Some(ep_port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or("") == want_name
+                    && protocol_from_k8s(p.protocol.as_deref()) == Some(proto)
+            })
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().flatten() {
+            let c = ep.conditions.as_ref();
+            // discovery.k8s.io/v1: nil ready/serving mean true, nil
+            // terminating means false.
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let info = EndpointInfo {
+                ready: ready && !terminating,
+                serving,
+                terminating,
+                local: ep.node_name.as_deref() == Some(node_name),
+            };
+            for a in &ep.addresses {
+                let Ok(addr) = a.parse::<IpAddr>() else {
+                    continue;
+                };
+                let key = DestKey {
+                    addr,
+                    port: ep_port,
+                };
+                // An address listed twice (slices overlap while the
+                // controller moves endpoints) counts as ready if any copy is.
+                out.entry(key)
+                    .and_modify(|e| {
+                        e.ready |= info.ready;
+                        e.serving |= info.serving;
+                        e.terminating &= info.terminating;
+                        e.local |= info.local;
+                    })
+                    .or_insert(info);
+            }
+        }
+    }
+    out
+}
+
+/// Real servers for one virtual server: same family as the VIP, local ones
+/// only under a Local policy, ready ones, or serving+terminating ones when
+/// no ready one exists (KEP-1669 "ProxyTerminatingEndpoints").
+fn select(endpoints: &PortEndpoints, vip: IpAddr, local_only: bool) -> BTreeMap<DestKey, u32> {
+    let candidates = || {
+        endpoints
+            .iter()
+            .filter(move |(k, e)| k.addr.is_ipv4() == vip.is_ipv4() && (!local_only || e.local))
+    };
+    let ready: BTreeMap<DestKey, u32> = candidates()
+        .filter(|(_, e)| e.ready)
+        .map(|(k, _)| (*k, DEFAULT_WEIGHT))
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    candidates()
+        .filter(|(_, e)| e.serving && e.terminating)
+        .map(|(k, _)| (*k, DEFAULT_WEIGHT))
+        .collect()
+}

@@ -1,0 +1,351 @@
+//! [`NetlinkIpvs`]: the [`IpvsHandle`] over a blocking NETLINK_GENERIC
+//! socket (see handle.rs for why blocking). The family id of "IPVS" is
+//! resolved once with CTRL_CMD_GETFAMILY; asking for it also makes the kernel
+//! load ip_vs (MODULE_ALIAS_GENL_FAMILY) where modules can be loaded.
+//!
+//! The socket lives in the network namespace of the thread that called
+//! [`NetlinkIpvs::new`]; IPVS state is per namespace.
+
+use std::fmt::Debug;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
+use netlink_packet_generic::GenlMessage;
+use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+
+use super::genl::{
+    dest_from_attrs, info_from_attrs, service_af, service_from_attrs, timeouts_from_attrs,
+    IpvsAttr, IpvsMessage, ServiceEntry, AF_INET, AF_INET6,
+};
+use super::handle::{validate_dest, validate_service, IpvsError, IpvsHandle};
+use super::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
+
+/// A reply never takes this long from a local kernel; the bound only keeps a
+/// wedged socket from hanging the sync runner forever.
+const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+/// Datagrams larger than this would be truncated; the kernel sizes dump
+/// batches to the reader's buffer and never exceeds 32 KiB per batch.
+const RECV_BUF: usize = 64 * 1024;
+
+struct Conn {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// Why one request failed, before it is given an operation name.
+enum TransactError {
+    Errno(i32),
+    Io(std::io::Error),
+    Decode(String),
+}
+
+pub struct NetlinkIpvs {
+    conn: Mutex<Conn>,
+    family: u16,
+}
+
+impl Debug for NetlinkIpvs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetlinkIpvs")
+            .field("family", &self.family)
+            .finish()
+    }
+}
+
+impl NetlinkIpvs {
+    /// Opens the socket and resolves the family id. `FamilyNotFound` means
+    /// the kernel has no IPVS (module missing or not loadable).
+    pub fn new() -> Result<Self, IpvsError> {
+        let mut sock = Socket::new(NETLINK_GENERIC)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs() as _, 0),
+        )
+        .map_err(std::io::Error::from)?;
+        // A time-derived start keeps a restarted lbd's sequence numbers
+        // distinct from stale replies of its previous life.
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(1);
+        let mut conn = Conn {
+            sock,
+            seq,
+            buf: Vec::with_capacity(RECV_BUF),
+        };
+        let family = resolve_family(&mut conn)?;
+        Ok(NetlinkIpvs {
+            conn: Mutex::new(conn),
+            family,
+        })
+    }
+
+    /// The dynamically assigned generic netlink family id of "IPVS".
+    pub fn family_id(&self) -> u16 {
+        self.family
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn request(
+        &self,
+        op: &'static str,
+        target: impl FnOnce() -> String,
+        msg: IpvsMessage,
+        dump: bool,
+    ) -> Result<Vec<IpvsMessage>, IpvsError> {
+        let mut g = GenlMessage::from_payload(msg);
+        g.set_resolved_family_id(self.family);
+        let replies = transact(&mut self.lock(), g, dump);
+        match replies {
+            Ok(r) => Ok(r.into_iter().map(|g| g.payload).collect()),
+            Err(TransactError::Errno(e)) => Err(IpvsError::from_errno(op, target(), e)),
+            Err(TransactError::Io(e)) => Err(IpvsError::Io(e)),
+            Err(TransactError::Decode(reason)) => Err(IpvsError::Decode { op, reason }),
+        }
+    }
+
+    fn dests_of(&self, svc: &ServiceKey, svc_af: u16) -> Result<Vec<RealServer>, IpvsError> {
+        let op = "list_dests";
+        let replies = self.request(op, || svc.to_string(), IpvsMessage::get_dests(svc), true)?;
+        let mut out = Vec::new();
+        for r in replies {
+            for a in r.attrs {
+                if let IpvsAttr::Dest(d) = a {
+                    let rs = dest_from_attrs(&d, svc_af).map_err(|e| IpvsError::Decode {
+                        op,
+                        reason: e.to_string(),
+                    })?;
+                    out.push(rs);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn resolve_family(conn: &mut Conn) -> Result<u16, IpvsError> {
+    let msg = GenlMessage::from_payload(GenlCtrl {
+        cmd: GenlCtrlCmd::GetFamily,
+        nlas: vec![GenlCtrlAttrs::FamilyName(
+            super::genl::IPVS_GENL_NAME.into(),
+        )],
+    });
+    let replies = match transact(conn, msg, false) {
+        Ok(r) => r,
+        Err(TransactError::Errno(libc::ENOENT)) => return Err(IpvsError::FamilyNotFound),
+        Err(TransactError::Errno(e)) => return Err(std::io::Error::from_raw_os_error(e).into()),
+        Err(TransactError::Io(e)) => return Err(e.into()),
+        Err(TransactError::Decode(reason)) => {
+            return Err(IpvsError::Decode {
+                op: "resolve family",
+                reason,
+            })
+        }
+    };
+    replies
+        .iter()
+        .flat_map(|g| g.payload.nlas.iter())
+        .find_map(|a| match a {
+            GenlCtrlAttrs::FamilyId(id) => Some(*id),
+            _ => None,
+        })
+        .ok_or(IpvsError::FamilyNotFound)
+}
+
+/// Send one request with NLM_F_ACK and collect its replies: up to the ack
+/// for a plain request, up to NLMSG_DONE for a dump. Messages with another
+/// sequence number (late replies of an earlier, failed exchange) are skipped.
+fn transact<F>(
+    conn: &mut Conn,
+    msg: GenlMessage<F>,
+    dump: bool,
+) -> Result<Vec<GenlMessage<F>>, TransactError>
+where
+    F: Debug,
+    GenlMessage<F>: NetlinkSerializable + NetlinkDeserializable,
+{
+    conn.seq = conn.seq.wrapping_add(1);
+    let seq = conn.seq;
+    let mut nl = NetlinkMessage::from(msg);
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_ACK | if dump { NLM_F_DUMP } else { 0 };
+    hdr.sequence_number = seq;
+    nl.header = hdr;
+    nl.finalize();
+    let mut out = vec![0u8; nl.buffer_len()];
+    nl.serialize(&mut out);
+    conn.sock.send(&out, 0).map_err(TransactError::Io)?;
+
+    let mut replies = Vec::new();
+    loop {
+        conn.buf.clear();
+        conn.buf.reserve(RECV_BUF);
+        let n = conn
+            .sock
+            .recv(&mut conn.buf, libc::MSG_TRUNC)
+            .map_err(TransactError::Io)?;
+        if n > conn.buf.len() {
+            return Err(TransactError::Decode(format!(
+                "datagram of {n} bytes truncated"
+            )));
+        }
+        let mut data = &conn.buf[..];
+        while !data.is_empty() {
+            let len = NetlinkBuffer::new_checked(data)
+                .map_err(|e| TransactError::Decode(e.to_string()))?
+                .length() as usize;
+            let m = NetlinkMessage::<GenlMessage<F>>::deserialize(&data[..len])
+                .map_err(|e| TransactError::Decode(e.to_string()))?;
+            data = &data[((len + 3) & !3).min(data.len())..];
+            if m.header.sequence_number != seq {
+                continue;
+            }
+            match m.payload {
+                NetlinkPayload::InnerMessage(g) => replies.push(g),
+                NetlinkPayload::Error(e) => match e.code {
+                    // The ack that ends a plain request.
+                    None => return Ok(replies),
+                    Some(c) => return Err(TransactError::Errno(-c.get())),
+                },
+                NetlinkPayload::Done(d) => {
+                    if d.code < 0 {
+                        return Err(TransactError::Errno(-d.code));
+                    }
+                    return Ok(replies);
+                }
+                NetlinkPayload::Overrun(_) => {
+                    return Err(TransactError::Decode("netlink overrun".into()))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn af_of(key: &ServiceKey) -> u16 {
+    if key.addr.is_ipv4() {
+        AF_INET
+    } else {
+        AF_INET6
+    }
+}
+
+impl IpvsHandle for NetlinkIpvs {
+    fn list_services(&self) -> Result<Vec<(VirtualServer, Vec<RealServer>)>, IpvsError> {
+        let op = "list_services";
+        let replies = self.request(op, String::new, IpvsMessage::get_services(), true)?;
+        let mut services = Vec::new();
+        for r in replies {
+            for a in r.attrs {
+                if let IpvsAttr::Service(s) = a {
+                    let entry = service_from_attrs(&s).map_err(|e| IpvsError::Decode {
+                        op,
+                        reason: e.to_string(),
+                    })?;
+                    if let ServiceEntry::Service(vs) = entry {
+                        let af = service_af(&s).unwrap_or(AF_INET);
+                        services.push((vs, af));
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(services.len());
+        for (vs, af) in services {
+            // A service deleted between the two dumps is simply gone.
+            match self.dests_of(&vs.key(), af) {
+                Ok(d) => out.push((vs, d)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn list_dests(&self, svc: &ServiceKey) -> Result<Vec<RealServer>, IpvsError> {
+        self.dests_of(svc, af_of(svc))
+    }
+
+    fn add_service(&self, vs: &VirtualServer) -> Result<(), IpvsError> {
+        validate_service("add_service", vs)?;
+        let t = || vs.key().to_string();
+        self.request("add_service", t, IpvsMessage::new_service(vs), false)
+            .map(drop)
+    }
+
+    fn update_service(&self, vs: &VirtualServer) -> Result<(), IpvsError> {
+        validate_service("update_service", vs)?;
+        let t = || vs.key().to_string();
+        self.request("update_service", t, IpvsMessage::set_service(vs), false)
+            .map(drop)
+    }
+
+    fn delete_service(&self, svc: &ServiceKey) -> Result<(), IpvsError> {
+        let t = || svc.to_string();
+        self.request("delete_service", t, IpvsMessage::del_service(svc), false)
+            .map(drop)
+    }
+
+    fn add_dest(&self, svc: &ServiceKey, rs: &RealServer) -> Result<(), IpvsError> {
+        validate_dest("add_dest", svc, rs)?;
+        let t = || format!("{} -> {}", svc, rs.key());
+        self.request("add_dest", t, IpvsMessage::new_dest(svc, rs), false)
+            .map(drop)
+    }
+
+    fn update_dest(&self, svc: &ServiceKey, rs: &RealServer) -> Result<(), IpvsError> {
+        validate_dest("update_dest", svc, rs)?;
+        let t = || format!("{} -> {}", svc, rs.key());
+        self.request("update_dest", t, IpvsMessage::set_dest(svc, rs), false)
+            .map(drop)
+    }
+
+    fn delete_dest(&self, svc: &ServiceKey, dest: &DestKey) -> Result<(), IpvsError> {
+        let t = || format!("{svc} -> {dest}");
+        self.request("delete_dest", t, IpvsMessage::del_dest(svc, dest), false)
+            .map(drop)
+    }
+
+    fn set_timeouts(&self, t: &Timeouts) -> Result<(), IpvsError> {
+        self.request(
+            "set_timeouts",
+            String::new,
+            IpvsMessage::set_config(t),
+            false,
+        )
+        .map(drop)
+    }
+
+    fn get_timeouts(&self) -> Result<Timeouts, IpvsError> {
+        let r = self.request(
+            "get_timeouts",
+            String::new,
+            IpvsMessage::get_config(),
+            false,
+        )?;
+        let attrs: Vec<IpvsAttr> = r.into_iter().flat_map(|m| m.attrs).collect();
+        Ok(timeouts_from_attrs(&attrs))
+    }
+
+    fn info(&self) -> Result<IpvsInfo, IpvsError> {
+        let op = "info";
+        let r = self.request(op, String::new, IpvsMessage::get_info(), false)?;
+        let attrs: Vec<IpvsAttr> = r.into_iter().flat_map(|m| m.attrs).collect();
+        info_from_attrs(&attrs).map_err(|e| IpvsError::Decode {
+            op,
+            reason: e.to_string(),
+        })
+    }
+}

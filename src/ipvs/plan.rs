@@ -1,0 +1,647 @@
+//! The diff between the desired table and what the kernel holds (pure).
+//!
+//! Produces the minimal ordered list of changes: bind addresses, add/update
+//! virtual servers, add/update real servers, then deletions. Removed real
+//! servers are drained (weight 0) before they are deleted, as kube-proxy's
+//! graceful termination does, but decided from the connection counters the
+//! kernel reports at every sync instead of a one-minute poll.
+//!
+//! Ownership: lbd touches a virtual server only if its address is in the
+//! desired set or bound by lbd on kube-ipvs0, and never one inside
+//! `exclude_cidrs` that it does not want itself. Everything else in the
+//! kernel (another tool's services) is left alone. After a restart the
+//! kernel's table is adopted as is: identical entries cause no change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use super::desired::DesiredState;
+use super::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
+
+/// A virtual server as listed from the kernel, real servers with counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelVs {
+    pub vs: VirtualServer,
+    pub real_servers: BTreeMap<DestKey, RealServer>,
+}
+
+/// What the kernel holds: the IPVS table and the addresses on kube-ipvs0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub virtual_servers: BTreeMap<ServiceKey, KernelVs>,
+    pub bound_addresses: BTreeSet<IpAddr>,
+}
+
+impl KernelState {
+    /// From one `IpvsHandle::list_services` and the addresses on kube-ipvs0.
+    pub fn from_listing(
+        listing: Vec<(VirtualServer, Vec<RealServer>)>,
+        bound_addresses: BTreeSet<IpAddr>,
+    ) -> Self {
+        let virtual_servers = listing
+            .into_iter()
+            .map(|(vs, rs)| {
+                let real_servers = rs.into_iter().map(|r| (r.key(), r)).collect();
+                (vs.key(), KernelVs { vs, real_servers })
+            })
+            .collect();
+        KernelState {
+            virtual_servers,
+            bound_addresses,
+        }
+    }
+}
+
+/// One change to apply, in list order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    BindAddress(IpAddr),
+    AddVirtual(VirtualServer),
+    UpdateVirtual(VirtualServer),
+    AddReal(ServiceKey, RealServer),
+    /// Weight change; weight 0 starts a drain.
+    UpdateReal(ServiceKey, RealServer),
+    DeleteReal(ServiceKey, DestKey),
+    DeleteVirtual(ServiceKey),
+    UnbindAddress(IpAddr),
+}
+
+/// Plan-wide settings.
+#[derive(Debug, Clone)]
+pub struct PlanParams<'a> {
+    /// kube-proxy's ipvs.excludeCIDRs: never cleaned up by us.
+    pub exclude_cidrs: &'a [IpNet],
+    /// Longest a drained real server with connections is kept at weight 0.
+    pub drain_timeout: Duration,
+}
+
+/// State kept across syncs, outside the kernel: when each drain started.
+#[derive(Debug, Clone, Default)]
+pub struct DrainTracker {
+    since: BTreeMap<(ServiceKey, DestKey), Instant>,
+}
+
+impl DrainTracker {
+    pub fn len(&self) -> usize {
+        self.since.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.since.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    /// Real servers still draining after this plan: sync again soon, since
+    /// only a later listing tells when their connections are gone.
+    pub draining: usize,
+    /// Earliest drain bound among them.
+    pub next_deadline: Option<Instant>,
+}
+
+/// Computes the changes that take `kernel` to `desired`. `drains` is updated
+/// as if the plan were applied (the caller applies it or resyncs fully).
+pub fn plan(
+    desired: &DesiredState,
+    kernel: &KernelState,
+    drains: &mut DrainTracker,
+    params: &PlanParams<'_>,
+    now: Instant,
+) -> Plan {
+    let excluded = |a: &IpAddr| params.exclude_cidrs.iter().any(|n| n.contains(a));
+    let desired_addrs = desired.addresses();
+    let ours = |k: &ServiceKey| {
+        desired.virtual_servers.contains_key(k)
+            || ((desired_addrs.contains(&k.addr) || kernel.bound_addresses.contains(&k.addr))
+                && !excluded(&k.addr))
+    };
+
+    let mut binds = Vec::new();
+    let mut add_vs = Vec::new();
+    let mut add_rs = Vec::new();
+    let mut del_rs = Vec::new();
+    let mut del_vs = Vec::new();
+    let mut unbinds = Vec::new();
+    let mut still_draining: BTreeMap<(ServiceKey, DestKey), Instant> = BTreeMap::new();
+
+    for a in desired.bind_addresses.difference(&kernel.bound_addresses) {
+        binds.push(Change::BindAddress(*a));
+    }
+
+    for (key, want) in &desired.virtual_servers {
+        let have = kernel.virtual_servers.get(key);
+        match have {
+            None => add_vs.push(Change::AddVirtual(want.vs.clone())),
+            Some(h) if h.vs != want.vs => add_vs.push(Change::UpdateVirtual(want.vs.clone())),
+            Some(_) => {}
+        }
+        let empty = BTreeMap::new();
+        let have_rs = have.map(|h| &h.real_servers).unwrap_or(&empty);
+        for (rs, weight) in &want.real_servers {
+            let want_rs = RealServer::new(rs.addr, rs.port, *weight);
+            match have_rs.get(rs) {
+                None => add_rs.push(Change::AddReal(*key, want_rs)),
+                // Also brings back a real server we were draining.
+                Some(h) if !h.same_config(&want_rs) => {
+                    add_rs.push(Change::UpdateReal(*key, want_rs))
+                }
+                Some(_) => {}
+            }
+        }
+        for (rs, h) in have_rs {
+            if want.real_servers.contains_key(rs) {
+                continue;
+            }
+            // UDP has no connection end to wait for: an entry would only
+            // keep sending datagrams to a gone endpoint (kube-proxy deletes
+            // UDP real servers at once too).
+            if key.protocol == Protocol::Udp {
+                del_rs.push(Change::DeleteReal(*key, *rs));
+                continue;
+            }
+            let since = *drains.since.get(&(*key, *rs)).unwrap_or(&now);
+            if h.weight != 0 {
+                // Same configuration at weight 0; counters are not config.
+                let drained = RealServer {
+                    weight: 0,
+                    active_conns: 0,
+                    inactive_conns: 0,
+                    persist_conns: 0,
+                    ..h.clone()
+                };
+                del_rs.push(Change::UpdateReal(*key, drained));
+                still_draining.insert((*key, *rs), since);
+            } else if h.active_conns + h.inactive_conns == 0
+                || now.saturating_duration_since(since) >= params.drain_timeout
+            {
+                del_rs.push(Change::DeleteReal(*key, *rs));
+            } else {
+                still_draining.insert((*key, *rs), since);
+            }
+        }
+    }
+
+    for key in kernel.virtual_servers.keys() {
+        if !desired.virtual_servers.contains_key(key) && ours(key) {
+            del_vs.push(Change::DeleteVirtual(*key));
+        }
+    }
+
+    for a in kernel.bound_addresses.difference(&desired.bind_addresses) {
+        if !excluded(a) {
+            unbinds.push(Change::UnbindAddress(*a));
+        }
+    }
+
+    let next_deadline = still_draining
+        .values()
+        .map(|s| *s + params.drain_timeout)
+        .min();
+    drains.since = still_draining;
+
+    let mut changes = binds;
+    changes.extend(add_vs);
+    changes.extend(add_rs);
+    changes.extend(del_rs);
+    changes.extend(del_vs);
+    changes.extend(unbinds);
+    Plan {
+        changes,
+        draining: drains.since.len(),
+        next_deadline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipvs::desired::{DesiredVs, VsKind};
+
+    fn vk(a: &str, port: u16, proto: Protocol) -> ServiceKey {
+        ServiceKey {
+            addr: a.parse().unwrap(),
+            port,
+            protocol: proto,
+        }
+    }
+    fn rk(a: &str, port: u16) -> DestKey {
+        DestKey {
+            addr: a.parse().unwrap(),
+            port,
+        }
+    }
+    fn vs(k: ServiceKey) -> VirtualServer {
+        VirtualServer::new(k.addr, k.port, k.protocol, "rr")
+    }
+    fn rsv(k: DestKey, w: u32) -> RealServer {
+        RealServer::new(k.addr, k.port, w)
+    }
+    fn dvs(k: ServiceKey, rs: &[DestKey]) -> DesiredVs {
+        DesiredVs {
+            vs: vs(k),
+            kind: VsKind::ClusterIp,
+            service: "default/x:".into(),
+            local_only: false,
+            source_ranges: vec![],
+            real_servers: rs.iter().map(|r| (*r, 1)).collect(),
+        }
+    }
+    fn kvs(k: ServiceKey, rs: &[(DestKey, u32, u32)]) -> KernelVs {
+        KernelVs {
+            vs: vs(k),
+            real_servers: rs
+                .iter()
+                .map(|(r, w, c)| {
+                    let mut x = rsv(*r, *w);
+                    x.active_conns = *c;
+                    (*r, x)
+                })
+                .collect(),
+        }
+    }
+    const BOUND: Duration = Duration::from_secs(60);
+    fn params() -> PlanParams<'static> {
+        PlanParams {
+            exclude_cidrs: &[],
+            drain_timeout: BOUND,
+        }
+    }
+
+    /// Applies a plan to a kernel state the way the fake kernel would.
+    fn apply(k: &mut KernelState, p: &Plan) {
+        for c in &p.changes {
+            match c {
+                Change::BindAddress(a) => {
+                    k.bound_addresses.insert(*a);
+                }
+                Change::UnbindAddress(a) => {
+                    k.bound_addresses.remove(a);
+                }
+                Change::AddVirtual(v) | Change::UpdateVirtual(v) => {
+                    k.virtual_servers
+                        .entry(v.key())
+                        .or_insert_with(|| kvs(v.key(), &[]))
+                        .vs = v.clone();
+                }
+                Change::DeleteVirtual(v) => {
+                    k.virtual_servers.remove(v);
+                }
+                Change::AddReal(v, r) | Change::UpdateReal(v, r) => {
+                    let e = k
+                        .virtual_servers
+                        .get_mut(v)
+                        .unwrap()
+                        .real_servers
+                        .entry(r.key())
+                        .or_insert_with(|| r.clone());
+                    e.weight = r.weight;
+                }
+                Change::DeleteReal(v, r) => {
+                    k.virtual_servers.get_mut(v).unwrap().real_servers.remove(r);
+                }
+            }
+        }
+    }
+
+    fn one_service() -> DesiredState {
+        let mut d = DesiredState::default();
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        d.virtual_servers
+            .insert(v, dvs(v, &[rk("10.244.0.1", 8080), rk("10.244.0.2", 8080)]));
+        d.bind_addresses.insert("10.96.0.1".parse().unwrap());
+        d
+    }
+
+    #[test]
+    fn from_empty_kernel_binds_then_adds_in_order() {
+        let d = one_service();
+        let p = plan(
+            &d,
+            &KernelState::default(),
+            &mut DrainTracker::default(),
+            &params(),
+            Instant::now(),
+        );
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        assert_eq!(
+            p.changes,
+            vec![
+                Change::BindAddress("10.96.0.1".parse().unwrap()),
+                Change::AddVirtual(vs(v)),
+                Change::AddReal(v, rsv(rk("10.244.0.1", 8080), 1)),
+                Change::AddReal(v, rsv(rk("10.244.0.2", 8080), 1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn applied_plan_converges_and_second_plan_is_empty() {
+        let d = one_service();
+        let mut k = KernelState::default();
+        let mut t = DrainTracker::default();
+        let now = Instant::now();
+        let p = plan(&d, &k, &mut t, &params(), now);
+        apply(&mut k, &p);
+        let p2 = plan(&d, &k, &mut t, &params(), now);
+        assert_eq!(p2, Plan::default());
+    }
+
+    #[test]
+    fn adopted_identical_table_is_kept_without_change() {
+        // After a restart (no flush) the kernel already holds our table with
+        // live connections: nothing is re-added or reset.
+        let d = one_service();
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        let mut k = KernelState::default();
+        k.virtual_servers.insert(
+            v,
+            kvs(
+                v,
+                &[
+                    (rk("10.244.0.1", 8080), 1, 5),
+                    (rk("10.244.0.2", 8080), 1, 3),
+                ],
+            ),
+        );
+        k.bound_addresses.insert("10.96.0.1".parse().unwrap());
+        let p = plan(
+            &d,
+            &k,
+            &mut DrainTracker::default(),
+            &params(),
+            Instant::now(),
+        );
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+    }
+
+    #[test]
+    fn one_endpoint_change_is_one_change() {
+        let mut d = one_service();
+        let mut k = KernelState::default();
+        let mut t = DrainTracker::default();
+        let now = Instant::now();
+        let p0 = plan(&d, &k, &mut t, &params(), now);
+        apply(&mut k, &p0);
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        d.virtual_servers
+            .get_mut(&v)
+            .unwrap()
+            .real_servers
+            .insert(rk("10.244.0.3", 8080), 1);
+        let p = plan(&d, &k, &mut t, &params(), now);
+        assert_eq!(
+            p.changes,
+            vec![Change::AddReal(v, rsv(rk("10.244.0.3", 8080), 1))]
+        );
+    }
+
+    #[test]
+    fn scheduler_or_affinity_change_updates_in_place() {
+        let mut d = one_service();
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        let mut k = KernelState::default();
+        k.virtual_servers.insert(
+            v,
+            kvs(
+                v,
+                &[
+                    (rk("10.244.0.1", 8080), 1, 0),
+                    (rk("10.244.0.2", 8080), 1, 0),
+                ],
+            ),
+        );
+        k.bound_addresses.insert(v.addr);
+        let mut s2 = vs(v);
+        s2.persistent = Some(10800);
+        d.virtual_servers.get_mut(&v).unwrap().vs = s2.clone();
+        let p = plan(
+            &d,
+            &k,
+            &mut DrainTracker::default(),
+            &params(),
+            Instant::now(),
+        );
+        assert_eq!(p.changes, vec![Change::UpdateVirtual(s2)]);
+    }
+
+    #[test]
+    fn removed_tcp_real_server_drains_then_goes_when_idle() {
+        let mut d = one_service();
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        let gone = rk("10.244.0.2", 8080);
+        let mut k = KernelState::default();
+        k.virtual_servers
+            .insert(v, kvs(v, &[(rk("10.244.0.1", 8080), 1, 0), (gone, 1, 2)]));
+        k.bound_addresses.insert(v.addr);
+        d.virtual_servers
+            .get_mut(&v)
+            .unwrap()
+            .real_servers
+            .remove(&gone);
+        let mut t = DrainTracker::default();
+        let t0 = Instant::now();
+
+        let p = plan(&d, &k, &mut t, &params(), t0);
+        assert_eq!(p.changes, vec![Change::UpdateReal(v, rsv(gone, 0))]);
+        assert_eq!(p.draining, 1);
+        assert_eq!(p.next_deadline, Some(t0 + BOUND));
+        apply(&mut k, &p);
+
+        // Connections still open: nothing to do, still draining.
+        let p = plan(&d, &k, &mut t, &params(), t0 + Duration::from_secs(5));
+        assert!(p.changes.is_empty());
+        assert_eq!(p.draining, 1);
+
+        // Connections gone: deleted.
+        k.virtual_servers
+            .get_mut(&v)
+            .unwrap()
+            .real_servers
+            .get_mut(&gone)
+            .unwrap()
+            .active_conns = 0;
+        let p = plan(&d, &k, &mut t, &params(), t0 + Duration::from_secs(6));
+        assert_eq!(p.changes, vec![Change::DeleteReal(v, gone)]);
+        assert_eq!(p.draining, 0);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn drain_bound_deletes_even_with_connections() {
+        let mut d = one_service();
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        let gone = rk("10.244.0.2", 8080);
+        let mut k = KernelState::default();
+        k.virtual_servers
+            .insert(v, kvs(v, &[(rk("10.244.0.1", 8080), 1, 0), (gone, 1, 9)]));
+        d.virtual_servers
+            .get_mut(&v)
+            .unwrap()
+            .real_servers
+            .remove(&gone);
+        let mut t = DrainTracker::default();
+        let t0 = Instant::now();
+        let p0 = plan(&d, &k, &mut t, &params(), t0);
+        apply(&mut k, &p0);
+        let p = plan(
+            &d,
+            &k,
+            &mut t,
+            &params(),
+            t0 + BOUND - Duration::from_millis(1),
+        );
+        assert!(p
+            .changes
+            .iter()
+            .all(|c| !matches!(c, Change::DeleteReal(..))));
+        let p = plan(&d, &k, &mut t, &params(), t0 + BOUND);
+        assert!(p.changes.contains(&Change::DeleteReal(v, gone)));
+    }
+
+    #[test]
+    fn draining_real_server_that_comes_back_is_restored() {
+        let d = one_service();
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        let back = rk("10.244.0.2", 8080);
+        let mut k = KernelState::default();
+        k.virtual_servers
+            .insert(v, kvs(v, &[(rk("10.244.0.1", 8080), 1, 0), (back, 0, 4)]));
+        k.bound_addresses.insert(v.addr);
+        let mut t = DrainTracker::default();
+        let p = plan(&d, &k, &mut t, &params(), Instant::now());
+        assert_eq!(p.changes, vec![Change::UpdateReal(v, rsv(back, 1))]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn udp_real_server_is_deleted_at_once() {
+        let v = vk("10.96.0.10", 53, Protocol::Udp);
+        let mut d = DesiredState::default();
+        d.virtual_servers.insert(v, dvs(v, &[rk("10.244.0.1", 53)]));
+        let mut k = KernelState::default();
+        k.virtual_servers.insert(
+            v,
+            kvs(
+                v,
+                &[(rk("10.244.0.1", 53), 1, 0), (rk("10.244.0.9", 53), 1, 7)],
+            ),
+        );
+        let p = plan(
+            &d,
+            &k,
+            &mut DrainTracker::default(),
+            &params(),
+            Instant::now(),
+        );
+        assert_eq!(p.changes, vec![Change::DeleteReal(v, rk("10.244.0.9", 53))]);
+        assert_eq!(p.draining, 0);
+    }
+
+    #[test]
+    fn foreign_virtual_servers_are_untouched() {
+        let d = one_service();
+        let mut k = KernelState::default();
+        // Another tool's service on an address we neither want nor bound.
+        k.virtual_servers.insert(
+            vk("192.0.2.1", 80, Protocol::Tcp),
+            kvs(
+                vk("192.0.2.1", 80, Protocol::Tcp),
+                &[(rk("192.0.2.2", 80), 1, 0)],
+            ),
+        );
+        // A stale one of ours: its address is still bound on kube-ipvs0.
+        k.virtual_servers.insert(
+            vk("10.96.0.99", 80, Protocol::Tcp),
+            kvs(vk("10.96.0.99", 80, Protocol::Tcp), &[]),
+        );
+        k.bound_addresses.insert("10.96.0.99".parse().unwrap());
+        // Another port on an address we want is ours too.
+        k.virtual_servers.insert(
+            vk("10.96.0.1", 81, Protocol::Tcp),
+            kvs(vk("10.96.0.1", 81, Protocol::Tcp), &[]),
+        );
+        let p = plan(
+            &d,
+            &k,
+            &mut DrainTracker::default(),
+            &params(),
+            Instant::now(),
+        );
+        let deletes: Vec<&Change> = p
+            .changes
+            .iter()
+            .filter(|c| matches!(c, Change::DeleteVirtual(_) | Change::UnbindAddress(_)))
+            .collect();
+        assert_eq!(
+            deletes,
+            vec![
+                &Change::DeleteVirtual(vk("10.96.0.1", 81, Protocol::Tcp)),
+                &Change::DeleteVirtual(vk("10.96.0.99", 80, Protocol::Tcp)),
+                &Change::UnbindAddress("10.96.0.99".parse().unwrap()),
+            ]
+        );
+    }
+
+    #[test]
+    fn exclude_cidrs_are_never_cleaned_up() {
+        let d = DesiredState::default();
+        let mut k = KernelState::default();
+        k.virtual_servers.insert(
+            vk("10.96.0.99", 80, Protocol::Tcp),
+            kvs(vk("10.96.0.99", 80, Protocol::Tcp), &[]),
+        );
+        k.virtual_servers.insert(
+            vk("10.97.0.1", 80, Protocol::Tcp),
+            kvs(vk("10.97.0.1", 80, Protocol::Tcp), &[]),
+        );
+        k.bound_addresses.insert("10.96.0.99".parse().unwrap());
+        k.bound_addresses.insert("10.97.0.1".parse().unwrap());
+        let excl: Vec<IpNet> = vec!["10.96.0.0/16".parse().unwrap()];
+        let p = plan(
+            &d,
+            &k,
+            &mut DrainTracker::default(),
+            &PlanParams {
+                exclude_cidrs: &excl,
+                drain_timeout: BOUND,
+            },
+            Instant::now(),
+        );
+        assert_eq!(
+            p.changes,
+            vec![
+                Change::DeleteVirtual(vk("10.97.0.1", 80, Protocol::Tcp)),
+                Change::UnbindAddress("10.97.0.1".parse().unwrap()),
+            ]
+        );
+    }
+
+    #[test]
+    fn removed_service_is_deleted_and_unbound_after_everything_else() {
+        let mut d = one_service();
+        let mut k = KernelState::default();
+        let mut t = DrainTracker::default();
+        let now = Instant::now();
+        let p0 = plan(&d, &k, &mut t, &params(), now);
+        apply(&mut k, &p0);
+        let v2 = vk("10.96.0.2", 53, Protocol::Udp);
+        d.virtual_servers.clear();
+        d.bind_addresses.clear();
+        d.virtual_servers.insert(v2, dvs(v2, &[]));
+        d.bind_addresses.insert(v2.addr);
+        let p = plan(&d, &k, &mut t, &params(), now);
+        assert_eq!(
+            p.changes,
+            vec![
+                Change::BindAddress(v2.addr),
+                Change::AddVirtual(vs(v2)),
+                Change::DeleteVirtual(vk("10.96.0.1", 80, Protocol::Tcp)),
+                Change::UnbindAddress("10.96.0.1".parse().unwrap()),
+            ]
+        );
+    }
+}

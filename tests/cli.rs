@@ -1,0 +1,155 @@
+//! The command line as SPEC.md fixes it: exit codes, messages, status JSON.
+
+mod tlsbackend;
+
+use std::process::Command;
+
+use tlsbackend::*;
+
+fn lbd(args: &[&str]) -> std::process::Output {
+    Command::new(lbd_bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn check_exit_codes_and_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "tcplb:\n  listeners:\n    - name: a\n      bind: 127.0.0.1:8443\n      backends: [127.0.0.1:6443]\n").unwrap();
+    let out = lbd(&["check", "-c", good.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 listener(s))"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "tcplb:\n  listeners:\n    - name: a\n      bind: 127.0.0.1:8443\n      backends: [nope]\n      retries: -1\nvrrp: {instances: [{name: v, interface: eth0, vrid: 300, virtual_ips: [10.0.0.1/24]}]}\nextra: 1\n").unwrap();
+    let out = lbd(&["check", "-c", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let p = bad.display().to_string();
+    for line in [
+        format!("{p}:5:18: backends: invalid \"nope\""),
+        format!("{p}:6:16: retries must be between 0 and 100, not -1"),
+        format!("{p}:7:53: vrid must be between 1 and 255, not 300"),
+        format!("{p}:8:1: unknown key \"extra\" in the config file"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&line)),
+            "missing {line:?} in:\n{err}"
+        );
+    }
+    assert_eq!(err.lines().count(), 4, "{err}");
+
+    let out = lbd(&["check", "-c", "/nonexistent/lbd.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("/nonexistent/lbd.yaml:0:0: cannot read")
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_version_names_commit() {
+    assert_eq!(lbd(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(lbd(&["run", "--bogus"]).status.code(), Some(2));
+    let out = lbd(&["version"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        v.starts_with(&format!("lbd {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    assert!(v.contains("target x86_64") || v.contains("target "), "{v}");
+}
+
+#[test]
+fn status_without_daemon_says_why_in_one_line() {
+    let out = lbd(&["status", "--socket", "/nonexistent/lbd.sock"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("lbd is not running") && err.contains("/nonexistent/lbd.sock"),
+        "{err}"
+    );
+}
+
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_matches_spec_field_for_field() {
+    let b = echo_backend("a", true).await;
+    let port = free_port();
+    let d = Lbd::start(&format!(
+        "node:\n  name: cp1\ntcplb:\n  listeners:\n    - name: apiserver\n      bind: 127.0.0.1:{port}\n      backends: [{}]\n      health: {{ type: tcp, interval: 100ms }}\n",
+        b.addr
+    ))
+    .await;
+    let (_, _held) = whoami_tcp(format!("127.0.0.1:{port}").parse().unwrap(), None)
+        .await
+        .unwrap();
+    let sock = d.socket.to_str().unwrap().to_string();
+    eventually(std::time::Duration::from_secs(3), "session counted", || {
+        let sock = sock.clone();
+        async move {
+            let out = Command::new(lbd_bin())
+                .args(["status", "--json", "--socket", &sock])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["tcplb"][0]["active_connections"] == 1
+        }
+    })
+    .await;
+    let out = Command::new(lbd_bin())
+        .args(["status", "--json", "--socket", &sock])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every field SPEC.md names, with its type (more may be added).
+    for k in [
+        "node",
+        "version",
+        "uptime_seconds",
+        "vrrp",
+        "tcplb",
+        "proxy",
+    ] {
+        assert!(keys(&v).contains(&k.to_string()), "missing {k}");
+    }
+    assert_eq!(v["node"], "cp1");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["uptime_seconds"].is_u64());
+    assert!(v["vrrp"].is_array());
+    assert!(v["proxy"].is_null(), "no proxy section configured");
+    let l = &v["tcplb"][0];
+    for (k, check) in [
+        ("name", l["name"] == "apiserver"),
+        ("bind", l["bind"] == format!("127.0.0.1:{port}").as_str()),
+        ("active_connections", l["active_connections"] == 1),
+        ("backends", l["backends"].is_array()),
+    ] {
+        assert!(check, "tcplb[0].{k} wrong: {l}");
+    }
+    let be = &l["backends"][0];
+    assert_eq!(be["address"], b.addr.to_string());
+    assert_eq!(be["healthy"], true);
+    assert_eq!(be["active_connections"], 1);
+    assert!(be["last_error"].is_null());
+    // The human table shows the same at a glance.
+    let out = Command::new(lbd_bin())
+        .args(["status", "--socket", &sock])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("apiserver 127.0.0.1:") && table.contains("1/1 backends up"),
+        "{table}"
+    );
+    assert!(table.contains(&format!("UP   {}", b.addr)), "{table}");
+}

@@ -1,0 +1,581 @@
+//! Table tests for the desired IPVS state: Services and EndpointSlices as
+//! the apiserver serves them (JSON), the computed table compared in full.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use lbd::ipvs::desired::{
+    compute, node_addresses, DesiredParams, DesiredState, DestKey, Protocol, ServiceKey, VsKind,
+};
+use serde_json::{json, Value};
+
+fn svc(v: Value) -> Service {
+    serde_json::from_value(v).expect("service json")
+}
+fn slice(v: Value) -> EndpointSlice {
+    serde_json::from_value(v).expect("slice json")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn key(a: &str, port: u16, proto: Protocol) -> ServiceKey {
+    ServiceKey {
+        addr: ip(a),
+        port,
+        protocol: proto,
+    }
+}
+
+fn rs(list: &[&str]) -> BTreeMap<DestKey, u32> {
+    list.iter()
+        .map(|s| {
+            let sa: std::net::SocketAddr = s.parse().unwrap();
+            (
+                DestKey {
+                    addr: sa.ip(),
+                    port: sa.port(),
+                },
+                1,
+            )
+        })
+        .collect()
+}
+
+const NODE: &str = "cp1";
+const NODE_IPS: [&str; 3] = ["192.168.1.10", "10.0.0.10", "fd00:1::10"];
+
+fn run(services: &[Service], slices: &[EndpointSlice], np: &[&str]) -> DesiredState {
+    let node_ips: Vec<IpAddr> = NODE_IPS.iter().map(|s| ip(s)).collect();
+    let nets: Vec<IpNet> = np.iter().map(|s| s.parse().unwrap()).collect();
+    compute(
+        services,
+        slices,
+        &DesiredParams {
+            node_name: NODE,
+            node_addresses: &node_ips,
+            node_port_addresses: &nets,
+            scheduler: "rr",
+        },
+    )
+}
+
+fn ep(
+    addr: &str,
+    node: &str,
+    ready: Option<bool>,
+    serving: Option<bool>,
+    term: Option<bool>,
+) -> Value {
+    let mut cond = serde_json::Map::new();
+    if let Some(r) = ready {
+        cond.insert("ready".into(), json!(r));
+    }
+    if let Some(s) = serving {
+        cond.insert("serving".into(), json!(s));
+    }
+    if let Some(t) = term {
+        cond.insert("terminating".into(), json!(t));
+    }
+    json!({"addresses": [addr], "nodeName": node, "conditions": cond})
+}
+
+fn eps(
+    name: &str,
+    slice_name: &str,
+    family: &str,
+    ports: Value,
+    endpoints: Vec<Value>,
+) -> EndpointSlice {
+    slice(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": slice_name, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": family, "ports": ports, "endpoints": endpoints
+    }))
+}
+
+fn cluster_svc(name: &str, ip: &str, ports: Value) -> Service {
+    svc(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ports": ports}
+    }))
+}
+
+#[test]
+fn cluster_ip_tcp_udp_sctp_with_named_ports() {
+    let s = cluster_svc(
+        "dns",
+        "10.96.0.10",
+        json!([
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 5353},
+            {"name": "sig", "port": 3868, "protocol": "SCTP"}
+        ]),
+    );
+    // Ports are matched by name: the slice lists them in another order and
+    // with different numbers than the Service's targetPort guesses.
+    let e = eps(
+        "dns",
+        "dns-1",
+        "IPv4",
+        json!([{"name": "dns-tcp", "port": 5354, "protocol": "TCP"},
+               {"name": "dns", "port": 5353, "protocol": "UDP"},
+               {"name": "sig", "port": 3868, "protocol": "SCTP"}]),
+        vec![
+            ep("10.244.1.2", "cp2", Some(true), None, None),
+            ep("10.244.1.3", NODE, None, None, None),
+        ],
+    );
+    let d = run(&[s], &[e], &[]);
+    assert_eq!(d.services, 1);
+    assert_eq!(d.virtual_servers.len(), 3);
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.10", 53, Protocol::Udp)].real_servers,
+        rs(&["10.244.1.2:5353", "10.244.1.3:5353"])
+    );
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.10", 53, Protocol::Tcp)].real_servers,
+        rs(&["10.244.1.2:5354", "10.244.1.3:5354"])
+    );
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.10", 3868, Protocol::Sctp)].real_servers,
+        rs(&["10.244.1.2:3868", "10.244.1.3:3868"])
+    );
+    let vs = &d.virtual_servers[&key("10.96.0.10", 53, Protocol::Udp)];
+    assert_eq!(vs.vs.scheduler, "rr");
+    assert_eq!(vs.vs.persistent, None);
+    assert_eq!(vs.kind, VsKind::ClusterIp);
+    assert_eq!(vs.service, "default/dns:dns");
+    assert_eq!(
+        d.bind_addresses.iter().copied().collect::<Vec<_>>(),
+        vec![ip("10.96.0.10")]
+    );
+    assert_eq!(d.real_server_count(), 6);
+}
+
+#[test]
+fn unnamed_port_matches_unnamed_slice_port_only() {
+    let s = cluster_svc(
+        "web",
+        "10.96.0.20",
+        json!([{"port": 80, "targetPort": 8080}]),
+    );
+    let e = eps(
+        "web",
+        "web-1",
+        "IPv4",
+        json!([{"name": "other", "port": 9999}, {"port": 8080}]),
+        vec![ep("10.244.1.5", "cp2", Some(true), Some(true), Some(false))],
+    );
+    let d = run(&[s], &[e], &[]);
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.20", 80, Protocol::Tcp)].real_servers,
+        rs(&["10.244.1.5:8080"])
+    );
+}
+
+#[test]
+fn dual_stack_cluster_ips_get_endpoints_of_their_family() {
+    let s = svc(json!({
+        "metadata": {"name": "ds", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.30", "clusterIPs": ["10.96.0.30", "fd00:96::30"],
+                 "ipFamilies": ["IPv4", "IPv6"], "ports": [{"name": "http", "port": 80}]}
+    }));
+    let v4 = eps(
+        "ds",
+        "ds-v4",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}]),
+        vec![ep("10.244.1.6", "cp2", Some(true), None, None)],
+    );
+    let v6 = eps(
+        "ds",
+        "ds-v6",
+        "IPv6",
+        json!([{"name": "http", "port": 8080}]),
+        vec![ep("fd00:244::6", "cp2", Some(true), None, None)],
+    );
+    let d = run(&[s], &[v4, v6], &[]);
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.30", 80, Protocol::Tcp)].real_servers,
+        rs(&["10.244.1.6:8080"])
+    );
+    assert_eq!(
+        d.virtual_servers[&key("fd00:96::30", 80, Protocol::Tcp)].real_servers,
+        rs(&["[fd00:244::6]:8080"])
+    );
+    assert_eq!(d.bind_addresses.len(), 2);
+}
+
+#[test]
+fn headless_external_name_and_unallocated_are_skipped() {
+    let headless = cluster_svc("h", "None", json!([{"port": 80}]));
+    let ext = svc(json!({"metadata": {"name": "x", "namespace": "default"},
+        "spec": {"type": "ExternalName", "externalName": "example.invalid", "ports": [{"port": 80}]}}));
+    let pending = svc(json!({"metadata": {"name": "p", "namespace": "default"},
+        "spec": {"type": "ClusterIP", "ports": [{"port": 80}]}}));
+    let d = run(&[headless, ext, pending], &[], &[]);
+    assert_eq!(d, DesiredState::default());
+}
+
+#[test]
+fn not_ready_endpoints_are_left_out_and_terminating_used_only_as_fallback() {
+    let s = cluster_svc("t", "10.96.0.40", json!([{"port": 80}]));
+    let both = eps(
+        "t",
+        "t-1",
+        "IPv4",
+        json!([{"port": 80}]),
+        vec![
+            ep("10.244.0.1", "cp2", Some(true), Some(true), Some(false)),
+            ep("10.244.0.2", "cp2", Some(false), Some(true), Some(true)), // terminating, serving
+            ep("10.244.0.3", "cp2", Some(false), Some(false), Some(false)), // not ready
+        ],
+    );
+    let d = run(std::slice::from_ref(&s), &[both], &[]);
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.40", 80, Protocol::Tcp)].real_servers,
+        rs(&["10.244.0.1:80"])
+    );
+
+    // No ready endpoint left: the serving+terminating one takes the traffic
+    // rather than blackholing it; the terminating-not-serving one never does.
+    let only_term = eps(
+        "t",
+        "t-1",
+        "IPv4",
+        json!([{"port": 80}]),
+        vec![
+            ep("10.244.0.2", "cp2", Some(false), Some(true), Some(true)),
+            ep("10.244.0.4", "cp2", Some(false), Some(false), Some(true)),
+            ep("10.244.0.3", "cp2", Some(false), Some(false), Some(false)),
+        ],
+    );
+    let d = run(&[s], &[only_term], &[]);
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.40", 80, Protocol::Tcp)].real_servers,
+        rs(&["10.244.0.2:80"])
+    );
+}
+
+#[test]
+fn endpoints_across_slices_are_merged_and_deduplicated() {
+    let s = cluster_svc("m", "10.96.0.41", json!([{"port": 80}]));
+    let a = eps(
+        "m",
+        "m-a",
+        "IPv4",
+        json!([{"port": 80}]),
+        vec![ep("10.244.0.1", "cp2", Some(true), None, None)],
+    );
+    let b = eps(
+        "m",
+        "m-b",
+        "IPv4",
+        json!([{"port": 80}]),
+        vec![
+            ep("10.244.0.1", "cp2", Some(false), None, None),
+            ep("10.244.0.2", "cp2", Some(true), None, None),
+        ],
+    );
+    // A slice of another namespace with the same service name is ignored.
+    let mut other = eps(
+        "m",
+        "m-x",
+        "IPv4",
+        json!([{"port": 80}]),
+        vec![ep("10.244.9.9", "cp2", Some(true), None, None)],
+    );
+    other.metadata.namespace = Some("kube-system".into());
+    let d = run(&[s], &[a, b, other], &[]);
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.41", 80, Protocol::Tcp)].real_servers,
+        rs(&["10.244.0.1:80", "10.244.0.2:80"])
+    );
+}
+
+fn lb_service(etp: &str, itp: &str) -> Service {
+    svc(json!({
+        "metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.50", "clusterIPs": ["10.96.0.50"],
+                 "externalIPs": ["203.0.113.7"],
+                 "externalTrafficPolicy": etp, "internalTrafficPolicy": itp,
+                 "loadBalancerSourceRanges": ["198.51.100.0/24"],
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.50"}, {"ip": "203.0.113.51", "ipMode": "Proxy"}, {"hostname": "lb.example.invalid"}]}}
+    }))
+}
+
+fn lb_slices() -> Vec<EndpointSlice> {
+    vec![eps(
+        "lb",
+        "lb-1",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}]),
+        vec![
+            ep("10.244.1.1", NODE, Some(true), None, None),
+            ep("10.244.2.1", "cp2", Some(true), None, None),
+        ],
+    )]
+}
+
+#[test]
+fn load_balancer_service_gets_every_address_kind() {
+    let d = run(&[lb_service("Cluster", "Cluster")], &lb_slices(), &[]);
+    let all = rs(&["10.244.1.1:8080", "10.244.2.1:8080"]);
+    let expect = [
+        (key("10.96.0.50", 80, Protocol::Tcp), VsKind::ClusterIp),
+        (key("203.0.113.7", 80, Protocol::Tcp), VsKind::ExternalIp),
+        (key("203.0.113.50", 80, Protocol::Tcp), VsKind::LoadBalancer),
+        (key("192.168.1.10", 30080, Protocol::Tcp), VsKind::NodePort),
+        (key("10.0.0.10", 30080, Protocol::Tcp), VsKind::NodePort),
+    ];
+    // The IPv6 node address gets no IPv4-only NodePort? It gets a virtual
+    // server (kube-proxy programs every node IP) but no real server.
+    assert_eq!(d.virtual_servers.len(), expect.len() + 1);
+    for (k, kind) in expect {
+        let vs = &d.virtual_servers[&k];
+        assert_eq!(vs.kind, kind, "{k}");
+        assert_eq!(vs.real_servers, all, "{k}");
+        assert!(!vs.local_only);
+    }
+    assert!(d.virtual_servers[&key("fd00:1::10", 30080, Protocol::Tcp)]
+        .real_servers
+        .is_empty());
+    assert_eq!(
+        d.virtual_servers[&key("203.0.113.50", 80, Protocol::Tcp)].source_ranges,
+        vec!["198.51.100.0/24".parse::<IpNet>().unwrap()]
+    );
+    assert!(d.virtual_servers[&key("10.96.0.50", 80, Protocol::Tcp)]
+        .source_ranges
+        .is_empty());
+    // ipMode Proxy ingress and hostname-only ingress are not captured.
+    assert!(!d
+        .virtual_servers
+        .contains_key(&key("203.0.113.51", 80, Protocol::Tcp)));
+    let bound: Vec<IpAddr> = d.bind_addresses.iter().copied().collect();
+    assert_eq!(
+        bound,
+        vec![ip("10.96.0.50"), ip("203.0.113.7"), ip("203.0.113.50")]
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_limits_only_external_addresses() {
+    let d = run(&[lb_service("Local", "Cluster")], &lb_slices(), &[]);
+    let local = rs(&["10.244.1.1:8080"]);
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.50", 80, Protocol::Tcp)]
+            .real_servers
+            .len(),
+        2
+    );
+    for k in [
+        key("203.0.113.7", 80, Protocol::Tcp),
+        key("203.0.113.50", 80, Protocol::Tcp),
+        key("192.168.1.10", 30080, Protocol::Tcp),
+    ] {
+        assert_eq!(d.virtual_servers[&k].real_servers, local, "{k}");
+        assert!(d.virtual_servers[&k].local_only);
+    }
+}
+
+#[test]
+fn internal_traffic_policy_local_limits_only_cluster_ip() {
+    let d = run(&[lb_service("Cluster", "Local")], &lb_slices(), &[]);
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.50", 80, Protocol::Tcp)].real_servers,
+        rs(&["10.244.1.1:8080"])
+    );
+    assert_eq!(
+        d.virtual_servers[&key("192.168.1.10", 30080, Protocol::Tcp)]
+            .real_servers
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn local_policy_without_local_endpoint_has_no_real_server() {
+    let s = lb_service("Local", "Cluster");
+    let e = eps(
+        "lb",
+        "lb-1",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}]),
+        vec![ep("10.244.2.1", "cp2", Some(true), None, None)],
+    );
+    let d = run(&[s], &[e], &[]);
+    assert!(
+        d.virtual_servers[&key("192.168.1.10", 30080, Protocol::Tcp)]
+            .real_servers
+            .is_empty()
+    );
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.50", 80, Protocol::Tcp)]
+            .real_servers
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn local_terminating_fallback_is_per_locality() {
+    // A ready remote endpoint does not prevent the terminating local one
+    // from serving Local traffic.
+    let s = lb_service("Local", "Cluster");
+    let e = eps(
+        "lb",
+        "lb-1",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}]),
+        vec![
+            ep("10.244.1.1", NODE, Some(false), Some(true), Some(true)),
+            ep("10.244.2.1", "cp2", Some(true), None, None),
+        ],
+    );
+    let d = run(&[s], &[e], &[]);
+    assert_eq!(
+        d.virtual_servers[&key("192.168.1.10", 30080, Protocol::Tcp)].real_servers,
+        rs(&["10.244.1.1:8080"])
+    );
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.50", 80, Protocol::Tcp)].real_servers,
+        rs(&["10.244.2.1:8080"])
+    );
+}
+
+#[test]
+fn node_port_addresses_filter_node_ips() {
+    let s = svc(json!({
+        "metadata": {"name": "np", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.60", "clusterIPs": ["10.96.0.60"],
+                 "ports": [{"port": 80, "nodePort": 31000, "protocol": "UDP"}]}
+    }));
+    let d = run(std::slice::from_ref(&s), &[], &["10.0.0.0/8"]);
+    let nodeports: Vec<ServiceKey> = d
+        .virtual_servers
+        .iter()
+        .filter(|(_, v)| v.kind == VsKind::NodePort)
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(nodeports, vec![key("10.0.0.10", 31000, Protocol::Udp)]);
+    // Node addresses never go on kube-ipvs0.
+    assert!(!d.bind_addresses.contains(&ip("10.0.0.10")));
+
+    let d = run(&[s], &[], &["192.168.1.0/24", "fd00:1::/64"]);
+    let nodeports: Vec<ServiceKey> = d
+        .virtual_servers
+        .iter()
+        .filter(|(_, v)| v.kind == VsKind::NodePort)
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        nodeports,
+        vec![
+            key("192.168.1.10", 31000, Protocol::Udp),
+            key("fd00:1::10", 31000, Protocol::Udp)
+        ]
+    );
+}
+
+#[test]
+fn load_balancer_without_node_ports_has_none() {
+    let s = svc(json!({
+        "metadata": {"name": "lbn", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.61", "clusterIPs": ["10.96.0.61"],
+                 "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}
+    }));
+    let d = run(&[s], &[], &[]);
+    assert_eq!(
+        d.virtual_servers.keys().copied().collect::<Vec<_>>(),
+        vec![key("10.96.0.61", 80, Protocol::Tcp)]
+    );
+}
+
+#[test]
+fn session_affinity_client_ip_sets_persistence() {
+    let mut s = cluster_svc("a", "10.96.0.70", json!([{"port": 80}]));
+    s.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+    let d = run(std::slice::from_ref(&s), &[], &[]);
+    let vs = &d.virtual_servers[&key("10.96.0.70", 80, Protocol::Tcp)].vs;
+    assert_eq!(vs.persistent, Some(10800));
+    // Per client address: the full host netmask, as kube-proxy sets it.
+    assert_eq!(vs.netmask, 32);
+    s.spec.as_mut().unwrap().session_affinity_config =
+        serde_json::from_value(json!({"clientIP": {"timeoutSeconds": 600}})).unwrap();
+    let d = run(&[s], &[], &[]);
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.70", 80, Protocol::Tcp)]
+            .vs
+            .persistent,
+        Some(600)
+    );
+}
+
+#[test]
+fn configured_scheduler_is_used() {
+    let s = cluster_svc("w", "10.96.0.80", json!([{"port": 80}]));
+    let node_ips: Vec<IpAddr> = vec![];
+    let d = compute(
+        &[s],
+        &[] as &[EndpointSlice],
+        &DesiredParams {
+            node_name: NODE,
+            node_addresses: &node_ips,
+            node_port_addresses: &[],
+            scheduler: "wlc",
+        },
+    );
+    assert_eq!(
+        d.virtual_servers[&key("10.96.0.80", 80, Protocol::Tcp)]
+            .vs
+            .scheduler,
+        "wlc"
+    );
+}
+
+#[test]
+fn same_inputs_in_any_order_give_the_same_table() {
+    let mut services = vec![
+        lb_service("Local", "Cluster"),
+        cluster_svc("a", "10.96.0.1", json!([{"port": 443}])),
+        cluster_svc("b", "10.96.0.2", json!([{"port": 53, "protocol": "UDP"}])),
+    ];
+    let mut slices = lb_slices();
+    slices.push(eps(
+        "a",
+        "a-1",
+        "IPv4",
+        json!([{"port": 6443}]),
+        vec![ep("192.168.1.10", NODE, Some(true), None, None)],
+    ));
+    let d1 = run(&services, &slices, &[]);
+    services.reverse();
+    slices.reverse();
+    let d2 = run(&services, &slices, &[]);
+    assert_eq!(d1, d2);
+    assert_eq!(format!("{d1:?}"), format!("{d2:?}"));
+}
+
+#[test]
+fn node_addresses_come_from_node_status() {
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": "cp1"},
+        "status": {"addresses": [
+            {"type": "Hostname", "address": "cp1"},
+            {"type": "InternalIP", "address": "192.168.1.10"},
+            {"type": "InternalIP", "address": "fd00:1::10"},
+            {"type": "ExternalIP", "address": "203.0.113.10"}]}
+    }))
+    .unwrap();
+    assert_eq!(
+        node_addresses(&n),
+        vec![ip("192.168.1.10"), ip("203.0.113.10"), ip("fd00:1::10")]
+    );
+}

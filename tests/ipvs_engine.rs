@@ -1,0 +1,431 @@
+//! The whole proxy engine (kube-rs client, watchers and reflectors, the sync
+//! runner) against the in-process API server and the in-memory IPVS.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use lbd::ipvs::metrics::ProxyMetrics;
+use lbd::ipvs::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
+use lbd::ipvs::nft::FakeFirewall;
+use lbd::ipvs::server::ProxyHealth;
+use lbd::ipvs::sync::{Engine, EngineSettings, FakeAddresses, ProxyBackends};
+use lbd::ipvs::{FakeIpvs, IpvsCall};
+use lbd::status::ProxyStatus;
+use serde_json::{json, Value};
+use support::apiserver::{Kind, TestApiServer};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const NODE: &str = "cp1";
+
+fn service(name: &str, ip: &str, ports: Value) -> Value {
+    json!({"metadata": {"name": name, "namespace": "default"},
+           "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ports": ports}})
+}
+
+fn slice(svc: &str, name: &str, port: u16, addrs: &[&str]) -> Value {
+    let eps: Vec<Value> = addrs
+        .iter()
+        .map(|a| json!({"addresses": [a], "nodeName": "cp2", "conditions": {"ready": true}}))
+        .collect();
+    json!({"metadata": {"name": name, "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": svc}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+           "endpoints": eps})
+}
+
+fn node() -> Value {
+    json!({"metadata": {"name": NODE},
+           "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]}})
+}
+
+fn settings() -> EngineSettings {
+    EngineSettings {
+        node_name: NODE.into(),
+        scheduler: "rr".into(),
+        node_port_addresses: vec![],
+        exclude_cidrs: vec![],
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        masquerade_all: false,
+        min_sync_period: Duration::from_millis(20),
+        sync_period: Duration::from_millis(300),
+        drain_timeout: Duration::from_secs(60),
+        timeouts: None,
+    }
+}
+
+struct Running {
+    status: Arc<ArcSwap<Option<ProxyStatus>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    firewall: FakeFirewall,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("engine stops")
+            .unwrap();
+    }
+    fn status(&self) -> Option<ProxyStatus> {
+        self.status.load().as_ref().clone()
+    }
+}
+
+async fn client(api: &TestApiServer) -> kube::Client {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let kc = kube::config::Kubeconfig::from_yaml(&api.kubeconfig_yaml()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+async fn start(
+    api: &TestApiServer,
+    ipvs: &FakeIpvs,
+    addrs: &FakeAddresses,
+    s: EngineSettings,
+) -> Running {
+    let status = Arc::new(ArcSwap::from_pointee(None));
+    let firewall = FakeFirewall::default();
+    let engine = Engine {
+        settings: s,
+        backends: ProxyBackends {
+            ipvs: Arc::new(ipvs.clone()),
+            addresses: Arc::new(addrs.clone()),
+            firewall: Some(Arc::new(firewall.clone())),
+        },
+        status: status.clone(),
+        metrics: ProxyMetrics::new(),
+        health: ProxyHealth::new(Duration::from_secs(60)),
+    };
+    let stop = CancellationToken::new();
+    let c = client(api).await;
+    let token = stop.clone();
+    let task = tokio::spawn(async move { engine.run(c, token).await.unwrap() });
+    Running {
+        status,
+        stop,
+        task,
+        firewall,
+    }
+}
+
+fn key(a: &str, port: u16) -> ServiceKey {
+    ServiceKey {
+        addr: a.parse().unwrap(),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// Real servers of one virtual server in the fake kernel: (addr:port, weight).
+fn dests(ipvs: &FakeIpvs, k: ServiceKey) -> Option<Vec<(String, u32)>> {
+    ipvs.snapshot()
+        .into_iter()
+        .find(|(vs, _)| vs.key() == k)
+        .map(|(_, rs)| rs.iter().map(|r| (r.key().to_string(), r.weight)).collect())
+}
+
+async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if f() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_programmed_before_both_caches_synced() {
+    let api = TestApiServer::start().await;
+    api.apply(
+        Kind::Service,
+        service("web", "10.96.0.20", json!([{"name": "http", "port": 80}])),
+    );
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.1", "10.244.1.2"]),
+    );
+    api.apply(Kind::Node, node());
+    api.hold(Kind::EndpointSlice);
+    let (ipvs, addrs) = (FakeIpvs::new(), FakeAddresses::default());
+    let run = start(&api, &ipvs, &addrs, settings()).await;
+
+    // Services listed, slices not yet: not even a kernel listing happens.
+    eventually("services listed", || {
+        api.counters.lists.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(ipvs.calls().is_empty(), "{:?}", ipvs.calls());
+    assert!(addrs.snapshot().is_empty());
+    assert_eq!(run.status().map(|s| s.synced), Some(false));
+
+    api.release(Kind::EndpointSlice);
+    let k = key("10.96.0.20", 80);
+    eventually("table programmed", || {
+        dests(&ipvs, k).is_some_and(|d| d.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        dests(&ipvs, k).unwrap(),
+        vec![
+            ("10.244.1.1:8080".to_string(), 1),
+            ("10.244.1.2:8080".to_string(), 1)
+        ]
+    );
+    assert_eq!(addrs.snapshot(), BTreeSet::from([ip("10.96.0.20")]));
+    eventually("status synced", || {
+        run.status()
+            .is_some_and(|s| s.synced && s.services == 1 && s.real_servers == 2)
+    })
+    .await;
+    // The nftables table was rendered from the same state.
+    let rulesets = run.firewall.applied.lock().unwrap().clone();
+    assert!(rulesets
+        .last()
+        .unwrap()
+        .to_string()
+        .contains(r#"["10.96.0.20","tcp",80]"#));
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_changes_are_reflected_with_minimal_calls() {
+    let api = TestApiServer::start().await;
+    api.apply(
+        Kind::Service,
+        service("web", "10.96.0.20", json!([{"name": "http", "port": 80}])),
+    );
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.1"]),
+    );
+    api.apply(Kind::Node, node());
+    let (ipvs, addrs) = (FakeIpvs::new(), FakeAddresses::default());
+    let run = start(&api, &ipvs, &addrs, settings()).await;
+    let k = key("10.96.0.20", 80);
+    eventually("first endpoint", || {
+        dests(&ipvs, k).is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    ipvs.take_mutations();
+
+    // One endpoint added: exactly one add_dest.
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.1", "10.244.1.2"]),
+    );
+    eventually("second endpoint", || {
+        dests(&ipvs, k).is_some_and(|d| d.len() == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        ipvs.take_mutations(),
+        vec![IpvsCall::AddDest(
+            k,
+            RealServer::new(ip("10.244.1.2"), 8080, 1)
+        )]
+    );
+
+    // One removed while it has open connections: weight 0, kept.
+    let gone = DestKey {
+        addr: ip("10.244.1.1"),
+        port: 8080,
+    };
+    assert!(ipvs.set_conns(&k, &gone, 2, 0));
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.2"]),
+    );
+    eventually("draining at weight 0", || {
+        dests(&ipvs, k).is_some_and(|d| d.contains(&("10.244.1.1:8080".to_string(), 0)))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        dests(&ipvs, k)
+            .unwrap()
+            .contains(&("10.244.1.1:8080".to_string(), 0)),
+        "deleted while busy"
+    );
+    // Connections end: deleted at the next recheck.
+    ipvs.set_conns(&k, &gone, 0, 0);
+    eventually("drained real server deleted", || {
+        dests(&ipvs, k).is_some_and(|d| d == vec![("10.244.1.2:8080".to_string(), 1)])
+    })
+    .await;
+
+    // Service deleted: virtual server and address gone.
+    api.delete(Kind::Service, "default", "web");
+    eventually("service removed", || {
+        dests(&ipvs, k).is_none() && addrs.snapshot().is_empty()
+    })
+    .await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_resource_version_relists_and_converges() {
+    let api = TestApiServer::start().await;
+    api.apply(
+        Kind::Service,
+        service("web", "10.96.0.20", json!([{"name": "http", "port": 80}])),
+    );
+    api.apply(
+        Kind::Service,
+        service("old", "10.96.0.21", json!([{"name": "http", "port": 80}])),
+    );
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.1"]),
+    );
+    api.apply(Kind::Node, node());
+    let (ipvs, addrs) = (FakeIpvs::new(), FakeAddresses::default());
+    let run = start(&api, &ipvs, &addrs, settings()).await;
+    eventually("synced", || dests(&ipvs, key("10.96.0.21", 80)).is_some()).await;
+
+    // While the watches are down, changes happen and history is compacted:
+    // the resumed watches get 410 Expired and the watchers relist. The
+    // delete of "old" is never seen as an event, only as its absence.
+    api.cut();
+    api.delete(Kind::Service, "default", "old");
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.5"]),
+    );
+    api.compact();
+    api.restore();
+    eventually("relisted state programmed", || {
+        dests(&ipvs, key("10.96.0.21", 80)).is_none()
+            && dests(&ipvs, key("10.96.0.20", 80)) == Some(vec![("10.244.1.5:8080".to_string(), 1)])
+    })
+    .await;
+    assert!(
+        api.counters.expired.load(Ordering::SeqCst) >= 1,
+        "no 410 was served"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_outage_changes_nothing_then_resyncs() {
+    let api = TestApiServer::start().await;
+    api.apply(
+        Kind::Service,
+        service("web", "10.96.0.20", json!([{"name": "http", "port": 80}])),
+    );
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.1", "10.244.1.2"]),
+    );
+    api.apply(Kind::Node, node());
+    let (ipvs, addrs) = (FakeIpvs::new(), FakeAddresses::default());
+    let run = start(&api, &ipvs, &addrs, settings()).await;
+    let k = key("10.96.0.20", 80);
+    eventually("synced", || dests(&ipvs, k).is_some_and(|d| d.len() == 2)).await;
+    let before = ipvs.snapshot();
+    ipvs.take_mutations();
+
+    api.cut();
+    let syncs_before = ipvs
+        .calls()
+        .iter()
+        .filter(|c| **c == IpvsCall::ListServices)
+        .count();
+    // Several forced resyncs (sync_period 300 ms) run from the kept caches.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let syncs = ipvs
+        .calls()
+        .iter()
+        .filter(|c| **c == IpvsCall::ListServices)
+        .count();
+    assert!(syncs >= syncs_before + 2, "periodic syncs stopped: {syncs}");
+    assert!(
+        api.counters.dropped_connections.load(Ordering::SeqCst) >= 1,
+        "client never retried"
+    );
+    assert_eq!(ipvs.take_mutations(), vec![]);
+    assert_eq!(ipvs.snapshot(), before);
+    assert_eq!(addrs.snapshot(), BTreeSet::from([ip("10.96.0.20")]));
+
+    // Back: the watch resumes and what changed meanwhile is applied.
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.2", "10.244.1.3"]),
+    );
+    api.restore();
+    eventually("resynced", || {
+        dests(&ipvs, k)
+            == Some(vec![
+                ("10.244.1.2:8080".to_string(), 1),
+                ("10.244.1.3:8080".to_string(), 1),
+            ])
+    })
+    .await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_the_kernel_table_and_leaves_foreign_services() {
+    let api = TestApiServer::start().await;
+    api.apply(
+        Kind::Service,
+        service("web", "10.96.0.20", json!([{"name": "http", "port": 80}])),
+    );
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.1"]),
+    );
+    api.apply(Kind::Node, node());
+    let (ipvs, addrs) = (FakeIpvs::new(), FakeAddresses::default());
+    let foreign = VirtualServer::new(ip("192.0.2.1"), 80, Protocol::Tcp, "wlc");
+    ipvs.insert_foreign(
+        foreign.clone(),
+        vec![RealServer::new(ip("192.0.2.2"), 80, 3)],
+    );
+    let run = start(&api, &ipvs, &addrs, settings()).await;
+    let k = key("10.96.0.20", 80);
+    eventually("synced", || dests(&ipvs, k).is_some()).await;
+    run.stop().await;
+    let table = ipvs.snapshot();
+    ipvs.take_mutations();
+
+    // A new engine on the same kernel: no flush, nothing re-added.
+    let run = start(&api, &ipvs, &addrs, settings()).await;
+    eventually("second engine synced", || {
+        run.status().is_some_and(|s| s.synced)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(ipvs.take_mutations(), vec![]);
+    assert_eq!(ipvs.snapshot(), table);
+    assert_eq!(
+        dests(&ipvs, foreign.key()),
+        Some(vec![("192.0.2.2:80".to_string(), 3)])
+    );
+    run.stop().await;
+}

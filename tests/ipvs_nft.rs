@@ -1,0 +1,418 @@
+//! The proxy's nftables table: the rendered JSON, then the real `nft` in a
+//! network namespace (root only): the table is accepted, replaced
+//! atomically, and its filter really drops what it should on loopback.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use lbd::ipvs::desired::{DesiredState, DesiredVs, DestKey, ServiceKey, VirtualServer, VsKind};
+use lbd::ipvs::model::Protocol;
+use lbd::ipvs::nft::{render, FakeFirewall, Firewall, NftFirewall, NftParams, TABLE};
+use serde_json::Value;
+
+#[allow(clippy::too_many_arguments)]
+fn add(
+    d: &mut DesiredState,
+    a: &str,
+    port: u16,
+    proto: Protocol,
+    kind: VsKind,
+    local: bool,
+    ranges: &[&str],
+    rs: &[(&str, u16)],
+) {
+    let addr: IpAddr = a.parse().unwrap();
+    d.virtual_servers.insert(
+        ServiceKey {
+            addr,
+            port,
+            protocol: proto,
+        },
+        DesiredVs {
+            vs: VirtualServer::new(addr, port, proto, "rr"),
+            kind,
+            service: "default/x:".into(),
+            local_only: local,
+            source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+            real_servers: rs
+                .iter()
+                .map(|(a, p)| {
+                    (
+                        DestKey {
+                            addr: a.parse().unwrap(),
+                            port: *p,
+                        },
+                        1,
+                    )
+                })
+                .collect(),
+        },
+    );
+    if kind != VsKind::NodePort {
+        d.bind_addresses.insert(addr);
+    }
+}
+
+fn sample() -> DesiredState {
+    let mut d = DesiredState::default();
+    add(
+        &mut d,
+        "10.96.0.1",
+        443,
+        Protocol::Tcp,
+        VsKind::ClusterIp,
+        false,
+        &[],
+        &[("10.244.0.5", 6443)],
+    );
+    add(
+        &mut d,
+        "10.96.0.10",
+        53,
+        Protocol::Udp,
+        VsKind::ClusterIp,
+        false,
+        &[],
+        &[("10.244.0.6", 53)],
+    );
+    add(
+        &mut d,
+        "203.0.113.50",
+        80,
+        Protocol::Tcp,
+        VsKind::LoadBalancer,
+        false,
+        &["198.51.100.0/24"],
+        &[("10.244.0.7", 8080)],
+    );
+    add(
+        &mut d,
+        "192.168.1.10",
+        30080,
+        Protocol::Tcp,
+        VsKind::NodePort,
+        true,
+        &[],
+        &[("10.244.0.7", 8080)],
+    );
+    add(
+        &mut d,
+        "fd00:96::1",
+        443,
+        Protocol::Sctp,
+        VsKind::ClusterIp,
+        false,
+        &[],
+        &[("fd00:244::5", 6443)],
+    );
+    d
+}
+
+fn cidrs() -> Vec<ipnet::IpNet> {
+    vec![
+        "10.244.0.0/16".parse().unwrap(),
+        "fd00:244::/56".parse().unwrap(),
+    ]
+}
+
+/// The `elem` list of one set in a rendered ruleset, as compact strings.
+fn elems(v: &Value, name: &str) -> Vec<String> {
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["add"]["set"]["name"] == name)
+        .unwrap_or_else(|| panic!("set {name} missing"))["add"]["set"]["elem"]
+        .as_array()
+        .map(|a| a.iter().map(|e| e.to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn render_replaces_only_our_table_in_one_document() {
+    let v = render(
+        &sample(),
+        &NftParams {
+            cluster_cidrs: &cidrs(),
+            masquerade_all: false,
+        },
+    );
+    let cmds = v["nftables"].as_array().unwrap();
+    // add (so that delete cannot fail), delete, add: one transaction.
+    assert_eq!(
+        cmds[0],
+        serde_json::json!({"add": {"table": {"family": "inet", "name": TABLE}}})
+    );
+    assert_eq!(
+        cmds[1],
+        serde_json::json!({"delete": {"table": {"family": "inet", "name": TABLE}}})
+    );
+    assert_eq!(cmds[2], cmds[0]);
+    for c in cmds {
+        let obj = c.as_object().unwrap().values().next().unwrap();
+        let inner = obj.as_object().unwrap().values().next().unwrap();
+        if let Some(t) = inner.get("table") {
+            assert_eq!(t, TABLE, "{c}");
+        } else {
+            assert_eq!(inner["name"], TABLE, "{c}");
+        }
+    }
+    // The crate's schema types it (what NftFirewall sends).
+    FakeFirewall::default().replace(&v).unwrap();
+}
+
+#[test]
+fn render_sets_follow_service_kinds_and_policies() {
+    let v = render(
+        &sample(),
+        &NftParams {
+            cluster_cidrs: &cidrs(),
+            masquerade_all: false,
+        },
+    );
+    assert_eq!(
+        elems(&v, "services4"),
+        [
+            r#"{"concat":["10.96.0.1","tcp",443]}"#,
+            r#"{"concat":["10.96.0.10","udp",53]}"#,
+            r#"{"concat":["192.168.1.10","tcp",30080]}"#,
+            r#"{"concat":["203.0.113.50","tcp",80]}"#,
+        ]
+    );
+    assert_eq!(elems(&v, "cluster_ips4").len(), 2);
+    // The Local NodePort keeps client addresses: not in the masquerade set.
+    assert_eq!(
+        elems(&v, "external4"),
+        [r#"{"concat":["203.0.113.50","tcp",80]}"#]
+    );
+    assert_eq!(
+        elems(&v, "service_addrs4"),
+        [r#""10.96.0.1""#, r#""10.96.0.10""#, r#""203.0.113.50""#]
+    );
+    assert_eq!(
+        elems(&v, "lb_allowed4"),
+        [r#"{"concat":["203.0.113.50","tcp",80,{"prefix":{"addr":"198.51.100.0","len":24}}]}"#]
+    );
+    assert_eq!(
+        elems(&v, "cluster_cidr6"),
+        [r#"{"prefix":{"addr":"fd00:244::","len":56}}"#]
+    );
+    assert_eq!(
+        elems(&v, "hairpin6"),
+        [r#"{"concat":["fd00:244::5","sctp",6443,"fd00:244::5"]}"#]
+    );
+
+    // masqueradeAll marks every service tuple and ignores the pod CIDR.
+    let all = render(
+        &sample(),
+        &NftParams {
+            cluster_cidrs: &cidrs(),
+            masquerade_all: true,
+        },
+    );
+    let text = all.to_string();
+    assert!(
+        text.contains(r#""right":"@services4"}},{"mangle""#),
+        "{text}"
+    );
+    assert!(!text.contains(r#""right":"@cluster_cidr4""#));
+}
+
+#[test]
+fn render_is_deterministic() {
+    let p = NftParams {
+        cluster_cidrs: &cidrs(),
+        masquerade_all: false,
+    };
+    assert_eq!(
+        render(&sample(), &p).to_string(),
+        render(&sample().clone(), &p).to_string()
+    );
+}
+
+// ---- real nft in a namespace -------------------------------------------
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Option<Netns> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipping: needs root for network namespaces");
+            return None;
+        }
+        if Command::new("nft").arg("--version").output().is_err() {
+            eprintln!("skipping: nft not installed");
+            return None;
+        }
+        let name = format!("lbdt-nft-{}-{tag}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add {name}");
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        Some(ns)
+    }
+    fn ip(&self, args: &[&str]) {
+        let st = Command::new("ip")
+            .args(["netns", "exec", &self.0, "ip"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+    fn firewall(&self) -> NftFirewall {
+        NftFirewall {
+            command: vec![
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                self.0.clone(),
+                "nft".into(),
+            ],
+        }
+    }
+    fn list(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft", "list", "ruleset"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+    /// Runs the probe (this test binary, test `probe`) inside the namespace:
+    /// listen on `listen`, connect to it from `src`. True if connected.
+    fn connects(&self, listen: &str, src: &str) -> bool {
+        let exe = std::env::current_exe().unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .arg(exe)
+            .args([
+                "--exact",
+                "probe",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("LBD_NFT_PROBE", format!("{listen} {src}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("PROBE "), "probe did not run: {text}");
+        text.contains("PROBE connected")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+#[ignore = "helper: run inside a namespace by the netns tests"]
+fn probe() {
+    let spec = std::env::var("LBD_NFT_PROBE").expect("LBD_NFT_PROBE");
+    let mut it = spec.split(' ');
+    let listen: SocketAddr = it.next().unwrap().parse().unwrap();
+    let src: IpAddr = it.next().unwrap().parse().unwrap();
+    let _l = TcpListener::bind(listen).unwrap();
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    let r = sock.connect_timeout(&listen.into(), Duration::from_millis(300));
+    let _ = TcpStream::from(sock);
+    println!("PROBE {}", if r.is_ok() { "connected" } else { "failed" });
+}
+
+#[test]
+fn nft_accepts_and_atomically_replaces_the_table() {
+    let Some(ns) = Netns::new("replace") else {
+        return;
+    };
+    let fw = ns.firewall();
+    // Someone else's table must survive our replacements.
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "nft",
+            "add table ip other; add chain ip other c",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let p = NftParams {
+        cluster_cidrs: &cidrs(),
+        masquerade_all: false,
+    };
+    fw.replace(&render(&sample(), &p)).unwrap();
+    let text = ns.list();
+    assert!(text.contains("table inet lbd-proxy"), "{text}");
+    assert!(
+        text.contains("203.0.113.50 . tcp . 80 . 198.51.100.0/24"),
+        "{text}"
+    );
+    assert!(
+        text.contains("meta mark & 0x00004000 == 0x00004000 masquerade"),
+        "{text}"
+    );
+
+    // Second render without the load balancer: its elements are gone,
+    // nothing is duplicated, the foreign table is still there.
+    let mut smaller = sample();
+    smaller.virtual_servers.retain(|k, _| k.port != 80);
+    smaller
+        .bind_addresses
+        .remove(&"203.0.113.50".parse::<IpAddr>().unwrap());
+    fw.replace(&render(&smaller, &p)).unwrap();
+    let text = ns.list();
+    assert!(!text.contains("203.0.113.50"), "{text}");
+    assert_eq!(text.matches("table inet lbd-proxy").count(), 1);
+    assert_eq!(text.matches("chain postrouting").count(), 1);
+    assert!(text.contains("table ip other"), "{text}");
+}
+
+#[test]
+fn service_addresses_expose_only_service_ports_and_source_ranges_hold() {
+    let Some(ns) = Netns::new("filter") else {
+        return;
+    };
+    for a in [
+        "10.96.0.1/32",
+        "203.0.113.50/32",
+        "198.51.100.7/32",
+        "192.0.2.9/32",
+    ] {
+        ns.ip(&["addr", "add", a, "dev", "lo"]);
+    }
+    // Before our table: everything connects (loopback, no IPVS here).
+    assert!(ns.connects("10.96.0.1:22", "10.96.0.1"));
+    let p = NftParams {
+        cluster_cidrs: &cidrs(),
+        masquerade_all: false,
+    };
+    // Local policy: with Cluster the client address would be masqueraded
+    // on loopback (it is locally generated here) before input sees it.
+    let mut d = sample();
+    for vs in d.virtual_servers.values_mut() {
+        if vs.kind == VsKind::LoadBalancer {
+            vs.local_only = true;
+        }
+    }
+    ns.firewall().replace(&render(&d, &p)).unwrap();
+    // The service port still answers; the host's other port does not.
+    assert!(ns.connects("10.96.0.1:443", "10.96.0.1"));
+    assert!(!ns.connects("10.96.0.1:22", "10.96.0.1"));
+    // loadBalancerSourceRanges: allowed source in, other source dropped.
+    assert!(ns.connects("203.0.113.50:80", "198.51.100.7"));
+    assert!(!ns.connects("203.0.113.50:80", "192.0.2.9"));
+}

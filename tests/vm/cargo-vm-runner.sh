@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Cargo target runner: cargo invokes  cargo-vm-runner.sh <test-binary> [args...]
+# Copies the binary (plus VM_RUNNER_FILES, space-separated paths) into a fresh
+# dir and runs it as /payload/<name> inside the IPVS-capable VM (one boot per
+# test binary), with LBD_IN_VM=1 so the VM tests know they may run.
+# Use it only for the VM test targets, e.g. (scripts/vm-test.sh does this)
+#   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$PWD/tests/vm/cargo-vm-runner.sh \
+#     cargo test --test ipvs_vm
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=$1; shift
+d=$(mktemp -d "${TMPDIR:-/tmp}/vmrun.XXXXXX")
+trap 'rm -rf "$d"' EXIT
+cp "$bin" "$d/"
+for f in ${VM_RUNNER_FILES:-}; do cp -r "$f" "$d/"; done
+args=(-m "${VM_MODULES:-ip_vs,ip_vs_rr,ip_vs_wrr,ip_vs_sh,nf_conntrack,dummy,veth}" -e LBD_IN_VM=1)
+[ -n "${VM_TIMEOUT:-}" ] && args+=(-t "$VM_TIMEOUT")
+for v in RUST_BACKTRACE RUST_LOG RUST_TEST_THREADS RUST_TEST_NOCAPTURE RUST_MIN_STACK LBD_VM_CAPTURE; do
+  [ -n "${!v-}" ] && args+=(-e "$v=${!v}")
+done
+set +e
+"${VM_RUN:-$here/run-in-vm.sh}" "${args[@]}" "$d" "./$(basename "$bin")" "$@"
+exit $?
