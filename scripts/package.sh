@@ -34,10 +34,14 @@ if [[ $target == *-musl ]] && ! rustup target list --installed 2>/dev/null | gre
         target=$fallback
     fi
 fi
-if [[ $target == *-musl ]] && command -v musl-gcc >/dev/null 2>&1; then
-    # ring's C and assembly, compiled against musl's headers.
-    cc_var="CC_${target//-/_}"
-    export "$cc_var=${!cc_var:-musl-gcc}"
+if [[ $target == *-musl ]]; then
+    if command -v musl-gcc >/dev/null 2>&1; then
+        # ring's C and assembly, compiled against musl's headers.
+        cc_var="CC_${target//-/_}"
+        export "$cc_var=${!cc_var:-musl-gcc}"
+    else
+        say "WARNING: musl-gcc not found (apt-get install musl-tools); ring may not build for $target"
+    fi
 fi
 
 # 2. The packaging tools, only when missing (CI machines keep them).

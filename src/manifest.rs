@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::config::{Config, ConfigError, ProxyMode};
+use crate::config::{Config, ProxyMode};
 
 /// Where the config is mounted inside the container; the container's command
 /// reads it from here whatever its path on the host.
@@ -40,7 +40,7 @@ pub fn default_image() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{0}")]
-    Config(#[from] ConfigError),
+    Load(#[from] crate::app::AppError),
     #[error("lbd manifest: {what}: {} is a relative path; a static pod can only mount absolute host paths", path.display())]
     RelativePath { what: String, path: PathBuf },
     #[error("lbd manifest: cannot resolve the config path {}: {source}", path.display())]
@@ -106,82 +106,31 @@ pub fn named_files(config: &Config) -> Vec<HostFile> {
     out
 }
 
-/// [`named_files`] plus the files those name in turn: the
-/// KubeProxyConfiguration's `clientConnection.kubeconfig`, and the
-/// certificate, key and token files of each kubeconfig's current context.
-/// Reads those files; relative paths inside them are resolved the way
-/// kube-proxy resolves them (against the naming file's directory).
+/// [`named_files`] plus the certificate, key and token files of the
+/// kubeconfig's current context. Reads the kubeconfig; relative paths in it
+/// are resolved against its directory, as kubectl and kube-proxy do.
+/// `config` is what `lbd run` loads ([`crate::app::load_config`]): a
+/// KubeProxyConfiguration's `clientConnection.kubeconfig` is already in
+/// `proxy.kubeconfig`.
 pub fn referenced_files(config: &Config) -> Result<Vec<HostFile>, ManifestError> {
     let mut out = named_files(config);
-    let mut kubeconfigs: Vec<HostFile> = out
-        .iter()
-        .filter(|f| f.what == "proxy.kubeconfig")
-        .cloned()
-        .collect();
-    if let Some(kpc) = config
-        .proxy
-        .as_ref()
-        .and_then(|p| p.kube_proxy_config.as_ref())
-    {
-        if let Some(kc) = kube_proxy_config_kubeconfig(kpc)? {
-            let f = HostFile {
-                what: format!(
-                    "clientConnection.kubeconfig of the KubeProxyConfiguration {}",
-                    kpc.display()
-                ),
-                path: kc,
-            };
-            if !f.path.is_file() {
-                return Err(ManifestError::Referenced {
-                    what: f.what,
-                    path: f.path,
-                    message: "does not exist".into(),
-                });
-            }
-            out.push(f.clone());
-            kubeconfigs.push(f);
-        }
-    }
-    for kc in kubeconfigs {
-        out.extend(kubeconfig_files(&kc.path)?);
+    if let Some(kc) = config.proxy.as_ref().and_then(|p| p.kubeconfig.as_ref()) {
+        out.extend(kubeconfig_files(kc)?);
     }
     Ok(out)
-}
-
-/// `clientConnection.kubeconfig` of a KubeProxyConfiguration file, made
-/// absolute against that file's directory.
-fn kube_proxy_config_kubeconfig(path: &Path) -> Result<Option<PathBuf>, ManifestError> {
-    let err = |message: String| ManifestError::Referenced {
-        what: "proxy.kube_proxy_config".into(),
-        path: path.to_path_buf(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let doc: serde_json::Value =
-        serde_saphyr::from_str(&text).map_err(|e| err(format!("not YAML: {e}")))?;
-    let kc = doc
-        .get("clientConnection")
-        .and_then(|c| c.get("kubeconfig"))
-        .and_then(|k| k.as_str())
-        .filter(|k| !k.is_empty());
-    Ok(kc.map(|k| relative_to(path, k)))
-}
-
-fn relative_to(naming_file: &Path, p: &str) -> PathBuf {
-    let p = PathBuf::from(p);
-    if p.is_absolute() {
-        return p;
-    }
-    naming_file
-        .parent()
-        .map_or_else(|| p.clone(), |dir| dir.join(&p))
 }
 
 /// The files the kubeconfig's current context uses (all contexts when no
 /// current one is set). Inline `*-data` fields need no mount.
 fn kubeconfig_files(path: &Path) -> Result<Vec<HostFile>, ManifestError> {
+    if !path.is_absolute() {
+        return Err(ManifestError::RelativePath {
+            what: "proxy.kubeconfig".into(),
+            path: path.to_path_buf(),
+        });
+    }
     let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| ManifestError::Referenced {
-        what: "kubeconfig".into(),
+        what: "proxy.kubeconfig".into(),
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -554,7 +503,8 @@ pub fn to_yaml(pod: &Pod) -> Result<String, ManifestError> {
 /// `lbd manifest -c CONFIG --image IMAGE`: load, look inside the files the
 /// config names, build the Pod, render it.
 pub fn render(config_path: &Path, image: &str) -> Result<String, ManifestError> {
-    let config = crate::config::load(config_path)?;
+    // Exactly what `lbd run` will read, KubeProxyConfiguration included.
+    let config = crate::app::load_config(config_path)?;
     let absolute =
         std::path::absolute(config_path).map_err(|source| ManifestError::ConfigPath {
             path: config_path.to_path_buf(),

@@ -130,7 +130,6 @@ fn full_config_mounts_every_named_file_and_probes_admin() {
     let pki = d.join("pki");
     std::fs::create_dir(&pki).unwrap();
     let (proxy_crt, proxy_key) = cert(&pki, "proxy");
-    let token = write(d, "token", "abc\n");
     // A kubeconfig whose current context uses files, the relative ones
     // resolved against its own directory as kubectl does; the other
     // context's file does not exist and must not be mounted.
@@ -147,18 +146,10 @@ fn full_config_mounts_every_named_file_and_probes_admin() {
             ca = ca.display()
         ),
     );
-    let kp_kubeconfig = write(
-        d,
-        "kp.kubeconfig",
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:6443\n\
-         users:\n- name: u\n  user:\n    tokenFile: token\n\
-         contexts:\n- name: c\n  context:\n    cluster: k\n    user: u\ncurrent-context: c\n",
-    );
     let kpc = write(
         d,
         "kube-proxy.yaml",
-        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
-         mode: ipvs\nclientConnection:\n  kubeconfig: kp.kubeconfig\n",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n",
     );
     let config = write(
         d,
@@ -207,10 +198,8 @@ fn full_config_mounts_every_named_file_and_probes_admin() {
         &client_key,
         &kubeconfig,
         &kpc,
-        &kp_kubeconfig,
         &proxy_crt,
         &proxy_key,
-        &token,
     ] {
         let key = f.display().to_string();
         assert_eq!(m.get(&key), Some(&file(f)), "{key} not mounted: {m:?}");
@@ -231,8 +220,8 @@ fn full_config_mounts_every_named_file_and_probes_admin() {
         !m.keys().any(|k| k.contains("nonexistent")),
         "the kubeconfig's unused context was mounted: {m:?}"
     );
-    // config + 9 files + socket dir + modules: nothing else.
-    assert_eq!(m.len(), 12, "{m:?}");
+    // config + 7 files + socket dir + modules: nothing else.
+    assert_eq!(m.len(), 10, "{m:?}");
 
     // 0.0.0.0 is probed on loopback (hostNetwork: the pod IP is the node's).
     let live = c.liveness_probe.as_ref().expect("livenessProbe");
@@ -244,6 +233,53 @@ fn full_config_mounts_every_named_file_and_probes_admin() {
     assert_eq!(
         http_probe(ready),
         ("127.0.0.1".into(), 9555, "/readyz".into())
+    );
+}
+
+/// The KubeProxyConfiguration decides, as for `lbd run`: its mode (ipvs ->
+/// /lib/modules) and its clientConnection.kubeconfig, whose token file is
+/// mounted too.
+#[test]
+fn kube_proxy_configuration_kubeconfig_and_mode_are_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token = write(d, "token", "abc\n");
+    let kc = write(
+        d,
+        "kp.kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:6443\n\
+         users:\n- name: u\n  user:\n    tokenFile: token\n\
+         contexts:\n- name: c\n  context:\n    cluster: k\n    user: u\ncurrent-context: c\n",
+    );
+    let kpc = write(
+        d,
+        "kube-proxy.yaml",
+        &format!(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             mode: ipvs\nclientConnection:\n  kubeconfig: {}\n",
+            kc.display()
+        ),
+    );
+    let config = write(
+        d,
+        "lbd.yaml",
+        &format!(
+            "proxy:\n  mode: none\n  kube_proxy_config: {}\n",
+            kpc.display()
+        ),
+    );
+    let m = mounts(&manifest(&config, &[]));
+    for f in [&kpc, &kc, &token] {
+        let key = f.display().to_string();
+        assert_eq!(
+            m.get(&key),
+            Some(&(key.clone(), "File".to_string(), true)),
+            "{key} not mounted: {m:?}"
+        );
+    }
+    assert!(
+        m.contains_key("/lib/modules"),
+        "mode ipvs from the KubeProxyConfiguration: {m:?}"
     );
 }
 
