@@ -6,9 +6,10 @@
 #   sudo LBD_BIN=path/to/lbd scripts/demo.sh   # use a built binary
 #
 # Each "node" is a network namespace on one bridge with a TLS "apiserver"
-# (openssl s_server) on :6443 and lbd running VRRP for the VIP 10.213.0.100
-# plus the balancer on :8443 in front of all three apiservers. A client
-# namespace requests https://10.213.0.100:8443/healthz in a loop. The demo
+# (socat, answering GET /healthz) on :6443 and lbd running VRRP for the
+# VIP 10.213.0.100 plus the balancer on :8443 in front of all three
+# apiservers. A client namespace requests https://10.213.0.100:8443/healthz
+# in a loop. The demo
 # prints `lbd status` from each node, kills the master (lbd, apiserver and
 # link: the node is gone), shows the client's outage and the new master,
 # then stops the new master gracefully (as `systemctl stop lbd` does) to
@@ -17,7 +18,7 @@
 #
 # Exit status: 0 when the failover happened and the client recovered,
 # 1 when it did not, 2 when the demo could not start.
-# Needs root, iproute2, openssl, curl (scripts/install-deps.sh installs them).
+# Needs root, iproute2, openssl, socat, curl (scripts/install-deps.sh installs them).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,7 +70,7 @@ trap 'exit 143' TERM
 
 # ---- preflight ---------------------------------------------------------
 [[ $(id -u) == 0 ]] || die "needs root (network namespaces): sudo $0" 2
-for tool in ip openssl curl; do
+for tool in ip openssl socat curl; do
     command -v "$tool" >/dev/null || die "$tool is missing: sudo scripts/install-deps.sh" 2
 done
 if [[ -n ${LBD_BIN:-} ]]; then
@@ -109,8 +110,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=demo-ca \
     -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
 for i in "${NODES[@]}"; do
     d=$work/n$i
-    mkdir -p "$d/www"
-    printf 'ok' > "$d/www/healthz"
+    mkdir -p "$d"
     openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
         -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
     # As a kubeadm apiserver certificate: the control-plane endpoint (VIP)
@@ -120,13 +120,26 @@ for i in "${NODES[@]}"; do
         -CAcreateserial -days 1 -extfile "$d/san.ext" -out "$d/apiserver.crt" 2>/dev/null
 done
 
-# ---- the apiservers: openssl's -WWW serves ./healthz as 200 ----------------
+# ---- the apiservers: socat forks one TLS handler per connection, so a
+# half-open connection from a dead node cannot stall the others (openssl
+# s_server serves one connection at a time and would).
+cat > "$work/apiserver.sh" <<'EOF'
+#!/bin/sh
+# One HTTP exchange on stdin/stdout: GET /healthz -> 200 ok, else 404.
+read -r method path rest || exit 0
+cr=$(printf '\r')
+while IFS= read -r h; do h=${h%"$cr"}; [ -z "$h" ] && break; done
+if [ "$path" = /healthz ]; then status="200 OK" body=ok; else status="404 Not Found" body="not found"; fi
+printf 'HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
+    "$status" "${#body}" "$body"
+EOF
+chmod +x "$work/apiserver.sh"
 declare -A apiserver lbdpid
 start_apiserver() {
     local i=$1 d=$work/n$1
-    (cd "$d/www" && exec ip netns exec "${P}n$i" openssl s_server -quiet -WWW \
-        -accept 6443 -cert "$d/apiserver.crt" -key "$d/apiserver.key" \
-        >"$d/apiserver.log" 2>&1) &
+    ip netns exec "${P}n$i" socat -T 5 \
+        "OPENSSL-LISTEN:6443,fork,reuseaddr,cert=$d/apiserver.crt,key=$d/apiserver.key,verify=0" \
+        "EXEC:$work/apiserver.sh" >"$d/apiserver.log" 2>&1 &
     apiserver[$i]=$!
     pids+=("$!")
     disown "$!"

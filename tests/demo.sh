@@ -26,7 +26,7 @@ if [[ $(id -u) != 0 ]]; then
     echo "skipped demo: needs root for network namespaces (CI runs as root)"
     finish
 fi
-for tool in ip openssl curl; do
+for tool in ip openssl socat curl; do
     command -v "$tool" >/dev/null || { fail "demo: $tool is missing (scripts/install-deps.sh)"; finish; }
 done
 
