@@ -68,10 +68,26 @@ pub struct HostFile {
     pub path: PathBuf,
 }
 
-/// The files the config names directly: health TLS material and the proxy's
-/// kubeconfig and KubeProxyConfiguration. Pure.
+/// The files the config names directly: health TLS material, the proxy's
+/// kubeconfig and KubeProxyConfiguration, and VRRP notify commands given by
+/// absolute path (a bare command name is looked up in the image). Pure.
 pub fn named_files(config: &Config) -> Vec<HostFile> {
     let mut out = Vec::new();
+    if let Some(vrrp) = &config.vrrp {
+        for i in &vrrp.instances {
+            let program = i
+                .notify
+                .as_deref()
+                .and_then(|cmd| cmd.split_whitespace().next())
+                .filter(|p| p.starts_with('/'));
+            if let Some(p) = program {
+                out.push(HostFile {
+                    what: format!("vrrp instance {} notify", i.name),
+                    path: PathBuf::from(p),
+                });
+            }
+        }
+    }
     if let Some(tcplb) = &config.tcplb {
         for l in &tcplb.listeners {
             let tls = &l.health.tls;

@@ -310,6 +310,35 @@ fn admin_listener_off_probes_over_the_socket_and_no_modules_without_ipvs() {
     assert_eq!(m.len(), 2, "{m:?}");
 }
 
+/// A notify command given by absolute path runs inside the pod, so the
+/// program is mounted; a bare command name is the image's business.
+#[test]
+fn vrrp_notify_program_is_mounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = write(d, "notify.sh", "#!/bin/sh\nlogger \"$@\"\n");
+    let config = write(
+        d,
+        "lbd.yaml",
+        &format!(
+            "vrrp:\n  instances:\n    - name: a\n      interface: eth0\n      vrid: 51\n      \
+             priority: 100\n      virtual_ips: [10.31.90.0/24]\n      notify: {} --verbose\n    \
+             - name: b\n      interface: eth0\n      vrid: 52\n      priority: 100\n      \
+             virtual_ips: [10.31.91.0/24]\n      notify: logger -t lbd\n",
+            script.display()
+        ),
+    );
+    let m = mounts(&manifest(&config, &[]));
+    let key = script.display().to_string();
+    assert_eq!(
+        m.get(&key),
+        Some(&(key.clone(), "File".to_string(), true)),
+        "{m:?}"
+    );
+    // config + script + socket dir: `logger` is not a host path.
+    assert_eq!(m.len(), 3, "{m:?}");
+}
+
 #[test]
 fn termination_grace_covers_the_drain() {
     let dir = tempfile::tempdir().unwrap();
