@@ -144,7 +144,7 @@ fi
 
 # -- .deb: contents and control data
 contents=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's#^\./#/#')
-for f in /usr/bin/lbd /lib/systemd/system/lbd.service /etc/lbd/lbd.yaml \
+for f in /usr/bin/lbd /usr/lib/systemd/system/lbd.service /etc/lbd/lbd.yaml \
          /usr/share/doc/lbd/examples/static-pod.yaml /usr/share/doc/lbd/install.md; do
     if has_line "$contents" "$f"; then pass ".deb contains $f"; else fail ".deb contains $f" "$contents"; fi
 done
@@ -166,14 +166,14 @@ else
     check "installed /usr/bin/lbd runs" /usr/bin/lbd version
     check "installed lbd: the installed default config passes lbd check" /usr/bin/lbd check -c /etc/lbd/lbd.yaml
     if command -v systemd-analyze >/dev/null; then
-        check "systemd-analyze verify the installed unit" verify_unit /lib/systemd/system/lbd.service /usr/bin/lbd
+        check "systemd-analyze verify the installed unit" verify_unit /usr/lib/systemd/system/lbd.service /usr/bin/lbd
     fi
     echo "# local change" >>/etc/lbd/lbd.yaml
     check "dpkg -i again (upgrade path)" dpkg -i --force-confold "$deb"
     check "a changed conffile survives reinstall" grep -qx "# local change" /etc/lbd/lbd.yaml
     check "dpkg -r" dpkg -r lbd
     gone() { for f in "$@"; do [[ ! -e $f ]] || { echo "$f still there"; return 1; }; done; }
-    check "dpkg -r removed the binary and the unit" gone /usr/bin/lbd /lib/systemd/system/lbd.service
+    check "dpkg -r removed the binary and the unit" gone /usr/bin/lbd /usr/lib/systemd/system/lbd.service
     check "dpkg -r kept the conffile" test -f /etc/lbd/lbd.yaml
     check "dpkg -P" dpkg -P lbd
     check "dpkg -P removed /etc/lbd" gone /etc/lbd/lbd.yaml /etc/lbd
