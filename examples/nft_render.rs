@@ -14,7 +14,7 @@ fn main() {
                     port,
                     protocol: proto,
                 },
-                DesiredVs {
+                std::sync::Arc::new(DesiredVs {
                     vs: VirtualServer::new(addr, port, proto, "rr"),
                     kind,
                     service: "default/x:".into(),
@@ -32,7 +32,7 @@ fn main() {
                             )
                         })
                         .collect(),
-                },
+                }),
             );
             if kind != VsKind::NodePort {
                 d.bind_addresses.insert(addr);

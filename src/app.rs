@@ -266,7 +266,8 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         reloads_failed.clone(),
     );
 
-    let (track_tx, _track_rx) = watch::channel(ListenerHealthMap::new());
+    let vrrp_metrics = crate::vrrp::metrics::VrrpMetrics::register(&mut registry);
+    let (track_tx, track_rx) = watch::channel(ListenerHealthMap::new());
     let mut tcplb = Tcplb {
         health_metrics,
         collector: collector.clone(),
@@ -295,6 +296,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         );
     }
 
+    let mut vrrp = crate::vrrp::driver::VrrpRunner::new(vrrp_metrics, track_rx);
+    if let Some(v) = &cfg.vrrp {
+        vrrp.apply(&v.instances).await;
+    }
+    let vrrp_reporter = vrrp.reporter();
+
     let current = Arc::new(ArcSwap::from_pointee(cfg.clone()));
     let reload_state = Arc::new(ReloadState::default());
     let node_name = cfg.node.name.clone();
@@ -306,6 +313,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         move || {
             let mut r = build_report(&node_name, started, &collector, &reload_state, &path);
             r.proxy = (**proxy_status.load()).clone();
+            r.vrrp = vrrp_reporter.report();
             r
         }
     };
@@ -337,7 +345,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         tokio::select! {
             _ = hup.recv() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                match reload(&config_path, &current, &mut tcplb).await {
+                match reload(&config_path, &current, &mut tcplb, &mut vrrp).await {
                     Ok(()) => {
                         reloads_ok.inc();
                         reload_state.ok.fetch_add(1, Relaxed);
@@ -360,6 +368,9 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
     }
 
     tracing::info!("shutting down");
+    // The VIP moves first (priority 0: a backup takes over after skew
+    // time), then established sessions drain.
+    vrrp.stop().await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     state.ready.store(false, Relaxed);
     let grace = current
@@ -383,7 +394,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
     Ok(())
 }
 
-async fn reload(path: &Path, current: &ArcSwap<Config>, tcplb: &mut Tcplb) -> Result<(), AppError> {
+async fn reload(
+    path: &Path,
+    current: &ArcSwap<Config>,
+    tcplb: &mut Tcplb,
+    vrrp: &mut crate::vrrp::driver::VrrpRunner,
+) -> Result<(), AppError> {
     let next = load_config(path)?;
     let old = current.load_full();
     let grace = next
@@ -399,9 +415,9 @@ async fn reload(path: &Path, current: &ArcSwap<Config>, tcplb: &mut Tcplb) -> Re
     if old.proxy != next.proxy {
         tracing::warn!("proxy section changed: takes effect on restart");
     }
-    if old.vrrp != next.vrrp {
-        tracing::warn!("vrrp section changed: takes effect on restart");
-    }
+    // Changed instances restart (releasing their VIP with priority 0).
+    vrrp.apply(next.vrrp.as_ref().map_or(&[][..], |v| &v.instances[..]))
+        .await;
     if old.admin != next.admin {
         tracing::warn!("admin section changed: takes effect on restart");
     }

@@ -153,3 +153,62 @@ async fn status_json_matches_spec_field_for_field() {
     );
     assert!(table.contains(&format!("UP   {}", b.addr)), "{table}");
 }
+
+/// systemd's Type=notify protocol, judged by a datagram socket standing in
+/// for systemd: READY=1 once listening, RELOADING=1 then READY=1 around a
+/// SIGHUP, STOPPING=1 on SIGTERM.
+#[test]
+fn sd_notify_ready_reloading_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("lbd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tcplb:\n  listeners:\n    - name: a\n      bind: 127.0.0.1:{port}\n      backends: [127.0.0.1:1]\nadmin:\n  socket: {}\n  listen: null\n",
+            dir.path().join("lbd.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(lbd_bin())
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Polled rather than a blocking recv with SO_RCVTIMEO: on some kernels
+    // a sender to a socket blocked that way stalls until the timeout.
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no notification within 10s"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("notify socket: {e}"),
+            }
+        }
+    };
+    let ready = recv();
+    assert!(ready.contains("READY=1"), "{ready}");
+    // The listener is bound by the time READY=1 is sent.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(recv().contains("RELOADING=1"));
+    assert!(recv().contains("READY=1"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(recv().contains("STOPPING=1"));
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+}

@@ -579,3 +579,74 @@ fn node_addresses_come_from_node_status() {
         vec![ip("192.168.1.10"), ip("203.0.113.10"), ip("fd00:1::10")]
     );
 }
+
+#[test]
+fn memoised_compute_equals_full_compute_through_changes() {
+    use lbd::ipvs::desired::DesiredCache;
+    let with_rv = |mut v: Value, rv: &str| {
+        v["metadata"]["resourceVersion"] = json!(rv);
+        v
+    };
+    let mut services: Vec<Service> = (0..5)
+        .map(|i| {
+            let mut s = cluster_svc(
+                &format!("s{i}"),
+                &format!("10.96.1.{i}"),
+                json!([{"name": "http", "port": 80, "nodePort": 30000 + i}]),
+            );
+            s.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+            s.metadata.resource_version = Some("1".into());
+            s
+        })
+        .collect();
+    let mk = |i: usize, rv: &str, addrs: &[&str]| -> EndpointSlice {
+        let list: Vec<Value> = addrs
+            .iter()
+            .map(|a| ep(a, NODE, Some(true), None, None))
+            .collect();
+        slice(with_rv(
+            serde_json::to_value(eps(
+                &format!("s{i}"),
+                &format!("s{i}-a"),
+                "IPv4",
+                json!([{"name": "http", "port": 8080}]),
+                list,
+            ))
+            .unwrap(),
+            rv,
+        ))
+    };
+    let mut slices: Vec<EndpointSlice> = (0..5)
+        .map(|i| mk(i, "1", &["10.244.0.1", "10.244.0.2"]))
+        .collect();
+    let mut cache = DesiredCache::default();
+    let node_ips: Vec<IpAddr> = NODE_IPS.iter().map(|s| ip(s)).collect();
+    let mut check = |services: &[Service], slices: &[EndpointSlice], node_ips: &[IpAddr]| {
+        let p = DesiredParams {
+            node_name: NODE,
+            node_addresses: node_ips,
+            node_port_addresses: &[],
+            scheduler: "rr",
+        };
+        let full = compute(services, slices, &p);
+        assert_eq!(cache.compute(services, slices, &p), full);
+        full
+    };
+    let d0 = check(&services, &slices, &node_ips);
+    // One endpoint changes (new resourceVersion).
+    slices[2] = mk(2, "2", &["10.244.0.1", "10.244.0.9"]);
+    let d1 = check(&services, &slices, &node_ips);
+    assert_ne!(d0, d1);
+    // A Service goes away, another one changes its port.
+    services.remove(0);
+    services[0].spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 81;
+    services[0].metadata.resource_version = Some("2".into());
+    check(&services, &slices, &node_ips);
+    // A second slice appears for a Service.
+    let mut extra = mk(3, "1", &["10.244.0.7"]);
+    extra.metadata.name = Some("s3-b".into());
+    slices.push(extra);
+    check(&services, &slices, &node_ips);
+    // Node addresses change: every NodePort follows.
+    check(&services, &slices, &node_ips[..1]);
+}

@@ -62,6 +62,8 @@ fn settings() -> EngineSettings {
 
 struct Running {
     status: Arc<ArcSwap<Option<ProxyStatus>>>,
+    metrics: ProxyMetrics,
+    health: ProxyHealth,
     stop: CancellationToken,
     task: JoinHandle<()>,
     firewall: FakeFirewall,
@@ -100,6 +102,8 @@ async fn start(
 ) -> Running {
     let status = Arc::new(ArcSwap::from_pointee(None));
     let firewall = FakeFirewall::default();
+    let metrics = ProxyMetrics::new();
+    let health = ProxyHealth::new(Duration::from_secs(60));
     let engine = Engine {
         settings: s,
         backends: ProxyBackends {
@@ -108,8 +112,8 @@ async fn start(
             firewall: Some(Arc::new(firewall.clone())),
         },
         status: status.clone(),
-        metrics: ProxyMetrics::new(),
-        health: ProxyHealth::new(Duration::from_secs(60)),
+        metrics: metrics.clone(),
+        health: health.clone(),
     };
     let stop = CancellationToken::new();
     let c = client(api).await;
@@ -117,6 +121,8 @@ async fn start(
     let task = tokio::spawn(async move { engine.run(c, token).await.unwrap() });
     Running {
         status,
+        metrics,
+        health,
         stop,
         task,
         firewall,
@@ -428,4 +434,103 @@ async fn restart_adopts_the_kernel_table_and_leaves_foreign_services() {
         Some(vec![("192.0.2.2:80".to_string(), 3)])
     );
     run.stop().await;
+}
+
+/// One HTTP/1.1 GET over a fresh connection: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_metrics_ports_speak_kube_proxy() {
+    use lbd::ipvs::server::{serve_healthz, serve_metrics};
+    let api = TestApiServer::start().await;
+    api.apply(
+        Kind::Service,
+        service("web", "10.96.0.20", json!([{"name": "http", "port": 80}])),
+    );
+    api.apply(
+        Kind::EndpointSlice,
+        slice("web", "web-1", 8080, &["10.244.1.1"]),
+    );
+    api.apply(Kind::Node, node());
+    let (ipvs, addrs) = (FakeIpvs::new(), FakeAddresses::default());
+    let run = start(&api, &ipvs, &addrs, settings()).await;
+    let stop = CancellationToken::new();
+    let hl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (ha, ma) = (hl.local_addr().unwrap(), ml.local_addr().unwrap());
+    tokio::spawn(serve_healthz(hl, run.health.clone(), stop.clone()));
+    let mut reg = prometheus_client::registry::Registry::default();
+    run.metrics.register_kube_proxy(&mut reg);
+    run.metrics.register_lbd(&mut reg);
+    tokio::spawn(serve_metrics(
+        ml,
+        Arc::new(reg),
+        run.health.clone(),
+        stop.clone(),
+    ));
+    eventually("synced", || run.status().is_some_and(|s| s.synced)).await;
+
+    for path in ["/healthz", "/livez"] {
+        let (code, body) = http_get(ha, path).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["lastUpdated"].as_str().is_some_and(|s| s.ends_with('Z')),
+            "{body}"
+        );
+        assert!(
+            v["currentTime"].as_str().is_some_and(|s| !s.is_empty()),
+            "{body}"
+        );
+    }
+    assert_eq!(http_get(ha, "/nope").await.0, 404);
+    let (code, text) = http_get(ma, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        "kubeproxy_network_programming_duration_seconds_bucket",
+        "lbd_proxy_real_servers 1",
+        "lbd_proxy_synced 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    let syncs: f64 = text
+        .lines()
+        .find(|l| l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(syncs >= 1.0);
+    assert_eq!(http_get(ma, "/proxyMode").await, (200, "ipvs".to_string()));
+
+    // A change queued and never synced for longer than the health timeout
+    // (the engine stopped, the node still "thinks" it proxies): 503.
+    run.stop().await;
+    let h = ProxyHealth::new(Duration::from_millis(50));
+    let hl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ha = hl.local_addr().unwrap();
+    tokio::spawn(serve_healthz(hl, h.clone(), stop.clone()));
+    h.queued(std::time::SystemTime::now());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(http_get(ha, "/healthz").await.0, 503);
+    stop.cancel();
 }

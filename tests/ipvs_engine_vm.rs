@@ -123,13 +123,15 @@ impl Helper {
             stdout,
         }
     }
-    /// Next line starting with "H " (the test harness prints other lines).
+    /// Next helper message (marked "@@H "; the harness prints other lines).
     fn line(&mut self) -> String {
         let mut l = String::new();
         loop {
             l.clear();
             assert!(self.stdout.read_line(&mut l).unwrap() > 0, "helper ended");
-            if let Some(x) = l.strip_prefix("H ") {
+            // The harness prints "test helper ... " without a newline
+            // before the test runs: the marker may start mid-line.
+            if let Some((_, x)) = l.split_once("@@H ") {
                 return x.trim().to_string();
             }
         }
@@ -171,7 +173,7 @@ fn helper() {
                     let _ = u.send_to(n2.as_bytes(), from);
                 }
             });
-            println!("H ready");
+            println!("@@H ready");
             std::io::stdout().flush().unwrap();
             let deadline = Instant::now() + Duration::from_secs(300);
             for s in l.incoming() {
@@ -197,7 +199,7 @@ fn helper() {
             let mut r = BufReader::new(s.try_clone().unwrap());
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
-            println!("H {}", line.trim());
+            println!("@@H {}", line.trim());
             std::io::stdout().flush().unwrap();
             if f[0] == "hold" {
                 let stdin = std::io::stdin();
@@ -206,7 +208,7 @@ fn helper() {
                     (&s).write_all(format!("{l}\n").as_bytes()).unwrap();
                     let mut echo = String::new();
                     r.read_line(&mut echo).unwrap();
-                    println!("H {}", echo.trim());
+                    println!("@@H {}", echo.trim());
                     std::io::stdout().flush().unwrap();
                 }
             }
@@ -219,11 +221,11 @@ fn helper() {
             for _ in 0..5 {
                 u.send_to(b"q", addr).unwrap();
                 if let Ok((n, _)) = u.recv_from(&mut buf) {
-                    println!("H {}", String::from_utf8_lossy(&buf[..n]));
+                    println!("@@H {}", String::from_utf8_lossy(&buf[..n]));
                     return;
                 }
             }
-            println!("H none");
+            println!("@@H none");
         }
         other => panic!("unknown helper {other}"),
     }
@@ -266,6 +268,8 @@ fn slice(addrs: &[&str]) -> Value {
            "endpoints": eps})
 }
 
+const DRAIN: Duration = Duration::from_secs(60);
+
 fn settings() -> EngineSettings {
     EngineSettings {
         node_name: "cp1".into(),
@@ -276,9 +280,10 @@ fn settings() -> EngineSettings {
         masquerade_all: false,
         min_sync_period: Duration::from_millis(50),
         sync_period: Duration::from_secs(2),
-        // Short so the test sees the bound: a closed connection stays in
-        // TIME_WAIT (InActConn) for two minutes.
-        drain_timeout: Duration::from_secs(8),
+        // Short so the test sees the bound (a closed connection stays in
+        // TIME_WAIT, InActConn, for two minutes) yet longer than the steps
+        // between the drain and the restart take in the emulated VM.
+        drain_timeout: DRAIN,
         timeouts: None,
     }
 }
@@ -290,11 +295,7 @@ struct Running {
 }
 
 async fn start(api: &TestApiServer, firewall: bool) -> Running {
-    let kc = kube::config::Kubeconfig::from_yaml(&api.kubeconfig_yaml()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    let client = kube::Client::try_from(cfg).unwrap();
+    let client = api.client().await;
     let status = Arc::new(ArcSwap::from_pointee(None));
     let engine = Engine {
         settings: settings(),
@@ -335,7 +336,18 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     if !in_vm() {
         return;
     }
+    // Bounded in time whatever hangs: a stuck helper or kernel call ends
+    // the VM run with a message instead of the harness's timeout.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(900));
+        eprintln!("vm test watchdog: still running after 900 s, aborting");
+        std::process::exit(3);
+    });
+    let step = |s: &str| eprintln!("step: {s}");
+    step("setup");
     sh("ip link set lo up");
+    // `nft -f -` reads /dev/stdin, which the VM's minimal /dev lacks.
+    sh("[ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin");
     // Another owner's virtual server: must survive everything below.
     sh("ipvsadm -A -t 192.0.2.1:80 -s wlc && ipvsadm -a -t 192.0.2.1:80 -r 192.0.2.2:80 -m -w 3");
 
@@ -349,6 +361,7 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
              ip -n {n} link set lo up && ip -n {n} route add default via 10.250.{net}.1"
         ));
     }
+    step("backends");
     let mut backends = Vec::new();
     for (n, name, addr) in [
         ("lbdt-b1", "b1", "10.250.2.2:8080"),
@@ -359,6 +372,7 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
         backends.push(h);
     }
 
+    step("api server + engine");
     let api = TestApiServer::start().await;
     api.apply(Kind::Service, service());
     api.apply(Kind::EndpointSlice, slice(&["10.250.2.2", "10.250.3.2"]));
@@ -382,6 +396,7 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
         "TCP 192.0.2.1:80 wlc",
         "-> 192.0.2.2:80 Masq 3",
     ];
+    step("wait for table");
     tokio::task::block_in_place(|| {
         wait_until("table programmed", 60, || {
             let t = ipvs_table();
@@ -390,10 +405,20 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     });
     assert!(sh("ip -o addr show dev kube-ipvs0").contains("10.96.0.20/32"));
     if nft {
+        // The table follows the IPVS changes within the same sync.
+        tokio::task::block_in_place(|| wait_until("first sync done", 60, || run.synced()));
+        let err = run
+            .status
+            .load()
+            .as_ref()
+            .as_ref()
+            .and_then(|s| s.last_error.clone());
+        assert_eq!(err, None, "sync error (nft modules loaded? see VM_MODULES)");
         let t = sh("nft list table inet lbd-proxy");
         assert!(t.contains("10.96.0.20 . tcp . 80"), "{t}");
     }
 
+    step("traffic");
     tokio::task::block_in_place(|| {
         // ClusterIP and NodePort over TCP, round robin over both backends.
         let got: Vec<String> = (0..4).map(|_| get("lbdt-cl", "10.96.0.20:80")).collect();
@@ -408,6 +433,7 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
         assert!(u == "b1" || u == "b2", "{u}");
     });
 
+    step("drain");
     // A connection held open while its endpoint is removed: the real server
     // goes to weight 0 and keeps serving it until the drain bound.
     let mut held = tokio::task::block_in_place(|| Helper::spawn("lbdt-cl", "hold 10.96.0.20:80"));
@@ -438,6 +464,7 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
 
     // Restart without flush while the connection is still open: the second
     // engine adopts the table, changes nothing, the connection survives.
+    step("restart");
     assert!(run.synced());
     run.stop().await;
     let before = ipvs_table();
@@ -458,21 +485,23 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     });
     drop(held);
 
+    step("drain bound");
     // The drain bound passes: the real server is deleted.
     tokio::task::block_in_place(|| {
-        wait_until("drained real server deleted", 60, || {
+        wait_until("drained real server deleted", 180, || {
             !ipvs_table()
                 .iter()
                 .any(|l| l.starts_with(&format!("-> {gone_ip}:8080")))
         })
     });
     assert!(
-        drained_at.elapsed() >= Duration::from_secs(8),
+        drained_at.elapsed() >= DRAIN,
         "deleted before the drain bound"
     );
 
     // Service deleted: its virtual servers and address go, the foreign
     // one stays.
+    step("service delete");
     api.delete(Kind::Service, "default", "web");
     tokio::task::block_in_place(|| {
         wait_until("service removed", 30, || {

@@ -29,7 +29,7 @@ fn add(
             port,
             protocol: proto,
         },
-        DesiredVs {
+        std::sync::Arc::new(DesiredVs {
             vs: VirtualServer::new(addr, port, proto, "rr"),
             kind,
             service: "default/x:".into(),
@@ -47,7 +47,7 @@ fn add(
                     )
                 })
                 .collect(),
-        },
+        }),
     );
     if kind != VsKind::NodePort {
         d.bind_addresses.insert(addr);
@@ -403,7 +403,7 @@ fn service_addresses_expose_only_service_ports_and_source_ranges_hold() {
     // Local policy: with Cluster the client address would be masqueraded
     // on loopback (it is locally generated here) before input sees it.
     let mut d = sample();
-    for vs in d.virtual_servers.values_mut() {
+    for vs in d.virtual_servers.values_mut().map(std::sync::Arc::make_mut) {
         if vs.kind == VsKind::LoadBalancer {
             vs.local_only = true;
         }

@@ -8,8 +8,9 @@
 //! table and the same plan.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
@@ -61,7 +62,8 @@ pub struct DesiredVs {
 /// The whole table lbd wants in the kernel plus what goes on kube-ipvs0.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub virtual_servers: BTreeMap<ServiceKey, DesiredVs>,
+    /// Shared with the per-Service cache: a sync clones pointers, not tables.
+    pub virtual_servers: BTreeMap<ServiceKey, Arc<DesiredVs>>,
     /// ClusterIPs, external IPs and LoadBalancer IPs bound on kube-ipvs0 so
     /// the kernel delivers their packets locally, where IPVS picks them up.
     pub bind_addresses: BTreeSet<IpAddr>,
@@ -130,8 +132,103 @@ where
     S: Borrow<Service>,
     E: Borrow<EndpointSlice>,
 {
-    // (namespace, service name) -> slices
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    let by_service = group_slices(slices);
+    let np_ips = node_port_ips(params);
+    let mut out = DesiredState::default();
+    for svc in sorted_services(services) {
+        let frag = fragment(svc, slices_of(&by_service, svc), params, &np_ips);
+        merge(&mut out, frag);
+    }
+    out
+}
+
+/// Memoised [`compute`]: a Service's part of the table is recomputed only
+/// when its resourceVersion, its slices' resourceVersions or the node
+/// inputs change, so one endpoint change costs one Service, not all.
+/// The result is always equal to `compute` on the same inputs.
+#[derive(Debug, Default)]
+pub struct DesiredCache {
+    /// node name, node addresses, nodePortAddresses, scheduler
+    params: Option<(String, Vec<IpAddr>, Vec<IpNet>, String)>,
+    entries: HashMap<(String, String), CacheEntry>,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    stamp: (String, Vec<String>),
+    frag: DesiredState,
+}
+
+impl DesiredCache {
+    pub fn compute<S, E>(
+        &mut self,
+        services: &[S],
+        slices: &[E],
+        params: &DesiredParams<'_>,
+    ) -> DesiredState
+    where
+        S: Borrow<Service>,
+        E: Borrow<EndpointSlice>,
+    {
+        let sig = (
+            params.node_name.to_string(),
+            params.node_addresses.to_vec(),
+            params.node_port_addresses.to_vec(),
+            params.scheduler.to_string(),
+        );
+        if self.params.as_ref() != Some(&sig) {
+            self.entries.clear();
+            self.params = Some(sig);
+        }
+        let by_service = group_slices(slices);
+        let np_ips = node_port_ips(params);
+        let mut out = DesiredState::default();
+        let mut live = HashMap::with_capacity(self.entries.len());
+        for svc in sorted_services(services) {
+            let svc_slices = slices_of(&by_service, svc);
+            let key = (
+                svc.metadata.namespace.clone().unwrap_or_default(),
+                svc.metadata.name.clone().unwrap_or_default(),
+            );
+            let stamp = svc.metadata.resource_version.clone().map(|rv| {
+                let mut v: Vec<String> = svc_slices
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}={}",
+                            s.metadata.name.as_deref().unwrap_or(""),
+                            s.metadata.resource_version.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                v.sort();
+                (rv, v)
+            });
+            let entry = match (stamp, self.entries.remove(&key)) {
+                // Objects without resourceVersion are never memoised.
+                (None, _) => {
+                    merge(&mut out, fragment(svc, svc_slices, params, &np_ips));
+                    continue;
+                }
+                (Some(st), Some(e)) if e.stamp == st => e,
+                (Some(st), _) => CacheEntry {
+                    stamp: st,
+                    frag: fragment(svc, svc_slices, params, &np_ips),
+                },
+            };
+            merge_ref(&mut out, &entry.frag);
+            live.insert(key, entry);
+        }
+        // Deleted Services drop out with the entries not carried over.
+        self.entries = live;
+        out
+    }
+}
+
+fn group_slices<E: Borrow<EndpointSlice>>(
+    slices: &[E],
+) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let s: &EndpointSlice = s.borrow();
         let Some(name) = s
@@ -145,8 +242,28 @@ where
         let ns = s.metadata.namespace.as_deref().unwrap_or("");
         by_service.entry((ns, name.as_str())).or_default().push(s);
     }
+    // Slice order must not matter (merging is order-sensitive on clashes).
+    for v in by_service.values_mut() {
+        v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    }
+    by_service
+}
 
-    let node_port_ips: Vec<IpAddr> = params
+fn slices_of<'a>(
+    by_service: &'a HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    svc: &'a Service,
+) -> &'a [&'a EndpointSlice] {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+    let name = svc.metadata.name.as_deref().unwrap_or("");
+    by_service
+        .get(&(ns, name))
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// The node addresses NodePorts are served on.
+pub fn node_port_ips(params: &DesiredParams<'_>) -> Vec<IpAddr> {
+    params
         .node_addresses
         .iter()
         .copied()
@@ -154,26 +271,50 @@ where
             params.node_port_addresses.is_empty()
                 || params.node_port_addresses.iter().any(|n| n.contains(a))
         })
-        .collect();
+        .collect()
+}
 
+fn sorted_services<S: Borrow<Service>>(services: &[S]) -> Vec<&Service> {
     let mut sorted: Vec<&Service> = services.iter().map(|s| s.borrow()).collect();
     sorted.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
     });
+    sorted
+}
 
-    let mut out = DesiredState::default();
-    for svc in sorted {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("");
-        let name = svc.metadata.name.as_deref().unwrap_or("");
-        let slices = by_service
-            .get(&(ns, name))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        if add_service(&mut out, svc, slices, params, &node_port_ips) {
-            out.services += 1;
-        }
+/// One Service's part of the table.
+fn fragment(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    params: &DesiredParams<'_>,
+    np_ips: &[IpAddr],
+) -> DesiredState {
+    let mut frag = DesiredState::default();
+    if add_service(&mut frag, svc, slices, params, np_ips) {
+        frag.services = 1;
     }
-    out
+    frag
+}
+
+/// First writer wins on a clash (two Services claiming one external IP and
+/// port): deterministic since Services are merged in sorted order.
+fn merge(out: &mut DesiredState, frag: DesiredState) {
+    for (k, v) in frag.virtual_servers {
+        out.virtual_servers.entry(k).or_insert(v);
+    }
+    out.bind_addresses.extend(frag.bind_addresses);
+    out.services += frag.services;
+}
+
+fn merge_ref(out: &mut DesiredState, frag: &DesiredState) {
+    for (k, v) in &frag.virtual_servers {
+        out.virtual_servers
+            .entry(*k)
+            .or_insert_with(|| Arc::clone(v));
+    }
+    out.bind_addresses
+        .extend(frag.bind_addresses.iter().copied());
+    out.services += frag.services;
 }
 
 fn add_service(
@@ -284,7 +425,7 @@ fn add_service(
                     port: port_no,
                     protocol: proto,
                 })
-                .or_insert(vs);
+                .or_insert_with(|| Arc::new(vs));
         };
         for ip in &cluster_ips {
             add(*ip, svc_port, VsKind::ClusterIp, internal_local);

@@ -93,6 +93,7 @@ pub trait IpvsHandle: Send + Sync {
     /// not reported (lbd never creates them).
     fn list_services(&self) -> Result<Vec<(VirtualServer, Vec<RealServer>)>, IpvsError>;
     /// The real servers of one virtual server, with their connection counts.
+    /// A missing service has none (the kernel's dump is empty, not an error).
     fn list_dests(&self, svc: &ServiceKey) -> Result<Vec<RealServer>, IpvsError>;
     fn add_service(&self, vs: &VirtualServer) -> Result<(), IpvsError>;
     fn update_service(&self, vs: &VirtualServer) -> Result<(), IpvsError>;

@@ -264,12 +264,10 @@ impl IpvsHandle for NetlinkIpvs {
         }
         let mut out = Vec::with_capacity(services.len());
         for (vs, af) in services {
-            // A service deleted between the two dumps is simply gone.
-            match self.dests_of(&vs.key(), af) {
-                Ok(d) => out.push((vs, d)),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
+            // A service deleted between the two dumps lists with no dests;
+            // the next sync sees it gone.
+            let dests = self.dests_of(&vs.key(), af)?;
+            out.push((vs, dests));
         }
         Ok(out)
     }

@@ -41,6 +41,8 @@ pub struct NftParams<'a> {
 pub enum NftError {
     #[error("nft: {0}")]
     Nft(#[from] nftables::helper::NftablesError),
+    #[error("nft rejected the ruleset: {0}")]
+    Rejected(String),
     #[error("nft ruleset does not match the nftables schema: {0}")]
     Schema(#[from] serde_json::Error),
 }
@@ -60,14 +62,22 @@ pub struct NftFirewall {
 impl Firewall for NftFirewall {
     fn replace(&self, ruleset: &Value) -> Result<(), NftError> {
         // Through the crate's schema: a ruleset it cannot type is a bug here.
+        use nftables::helper::NftablesError;
         let typed: nftables::schema::Nftables<'_> = serde_json::from_value(ruleset.clone())?;
-        match self.command.split_first() {
-            None => nftables::helper::apply_ruleset(&typed)?,
+        let r = match self.command.split_first() {
+            None => nftables::helper::apply_ruleset(&typed),
             Some((prog, args)) => {
-                nftables::helper::apply_ruleset_with_args(&typed, Some(prog.as_str()), args)?
+                nftables::helper::apply_ruleset_with_args(&typed, Some(prog.as_str()), args)
             }
+        };
+        match r {
+            Ok(()) => Ok(()),
+            // Keep nft's own words: they say which element or hook failed.
+            Err(NftablesError::NftFailed { stderr, .. }) => {
+                Err(NftError::Rejected(stderr.trim().to_string()))
+            }
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 }
 

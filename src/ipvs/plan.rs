@@ -69,13 +69,23 @@ pub enum Change {
     UnbindAddress(IpAddr),
 }
 
+/// The apiserver's default --service-node-port-range.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
 /// Plan-wide settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PlanParams<'a> {
     /// kube-proxy's ipvs.excludeCIDRs: never cleaned up by us.
     pub exclude_cidrs: &'a [IpNet],
     /// Longest a drained real server with connections is kept at weight 0.
     pub drain_timeout: Duration,
+    /// Node addresses that carry NodePorts: a virtual server on one of them
+    /// in the NodePort range is ours even when no NodePort is left (node
+    /// addresses are never bound on kube-ipvs0).
+    pub node_port_ips: &'a [IpAddr],
+    /// Virtual servers this process wanted at some point (NodePorts
+    /// outside the default range, after the last one went away).
+    pub remembered: Option<&'a BTreeSet<ServiceKey>>,
 }
 
 /// State kept across syncs, outside the kernel: when each drain started.
@@ -90,6 +100,58 @@ impl DrainTracker {
     }
     pub fn is_empty(&self) -> bool {
         self.since.is_empty()
+    }
+    /// Virtual servers with a draining real server.
+    pub fn services(&self) -> BTreeSet<ServiceKey> {
+        self.since.keys().map(|(k, _)| *k).collect()
+    }
+}
+
+impl KernelState {
+    /// Updates this view as if `change` had been applied successfully, so
+    /// the next sync can plan against it without listing the kernel again.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::BindAddress(a) => {
+                self.bound_addresses.insert(*a);
+            }
+            Change::UnbindAddress(a) => {
+                self.bound_addresses.remove(a);
+            }
+            Change::AddVirtual(vs) | Change::UpdateVirtual(vs) => {
+                self.virtual_servers
+                    .entry(vs.key())
+                    .and_modify(|k| k.vs = vs.clone())
+                    .or_insert_with(|| KernelVs {
+                        vs: vs.clone(),
+                        real_servers: BTreeMap::new(),
+                    });
+            }
+            Change::DeleteVirtual(k) => {
+                self.virtual_servers.remove(k);
+            }
+            Change::AddReal(k, rs) | Change::UpdateReal(k, rs) => {
+                if let Some(v) = self.virtual_servers.get_mut(k) {
+                    v.real_servers
+                        .entry(rs.key())
+                        .and_modify(|cur| {
+                            // Counters are kernel state; keep what we saw.
+                            *cur = RealServer {
+                                active_conns: cur.active_conns,
+                                inactive_conns: cur.inactive_conns,
+                                persist_conns: cur.persist_conns,
+                                ..rs.clone()
+                            }
+                        })
+                        .or_insert_with(|| rs.clone());
+                }
+            }
+            Change::DeleteReal(k, d) => {
+                if let Some(v) = self.virtual_servers.get_mut(k) {
+                    v.real_servers.remove(d);
+                }
+            }
+        }
     }
 }
 
@@ -116,7 +178,10 @@ pub fn plan(
     let desired_addrs = desired.addresses();
     let ours = |k: &ServiceKey| {
         desired.virtual_servers.contains_key(k)
-            || ((desired_addrs.contains(&k.addr) || kernel.bound_addresses.contains(&k.addr))
+            || ((desired_addrs.contains(&k.addr)
+                || kernel.bound_addresses.contains(&k.addr)
+                || params.remembered.is_some_and(|r| r.contains(k))
+                || (params.node_port_ips.contains(&k.addr) && NODE_PORT_RANGE.contains(&k.port)))
                 && !excluded(&k.addr))
     };
 
@@ -220,6 +285,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::ipvs::desired::{DesiredVs, VsKind};
+    use std::sync::Arc;
 
     fn vk(a: &str, port: u16, proto: Protocol) -> ServiceKey {
         ServiceKey {
@@ -240,15 +306,15 @@ mod tests {
     fn rsv(k: DestKey, w: u32) -> RealServer {
         RealServer::new(k.addr, k.port, w)
     }
-    fn dvs(k: ServiceKey, rs: &[DestKey]) -> DesiredVs {
-        DesiredVs {
+    fn dvs(k: ServiceKey, rs: &[DestKey]) -> Arc<DesiredVs> {
+        Arc::new(DesiredVs {
             vs: vs(k),
             kind: VsKind::ClusterIp,
             service: "default/x:".into(),
             local_only: false,
             source_ranges: vec![],
             real_servers: rs.iter().map(|r| (*r, 1)).collect(),
-        }
+        })
     }
     fn kvs(k: ServiceKey, rs: &[(DestKey, u32, u32)]) -> KernelVs {
         KernelVs {
@@ -268,6 +334,7 @@ mod tests {
         PlanParams {
             exclude_cidrs: &[],
             drain_timeout: BOUND,
+            ..Default::default()
         }
     }
 
@@ -387,9 +454,7 @@ mod tests {
         let p0 = plan(&d, &k, &mut t, &params(), now);
         apply(&mut k, &p0);
         let v = vk("10.96.0.1", 80, Protocol::Tcp);
-        d.virtual_servers
-            .get_mut(&v)
-            .unwrap()
+        Arc::make_mut(d.virtual_servers.get_mut(&v).unwrap())
             .real_servers
             .insert(rk("10.244.0.3", 8080), 1);
         let p = plan(&d, &k, &mut t, &params(), now);
@@ -417,7 +482,7 @@ mod tests {
         k.bound_addresses.insert(v.addr);
         let mut s2 = vs(v);
         s2.persistent = Some(10800);
-        d.virtual_servers.get_mut(&v).unwrap().vs = s2.clone();
+        Arc::make_mut(d.virtual_servers.get_mut(&v).unwrap()).vs = s2.clone();
         let p = plan(
             &d,
             &k,
@@ -437,9 +502,7 @@ mod tests {
         k.virtual_servers
             .insert(v, kvs(v, &[(rk("10.244.0.1", 8080), 1, 0), (gone, 1, 2)]));
         k.bound_addresses.insert(v.addr);
-        d.virtual_servers
-            .get_mut(&v)
-            .unwrap()
+        Arc::make_mut(d.virtual_servers.get_mut(&v).unwrap())
             .real_servers
             .remove(&gone);
         let mut t = DrainTracker::default();
@@ -478,9 +541,7 @@ mod tests {
         let mut k = KernelState::default();
         k.virtual_servers
             .insert(v, kvs(v, &[(rk("10.244.0.1", 8080), 1, 0), (gone, 1, 9)]));
-        d.virtual_servers
-            .get_mut(&v)
-            .unwrap()
+        Arc::make_mut(d.virtual_servers.get_mut(&v).unwrap())
             .real_servers
             .remove(&gone);
         let mut t = DrainTracker::default();
@@ -608,6 +669,7 @@ mod tests {
             &PlanParams {
                 exclude_cidrs: &excl,
                 drain_timeout: BOUND,
+                ..Default::default()
             },
             Instant::now(),
         );
@@ -641,6 +703,48 @@ mod tests {
                 Change::AddVirtual(vs(v2)),
                 Change::DeleteVirtual(vk("10.96.0.1", 80, Protocol::Tcp)),
                 Change::UnbindAddress("10.96.0.1".parse().unwrap()),
+            ]
+        );
+    }
+
+    #[test]
+    fn stale_node_ports_on_node_addresses_are_ours() {
+        let d = DesiredState::default();
+        let node: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap()];
+        let mut k = KernelState::default();
+        // Our NodePort whose Service is gone (node addresses are not bound).
+        k.virtual_servers.insert(
+            vk("192.168.1.10", 30080, Protocol::Tcp),
+            kvs(vk("192.168.1.10", 30080, Protocol::Tcp), &[]),
+        );
+        // Another tool's service on the node address, outside the range.
+        k.virtual_servers.insert(
+            vk("192.168.1.10", 80, Protocol::Tcp),
+            kvs(vk("192.168.1.10", 80, Protocol::Tcp), &[]),
+        );
+        // Outside the range but remembered as one we wanted.
+        k.virtual_servers.insert(
+            vk("192.168.1.10", 8443, Protocol::Tcp),
+            kvs(vk("192.168.1.10", 8443, Protocol::Tcp), &[]),
+        );
+        let remembered = BTreeSet::from([vk("192.168.1.10", 8443, Protocol::Tcp)]);
+        let p = plan(
+            &d,
+            &k,
+            &mut DrainTracker::default(),
+            &PlanParams {
+                drain_timeout: BOUND,
+                node_port_ips: &node,
+                remembered: Some(&remembered),
+                ..Default::default()
+            },
+            Instant::now(),
+        );
+        assert_eq!(
+            p.changes,
+            vec![
+                Change::DeleteVirtual(vk("192.168.1.10", 8443, Protocol::Tcp)),
+                Change::DeleteVirtual(vk("192.168.1.10", 30080, Protocol::Tcp)),
             ]
         );
     }

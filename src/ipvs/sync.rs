@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::desired::{self, DesiredParams};
+use super::desired::{self, DesiredCache, DesiredParams};
 use super::handle::{IpvsError, IpvsHandle};
 use super::kube::{client_from_config, start_watchers, KubeError};
 use super::metrics::{OpLabels, ProxyMetrics};
@@ -226,7 +226,12 @@ impl EngineSettings {
             cluster_cidrs: cfg.cluster_cidr.clone(),
             masquerade_all: cfg.masquerade_all,
             min_sync_period: cfg.ipvs.min_sync_period,
-            sync_period: cfg.ipvs.sync_period.max(cfg.ipvs.min_sync_period),
+            // A zero period would spin: kube-proxy requires it positive too.
+            sync_period: cfg
+                .ipvs
+                .sync_period
+                .max(cfg.ipvs.min_sync_period)
+                .max(Duration::from_secs(1)),
             // kube-proxy's graceful termination gives up after 15 minutes.
             drain_timeout: Duration::from_secs(15 * 60),
             timeouts: (t != Timeouts::default()).then_some(t),
@@ -246,6 +251,11 @@ pub struct SyncOutcome {
     pub first_error: Option<String>,
     /// Sync again by then even if nothing changes (drains, retries).
     pub recheck_in: Option<Duration>,
+    /// This sync listed the whole kernel.
+    pub full: bool,
+    /// From the start of the sync until the IPVS and kube-ipvs0 changes
+    /// were applied (the nftables table follows).
+    pub ipvs_applied: Option<Duration>,
 }
 
 /// The part of a sync that runs on a blocking thread: desired state, kernel
@@ -255,6 +265,13 @@ pub struct Syncer {
     backends: ProxyBackends,
     metrics: ProxyMetrics,
     drains: DrainTracker,
+    desired: DesiredCache,
+    /// The kernel as of the end of the last sync (listing + applied
+    /// changes); None forces a full listing.
+    kernel: Option<KernelState>,
+    last_full: Option<std::time::Instant>,
+    /// Virtual servers wanted since start (ownership of stale NodePorts).
+    remembered: BTreeSet<super::model::ServiceKey>,
     last_ruleset: Option<serde_json::Value>,
     /// Slice (namespace/name) -> (resourceVersion, trigger time) last seen.
     seen_slices: HashMap<String, (String, Option<String>)>,
@@ -269,6 +286,10 @@ impl Syncer {
             backends,
             metrics,
             drains: DrainTracker::default(),
+            desired: DesiredCache::default(),
+            kernel: None,
+            last_full: None,
+            remembered: BTreeSet::new(),
             last_ruleset: None,
             seen_slices: HashMap::new(),
             seen_services: HashMap::new(),
@@ -284,17 +305,16 @@ impl Syncer {
         node: Option<&Node>,
         now: std::time::Instant,
     ) -> SyncOutcome {
+        let started = std::time::Instant::now();
         let node_addrs = node.map(desired::node_addresses).unwrap_or_default();
-        let want = desired::compute(
-            services,
-            slices,
-            &DesiredParams {
-                node_name: &self.settings.node_name,
-                node_addresses: &node_addrs,
-                node_port_addresses: &self.settings.node_port_addresses,
-                scheduler: &self.settings.scheduler,
-            },
-        );
+        let dparams = DesiredParams {
+            node_name: &self.settings.node_name,
+            node_addresses: &node_addrs,
+            node_port_addresses: &self.settings.node_port_addresses,
+            scheduler: &self.settings.scheduler,
+        };
+        let want = self.desired.compute(services, slices, &dparams);
+        let np_ips = desired::node_port_ips(&dparams);
         let mut out = SyncOutcome {
             services: want.services,
             virtual_servers: want.virtual_servers.len(),
@@ -311,24 +331,57 @@ impl Syncer {
             out.first_error.get_or_insert(e);
         };
 
-        // List once; a failed listing programs nothing (no partial view).
-        let listing = match self.backends.ipvs.list_services() {
-            Ok(l) => l,
-            Err(e) => {
-                fail(&mut out, "list_services", e.to_string());
-                out.recheck_in = Some(self.settings.min_sync_period);
-                return out;
+        // A full sync lists the kernel once (first sync, every
+        // sync_period to repair drift by others, after any failure); the
+        // ones in between plan against the view kept from the last sync,
+        // refreshing only virtual servers with draining real servers, whose
+        // connection counters decide the drain.
+        let full = self.kernel.is_none()
+            || self
+                .last_full
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.settings.sync_period);
+        let mut kernel = if full {
+            // A failed listing programs nothing (no partial view).
+            let listing = match self.backends.ipvs.list_services() {
+                Ok(l) => l,
+                Err(e) => {
+                    fail(&mut out, "list_services", e.to_string());
+                    out.recheck_in = Some(self.settings.min_sync_period);
+                    return out;
+                }
+            };
+            let bound = match self.backends.addresses.list() {
+                Ok(b) => b,
+                Err(e) => {
+                    fail(&mut out, "list_addresses", e);
+                    out.recheck_in = Some(self.settings.min_sync_period);
+                    return out;
+                }
+            };
+            self.last_full = Some(now);
+            KernelState::from_listing(listing, bound)
+        } else {
+            let mut k = self.kernel.take().unwrap_or_default();
+            for key in self.drains.services() {
+                match self.backends.ipvs.list_dests(&key) {
+                    Ok(rs) => {
+                        if let Some(v) = k.virtual_servers.get_mut(&key) {
+                            v.real_servers = rs.into_iter().map(|r| (r.key(), r)).collect();
+                        }
+                    }
+                    Err(e) if e.is_not_found() => {
+                        k.virtual_servers.remove(&key);
+                    }
+                    Err(e) => {
+                        fail(&mut out, "list_dests", e.to_string());
+                        out.recheck_in = Some(self.settings.min_sync_period);
+                        return out;
+                    }
+                }
             }
+            k
         };
-        let bound = match self.backends.addresses.list() {
-            Ok(b) => b,
-            Err(e) => {
-                fail(&mut out, "list_addresses", e);
-                out.recheck_in = Some(self.settings.min_sync_period);
-                return out;
-            }
-        };
-        let kernel = KernelState::from_listing(listing, bound);
+        out.full = full;
         let p = plan(
             &want,
             &kernel,
@@ -336,15 +389,22 @@ impl Syncer {
             &PlanParams {
                 exclude_cidrs: &self.settings.exclude_cidrs,
                 drain_timeout: self.settings.drain_timeout,
+                node_port_ips: &np_ips,
+                remembered: Some(&self.remembered),
             },
             now,
         );
+        self.remembered.extend(want.virtual_servers.keys().copied());
         out.changes = p.changes.len();
         out.draining = p.draining;
         for c in &p.changes {
             let (op, r) = self.apply(c);
             match r {
                 Ok(()) => {
+                    kernel.apply(c);
+                    if let Change::DeleteVirtual(k) = c {
+                        self.remembered.remove(k);
+                    }
                     self.metrics
                         .kernel_changes
                         .get_or_create(&OpLabels { op })
@@ -353,6 +413,10 @@ impl Syncer {
                 Err(e) => fail(&mut out, op, e),
             }
         }
+
+        out.ipvs_applied = Some(started.elapsed());
+        // After a failure the view is unreliable: list again next time.
+        self.kernel = (out.failed == 0).then_some(kernel);
 
         if let Some(fw) = &self.backends.firewall {
             let ruleset = nft::render(

@@ -2,5 +2,11 @@
 //! splice. The only module allowed `unsafe` (each block says why it is sound).
 #![allow(unsafe_code)]
 
+pub mod addr;
 pub mod dummy;
+pub mod fd;
+pub mod link;
+pub mod netns;
+pub mod packet;
 pub mod splice;
+pub mod sysctl;

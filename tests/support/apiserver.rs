@@ -141,6 +141,19 @@ impl TestApiServer {
         )
     }
 
+    /// A kube client for this server, as from a kubeconfig file. A dummy
+    /// root certificate is configured: with none, kube's rustls setup looks
+    /// for the system's CA store even for plain HTTP, and the VM has none.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml()).unwrap();
+        let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["unused.invalid".to_string()]).unwrap();
+        cfg.root_cert = Some(vec![ca.cert.der().to_vec()]);
+        kube::Client::try_from(cfg).unwrap()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

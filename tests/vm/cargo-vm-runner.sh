@@ -14,7 +14,8 @@ trap 'rm -rf "$d"' EXIT
 cp "$bin" "$d/"
 for f in ${VM_RUNNER_FILES:-}; do cp -r "$f" "$d/"; done
 args=(-m "${VM_MODULES:-ip_vs,ip_vs_rr,ip_vs_wrr,ip_vs_sh,nf_conntrack,dummy,veth}" -e LBD_IN_VM=1)
-[ -n "${VM_TIMEOUT:-}" ] && args+=(-t "$VM_TIMEOUT")
+# A hung test must not eat CI's budget: 5 minutes per boot unless told.
+args+=(-t "${VM_TIMEOUT:-300}")
 for v in RUST_BACKTRACE RUST_LOG RUST_TEST_THREADS RUST_TEST_NOCAPTURE RUST_MIN_STACK LBD_VM_CAPTURE; do
   [ -n "${!v-}" ] && args+=(-e "$v=${!v}")
 done

@@ -39,7 +39,7 @@
 # exit status: CMD's status; 124 = host timeout; 125 = VM died without status
 set -euo pipefail
 
-SELF_VERSION=12   # bump to invalidate cached base initramfs
+SELF_VERSION=13   # bump to invalidate cached base initramfs
 VM_CACHE=${LBD_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbd-vm}
 VM_ACCEL=${VM_ACCEL:-tcg}
 VM_SMP=${VM_SMP:-2}
@@ -200,6 +200,11 @@ if [ ! -e "$BASE" ]; then
   printf 'hosts: files\n' > "$ST/etc/nsswitch.conf"
   # getprotobyname()/getservbyname(): ipset "tcp:443", nft "dport https"...
   for f in /etc/protocols /etc/services /etc/ethertypes; do [ -e $f ] && cp -L $f "$ST/etc/"; done
+  # TLS clients (kube-rs with rustls) load the system roots and fail without
+  # any, even when they only talk plain HTTP to a test API server
+  if [ -e /etc/ssl/certs/ca-certificates.crt ]; then
+    mkdir -p "$ST/etc/ssl/certs"; cp -L /etc/ssl/certs/ca-certificates.crt "$ST/etc/ssl/certs/"
+  fi
   # kernel modules: requested subtrees + transitive deps from modules.dep
   mkdir -p "$ST/lib/modules/$KV"
   ( cd "$MODROOT"
@@ -300,6 +305,11 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+# what udev would add: `nft -f /dev/stdin` and bash's <(...) need them
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmp /tmp

@@ -331,7 +331,8 @@ impl ParseableParametrized<[u8], GenlHeader> for IpvsMessage {
         Ok(IpvsMessage {
             cmd,
             attrs,
-            nested_flag: nested_flag.unwrap_or(false),
+            // Without nests the flag means nothing; default as `new` does.
+            nested_flag: nested_flag.unwrap_or(true),
         })
     }
 }
@@ -741,6 +742,73 @@ mod tests {
         rs.u_threshold = 10;
         rs.l_threshold = 5;
         assert_eq!(dest_from_attrs(&dest_attrs(&rs), AF_INET), Ok(rs));
+    }
+
+    fn round_trip(m: &IpvsMessage) -> (Vec<u8>, IpvsMessage) {
+        let mut b = vec![0u8; m.buffer_len()];
+        m.emit(&mut b);
+        let hdr = GenlHeader {
+            cmd: m.cmd.into(),
+            version: 1,
+        };
+        let back = IpvsMessage::parse_with_param(&b, hdr).unwrap();
+        (b, back)
+    }
+
+    #[test]
+    fn stats_widths_follow_their_container() {
+        let counters = vec![
+            StatsAttr::Conns(7),
+            StatsAttr::InBytes(1 << 40),
+            StatsAttr::Other(DefaultNla::new(11, vec![0; 4])), // IPVS_STATS_ATTR_PAD
+        ];
+        let m = IpvsMessage::new(
+            IpvsCmd::NewService,
+            vec![IpvsAttr::Service(vec![
+                SvcAttr::Stats(counters.clone()),
+                SvcAttr::Stats64(counters.clone()),
+            ])],
+        );
+        let (bytes, back) = round_trip(&m);
+        assert_eq!(back, m);
+        // service nest 4 + STATS (4 + 8 conns + 12 bytes + 8 pad)
+        //                + STATS64 (4 + 12 conns + 12 bytes + 8 pad)
+        assert_eq!(bytes.len(), 4 + 32 + 36);
+        assert_eq!(
+            &bytes[8..16],
+            &[8, 0, 1, 0, 7, 0, 0, 0],
+            "u32 CONNS in STATS"
+        );
+        assert_eq!(
+            &bytes[40..52],
+            &[12, 0, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0],
+            "u64 in STATS64"
+        );
+        // A counter of the wrong width survives as Other.
+        let odd = [12u8, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(
+            &stats::parse_stats(&odd, false).unwrap()[..],
+            [StatsAttr::Other(_)]
+        ));
+    }
+
+    #[test]
+    fn info_numbers_depend_on_the_command() {
+        let info = IpvsMessage::new(
+            IpvsCmd::SetInfo,
+            vec![
+                IpvsAttr::InfoVersion(0x010201),
+                IpvsAttr::InfoConnTabSize(4096),
+            ],
+        );
+        assert_eq!(round_trip(&info).1, info);
+        let flush = IpvsMessage::new(IpvsCmd::Flush, vec![]);
+        assert_eq!(round_trip(&flush).1.cmd, IpvsCmd::Flush);
+        let unknown = IpvsMessage::new(
+            IpvsCmd::Other(99),
+            vec![IpvsAttr::Other(DefaultNla::new(42, vec![1, 2, 3]))],
+        );
+        assert_eq!(round_trip(&unknown).1, unknown);
     }
 
     #[test]

@@ -1,0 +1,195 @@
+//! Proxy sync benchmark: N ClusterIP Services x E endpoints, one full sync
+//! from an empty kernel, then one endpoint change, then a no-op resync,
+//! each a complete sync (recompute from the caches, list the kernel once,
+//! plan, apply), plus the process RSS.
+//!
+//!   cargo run --release --example ipvs_bench -- [SERVICES] [ENDPOINTS] [fake|netlink] [nft]
+//!
+//! `fake` (default) uses the in-memory IPVS and kube-ipvs0; `netlink` the
+//! real kernel (root, IPVS; in the VM: bench/ipvs-sync.sh). Prints one JSON
+//! line.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use lbd::ipvs::metrics::ProxyMetrics;
+use lbd::ipvs::nft::{Firewall, NftFirewall};
+use lbd::ipvs::sync::{
+    DummyAddresses, EngineSettings, FakeAddresses, ProxyBackends, ServiceAddresses, Syncer,
+};
+use lbd::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
+use serde_json::json;
+
+fn service(i: usize) -> Arc<Service> {
+    let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("svc-{i}"), "namespace": "bench", "resourceVersion": "1"},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap(),
+    )
+}
+
+fn slice(i: usize, eps: usize, generation: usize) -> Arc<EndpointSlice> {
+    let endpoints: Vec<_> = (0..eps)
+        .map(|e| {
+            let n = i * eps + e + generation;
+            json!({"addresses": [format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)],
+                   "conditions": {"ready": true}})
+        })
+        .collect();
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("svc-{i}-abc"), "namespace": "bench",
+                         "resourceVersion": format!("{}", 1 + generation),
+                         "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": endpoints
+        }))
+        .unwrap(),
+    )
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let eps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let backend = args
+        .get(3)
+        .map(String::as_str)
+        .unwrap_or("fake")
+        .to_string();
+    let with_nft = args.get(4).map(String::as_str) == Some("nft");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let (ipvs, addresses): (Arc<dyn IpvsHandle>, Arc<dyn ServiceAddresses>) = match backend.as_str()
+    {
+        "netlink" => (
+            Arc::new(NetlinkIpvs::new().expect("IPVS netlink")),
+            Arc::new(DummyAddresses::new(false)),
+        ),
+        _ => (
+            Arc::new(FakeIpvs::new()),
+            Arc::new(FakeAddresses::default()),
+        ),
+    };
+    addresses.prepare().expect("kube-ipvs0");
+    let firewall = with_nft.then(|| Arc::new(NftFirewall::default()) as Arc<dyn Firewall>);
+    let settings = EngineSettings {
+        node_name: "bench".into(),
+        scheduler: "rr".into(),
+        node_port_addresses: vec![],
+        exclude_cidrs: vec![],
+        cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
+        masquerade_all: false,
+        min_sync_period: std::time::Duration::from_secs(1),
+        sync_period: std::time::Duration::from_secs(30),
+        drain_timeout: std::time::Duration::from_secs(60),
+        timeouts: None,
+    };
+    let backends_ipvs = ipvs.clone();
+    let backends = ProxyBackends {
+        ipvs,
+        addresses,
+        firewall,
+    };
+
+    let services: Vec<Arc<Service>> = (0..n).map(service).collect();
+    let mut slices: Vec<Arc<EndpointSlice>> = (0..n).map(|i| slice(i, eps, 0)).collect();
+    let rss_inputs = rss_kib("VmRSS:");
+    let mut syncer = Syncer::new(settings, backends, ProxyMetrics::new());
+
+    let t = Instant::now();
+    let full = syncer.sync(&services, &slices, None, std::time::Instant::now());
+    let full_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(full.failed, 0, "{:?}", full.first_error);
+
+    // One endpoint of one Service replaced: one add, one weight-0 update.
+    slices[n / 2] = slice(n / 2, eps, 1);
+    let t = Instant::now();
+    let one = syncer.sync(&services, &slices, None, std::time::Instant::now());
+    let one_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(one.failed, 0, "{:?}", one.first_error);
+
+    let t = Instant::now();
+    let noop = syncer.sync(&services, &slices, None, std::time::Instant::now());
+    let noop_ms = t.elapsed().as_secs_f64() * 1000.0;
+
+    // Where the time goes: the pure recompute alone.
+    let t = Instant::now();
+    let d = lbd::ipvs::desired::compute(
+        &services,
+        &slices,
+        &lbd::ipvs::desired::DesiredParams {
+            node_name: "bench",
+            node_addresses: &[],
+            node_port_addresses: &[],
+            scheduler: "rr",
+        },
+    );
+    let compute_ms = t.elapsed().as_secs_f64() * 1000.0;
+    // The memoised recompute the syncs use, nothing changed.
+    let mut cache = lbd::ipvs::desired::DesiredCache::default();
+    let p = lbd::ipvs::desired::DesiredParams {
+        node_name: "bench",
+        node_addresses: &[],
+        node_port_addresses: &[],
+        scheduler: "rr",
+    };
+    cache.compute(&services, &slices, &p);
+    let t = Instant::now();
+    let again = cache.compute(&services, &slices, &p);
+    let memo_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(again, d);
+    let kernel = lbd::ipvs::plan::KernelState::from_listing(
+        backends_ipvs.list_services().unwrap(),
+        Default::default(),
+    );
+    let t = Instant::now();
+    let pl = lbd::ipvs::plan::plan(
+        &d,
+        &kernel,
+        &mut Default::default(),
+        &Default::default(),
+        std::time::Instant::now(),
+    );
+    let plan_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let _ = pl;
+    let t = Instant::now();
+    let listing = backends_ipvs.list_services().unwrap();
+    let list_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(listing.len(), d.virtual_servers.len());
+
+    println!(
+        "{}",
+        json!({
+            "backend": backend, "nft": with_nft, "services": n, "endpoints_per_service": eps,
+            "full_sync_ms": (full_ms * 10.0).round() / 10.0, "full_sync_changes": full.changes,
+            "one_change_ms": (one_ms * 10.0).round() / 10.0, "one_change_changes": one.changes,
+            "one_change_ipvs_applied_ms": one.ipvs_applied.map(|d| (d.as_secs_f64() * 10000.0).round() / 10.0),
+            "one_change_full_listing": one.full,
+            "noop_resync_ms": (noop_ms * 10.0).round() / 10.0, "noop_changes": noop.changes,
+            "compute_ms": (compute_ms * 10.0).round() / 10.0,
+            "memo_compute_ms": (memo_ms * 10.0).round() / 10.0, "plan_ms": (plan_ms * 10.0).round() / 10.0, "list_ms": (list_ms * 10.0).round() / 10.0,
+            "rss_after_inputs_mib": rss_inputs / 1024, "rss_mib": rss_kib("VmRSS:") / 1024,
+            "peak_rss_mib": rss_kib("VmHWM:") / 1024,
+        })
+    );
+}
