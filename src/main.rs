@@ -47,6 +47,14 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Print the static-pod manifest (YAML) for this config.
+    Manifest {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Container image; default ghcr.io/lbd/lbd:v<version>.
+        #[arg(long)]
+        image: Option<String>,
+    },
     /// Version, git commit, build target.
     Version,
 }
@@ -154,6 +162,19 @@ fn main() -> ExitCode {
                     } else {
                         print!("{}", lbd::status::client::render_table(&report));
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Manifest { config, image } => {
+            let image = image.unwrap_or_else(lbd::manifest::default_image);
+            match lbd::manifest::render(&config, &image) {
+                Ok(yaml) => {
+                    print!("{yaml}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Packaging checks, run by .ci/run (root): builds the .deb and .rpm with
+# scripts/package.sh, installs and purges the .deb on this machine, installs
+# and erases the .rpm in a throwaway root, checks the systemd unit with
+# systemd-analyze, and lints the Containerfile.
+#
+#   sudo tests/packaging.sh
+#   LBD_PKG_SKIP_BUILD=1 sudo tests/packaging.sh   # reuse target/packages/*
+#
+# Ends with "N passed, N failed, N skipped"; exits 1 if anything failed.
+set -uo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+out=${LBD_PKG_OUT:-$repo/target/packages}
+tmp=$(mktemp -d /tmp/lbd-pkgtest.XXXXXX)
+passed=0 failed=0 skipped=0
+deb_installed_by_us=0
+
+cleanup() {
+    # Leave the machine as found: the .deb this test installed goes again.
+    if [[ $deb_installed_by_us == 1 ]] && dpkg -s lbd >/dev/null 2>&1; then
+        dpkg -P lbd >/dev/null 2>&1 || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+pass() { passed=$((passed + 1)); printf 'ok      %s\n' "$1"; }
+fail() { failed=$((failed + 1)); printf 'FAILED  %s\n' "$1"; [[ -n ${2:-} ]] && printf '%s\n' "$2" | sed 's/^/        /'; return 0; }
+skip() { skipped=$((skipped + 1)); printf 'skipped %s: %s\n' "$1" "$2"; }
+check() { # name command...: pass when the command succeeds
+    local name=$1 output
+    shift
+    if output=$("$@" 2>&1); then pass "$name"; else fail "$name" "$output"; fi
+}
+has_line() { grep -qxF -- "$2" <<<"$1"; }
+finish() {
+    printf '\n%d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"
+    [[ $failed == 0 ]]
+    exit $?
+}
+
+# ---- static checks that need nothing built -----------------------------------
+for s in packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm \
+         packaging/rpm/post.sh packaging/rpm/preun.sh packaging/rpm/postun.sh; do
+    check "$s parses (sh -n)" sh -n "$s"
+done
+for s in packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm; do
+    check "$s is executable" test -x "$s"
+done
+
+containerfile_lint() {
+    local f=packaging/Containerfile stages=() line src n=0 errs=""
+    while IFS= read -r line; do
+        n=$((n + 1))
+        if [[ $line =~ ^FROM[[:space:]]+([^[:space:]]+)([[:space:]]+AS[[:space:]]+([^[:space:]]+))? ]]; then
+            local image=${BASH_REMATCH[1]}
+            [[ ( $image == *:* && $image != *:latest ) || $image == *@sha256:* ]] \
+                || errs+="$f:$n: image $image has no tag (or :latest)"$'\n'
+            [[ -n ${BASH_REMATCH[3]} ]] && stages+=("${BASH_REMATCH[3]}")
+        elif [[ $line =~ ^COPY[[:space:]]+--from=([^[:space:]]+) ]]; then
+            local from=${BASH_REMATCH[1]} found=0 s
+            for s in "${stages[@]}"; do [[ $s == "$from" ]] && found=1; done
+            [[ $found == 1 ]] || errs+="$f:$n: COPY --from=$from names no earlier stage"$'\n'
+        elif [[ $line =~ ^COPY[[:space:]]+(.*)$ ]]; then
+            # Every source (all words but the last) must exist in the build
+            # context, the repository root.
+            read -r -a words <<<"${BASH_REMATCH[1]}"
+            for src in "${words[@]:0:${#words[@]}-1}"; do
+                [[ -e $repo/$src ]] || errs+="$f:$n: COPY source $src does not exist"$'\n'
+            done
+        fi
+    done <"$f"
+    [[ ${#stages[@]} -ge 2 ]] || errs+="$f: expected a build stage and a runtime stage"$'\n'
+    # The build stage copies Cargo.toml, build.rs and src/ only: any target
+    # declared elsewhere would break the image build.
+    while IFS= read -r line; do
+        [[ $line == src/* || $line == build.rs ]] || errs+="Cargo.toml: path $line is not copied by $f"$'\n'
+    done < <(sed -n 's/^path *= *"\(.*\)"/\1/p; s/^build *= *"\(.*\)"/\1/p' Cargo.toml)
+    grep -q 'cargo build --release --locked' "$f" || errs+="$f: the build is not --locked"$'\n'
+    [[ -z $errs ]] || { printf '%s' "$errs"; return 1; }
+}
+check "Containerfile: stages, tags and every COPY source exist" containerfile_lint
+
+# ---- systemd unit ------------------------------------------------------------------
+unit=packaging/systemd/lbd.service
+verify_unit() { # unit-file lbd-binary
+    local d=$tmp/unit-$RANDOM errs
+    mkdir -p "$d"
+    # systemd-analyze checks that ExecStart's binary exists: point it at ours.
+    sed "s#/usr/bin/lbd#$2#g" "$1" >"$d/lbd.service"
+    errs=$(systemd-analyze verify "$d/lbd.service" 2>&1)
+    # verify exits 0 on many problems it only logs: any output is a finding.
+    [[ -z $errs ]] || { echo "$errs"; return 1; }
+}
+unit_keys() {
+    local want k missing=""
+    want=("Type=notify" "ExecStartPre=/usr/bin/lbd check -c /etc/lbd/lbd.yaml"
+          "ExecStart=/usr/bin/lbd run -c /etc/lbd/lbd.yaml" 'ExecReload=/bin/kill -HUP $MAINPID'
+          "Restart=always" "NoNewPrivileges=yes" "ProtectSystem=strict" "ProtectHome=yes"
+          "RuntimeDirectory=lbd" "RuntimeDirectoryMode=0700" "LimitNOFILE=1048576"
+          "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE"
+          "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE")
+    for k in "${want[@]}"; do grep -qxF -- "$k" "$unit" || missing+="missing: $k"$'\n'; done
+    # Nothing may widen the capability set again.
+    [[ $(grep -c '^\(AmbientCapabilities\|CapabilityBoundingSet\)=' "$unit") == 2 ]] || missing+="capabilities set more than once"$'\n'
+    ! grep -q '^ProtectKernelTunables=yes' "$unit" || missing+="ProtectKernelTunables=yes blocks the proxy's /proc/sys/net writes"$'\n'
+    [[ -z $missing ]] || { printf '%s' "$missing"; return 1; }
+}
+check "lbd.service has the required settings" unit_keys
+
+# ---- packages ----------------------------------------------------------------------
+if [[ $(id -u) != 0 ]]; then
+    skip "packages" "not root (dpkg -i needs root; CI runs as root)"
+    finish
+fi
+if [[ ${LBD_PKG_SKIP_BUILD:-0} != 1 ]]; then
+    start=$(date +%s)
+    if "$repo/scripts/package.sh" >"$tmp/package.log" 2>&1; then
+        pass "scripts/package.sh built the packages in $(( $(date +%s) - start ))s"
+    else
+        fail "scripts/package.sh" "$(tail -n 30 "$tmp/package.log")"
+        finish
+    fi
+fi
+deb=$(ls -t "$out"/lbd_*.deb 2>/dev/null | head -n1)
+rpm_file=$(ls -t "$out"/lbd-*.rpm 2>/dev/null | head -n1)
+[[ -n $deb ]] || { fail ".deb in $out"; finish; }
+[[ -n $rpm_file ]] || { fail ".rpm in $out"; finish; }
+
+# The unit, verified with the packaged binary standing in for /usr/bin/lbd.
+if command -v systemd-analyze >/dev/null; then
+    mkdir -p "$tmp/x"
+    dpkg-deb -x "$deb" "$tmp/x"
+    check "systemd-analyze verify lbd.service" verify_unit "$unit" "$tmp/x/usr/bin/lbd"
+    # The hardening stays: exposure at most 3.0 of 10 (2.8 when written).
+    sed "s#/usr/bin/lbd#$tmp/x/usr/bin/lbd#g" "$unit" >"$tmp/x/lbd.service"
+    check "systemd-analyze security: exposure <= 3.0" \
+        systemd-analyze security --offline=true --threshold=30 "$tmp/x/lbd.service"
+else
+    skip "systemd-analyze verify" "systemd-analyze not installed (apt-get install systemd)"
+fi
+
+# -- .deb: contents and control data
+contents=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's#^\./#/#')
+for f in /usr/bin/lbd /usr/lib/systemd/system/lbd.service /etc/lbd/lbd.yaml \
+         /usr/share/doc/lbd/examples/static-pod.yaml /usr/share/doc/lbd/install.md; do
+    if has_line "$contents" "$f"; then pass ".deb contains $f"; else fail ".deb contains $f" "$contents"; fi
+done
+conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xOf - ./conffiles 2>/dev/null)
+if has_line "$conffiles" /etc/lbd/lbd.yaml; then pass ".deb conffiles: /etc/lbd/lbd.yaml"; else fail ".deb conffiles" "$conffiles"; fi
+ctrl=$(dpkg-deb --ctrl-tarfile "$deb" | tar -tf -)
+for s in postinst prerm postrm; do
+    if has_line "$ctrl" "./$s"; then pass ".deb has $s"; else fail ".deb has $s" "$ctrl"; fi
+done
+depends=$(dpkg-deb -f "$deb" Depends)
+if [[ -z $depends ]]; then pass ".deb depends on nothing (static binary)"; else fail ".deb Depends" "$depends"; fi
+
+# -- .deb: install, keep a changed conffile on reinstall, remove, purge
+if dpkg -s lbd >/dev/null 2>&1; then
+    skip ".deb install/purge" "an lbd package is already installed on this machine; not touching it"
+else
+    deb_installed_by_us=1
+    check "dpkg -i" dpkg -i "$deb"
+    check "installed /usr/bin/lbd runs" /usr/bin/lbd version
+    check "installed lbd: the installed default config passes lbd check" /usr/bin/lbd check -c /etc/lbd/lbd.yaml
+    if command -v systemd-analyze >/dev/null; then
+        check "systemd-analyze verify the installed unit" verify_unit /usr/lib/systemd/system/lbd.service /usr/bin/lbd
+    fi
+    echo "# local change" >>/etc/lbd/lbd.yaml
+    check "dpkg -i again (upgrade path)" dpkg -i --force-confold "$deb"
+    check "a changed conffile survives reinstall" grep -qx "# local change" /etc/lbd/lbd.yaml
+    check "dpkg -r" dpkg -r lbd
+    gone() { for f in "$@"; do [[ ! -e $f ]] || { echo "$f still there"; return 1; }; done; }
+    check "dpkg -r removed the binary and the unit" gone /usr/bin/lbd /usr/lib/systemd/system/lbd.service
+    check "dpkg -r kept the conffile" test -f /etc/lbd/lbd.yaml
+    check "dpkg -P" dpkg -P lbd
+    check "dpkg -P removed /etc/lbd" gone /etc/lbd/lbd.yaml /etc/lbd
+    if dpkg -s lbd >/dev/null 2>&1; then fail "package gone from dpkg's database"; else pass "package gone from dpkg's database"; fi
+    deb_installed_by_us=0
+fi
+
+# -- .rpm: metadata, then install and erase in a throwaway root
+if ! command -v rpm >/dev/null; then
+    skip ".rpm checks" "rpm not installed (apt-get install rpm)"
+    finish
+fi
+list=$(rpm -qp --list "$rpm_file" 2>/dev/null)
+for f in /usr/bin/lbd /usr/lib/systemd/system/lbd.service /etc/lbd/lbd.yaml \
+         /usr/share/doc/lbd/examples/static-pod.yaml; do
+    if has_line "$list" "$f"; then pass ".rpm contains $f"; else fail ".rpm contains $f" "$list"; fi
+done
+cfg=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpm_file" 2>/dev/null | grep '^/etc/lbd/lbd.yaml ')
+# c: %config, n: noreplace
+if [[ $cfg == "/etc/lbd/lbd.yaml "*c*n* || $cfg == "/etc/lbd/lbd.yaml "*n*c* ]]; then
+    pass ".rpm: /etc/lbd/lbd.yaml is %config(noreplace)"
+else
+    fail ".rpm: /etc/lbd/lbd.yaml is %config(noreplace)" "$cfg"
+fi
+if has_line "$(rpm -qp --configfiles "$rpm_file" 2>/dev/null)" /etc/lbd/lbd.yaml; then
+    pass ".rpm --configfiles"
+else
+    fail ".rpm --configfiles" "$(rpm -qp --configfiles "$rpm_file" 2>&1)"
+fi
+scripts=$(rpm -qp --scripts "$rpm_file" 2>/dev/null)
+rpm_scripts_ok() {
+    local errs=""
+    for s in "postinstall scriptlet" "preuninstall scriptlet" "postuninstall scriptlet"; do
+        grep -q "^$s" <<<"$scripts" || errs+="no $s"$'\n'
+    done
+    grep -q 'systemctl daemon-reload' <<<"$scripts" || errs+="no daemon-reload"$'\n'
+    grep -q 'systemctl --no-reload disable lbd.service' <<<"$scripts" || errs+="no disable on erase"$'\n'
+    # Installing must not enable or start the service.
+    ! grep -v '^ *#' <<<"$scripts" | grep -Eq 'systemctl (enable|start|preset)' || errs+="the scriptlets enable or start lbd"$'\n'
+    [[ -z $errs ]] || { printf '%s%s\n' "$errs" "$scripts"; return 1; }
+}
+check ".rpm scriptlets: daemon-reload, disable on erase, never enable" rpm_scripts_ok
+# rpmlib(...) and config(lbd) are rpm's own bookkeeping.
+requires=$(rpm -qp --requires "$rpm_file" 2>/dev/null | grep -Ev '^(rpmlib|config)\(' | sort -u)
+if [[ $requires == "/bin/sh" ]]; then pass ".rpm requires only /bin/sh"; else fail ".rpm requires" "$requires"; fi
+
+root=$tmp/rpmroot
+mkdir -p "$root"
+rpm --root "$root" --initdb >/dev/null 2>&1
+# --noscripts: the throwaway root has no shell to run them in; their
+# content is checked above.
+check "rpm -i into a throwaway root" rpm --root "$root" -i --nodeps --noscripts "$rpm_file"
+check "rpm-installed /usr/bin/lbd runs" "$root/usr/bin/lbd" version
+check "rpm -V: installed files match" rpm --root "$root" -V --nodeps lbd
+check "rpm -e" rpm --root "$root" -e --noscripts lbd
+check "rpm -e removed the files" test ! -e "$root/usr/bin/lbd" -a ! -e "$root/usr/lib/systemd/system/lbd.service"
+
+finish
