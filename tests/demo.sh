@@ -71,8 +71,12 @@ left=$(leftovers "$demo")
 [[ -z $left ]] && pass "demo removed its namespaces" || fail "namespaces left behind" "$left"
 
 # 2. Interrupted: Ctrl-C while the client runs; everything must go.
+# Emptied here, not by the background redirection: the loop below must not
+# read the first run's lines before the second run truncates the file.
+: >"$log"
 DEMO_FAST=1 timeout 120 "$repo/scripts/demo.sh" >"$log" 2>&1 &
 demo=$!
+start=$(date +%s)
 for ((i = 0; i < 300; i++)); do
     grep -q "the client gets 200" "$log" && break
     kill -0 "$demo" 2>/dev/null || break
@@ -92,8 +96,10 @@ if grep -q "the client gets 200" "$log"; then
     fi
     if [[ -n $workdir && ! -d $workdir ]]; then pass "interrupted demo removed $workdir"; else fail "work directory [$workdir] left behind"; fi
 else
-    fail "second demo run never reached the client loop" "$(tail -n 30 "$log")"
     kill "$demo" 2>/dev/null
-    wait "$demo" 2>/dev/null
+    wait "$demo"
+    rc=$?
+    fail "second demo run never reached the client loop (exit $rc after $(( $(date +%s) - start ))s)" \
+        "$(tail -n 30 "$log")"
 fi
 finish
