@@ -12,7 +12,7 @@ PKGS=(
   keepalived                                          # VRRP interop peer
   haproxy iperf3 wrk nginx-light jq                   # benchmarks against haproxy
   qemu-system-x86 busybox-static                      # the IPVS VM harness
-  rpm                                                 # checking the .rpm
+  rpm musl-tools systemd file binutils                # packages: .rpm checks, static musl build, unit verify
 )
 missing=()
 for p in "${PKGS[@]}"; do
