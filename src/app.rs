@@ -247,6 +247,11 @@ struct ReloadState {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
     let cfg = load_config(&config_path)?;
+    // Handlers first: a SIGHUP that arrives right after READY=1 (systemd
+    // may send one at once) must reload, not kill the process.
+    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
     let started = Instant::now();
     match crate::sys::rlimit::raise_nofile() {
         Ok((old, new)) if new > old => tracing::info!(old, new, "raised the open-file limit"),
@@ -349,9 +354,6 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(config = %config_path.display(), "lbd running");
 
-    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
-    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
