@@ -135,28 +135,45 @@ pub async fn serve_unix(
     state: Arc<AdminState>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok((s, _)) => serve_conn(state.clone(), s, shutdown.clone()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+    let l = &listener;
+    accept_loop(
+        || async move { l.accept().await.map(|(s, _)| s) },
+        "admin socket",
+        state,
+        shutdown,
+    )
+    .await
 }
 
 pub async fn serve_tcp(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    let l = &listener;
+    accept_loop(
+        || async move { l.accept().await.map(|(s, _)| s) },
+        "admin listen",
+        state,
+        shutdown,
+    )
+    .await
+}
+
+/// One accept loop for both kinds of listener.
+async fn accept_loop<S, F, Fut>(
+    mut accept: F,
+    what: &str,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+{
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok((s, _)) => serve_conn(state.clone(), s, shutdown.clone()),
+            a = accept() => match a {
+                Ok(s) => serve_conn(state.clone(), s, shutdown.clone()),
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
+                    tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
