@@ -248,6 +248,11 @@ impl IpvsHandle for NetlinkIpvs {
         let op = "list_services";
         let replies = self.request(op, String::new, IpvsMessage::get_services(), true)?;
         let mut services = Vec::new();
+        // The kernel resumes a multi-part dump by position in one hash table
+        // shared by every network namespace, so a service added or removed
+        // elsewhere mid-dump can make one of ours appear twice (or be missed:
+        // the engine then gets EEXIST on add and treats it as done).
+        let mut seen = std::collections::HashSet::new();
         for r in replies {
             for a in r.attrs {
                 if let IpvsAttr::Service(s) = a {
@@ -256,6 +261,9 @@ impl IpvsHandle for NetlinkIpvs {
                         reason: e.to_string(),
                     })?;
                     if let ServiceEntry::Service(vs) = entry {
+                        if !seen.insert(vs.key()) {
+                            continue;
+                        }
                         let af = service_af(&s).unwrap_or(AF_INET);
                         services.push((vs, af));
                     }
