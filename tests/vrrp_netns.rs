@@ -455,12 +455,22 @@ fn failover_scenario(net: u8, sc: Scenario) {
         "{:?}",
         w.holders()
     );
+    w.take_max_none();
     c.kill(1, "TERM");
     let took = w
         .wait_sole_holder(2, Duration::from_secs(10))
         .unwrap_or_else(|| panic!("n3 never took over: {:?}\n{}", w.holders(), c.logs()));
     let skew = c.skew(2);
-    eprintln!("[net {net}] SIGTERM of master: n3 holds the VIP after {took:?} (skew {skew:?})");
+    let none = w.take_max_none();
+    eprintln!("[net {net}] SIGTERM of master: n3 holds the VIP after {took:?} (skew {skew:?}), nobody held it for {none:?}");
+    // Make before break: the stopping master keeps the VIP until n3
+    // announces itself, so no stretch of samples finds it nowhere (breaking
+    // first would leave it nowhere for about the skew time).
+    assert!(
+        none < Duration::from_millis(30) && none < skew,
+        "the VIP was nowhere for {none:?} during a graceful handover\n{}",
+        c.logs()
+    );
     assert!(
         took <= skew + c.interval() + Duration::from_millis(250),
         "graceful takeover {took:?} not within skew {skew:?} + one interval"

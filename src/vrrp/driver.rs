@@ -351,24 +351,54 @@ impl Instance {
     }
 
     async fn on_packet(&mut self, r: std::io::Result<super::net::Received>) {
+        if let Some((src, advert)) = self.decode(r).await {
+            self.input(Input::advert(src, &advert)).await;
+        }
+    }
+
+    /// After our priority-0 advert: waits until another router advertises
+    /// with a priority above 0 (it became master), at most `bound`.
+    async fn await_successor(&mut self, bound: Duration) -> Option<IpAddr> {
+        let deadline = Instant::now() + bound;
+        // Bounded in time and, for a flood of foreign packets, in count.
+        for _ in 0..10_000 {
+            let r = tokio::select! {
+                r = self.sock.recv() => r,
+                _ = tokio::time::sleep_until(deadline) => return None,
+            };
+            if let Some((src, advert)) = self.decode(r).await {
+                if advert.priority > 0 {
+                    return Some(src);
+                }
+            }
+        }
+        None
+    }
+
+    /// One received packet as an advert for this instance, or None (counted
+    /// as a drop where it is one).
+    async fn decode(
+        &mut self,
+        r: std::io::Result<super::net::Received>,
+    ) -> Option<(IpAddr, VrrpPacket)> {
         let pkt = match r {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 self.m.dropped("ip_header");
-                return;
+                return None;
             }
             Err(e) => {
                 tracing::warn!(instance = %self.cfg.name, error = %e, "VRRP socket receive");
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                return;
+                return None;
             }
         };
         if pkt.src == self.sock.source() {
-            return;
+            return None;
         }
         if !self.sock.accepts_from(pkt.src) {
             self.m.dropped("not_a_peer");
-            return;
+            return None;
         }
         let ctx = RxContext {
             src: pkt.src,
@@ -382,11 +412,11 @@ impl Instance {
             Err(e) => {
                 tracing::trace!(instance = %self.cfg.name, from = %pkt.src, error = %e, "VRRP packet dropped");
                 self.m.dropped(e.reason().as_str());
-                return;
+                return None;
             }
         };
         self.m.received.inc();
-        self.input(Input::advert(pkt.src, &advert)).await;
+        Some((pkt.src, advert))
     }
 
     async fn on_net_event(&mut self, ev: NetEvent) {
@@ -647,7 +677,30 @@ pub async fn run_instance(
         }
     }
     // RFC 5798 section 6.4.3: on Shutdown the master sends priority 0.
-    inst.input(Input::Shutdown).await;
+    // Make before break: the VIPs (and, in app.rs, the listeners) stay until
+    // a backup announces itself master, so a client never meets a moment when
+    // nobody owns the address; the overlap is the time one advert takes to
+    // arrive. Bounded by two advert intervals (a backup's skew time is under
+    // one) and 2 s (VrrpRunner::stop waits 3 s), in case no backup is alive.
+    let was_master = inst.router.state() == State::Master;
+    let now = inst.now();
+    let mut actions = inst.router.handle(now, Input::Shutdown);
+    let deferred = was_master && inst.holder.held;
+    if deferred {
+        actions.retain(|a| !matches!(a, Action::RemoveVips));
+    }
+    inst.perform(actions).await;
+    if deferred {
+        let bound =
+            (inst.cfg.advert_interval * 2).clamp(Duration::from_millis(20), Duration::from_secs(2));
+        match inst.await_successor(bound).await {
+            Some(by) => {
+                tracing::info!(instance = %inst.cfg.name, successor = %by, "VIPs handed over")
+            }
+            None => tracing::info!(instance = %inst.cfg.name, waited = ?bound,
+                "no backup took over; removing VIPs"),
+        }
+    }
     if inst.holder.held {
         let _ = inst.holder.remove(&inst.link).await;
     }

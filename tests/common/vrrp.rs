@@ -15,6 +15,8 @@ pub const SAMPLE: Duration = Duration::from_millis(20);
 struct Stats {
     dual_since: Option<Instant>,
     max_dual: Duration,
+    none_since: Option<Instant>,
+    max_none: Duration,
     samples: u64,
     holders: Vec<usize>,
 }
@@ -79,6 +81,12 @@ impl VipWatch {
                         } else {
                             s.dual_since = None;
                         }
+                        if holders.is_empty() {
+                            let since = *s.none_since.get_or_insert(now);
+                            s.max_none = s.max_none.max(now - since);
+                        } else {
+                            s.none_since = None;
+                        }
                         s.holders = holders;
                     }
                     std::thread::sleep(SAMPLE);
@@ -109,6 +117,16 @@ impl VipWatch {
         let d = s.max_dual;
         s.max_dual = Duration::ZERO;
         s.dual_since = None;
+        d
+    }
+
+    /// The longest time nobody held the VIP since the last call (from the
+    /// first to the last sample without a holder), and starts afresh.
+    pub fn take_max_none(&self) -> Duration {
+        let mut s = self.stats.lock().unwrap();
+        let d = s.max_none;
+        s.max_none = Duration::ZERO;
+        s.none_since = None;
         d
     }
 
