@@ -328,9 +328,9 @@ recovered() { # probe-file event-ms: VIP on another live node and a request that
     awk -v t="$2" '
         $1 == "S" && $2 > t && !moved { n = split($3, h, ","); for (k = 1; k <= n; k++) if (h[k] != "n1" && h[k] !~ /^~/ && h[k] != "-") moved = $2 }
         $1 == "P" && $4 == "ok" && $2 > t { oks[++c] = $2 }
-        END { if (!moved) exit 1; for (k = 1; k <= c; k++) if (oks[k] > moved) exit 0; exit 1 }' "$1"
+        END { if (!moved) exit 1; for (k = 1; k <= c; k++) if (oks[k] > moved) exit 0; exit 1 }' "$1" 2>/dev/null
 }
-probe_ok_after() { awk -v t="$2" '$1 == "P" && $4 == "ok" && $2 > t { f = 1 } END { exit !f }' "$1"; }
+probe_ok_after() { awk -v t="$2" '$1 == "P" && $4 == "ok" && $2 > t { f = 1 } END { exit !f }' "$1" 2>/dev/null; }
 
 run_one() { # stack mode n
     local stack=$1 mode=$2 n=$3 out=$work/$1.$2.$3.probe stop=$work/stop.$1.$2.$3 t_event
