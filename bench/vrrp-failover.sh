@@ -219,7 +219,7 @@ admin:
   socket: $d/lbd.sock
 EOF
     "$lbd" check -c "$d/lbd.yaml" >/dev/null || die "node$i: invalid lbd config" 2
-    spawn_in "$i" "$d/lbd.log" env RUST_LOG=warn "$lbd" run -c "$d/lbd.yaml"
+    spawn_in "$i" "$d/lbd.log" env RUST_LOG="${LBD_LOG:-warn}" "$lbd" run -c "$d/lbd.yaml"
 }
 start_keepalived_node() { # node priority
     local i=$1 d=$work/n$1 version=2
@@ -332,6 +332,17 @@ recovered() { # probe-file event-ms: VIP on another live node and a request that
 }
 probe_ok_after() { awk -v t="$2" '$1 == "P" && $4 == "ok" && $2 > t { f = 1 } END { exit !f }' "$1" 2>/dev/null; }
 
+diagnose() { # what the client and the nodes hold, for a run that did not recover
+    local i
+    echo "== client neighbours"; ip -n "$CLIENT" neigh show
+    echo "== client sockets"; ip netns exec "$CLIENT" ss -tan | head -20
+    for i in "${NODES[@]}"; do
+        echo "== node$i"; ip -n "$(node_ns "$i")" -br link show dev eth0
+        ip -n "$(node_ns "$i")" addr show dev eth0
+        ip netns exec "$(node_ns "$i")" ss -tan state syn-recv | head -5
+    done
+}
+
 run_one() { # stack mode n
     local stack=$1 mode=$2 n=$3 out=$work/$1.$2.$3.probe stop=$work/stop.$1.$2.$3 t_event
     stack_params "$stack"
@@ -387,7 +398,10 @@ table inet lbdbench {
 EOF
             ;;
     esac
-    wait_until 20 recovered "$out" "$t_event" || log "$stack $mode #$n: no recovery within 20 s"
+    if ! wait_until 20 recovered "$out" "$t_event"; then
+        log "$stack $mode #$n: no recovery within 20 s"
+        diagnose >>"$work/$stack.$mode.$n.diag" 2>&1
+    fi
     # Keep watching: a split brain or the dead node's VIP expiring shows here.
     case $mode in
         node-down) sleep 4 ;;

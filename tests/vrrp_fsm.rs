@@ -33,6 +33,7 @@ fn params(priority: u8) -> VirtualRouterParams {
         virtual_ips: vec![vip()],
         garp_refresh: None,
         immediate_preempt: false,
+        garp_master_delay: None,
     }
 }
 
@@ -254,15 +255,86 @@ fn equal_priority_backup_never_preempts() {
 }
 
 #[test]
-fn immediate_preempt_takes_over_on_the_lower_priority_advert() {
+fn immediate_preempt_takes_over_after_skew_on_the_lower_priority_advert() {
     let mut r = started(VirtualRouterParams {
         immediate_preempt: true,
         ..params(150)
     });
     assert!(r.handle(ms(500), advert(9, 200)).is_empty());
+    assert!(r.handle(ms(1500), advert(9, 100)).is_empty());
+    let at = ms(1500) + skew_time(Version::V3, 150, 100);
+    assert_eq!(r.next_deadline(), Some(at));
+    // The master's next lower advert does not push the takeover back.
+    assert!(r.handle(ms(1700), advert(9, 100)).is_empty());
+    assert_eq!(r.next_deadline(), Some(at));
+    assert_eq!(r.handle(at, Input::Tick), takeover(150, State::Backup));
+}
+
+#[test]
+fn immediate_preempt_ignores_a_lower_advert_from_a_router_it_does_not_follow() {
+    let mut r = started(VirtualRouterParams {
+        immediate_preempt: true,
+        ..params(150)
+    });
+    // 10.0.0.7 took over with 200; 10.0.0.9's last advert (a master
+    // stepping down) arrives after it.
+    assert!(r.handle(ms(500), advert(7, 200)).is_empty());
+    let deadline = r.next_deadline();
+    assert!(r.handle(ms(510), advert(9, 100)).is_empty());
+    assert_eq!(r.next_deadline(), deadline);
+    assert_eq!(r.master(), Some(ip(7)));
+}
+
+#[test]
+fn master_hearing_a_lower_master_reasserts_and_announces_twice() {
+    let (mut r, t) = master(params(100));
+    let now = t + ms(10);
     assert_eq!(
-        r.handle(ms(1500), advert(9, 100)),
-        takeover(150, State::Backup)
+        r.handle(now, advert(9, 90)),
+        vec![send(100), Action::SendGratuitous { refresh: false }]
+    );
+    assert_eq!(r.state(), State::Master);
+    // Again one interval later: the other master's burst may have been
+    // going on when ours went out.
+    let again = now + ms(1000);
+    let mut seen = Vec::new();
+    while let Some(d) = r.next_deadline().filter(|d| *d <= again) {
+        for a in r.handle(d, Input::Tick) {
+            if let Action::SendGratuitous { refresh } = a {
+                seen.push((d, refresh));
+            }
+        }
+    }
+    assert_eq!(seen, vec![(again, false)]);
+}
+
+#[test]
+fn second_gratuitous_burst_after_garp_master_delay() {
+    let (mut r, t) = master(VirtualRouterParams {
+        garp_master_delay: Some(ms(5000)),
+        garp_refresh: Some(ms(5000)),
+        ..params(100)
+    });
+    let end = t + ms(12_000);
+    let mut seen = Vec::new();
+    while let Some(d) = r.next_deadline().filter(|d| *d <= end) {
+        for a in r.handle(d, Input::Tick) {
+            if let Action::SendGratuitous { refresh } = a {
+                seen.push((d - t, refresh));
+            }
+        }
+    }
+    // At 5 s the burst stands for the refresh due then too.
+    assert_eq!(seen, vec![(ms(5000), false), (ms(10_000), true)]);
+    // Leaving master cancels a pending burst.
+    let (mut r, t) = master(VirtualRouterParams {
+        garp_master_delay: Some(ms(5000)),
+        ..params(100)
+    });
+    r.handle(t + ms(1), advert(9, 200));
+    assert_eq!(
+        r.next_deadline(),
+        Some(t + ms(1) + master_down_interval(Version::V3, 100, 100))
     );
 }
 
@@ -391,10 +463,11 @@ fn equal_priority_is_won_by_the_higher_primary_address() {
     // We are 10.0.0.5.
     let (mut r, t) = master(params(100));
     // 10.0.0.2 is lower: we stay, and reassert at once (keepalived).
-    assert_eq!(r.handle(t + ms(100), advert(2, 100)), vec![send(100)]);
+    let reassert = vec![send(100), Action::SendGratuitous { refresh: false }];
+    assert_eq!(r.handle(t + ms(100), advert(2, 100)), reassert);
     assert_eq!(r.state(), State::Master);
     // A lower priority from a higher address: we stay too.
-    assert_eq!(r.handle(t + ms(200), advert(9, 99)), vec![send(100)]);
+    assert_eq!(r.handle(t + ms(200), advert(9, 99)), reassert);
     // 10.0.0.9 with our priority is higher: we step down.
     assert_eq!(
         r.handle(t + ms(300), advert(9, 100)),
@@ -416,7 +489,10 @@ fn equal_priority_compares_ipv6_addresses_too() {
         advert_interval_cs: 100,
         addresses: vec![],
     };
-    assert_eq!(r.handle(t + ms(1), from("fe80::4")), vec![send(100)]);
+    assert_eq!(
+        r.handle(t + ms(1), from("fe80::4")),
+        vec![send(100), Action::SendGratuitous { refresh: false }]
+    );
     assert_eq!(
         r.handle(t + ms(2), from("fe80::1:0")),
         vec![Action::RemoveVips, changed(State::Master, State::Backup)]
@@ -776,7 +852,7 @@ fn lan_equal_priorities_settle_on_the_highest_address() {
 }
 
 #[test]
-fn lan_tracking_moves_the_vip_after_master_down_interval_or_at_once() {
+fn lan_tracking_moves_the_vip_after_master_down_interval_or_skew() {
     for immediate in [false, true] {
         let mut p = lan_params(Version::V3, &[100, 90]);
         p[1].immediate_preempt = immediate;
@@ -790,7 +866,7 @@ fn lan_tracking_moves_the_vip_after_master_down_interval_or_at_once() {
         assert_eq!(lan.masters_now(), vec![1]);
         let took = lan.masters[1].0 - ms(10_000);
         if immediate {
-            assert_eq!(took, Duration::ZERO);
+            assert_eq!(took, skew_time(Version::V3, 90, 100));
         } else {
             // The backup discards the priority 50 adverts: its timer, last
             // reset by the advert at 9.609375 s, runs out.
@@ -801,6 +877,37 @@ fn lan_tracking_moves_the_vip_after_master_down_interval_or_at_once() {
             assert!(took < ms(3400), "{took:?}");
         }
         assert_eq!(lan.routers[0].state(), State::Backup);
+    }
+}
+
+#[test]
+fn lan_immediate_preempt_hands_over_to_the_highest_backup_only() {
+    // Every backup hears the master's lower priority at the same moment;
+    // taking over at once made all of them master, and the last one's
+    // gratuitous ARPs (sent just before it stepped down) won the clients'
+    // caches. With Skew_Time the highest takes over alone.
+    let mut p = lan_params(Version::V3, &[100, 90, 80, 70]);
+    for q in &mut p {
+        q.immediate_preempt = true;
+        q.advert_interval_cs = 10;
+    }
+    let mut lan = Lan::new(p);
+    for i in 0..4 {
+        lan.input(i, Input::Startup);
+    }
+    lan.run_until(ms(2_000));
+    assert_eq!(
+        lan.masters,
+        vec![(master_down_interval(Version::V3, 100, 10), 0)]
+    );
+    lan.input(0, Input::TrackChanged { weight: -50 });
+    lan.run_until(ms(4_000));
+    assert_eq!(
+        lan.masters[1..],
+        [(ms(2_000) + skew_time(Version::V3, 90, 10), 1)]
+    );
+    for i in [0, 2, 3] {
+        assert_eq!(lan.routers[i].master(), Some(ip(2)), "router {i}");
     }
 }
 
@@ -925,6 +1032,7 @@ fn params_and_local_instance_from_config() {
         track: vec![],
         garp_burst: 5,
         garp_refresh: Some(Duration::ZERO),
+        garp_master_delay: Some(Duration::ZERO),
         notify: None,
         vip_lifetime: ms(60_000),
     };
@@ -939,6 +1047,7 @@ fn params_and_local_instance_from_config() {
     assert!(!p.immediate_preempt);
     // A zero refresh period means off, not a busy loop.
     assert_eq!(p.garp_refresh, None);
+    assert_eq!(p.garp_master_delay, None);
     let l = LocalInstance::from_config(&cfg);
     assert_eq!(l.auth, Auth::Password(*b"42\0\0\0\0\0\0"));
     assert_eq!(l.advert_interval_cs, 100);
@@ -975,6 +1084,7 @@ fn random_input_sequences_keep_the_invariants() {
             preempt_delay: ms(rng.u64(0..3) * 1000),
             garp_refresh: [None, Some(ms(700))][rng.usize(..2)],
             immediate_preempt: rng.bool(),
+            garp_master_delay: [None, Some(ms(5000))][rng.usize(..2)],
             ..params(0)
         };
         let mut r = VirtualRouter::new(p);

@@ -620,8 +620,12 @@ fn listen_in(ns: &str, addr: &str) -> std::net::TcpListener {
 }
 
 /// A tracked tcplb listener losing its only backend lowers the master's
-/// priority below the backup's: the VIP moves, and a notify command
-/// reports every state change as `CMD INSTANCE STATE`.
+/// priority below both backups': the VIP moves to the higher backup only
+/// (both hear the lower priority at once; each waits its skew, so the
+/// other one never becomes master, not even for a moment, and its
+/// gratuitous ARPs never point clients at a node about to drop the VIP),
+/// and a notify command reports every state change as `CMD INSTANCE
+/// STATE`.
 #[test]
 fn tracked_listener_without_backends_moves_the_vip() {
     if !require_root("tracked_listener_without_backends_moves_the_vip") {
@@ -637,7 +641,9 @@ fn tracked_listener_without_backends_moves_the_vip() {
         tcplb: "tcplb:\n  listeners:\n    - name: api\n      bind: 0.0.0.0:8443\n      backends: [127.0.0.1:7001]\n      health: { type: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }\n".to_string(),
         ..Scenario::default()
     };
-    let mut c = Cluster::new(37, sc, &[150, 100]);
+    // 150 - 100 = 50 < 60 < 100: both backups preempt; their skews differ
+    // by 15 ms at 100 ms adverts.
+    let mut c = Cluster::new(37, sc, &[150, 100, 60]);
     let backends: Vec<_> =
         c.ns.iter()
             .map(|n| listen_in(n, "127.0.0.1:7001"))
@@ -667,7 +673,16 @@ fn tracked_listener_without_backends_moves_the_vip() {
         dual <= c.interval() + Duration::from_millis(60),
         "split brain {dual:?}"
     );
-    // The notify command ran (asynchronously; both nodes append to the
+    // n3 never was master.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(w.holders(), vec![1]);
+    let n3_log = std::fs::read_to_string(c.log(2)).unwrap_or_default();
+    assert!(
+        !n3_log.contains("\"MASTER\""),
+        "n3 became master too:\n{}",
+        c.logs()
+    );
+    // The notify command ran (asynchronously; all nodes append to the
     // same file): n1 and then n2 became MASTER, n1 went BACKUP.
     let seen = wait_for(Duration::from_secs(2), || {
         std::fs::read_to_string(&notify_log)
@@ -679,6 +694,11 @@ fn tracked_listener_without_backends_moves_the_vip() {
     });
     let log = std::fs::read_to_string(&notify_log).unwrap_or_default();
     assert!(seen.is_some(), "notify log: {log:?}");
+    assert_eq!(
+        log.lines().filter(|l| *l == "vip MASTER").count(),
+        2,
+        "{log:?}"
+    );
     assert!(log.lines().any(|l| l == "vip BACKUP"), "{log:?}");
     drop(backends);
 }

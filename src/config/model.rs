@@ -48,8 +48,9 @@ pub struct VrrpInstanceConfig {
     pub preempt: bool,
     pub preempt_delay: Duration,
     /// A preempting backup that hears a lower-priority master (for example
-    /// one whose tracked listener lost its backends) takes over at once
-    /// instead of waiting out Master_Down_Interval as RFC 5798 does.
+    /// one whose tracked listener lost its backends) takes over after its
+    /// Skew_Time instead of waiting out Master_Down_Interval as RFC 5798
+    /// does.
     pub immediate_preempt: bool,
     /// All of one family; IPv6 only with version 3.
     pub virtual_ips: Vec<IpNet>,
@@ -62,6 +63,9 @@ pub struct VrrpInstanceConfig {
     pub garp_burst: u32,
     /// Period of the gratuitous ARP refresh while master; None: off.
     pub garp_refresh: Option<Duration>,
+    /// A second burst this long after becoming master (keepalived's
+    /// garp_master_delay); None: off.
+    pub garp_master_delay: Option<Duration>,
     /// Command run on every state change as `CMD INSTANCE STATE`.
     pub notify: Option<String>,
     /// valid_lft of the VIPs: a crashed lbd leaves no VIP behind for longer.

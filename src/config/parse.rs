@@ -665,6 +665,12 @@ impl Cx<'_> {
             Some(n) => self.duration(n, "garp_refresh").filter(|d| !d.is_zero()),
             None => None,
         };
+        let garp_master_delay = match o.get("garp_master_delay") {
+            Some(n) => self
+                .duration(n, "garp_master_delay")
+                .filter(|d| !d.is_zero()),
+            None => Some(Duration::from_secs(5)),
+        };
         let notify = o
             .get("notify")
             .and_then(|n| self.nonempty_string(n, "notify"));
@@ -703,6 +709,7 @@ impl Cx<'_> {
                 "track",
                 "garp_burst",
                 "garp_refresh",
+                "garp_master_delay",
                 "notify",
                 "vip_lifetime",
             ],
@@ -723,6 +730,7 @@ impl Cx<'_> {
             track,
             garp_burst,
             garp_refresh,
+            garp_master_delay,
             notify,
             vip_lifetime,
         })

@@ -25,11 +25,21 @@
 //! - **Master hearing a lower priority**: the RFC says discard; like
 //!   keepalived we also send an advert at once, so a second master (after a
 //!   partition heals) steps down within a round trip rather than within one
-//!   interval.
+//!   interval, and announce the VIPs again, at once and one interval later:
+//!   the other master's gratuitous ARPs may have pointed the neighbours at
+//!   a MAC that is about to drop the VIP, and their caches would keep it
+//!   for as long as the entry stays reachable (15-45 s on Linux).
+//! - **Second burst** (`garp_master_delay`, keepalived's name and default
+//!   5 s): the gratuitous ARPs are sent again that long after becoming
+//!   master, for neighbours that missed or overrode the first burst.
 //! - **`immediate_preempt`** (config default on; off in bare params; not
-//!   RFC): a preempting backup
-//!   that hears a lower-priority master takes over at once instead of letting
-//!   Master_Down_Interval run out. The RFC (and keepalived) wait.
+//!   RFC): a preempting backup that hears its master advertise a lower
+//!   priority sets its Master_Down_Timer to Skew_Time, as for a priority 0
+//!   advert, instead of letting Master_Down_Interval run out (the RFC and
+//!   keepalived wait). Skew_Time, not zero: every backup hears that advert,
+//!   and the skew lets the highest priority take over first and its advert
+//!   stop the others. A lower-priority advert from a router that is not
+//!   the master we follow (a stepping-down master's last one) is discarded.
 //! - Adverts from our own primary address (multicast looped back) are
 //!   ignored. Every input is handled first, then any timer that is due at
 //!   `now`: an advert that reached us is proof of a live master, even if the
@@ -71,9 +81,13 @@ pub struct VirtualRouterParams {
     /// Period of the gratuitous ARP / NA refresh while master.
     #[serde(default)]
     pub garp_refresh: Option<Duration>,
-    /// Not RFC: take over at once on a lower-priority advert (see module doc).
+    /// Not RFC: take over after Skew_Time on a lower-priority advert (see
+    /// module doc).
     #[serde(default)]
     pub immediate_preempt: bool,
+    /// Second gratuitous burst this long after becoming master; None: off.
+    #[serde(default)]
+    pub garp_master_delay: Option<Duration>,
 }
 
 impl VirtualRouterParams {
@@ -92,6 +106,7 @@ impl VirtualRouterParams {
             virtual_ips: cfg.virtual_ips.iter().map(|n| n.addr()).collect(),
             garp_refresh: cfg.garp_refresh.filter(|d| !d.is_zero()),
             immediate_preempt: cfg.immediate_preempt,
+            garp_master_delay: cfg.garp_master_delay.filter(|d| !d.is_zero()),
         }
     }
 }
@@ -211,8 +226,9 @@ pub enum Action {
     AddVips,
     /// Remove the VIPs lbd added.
     RemoveVips,
-    /// Gratuitous ARPs / unsolicited NAs for every VIP: the burst on becoming
-    /// master (`refresh: false`), or the periodic refresh while master.
+    /// Gratuitous ARPs / unsolicited NAs for every VIP: a burst (`refresh:
+    /// false`: on becoming master, `garp_master_delay` later, and when
+    /// another master was heard), or the periodic refresh while master.
     SendGratuitous { refresh: bool },
     /// For notify, logs and metrics.
     StateChanged { from: State, to: State },
@@ -242,6 +258,8 @@ pub struct VirtualRouter {
     master_down_at: Option<Duration>,
     adver_at: Option<Duration>,
     garp_at: Option<Duration>,
+    /// The next gratuitous burst (module doc: second burst, reassertion).
+    garp_burst_at: Option<Duration>,
     /// End of the preempt_delay window (see module doc).
     preempt_hold_until: Option<Duration>,
     master: Option<IpAddr>,
@@ -265,6 +283,7 @@ impl VirtualRouter {
             master_down_at: None,
             adver_at: None,
             garp_at: None,
+            garp_burst_at: None,
             preempt_hold_until: None,
             master: None,
             peers: BTreeMap::new(),
@@ -296,10 +315,15 @@ impl VirtualRouter {
 
     /// When to call `handle(now, Input::Tick)` next; None: no timer runs.
     pub fn next_deadline(&self) -> Option<Duration> {
-        [self.master_down_at, self.adver_at, self.garp_at]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.master_down_at,
+            self.adver_at,
+            self.garp_at,
+            self.garp_burst_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn state(&self) -> State {
@@ -414,7 +438,7 @@ impl VirtualRouter {
         src: IpAddr,
         priority: u8,
         advert_interval_cs: u16,
-        out: &mut Vec<Action>,
+        _out: &mut Vec<Action>,
     ) {
         // "If the Priority in the ADVERTISEMENT is zero, then: Set the
         // Master_Down_Timer to Skew_Time."
@@ -450,10 +474,16 @@ impl VirtualRouter {
         }
         // "Else (Priority in the ADVERTISEMENT is less than the local
         // Priority and Preempt_Mode is True): Discard the ADVERTISEMENT."
-        // The Master_Down_Timer runs out and we take over; or at once.
+        // The Master_Down_Timer runs out and we take over. With
+        // immediate_preempt, after Skew_Time (module doc) if this is the
+        // master we follow; a lower advert from anyone else changes nothing.
+        if self.master.is_some_and(|m| m != src) {
+            return;
+        }
         self.master = Some(src);
         if self.params.immediate_preempt {
-            self.become_master(now, out);
+            let at = now + self.skew();
+            self.master_down_at = Some(self.master_down_at.map_or(at, |t| t.min(at)));
         }
     }
 
@@ -482,6 +512,7 @@ impl VirtualRouter {
             // Master_Down_Interval, Transition to the Backup state."
             self.adver_at = None;
             self.garp_at = None;
+            self.garp_burst_at = None;
             if self.params.version == Version::V3 {
                 self.master_adver_interval_cs = advert_interval_cs;
             }
@@ -492,8 +523,13 @@ impl VirtualRouter {
             self.set_state(now, State::Backup, out);
         } else {
             // "Else: Discard the ADVERTISEMENT." Like keepalived we also
-            // reassert at once so the other master steps down now.
+            // reassert at once so the other master steps down now, and win
+            // the neighbours' caches back from its gratuitous ARPs: now, and
+            // again one interval later in case its burst was still going.
             self.send_advert(now, out);
+            out.push(Action::SendGratuitous { refresh: false });
+            let again = now + cs(self.params.advert_interval_cs.max(1));
+            self.garp_burst_at = Some(self.garp_burst_at.map_or(again, |t| t.min(again)));
         }
     }
 
@@ -559,8 +595,16 @@ impl VirtualRouter {
             if due(self.adver_at) {
                 self.send_advert(now, out);
             }
+            let burst = due(self.garp_burst_at);
+            if burst {
+                out.push(Action::SendGratuitous { refresh: false });
+                self.garp_burst_at = None;
+            }
             if due(self.garp_at) {
-                out.push(Action::SendGratuitous { refresh: true });
+                // A burst just went out: it counts as this refresh.
+                if !burst {
+                    out.push(Action::SendGratuitous { refresh: true });
+                }
                 self.garp_at = self.params.garp_refresh.map(|r| now + r);
             }
         }
@@ -576,6 +620,7 @@ impl VirtualRouter {
         self.master_down_at = Some(now + self.down_interval());
         self.adver_at = None;
         self.garp_at = None;
+        self.garp_burst_at = None;
         self.master = None;
         self.preempt_hold_until = if self.params.preempt_delay.is_zero() {
             None
@@ -597,6 +642,7 @@ impl VirtualRouter {
         self.send_advert(now, out);
         out.push(Action::SendGratuitous { refresh: false });
         self.garp_at = self.params.garp_refresh.map(|r| now + r);
+        self.garp_burst_at = self.params.garp_master_delay.map(|d| now + d);
         self.master = Some(self.params.primary_address);
         self.set_state(now, State::Master, out);
     }
@@ -613,6 +659,7 @@ impl VirtualRouter {
         self.master_down_at = None;
         self.adver_at = None;
         self.garp_at = None;
+        self.garp_burst_at = None;
     }
 
     fn set_state(&mut self, now: Duration, to: State, out: &mut Vec<Action>) {
