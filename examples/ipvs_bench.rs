@@ -1,7 +1,8 @@
 //! Proxy sync benchmark: N ClusterIP Services x E endpoints, one full sync
-//! from an empty kernel, then one endpoint change, then a no-op resync,
-//! each a complete sync (recompute from the caches, list the kernel once,
-//! plan, apply), plus the process RSS.
+//! from an empty kernel, then one endpoint change as a changed-only sync
+//! (what the engine runs between full syncs), the sync that ends its drain,
+//! and the same kind of change through a full-scope sync (every Service
+//! checked and planned), plus the process RSS.
 //!
 //!   cargo run --release --example ipvs_bench -- [SERVICES] [ENDPOINTS] [fake|netlink] [nft]
 //!
@@ -14,10 +15,12 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use lbd::ipvs::desired::ObjectKey;
 use lbd::ipvs::metrics::ProxyMetrics;
 use lbd::ipvs::nft::{Firewall, NftFirewall};
 use lbd::ipvs::sync::{
-    DummyAddresses, EngineSettings, FakeAddresses, ProxyBackends, ServiceAddresses, Syncer,
+    DummyAddresses, EngineSettings, FakeAddresses, ProxyBackends, ServiceAddresses, ServiceInputs,
+    Syncer,
 };
 use lbd::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
 use serde_json::json;
@@ -123,15 +126,34 @@ fn main() {
     assert_eq!(full.failed, 0, "{:?}", full.first_error);
 
     // One endpoint of one Service replaced: one add, one weight-0 update.
+    // As the engine runs it between full syncs: only that Service is
+    // recomputed and planned (the watcher named it dirty).
     slices[n / 2] = slice(n / 2, eps, 1);
+    let changed = vec![ServiceInputs {
+        key: ObjectKey::new("bench", &format!("svc-{}", n / 2)),
+        service: Some(services[n / 2].clone()),
+        slices: vec![slices[n / 2].clone()],
+    }];
     let t = Instant::now();
-    let one = syncer.sync(&services, &slices, None, std::time::Instant::now());
+    let one = syncer.sync_changed(&changed, None, std::time::Instant::now());
     let one_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(one.failed, 0, "{:?}", one.first_error);
+    assert!(!one.full_required && !one.all_services);
 
+    // The drain ends (no connections): a changed-only sync of nothing but
+    // the draining virtual server.
     let t = Instant::now();
-    let noop = syncer.sync(&services, &slices, None, std::time::Instant::now());
+    let noop = syncer.sync_changed(&[], None, std::time::Instant::now());
     let noop_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(noop.failed, 0, "{:?}", noop.first_error);
+
+    // The same kind of change through a full-scope sync (every Service
+    // checked and planned, kept kernel view): what one change cost before.
+    slices[n / 3] = slice(n / 3, eps, 1);
+    let t = Instant::now();
+    let one_all = syncer.sync(&services, &slices, None, std::time::Instant::now());
+    let one_all_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(one_all.failed, 0, "{:?}", one_all.first_error);
 
     // Where the time goes: the pure recompute alone.
     let t = Instant::now();
@@ -158,7 +180,7 @@ fn main() {
     let t = Instant::now();
     let again = cache.compute(&services, &slices, &p);
     let memo_ms = t.elapsed().as_secs_f64() * 1000.0;
-    assert_eq!(again, d);
+    assert_eq!(*again, d);
     let kernel = lbd::ipvs::plan::KernelState::from_listing(
         backends_ipvs.list_services().unwrap(),
         Default::default(),
@@ -186,7 +208,8 @@ fn main() {
             "one_change_ms": (one_ms * 10.0).round() / 10.0, "one_change_changes": one.changes,
             "one_change_ipvs_applied_ms": one.ipvs_applied.map(|d| (d.as_secs_f64() * 10000.0).round() / 10.0),
             "one_change_full_listing": one.full,
-            "noop_resync_ms": (noop_ms * 10.0).round() / 10.0, "noop_changes": noop.changes,
+            "drain_end_ms": (noop_ms * 10.0).round() / 10.0, "drain_end_changes": noop.changes,
+            "one_change_all_services_ms": (one_all_ms * 10.0).round() / 10.0, "one_change_all_services_changes": one_all.changes,
             "compute_ms": (compute_ms * 10.0).round() / 10.0,
             "memo_compute_ms": (memo_ms * 10.0).round() / 10.0, "plan_ms": (plan_ms * 10.0).round() / 10.0, "list_ms": (list_ms * 10.0).round() / 10.0,
             "rss_after_inputs_mib": rss_inputs / 1024, "rss_mib": rss_kib("VmRSS:") / 1024,

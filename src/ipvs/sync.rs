@@ -2,7 +2,12 @@
 //! BoundedFrequencyRunner) that recomputes the desired table from the whole
 //! caches, lists the kernel once, plans and applies the minimal change.
 //!
-//! Watch events only mark the proxy dirty. A sync runs at most once per
+//! Watch events only mark the proxy dirty, naming the Services they
+//! touched; a sync between full ones recomputes and plans only those
+//! ([`Syncer::sync_changed`]), so one endpoint change costs one Service, not
+//! the table. A full sync ([`Syncer::sync`]: every Service, and a kernel
+//! listing) runs first, every `sync_period`, after a failure, after a
+//! relist and when the node's addresses change. A sync runs at most once per
 //! `min_sync_period` and at least once per `sync_period` (which also repairs
 //! drift made by others), and sooner while real servers drain or after a
 //! failed change. Nothing runs before the Services, EndpointSlices and Node
@@ -22,7 +27,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::desired::{self, DesiredCache, DesiredParams};
+pub use super::desired::ServiceInputs;
+use super::desired::{self, DesiredCache, DesiredParams, ObjectKey};
 use super::handle::{IpvsError, IpvsHandle};
 use super::kube::{client_from_config, start_watchers, KubeError};
 use super::metrics::{OpLabels, ProxyMetrics};
@@ -258,6 +264,12 @@ pub struct SyncOutcome {
     pub recheck_in: Option<Duration>,
     /// This sync listed the whole kernel.
     pub full: bool,
+    /// This sync recomputed and planned every Service (not only the
+    /// changed ones).
+    pub all_services: bool,
+    /// A changed-only sync was refused because a full one is due
+    /// ([`Syncer::wants_full`]); nothing was done.
+    pub full_required: bool,
     /// From the start of the sync until the IPVS and kube-ipvs0 changes
     /// were applied (the nftables table follows).
     pub ipvs_applied: Option<Duration>,
@@ -278,9 +290,11 @@ pub struct Syncer {
     /// Virtual servers wanted since start (ownership of stale NodePorts).
     remembered: BTreeSet<super::model::ServiceKey>,
     last_ruleset: Option<serde_json::Value>,
-    /// Slice (namespace/name) -> (resourceVersion, trigger time) last seen.
-    seen_slices: HashMap<String, (String, Option<String>)>,
-    seen_services: HashMap<String, String>,
+    /// Service -> its slices' (name -> (resourceVersion, trigger time))
+    /// last seen, keyed by Service so a changed-only sync compares just the
+    /// changed Services' slices.
+    seen_slices: HashMap<ObjectKey, HashMap<String, (String, Option<String>)>>,
+    seen_services: HashMap<ObjectKey, String>,
     first: bool,
 }
 
@@ -302,11 +316,69 @@ impl Syncer {
         }
     }
 
-    /// One full sync from complete cache contents.
+    /// Whether the next sync must be a full one ([`Syncer::sync`]): first
+    /// sync, `sync_period` elapsed (drift repair by a kernel listing), the
+    /// last sync failed (the kept kernel view is dropped), or the node's
+    /// addresses or the settings changed (every NodePort can move).
+    pub fn wants_full(&self, node: Option<&Node>, now: std::time::Instant) -> bool {
+        let node_addrs = node.map(desired::node_addresses).unwrap_or_default();
+        self.kernel.is_none()
+            || self.last_full_due(now)
+            || !self.desired.matches(&self.desired_params(&node_addrs))
+    }
+
+    fn last_full_due(&self, now: std::time::Instant) -> bool {
+        self.last_full
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.settings.sync_period)
+    }
+
+    fn desired_params<'a>(&'a self, node_addrs: &'a [IpAddr]) -> DesiredParams<'a> {
+        DesiredParams {
+            node_name: &self.settings.node_name,
+            node_addresses: node_addrs,
+            node_port_addresses: &self.settings.node_port_addresses,
+            scheduler: &self.settings.scheduler,
+        }
+    }
+
+    /// One full sync from complete cache contents: every Service is checked
+    /// (unchanged ones keep their memoised part of the table) and every
+    /// virtual server and address planned. Lists the kernel when
+    /// [`Syncer::wants_full`] says so, else plans against the kept view.
     pub fn sync(
         &mut self,
         services: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
+        node: Option<&Node>,
+        now: std::time::Instant,
+    ) -> SyncOutcome {
+        self.run(Inputs::All { services, slices }, node, now)
+    }
+
+    /// A sync of the given Services only (the ones whose Service or slices
+    /// changed since the last sync): their part of the table is recomputed
+    /// and only their virtual servers and addresses (plus any draining
+    /// ones) are planned, against the kernel view kept from the last sync.
+    /// Refused with `full_required` when [`Syncer::wants_full`] holds.
+    pub fn sync_changed(
+        &mut self,
+        changed: &[ServiceInputs],
+        node: Option<&Node>,
+        now: std::time::Instant,
+    ) -> SyncOutcome {
+        if self.wants_full(node, now) {
+            return SyncOutcome {
+                full_required: true,
+                recheck_in: Some(Duration::ZERO),
+                ..Default::default()
+            };
+        }
+        self.run(Inputs::Changed(changed), node, now)
+    }
+
+    fn run(
+        &mut self,
+        inputs: Inputs<'_>,
         node: Option<&Node>,
         now: std::time::Instant,
     ) -> SyncOutcome {
@@ -318,34 +390,48 @@ impl Syncer {
             node_port_addresses: &self.settings.node_port_addresses,
             scheduler: &self.settings.scheduler,
         };
-        let want = self.desired.compute(services, slices, &dparams);
         let np_ips = desired::node_port_ips(&dparams);
+        let mut scope = match inputs {
+            Inputs::All { services, slices } => {
+                self.desired.compute(services, slices, &dparams);
+                None
+            }
+            Inputs::Changed(changed) => match self.desired.compute_changed(changed, &dparams) {
+                Some(s) => Some(s),
+                // sync_changed checked the parameters; should they differ
+                // anyway, nothing partial is programmed.
+                None => {
+                    return SyncOutcome {
+                        full_required: true,
+                        recheck_in: Some(Duration::ZERO),
+                        ..Default::default()
+                    }
+                }
+            },
+        };
+        let want = self.desired.table();
         let mut out = SyncOutcome {
             services: want.services,
             virtual_servers: want.virtual_servers.len(),
             real_servers: want.real_server_count(),
+            all_services: scope.is_none(),
             ..Default::default()
         };
+        let metrics = &self.metrics;
         let fail = |out: &mut SyncOutcome, op: &'static str, e: String| {
             out.failed += 1;
-            self.metrics
-                .kernel_errors
-                .get_or_create(&OpLabels { op })
-                .inc();
+            metrics.kernel_errors.get_or_create(&OpLabels { op }).inc();
             tracing::warn!(op, error = %e, "proxy change failed");
             out.first_error.get_or_insert(e);
         };
 
-        // A full sync lists the kernel once (first sync, every
-        // sync_period to repair drift by others, after any failure); the
-        // ones in between plan against the view kept from the last sync,
-        // refreshing only virtual servers with draining real servers, whose
-        // connection counters decide the drain.
-        let full = self.kernel.is_none()
-            || self
-                .last_full
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.settings.sync_period);
-        let mut kernel = if full {
+        // A full listing happens once per sync_period (drift repair), on
+        // the first sync and after any failure; the syncs in between plan
+        // against the view kept from the last sync, refreshing only virtual
+        // servers with draining real servers, whose connection counters
+        // decide the drain.
+        let list = self.kernel.is_none() || (scope.is_none() && self.last_full_due(now));
+        let mut kernel = if list {
             // A failed listing programs nothing (no partial view).
             let listing = match self.backends.ipvs.list_services() {
                 Ok(l) => l,
@@ -363,7 +449,9 @@ impl Syncer {
                     return out;
                 }
             };
-            self.last_full = Some(now);
+            if scope.is_none() {
+                self.last_full = Some(now);
+            }
             KernelState::from_listing(listing, bound)
         } else {
             let mut k = self.kernel.take().unwrap_or_default();
@@ -386,9 +474,13 @@ impl Syncer {
             }
             k
         };
-        out.full = full;
+        out.full = list;
+        // Draining real servers are decided at every sync, whatever changed.
+        if let Some(s) = scope.as_mut() {
+            s.virtual_servers.extend(self.drains.services());
+        }
         let p = plan(
-            &want,
+            want,
             &kernel,
             &mut self.drains,
             &PlanParams {
@@ -396,24 +488,30 @@ impl Syncer {
                 drain_timeout: self.settings.drain_timeout,
                 node_port_ips: &np_ips,
                 remembered: Some(&self.remembered),
+                scope: scope.as_ref(),
             },
             now,
         );
-        self.remembered.extend(want.virtual_servers.keys().copied());
+        match &scope {
+            None => self.remembered.extend(want.virtual_servers.keys().copied()),
+            Some(s) => self.remembered.extend(
+                s.virtual_servers
+                    .iter()
+                    .filter(|k| want.virtual_servers.contains_key(*k))
+                    .copied(),
+            ),
+        }
         out.changes = p.changes.len();
         out.draining = p.draining;
         for c in &p.changes {
-            let (op, r) = self.apply(c);
+            let (op, r) = apply_change(&self.backends, c);
             match r {
                 Ok(()) => {
                     kernel.apply(c);
                     if let Change::DeleteVirtual(k) = c {
                         self.remembered.remove(k);
                     }
-                    self.metrics
-                        .kernel_changes
-                        .get_or_create(&OpLabels { op })
-                        .inc();
+                    metrics.kernel_changes.get_or_create(&OpLabels { op }).inc();
                 }
                 Err(e) => fail(&mut out, op, e),
             }
@@ -425,7 +523,7 @@ impl Syncer {
 
         if let Some(fw) = &self.backends.firewall {
             let ruleset = nft::render(
-                &want,
+                want,
                 &NftParams {
                     cluster_cidrs: &self.settings.cluster_cidrs,
                     masquerade_all: self.settings.masquerade_all,
@@ -434,11 +532,11 @@ impl Syncer {
             if self.last_ruleset.as_ref() != Some(&ruleset) {
                 match fw.replace(&ruleset) {
                     Ok(()) => {
-                        self.metrics.nft_applies.inc();
+                        metrics.nft_applies.inc();
                         self.last_ruleset = Some(ruleset);
                     }
                     Err(e) => {
-                        self.metrics.nft_errors.inc();
+                        metrics.nft_errors.inc();
                         self.last_ruleset = None;
                         fail(&mut out, "nft_replace", e.to_string());
                     }
@@ -446,7 +544,11 @@ impl Syncer {
             }
         }
 
-        self.count_changes(services, slices, out.failed == 0);
+        let ok = out.failed == 0;
+        match inputs {
+            Inputs::All { services, slices } => self.count_all(services, slices, ok),
+            Inputs::Changed(changed) => self.count_changed(changed, ok),
+        }
 
         // Drains are decided from counters only a later listing shows.
         let mut recheck =
@@ -466,53 +568,15 @@ impl Syncer {
         out
     }
 
-    fn apply(&self, c: &Change) -> (&'static str, Result<(), String>) {
-        let ipvs = &self.backends.ipvs;
-        let s = |r: Result<(), IpvsError>| r.map_err(|e| e.to_string());
-        match c {
-            Change::BindAddress(a) => ("bind_address", self.backends.addresses.add(*a)),
-            Change::UnbindAddress(a) => ("unbind_address", self.backends.addresses.remove(*a)),
-            Change::AddVirtual(vs) => (
-                "add_service",
-                s(match ipvs.add_service(vs) {
-                    // Someone added it between list and add: make it ours.
-                    Err(e) if e.is_exists() => ipvs.update_service(vs),
-                    r => r,
-                }),
-            ),
-            Change::UpdateVirtual(vs) => ("update_service", s(ipvs.update_service(vs))),
-            Change::DeleteVirtual(k) => (
-                "delete_service",
-                s(ipvs.delete_service(k).or_else(ignore_not_found)),
-            ),
-            Change::AddReal(k, rs) => (
-                "add_dest",
-                s(match ipvs.add_dest(k, rs) {
-                    Err(e) if e.is_exists() => ipvs.update_dest(k, rs),
-                    r => r,
-                }),
-            ),
-            Change::UpdateReal(k, rs) => ("update_dest", s(ipvs.update_dest(k, rs))),
-            Change::DeleteReal(k, d) => (
-                "delete_dest",
-                s(ipvs.delete_dest(k, d).or_else(ignore_not_found)),
-            ),
-        }
-    }
-
     /// kube-proxy's change counters and network programming latency, from
-    /// resourceVersions and trigger times seen since the previous sync.
-    fn count_changes(
-        &mut self,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-        ok: bool,
-    ) {
+    /// resourceVersions and trigger times seen since the previous sync,
+    /// over every object (full sync).
+    fn count_all(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], ok: bool) {
         let now = SystemTime::now();
         let mut svc_changes = 0u64;
         let mut seen = HashMap::with_capacity(services.len());
         for s in services {
-            let key = obj_key(&s.metadata);
+            let key = ObjectKey::of(&s.metadata);
             let rv = s.metadata.resource_version.clone().unwrap_or_default();
             if self.seen_services.get(&key) != Some(&rv) {
                 svc_changes += 1;
@@ -526,10 +590,67 @@ impl Syncer {
             .count() as u64;
         self.seen_services = seen;
 
-        let mut ep_changes = 0u64;
-        let mut seen = HashMap::with_capacity(slices.len());
+        // Slices no Service name points at are not proxied, nor counted.
+        let mut groups: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
         for s in slices {
-            let key = obj_key(&s.metadata);
+            if let Some(k) = ObjectKey::service_of(s) {
+                groups.entry(k).or_default().push(s);
+            }
+        }
+        let gone: Vec<ObjectKey> = self
+            .seen_slices
+            .keys()
+            .filter(|k| !groups.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut ep_changes = 0u64;
+        for k in gone {
+            ep_changes += self.count_slices(&k, &[], ok, now);
+        }
+        for (k, g) in groups {
+            ep_changes += self.count_slices(&k, &g, ok, now);
+        }
+        self.record_changes(svc_changes, ep_changes);
+    }
+
+    /// The same counters over the changed Services only: every other
+    /// object is unchanged by construction of the dirty set.
+    fn count_changed(&mut self, changed: &[ServiceInputs], ok: bool) {
+        let now = SystemTime::now();
+        let (mut svc_changes, mut ep_changes) = (0u64, 0u64);
+        for c in changed {
+            let prev = match &c.service {
+                Some(s) => {
+                    let rv = s.metadata.resource_version.clone().unwrap_or_default();
+                    let same = self.seen_services.get(&c.key) == Some(&rv);
+                    if !same {
+                        self.seen_services.insert(c.key.clone(), rv);
+                    }
+                    !same
+                }
+                None => self.seen_services.remove(&c.key).is_some(),
+            };
+            svc_changes += u64::from(prev);
+            let slices: Vec<&EndpointSlice> = c.slices.iter().map(|s| &**s).collect();
+            ep_changes += self.count_slices(&c.key, &slices, ok, now);
+        }
+        self.record_changes(svc_changes, ep_changes);
+    }
+
+    /// Counts one Service's slices that are new, changed or gone since last
+    /// seen, and observes the programming latency of the changed ones.
+    fn count_slices(
+        &mut self,
+        svc: &ObjectKey,
+        slices: &[&EndpointSlice],
+        ok: bool,
+        now: SystemTime,
+    ) -> u64 {
+        let prev = self.seen_slices.remove(svc).unwrap_or_default();
+        let mut next = HashMap::with_capacity(slices.len());
+        let mut changes = 0u64;
+        for s in slices {
+            let name = s.metadata.name.clone().unwrap_or_default();
             let rv = s.metadata.resource_version.clone().unwrap_or_default();
             let trig = s
                 .metadata
@@ -537,30 +658,75 @@ impl Syncer {
                 .as_ref()
                 .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
                 .cloned();
-            let prev = self.seen_slices.get(&key);
-            if prev.map(|p| &p.0) != Some(&rv) {
-                ep_changes += 1;
+            let p = prev.get(&name);
+            if p.map(|p| &p.0) != Some(&rv) {
+                changes += 1;
                 // Only changes that happened while we ran: after a restart
                 // the old trigger times would measure our downtime.
-                if !self.first && ok && prev.map(|p| &p.1) != Some(&trig) {
+                if !self.first && ok && p.map(|p| &p.1) != Some(&trig) {
                     if let Some(lat) = trig.as_deref().and_then(|t| latency_since(t, now)) {
                         self.metrics.network_programming.observe(lat);
                     }
                 }
             }
-            seen.insert(key, (rv, trig));
+            next.insert(name, (rv, trig));
         }
-        ep_changes += self
-            .seen_slices
-            .keys()
-            .filter(|k| !seen.contains_key(*k))
-            .count() as u64;
-        self.seen_slices = seen;
+        changes += prev.keys().filter(|k| !next.contains_key(*k)).count() as u64;
+        if !next.is_empty() {
+            self.seen_slices.insert(svc.clone(), next);
+        }
+        changes
+    }
+
+    fn record_changes(&mut self, svc_changes: u64, ep_changes: u64) {
         if !self.first {
             self.metrics.service_changes.inc_by(svc_changes);
             self.metrics.endpoint_changes.inc_by(ep_changes);
         }
         self.first = false;
+    }
+}
+
+/// What a sync recomputes from.
+enum Inputs<'a> {
+    All {
+        services: &'a [Arc<Service>],
+        slices: &'a [Arc<EndpointSlice>],
+    },
+    Changed(&'a [ServiceInputs]),
+}
+
+fn apply_change(backends: &ProxyBackends, c: &Change) -> (&'static str, Result<(), String>) {
+    let ipvs = &backends.ipvs;
+    let s = |r: Result<(), IpvsError>| r.map_err(|e| e.to_string());
+    match c {
+        Change::BindAddress(a) => ("bind_address", backends.addresses.add(*a)),
+        Change::UnbindAddress(a) => ("unbind_address", backends.addresses.remove(*a)),
+        Change::AddVirtual(vs) => (
+            "add_service",
+            s(match ipvs.add_service(vs) {
+                // Someone added it between list and add: make it ours.
+                Err(e) if e.is_exists() => ipvs.update_service(vs),
+                r => r,
+            }),
+        ),
+        Change::UpdateVirtual(vs) => ("update_service", s(ipvs.update_service(vs))),
+        Change::DeleteVirtual(k) => (
+            "delete_service",
+            s(ipvs.delete_service(k).or_else(ignore_not_found)),
+        ),
+        Change::AddReal(k, rs) => (
+            "add_dest",
+            s(match ipvs.add_dest(k, rs) {
+                Err(e) if e.is_exists() => ipvs.update_dest(k, rs),
+                r => r,
+            }),
+        ),
+        Change::UpdateReal(k, rs) => ("update_dest", s(ipvs.update_dest(k, rs))),
+        Change::DeleteReal(k, d) => (
+            "delete_dest",
+            s(ipvs.delete_dest(k, d).or_else(ignore_not_found)),
+        ),
     }
 }
 
@@ -570,14 +736,6 @@ fn ignore_not_found(e: IpvsError) -> Result<(), IpvsError> {
     } else {
         Err(e)
     }
-}
-
-fn obj_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        m.namespace.as_deref().unwrap_or(""),
-        m.name.as_deref().unwrap_or("")
-    )
 }
 
 fn latency_since(rfc3339: &str, now: SystemTime) -> Option<f64> {
@@ -653,7 +811,7 @@ impl Engine {
 
         let dirty = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
-        let caches = start_watchers(
+        let watched = start_watchers(
             client,
             &settings.node_name,
             dirty.clone(),
@@ -668,7 +826,7 @@ impl Engine {
         // Nothing is programmed on partial data.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = caches.wait_until_ready() => if r.is_err() { return Ok(()) },
+            r = watched.caches.wait_until_ready() => if r.is_err() { return Ok(()) },
         }
         tracing::info!("proxy caches synced");
 
@@ -705,12 +863,28 @@ impl Engine {
             }
             let started = Instant::now();
             let Some(mut s) = syncer.take() else { break };
-            let services = caches.services.state();
-            let slices = caches.slices.state();
-            let node = caches.node.state().into_iter().next();
+            let node = watched.caches.node.state().into_iter().next();
             let std_now = started.into_std();
+            // Only the changed Services are read and synced, unless
+            // everything is due (relist, period, failure, node change).
+            let changed = watched.tracker().take();
+            let inputs = if changed.all || s.wants_full(node.as_deref(), std_now) {
+                None
+            } else {
+                Some(watched.inputs(&changed.services))
+            };
+            let (services, slices) = match inputs {
+                Some(_) => (Vec::new(), Vec::new()),
+                None => (
+                    watched.caches.services.state(),
+                    watched.caches.slices.state(),
+                ),
+            };
             let joined = tokio::task::spawn_blocking(move || {
-                let o = s.sync(&services, &slices, node.as_deref(), std_now);
+                let o = match inputs {
+                    Some(changed) => s.sync_changed(&changed, node.as_deref(), std_now),
+                    None => s.sync(&services, &slices, node.as_deref(), std_now),
+                };
                 (s, o)
             })
             .await;
@@ -722,6 +896,9 @@ impl Engine {
                 }
             };
             syncer = Some(s);
+            if outcome.full_required {
+                watched.tracker().mark_all();
+            }
             let took = started.elapsed();
             pending = false;
             recheck = outcome.recheck_in.map(|d| Instant::now() + d);
