@@ -608,3 +608,59 @@ fn change_counters_count_only_what_changed() {
     assert_eq!(p.metrics.service_changes.get() - svc0, 1);
     assert_eq!(p.metrics.endpoint_changes.get() - ep0, 2);
 }
+
+#[test]
+fn add_that_finds_the_virtual_server_there_updates_it() {
+    let (mut w, mut t) = (World::default(), ChangeTracker::default());
+    let n = node("192.168.1.10");
+    let now = Instant::now();
+    let mut p = start(&w, &n, now);
+    // Someone creates our next virtual server (other scheduler, a real
+    // server of theirs) after the listing: the add gets EEXIST.
+    let k = key("10.96.0.9", 80, Protocol::Tcp);
+    let theirs = RealServer::new(ip("10.244.0.99"), 8080, 3);
+    p.ipvs.insert_foreign(
+        VirtualServer::new(k.addr, 80, Protocol::Tcp, "wrr"),
+        vec![theirs.clone()],
+    );
+    w.put_service(&mut t, svc("late", "10.96.0.9", json!({})));
+    w.put_slice(&mut t, eps("late", "late-1", &["10.244.0.1"]));
+    sync_changed(&mut p, &w, &mut t, &n, now);
+    let (vs, rs) = p
+        .ipvs
+        .snapshot()
+        .into_iter()
+        .find(|(vs, _)| vs.key() == k)
+        .unwrap();
+    assert_eq!(vs.scheduler, "rr");
+    // Their real server is only seen (and drained) after a listing.
+    assert_eq!(rs.len(), 2);
+}
+
+#[test]
+fn failed_service_add_fails_its_real_servers_and_forces_a_full_sync() {
+    let (mut w, mut t) = (World::default(), ChangeTracker::default());
+    let n = node("192.168.1.10");
+    let now = Instant::now();
+    let mut p = start(&w, &n, now);
+    w.put_service(&mut t, svc("web", "10.96.0.9", json!({})));
+    w.put_slice(&mut t, eps("web", "web-1", &["10.244.0.1", "10.244.0.2"]));
+    p.ipvs.fail_next(libc::ENOMEM);
+    let d = t.take();
+    let o = p.syncer.sync_changed(&w.inputs(&d.services), Some(&n), now);
+    // The add and both real servers behind it fail, each reported.
+    assert_eq!((o.changes, o.failed), (4, 3), "{o:?}");
+    assert!(o.first_error.is_some());
+    assert!(p.syncer.wants_full(Some(&n), now));
+    assert!(p.syncer.sync_changed(&[], Some(&n), now).full_required);
+    let (sv, sl) = w.all();
+    let o = p.syncer.sync(&sv, &sl, Some(&n), now);
+    ok(&o);
+    assert!(o.full && o.all_services);
+    assert_eq!(
+        dests(&p, key("10.96.0.9", 80, Protocol::Tcp))
+            .unwrap()
+            .len(),
+        2
+    );
+}

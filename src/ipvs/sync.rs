@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::desired::ServiceInputs;
 use super::desired::{self, DesiredCache, DesiredParams, ObjectKey};
-use super::handle::{IpvsError, IpvsHandle};
+use super::handle::{IpvsError, IpvsHandle, IpvsOp};
 use super::kube::{client_from_config, start_watchers, KubeError};
 use super::metrics::{OpLabels, ProxyMetrics};
 use super::model::Timeouts;
@@ -503,8 +503,8 @@ impl Syncer {
         }
         out.changes = p.changes.len();
         out.draining = p.draining;
-        for c in &p.changes {
-            let (op, r) = apply_change(&self.backends, c);
+        let results = apply_changes(&self.backends, &p.changes);
+        for (c, (op, r)) in p.changes.iter().zip(results) {
             match r {
                 Ok(()) => {
                     kernel.apply(c);
@@ -696,45 +696,70 @@ enum Inputs<'a> {
     Changed(&'a [ServiceInputs]),
 }
 
-fn apply_change(backends: &ProxyBackends, c: &Change) -> (&'static str, Result<(), String>) {
-    let ipvs = &backends.ipvs;
-    let s = |r: Result<(), IpvsError>| r.map_err(|e| e.to_string());
-    match c {
-        Change::BindAddress(a) => ("bind_address", backends.addresses.add(*a)),
-        Change::UnbindAddress(a) => ("unbind_address", backends.addresses.remove(*a)),
-        Change::AddVirtual(vs) => (
-            "add_service",
-            s(match ipvs.add_service(vs) {
-                // Someone added it between list and add: make it ours.
-                Err(e) if e.is_exists() => ipvs.update_service(vs),
-                r => r,
-            }),
-        ),
-        Change::UpdateVirtual(vs) => ("update_service", s(ipvs.update_service(vs))),
-        Change::DeleteVirtual(k) => (
-            "delete_service",
-            s(ipvs.delete_service(k).or_else(ignore_not_found)),
-        ),
-        Change::AddReal(k, rs) => (
-            "add_dest",
-            s(match ipvs.add_dest(k, rs) {
-                Err(e) if e.is_exists() => ipvs.update_dest(k, rs),
-                r => r,
-            }),
-        ),
-        Change::UpdateReal(k, rs) => ("update_dest", s(ipvs.update_dest(k, rs))),
-        Change::DeleteReal(k, d) => (
-            "delete_dest",
-            s(ipvs.delete_dest(k, d).or_else(ignore_not_found)),
-        ),
+/// Applies a plan in its order: address changes one by one, each run of
+/// IPVS changes as one batch (one result per change either way).
+fn apply_changes(
+    backends: &ProxyBackends,
+    changes: &[Change],
+) -> Vec<(&'static str, Result<(), String>)> {
+    let mut out = Vec::with_capacity(changes.len());
+    let mut i = 0;
+    while i < changes.len() {
+        let run: Vec<IpvsOp<'_>> = changes[i..].iter().map_while(ipvs_op).collect();
+        if run.is_empty() {
+            let r = match &changes[i] {
+                Change::BindAddress(a) => ("bind_address", backends.addresses.add(*a)),
+                Change::UnbindAddress(a) => ("unbind_address", backends.addresses.remove(*a)),
+                // Every other change is an IPVS op (ipvs_op).
+                c => ("apply", Err(format!("not an address change: {c:?}"))),
+            };
+            out.push(r);
+            i += 1;
+            continue;
+        }
+        let mut results = backends.ipvs.apply_batch(&run).into_iter();
+        for op in &run {
+            let r = results.next().unwrap_or_else(|| {
+                Err(IpvsError::Decode {
+                    op: op.name(),
+                    reason: "batch returned no result".into(),
+                })
+            });
+            out.push((
+                op.name(),
+                settle(backends, op, r).map_err(|e| e.to_string()),
+            ));
+        }
+        i += run.len();
     }
+    out
 }
 
-fn ignore_not_found(e: IpvsError) -> Result<(), IpvsError> {
-    if e.is_not_found() {
-        Ok(())
-    } else {
-        Err(e)
+fn ipvs_op(c: &Change) -> Option<IpvsOp<'_>> {
+    Some(match c {
+        Change::AddVirtual(vs) => IpvsOp::AddService(vs),
+        Change::UpdateVirtual(vs) => IpvsOp::UpdateService(vs),
+        Change::DeleteVirtual(k) => IpvsOp::DeleteService(k),
+        Change::AddReal(k, rs) => IpvsOp::AddDest(k, rs),
+        Change::UpdateReal(k, rs) => IpvsOp::UpdateDest(k, rs),
+        Change::DeleteReal(k, d) => IpvsOp::DeleteDest(k, d),
+        Change::BindAddress(_) | Change::UnbindAddress(_) => return None,
+    })
+}
+
+/// The engine's reading of one op's result: adding what exists makes it
+/// ours (someone added it between our listing and the add), deleting what
+/// is gone is done.
+fn settle(
+    backends: &ProxyBackends,
+    op: &IpvsOp<'_>,
+    r: Result<(), IpvsError>,
+) -> Result<(), IpvsError> {
+    match (op, r) {
+        (IpvsOp::AddService(vs), Err(e)) if e.is_exists() => backends.ipvs.update_service(vs),
+        (IpvsOp::AddDest(k, rs), Err(e)) if e.is_exists() => backends.ipvs.update_dest(k, rs),
+        (IpvsOp::DeleteService(_) | IpvsOp::DeleteDest(..), Err(e)) if e.is_not_found() => Ok(()),
+        (_, r) => r,
     }
 }
 
