@@ -222,9 +222,12 @@ pub struct DesiredCache {
     params: Option<ParamsSig>,
     entries: HashMap<ObjectKey, CacheEntry>,
     table: DesiredState,
-    /// Every Service whose fragment has a virtual server, sorted: the first
-    /// one owns it (the clash rule of [`compute`]).
-    claims: HashMap<ServiceKey, Vec<Arc<ObjectKey>>>,
+    /// For a virtual server several Services' fragments have (a clash):
+    /// all of them, sorted, the first one owning it (the clash rule of
+    /// [`compute`]). Uncontested ones, nearly all, have no entry: their one
+    /// claimant is the Service whose fragment holds them, and a map of every
+    /// virtual server would cost megabytes at 10k Services.
+    claims: HashMap<ServiceKey, Vec<ObjectKey>>,
     /// How many fragments bind each address: shared ClusterIPs/external IPs
     /// stay bound until the last Service wanting them goes.
     bind_refs: HashMap<IpAddr, u32>,
@@ -247,7 +250,6 @@ fn params_sig(params: &DesiredParams<'_>) -> ParamsSig {
 
 #[derive(Debug)]
 struct CacheEntry {
-    key: Arc<ObjectKey>,
     /// None: an object without resourceVersion, recomputed every full pass.
     stamp: Option<Stamp>,
     frag: DesiredState,
@@ -365,19 +367,17 @@ impl DesiredCache {
         mut scope: Option<&mut Scope>,
     ) {
         let old = self.entries.remove(key);
-        let arc_key = old
-            .as_ref()
-            .map(|e| Arc::clone(&e.key))
-            .unwrap_or_else(|| Arc::new(key.clone()));
         if let Some(old) = &old {
             if let Some(s) = scope.as_deref_mut() {
                 s.add(&old.frag);
             }
             for vk in old.frag.virtual_servers.keys() {
                 let Some(claimants) = self.claims.get_mut(vk) else {
+                    // Its only claimant goes.
+                    self.table.virtual_servers.remove(vk);
                     continue;
                 };
-                let Ok(pos) = claimants.binary_search_by(|c| (**c).cmp(key)) else {
+                let Ok(pos) = claimants.binary_search(key) else {
                     continue;
                 };
                 claimants.remove(pos);
@@ -386,17 +386,21 @@ impl DesiredCache {
                         self.claims.remove(vk);
                         self.table.virtual_servers.remove(vk);
                     }
-                    // The owner went: the next Service in order takes over.
-                    Some(next) if pos == 0 => {
-                        if let Some(nv) = self
-                            .entries
-                            .get(&**next)
-                            .and_then(|e| e.frag.virtual_servers.get(vk))
-                        {
-                            self.table.virtual_servers.insert(*vk, Arc::clone(nv));
+                    Some(next) => {
+                        // The owner went: the next Service in order takes over.
+                        if pos == 0 {
+                            if let Some(nv) = self
+                                .entries
+                                .get(next)
+                                .and_then(|e| e.frag.virtual_servers.get(vk))
+                            {
+                                self.table.virtual_servers.insert(*vk, Arc::clone(nv));
+                            }
+                        }
+                        if claimants.len() == 1 {
+                            self.claims.remove(vk);
                         }
                     }
-                    Some(_) => {}
                 }
             }
             for a in &old.frag.bind_addresses {
@@ -417,13 +421,35 @@ impl DesiredCache {
             s.add(&frag);
         }
         for (vk, v) in &frag.virtual_servers {
-            let claimants = self.claims.entry(*vk).or_default();
-            let pos = match claimants.binary_search_by(|c| (**c).cmp(key)) {
-                Ok(p) | Err(p) => p,
-            };
-            claimants.insert(pos, Arc::clone(&arc_key));
-            if pos == 0 {
-                self.table.virtual_servers.insert(*vk, Arc::clone(v));
+            if let Some(claimants) = self.claims.get_mut(vk) {
+                let pos = match claimants.binary_search(key) {
+                    Ok(p) | Err(p) => p,
+                };
+                claimants.insert(pos, key.clone());
+                if pos == 0 {
+                    self.table.virtual_servers.insert(*vk, Arc::clone(v));
+                }
+                continue;
+            }
+            let owner = self
+                .table
+                .virtual_servers
+                .get(vk)
+                .and_then(|cur| self.owner_of(vk, cur));
+            match owner {
+                // A new clash: both claimants are recorded from now on.
+                Some(owner) => {
+                    let mine = owner > *key;
+                    let mut claimants = vec![owner, key.clone()];
+                    claimants.sort();
+                    self.claims.insert(*vk, claimants);
+                    if mine {
+                        self.table.virtual_servers.insert(*vk, Arc::clone(v));
+                    }
+                }
+                None => {
+                    self.table.virtual_servers.insert(*vk, Arc::clone(v));
+                }
             }
         }
         for a in &frag.bind_addresses {
@@ -434,12 +460,37 @@ impl DesiredCache {
         self.entries.insert(
             key.clone(),
             CacheEntry {
-                key: arc_key,
                 stamp,
                 frag,
                 generation: self.generation,
             },
         );
+    }
+}
+
+impl DesiredCache {
+    /// The Service whose fragment put `current` in the table for `vk`.
+    fn owner_of(&self, vk: &ServiceKey, current: &Arc<DesiredVs>) -> Option<ObjectKey> {
+        let holds = |e: &CacheEntry| {
+            e.frag
+                .virtual_servers
+                .get(vk)
+                .is_some_and(|v| Arc::ptr_eq(v, current))
+        };
+        // Its label names it ("namespace/name:port": a namespace has no
+        // '/', a Service name no ':'); the scan only guards odd names.
+        if let Some((ns, rest)) = current.service.split_once('/') {
+            if let Some((name, _)) = rest.split_once(':') {
+                let k = ObjectKey::new(ns, name);
+                if self.entries.get(&k).is_some_and(holds) {
+                    return Some(k);
+                }
+            }
+        }
+        self.entries
+            .iter()
+            .find(|(_, e)| holds(e))
+            .map(|(k, _)| k.clone())
     }
 }
 

@@ -293,7 +293,8 @@ pub struct Syncer {
     /// Service -> its slices' (name -> (resourceVersion, trigger time))
     /// last seen, keyed by Service so a changed-only sync compares just the
     /// changed Services' slices.
-    seen_slices: HashMap<ObjectKey, HashMap<String, (String, Option<String>)>>,
+    /// A short list, not a map: a Service has one slice or a few.
+    seen_slices: HashMap<ObjectKey, Vec<SeenSlice>>,
     seen_services: HashMap<ObjectKey, String>,
     first: bool,
 }
@@ -647,7 +648,7 @@ impl Syncer {
         now: SystemTime,
     ) -> u64 {
         let prev = self.seen_slices.remove(svc).unwrap_or_default();
-        let mut next = HashMap::with_capacity(slices.len());
+        let mut next = Vec::with_capacity(slices.len());
         let mut changes = 0u64;
         for s in slices {
             let name = s.metadata.name.clone().unwrap_or_default();
@@ -658,20 +659,27 @@ impl Syncer {
                 .as_ref()
                 .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
                 .cloned();
-            let p = prev.get(&name);
-            if p.map(|p| &p.0) != Some(&rv) {
+            let p = prev.iter().find(|p| p.name == name);
+            if p.map(|p| &p.rv) != Some(&rv) {
                 changes += 1;
                 // Only changes that happened while we ran: after a restart
                 // the old trigger times would measure our downtime.
-                if !self.first && ok && p.map(|p| &p.1) != Some(&trig) {
+                if !self.first && ok && p.map(|p| &p.trigger) != Some(&trig) {
                     if let Some(lat) = trig.as_deref().and_then(|t| latency_since(t, now)) {
                         self.metrics.network_programming.observe(lat);
                     }
                 }
             }
-            next.insert(name, (rv, trig));
+            next.push(SeenSlice {
+                name,
+                rv,
+                trigger: trig,
+            });
         }
-        changes += prev.keys().filter(|k| !next.contains_key(*k)).count() as u64;
+        changes += prev
+            .iter()
+            .filter(|p| !next.iter().any(|n| n.name == p.name))
+            .count() as u64;
         if !next.is_empty() {
             self.seen_slices.insert(svc.clone(), next);
         }
@@ -685,6 +693,14 @@ impl Syncer {
         }
         self.first = false;
     }
+}
+
+/// One slice of a Service as last counted.
+#[derive(Debug)]
+struct SeenSlice {
+    name: String,
+    rv: String,
+    trigger: Option<String>,
 }
 
 /// What a sync recomputes from.
