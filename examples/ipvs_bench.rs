@@ -1,6 +1,7 @@
 //! Proxy sync benchmark: N ClusterIP Services x E endpoints, one full sync
 //! from an empty kernel, then one endpoint change as a changed-only sync
 //! (what the engine runs between full syncs), the sync that ends its drain,
+//! one Service deleted (changed-only),
 //! and the same kind of change through a full-scope sync (every Service
 //! checked and planned), plus the process RSS.
 //!
@@ -109,6 +110,7 @@ fn main() {
         timeouts: None,
     };
     let backends_ipvs = ipvs.clone();
+    let backends_addresses = addresses.clone();
     let backends = ProxyBackends {
         ipvs,
         addresses,
@@ -146,6 +148,21 @@ fn main() {
     let noop = syncer.sync_changed(&[], None, std::time::Instant::now());
     let noop_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(noop.failed, 0, "{:?}", noop.first_error);
+
+    // One Service deleted (its slice lingers): its virtual server goes and
+    // its ClusterIP is unbound from kube-ipvs0.
+    let gone = n / 4;
+    let deleted = vec![ServiceInputs {
+        key: ObjectKey::new("bench", &format!("svc-{gone}")),
+        service: None,
+        slices: vec![slices[gone].clone()],
+    }];
+    let t = Instant::now();
+    let del = syncer.sync_changed(&deleted, None, std::time::Instant::now());
+    let del_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(del.failed, 0, "{:?}", del.first_error);
+    let mut services = services;
+    services.remove(gone);
 
     // The same kind of change through a full-scope sync (every Service
     // checked and planned, kept kernel view): what one change cost before.
@@ -200,6 +217,22 @@ fn main() {
     let list_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(listing.len(), d.virtual_servers.len());
 
+    // Where the full sync's time goes besides IPVS: one kube-ipvs0 address
+    // bound and unbound (a full sync binds one per ClusterIP).
+    let probe: Vec<std::net::IpAddr> = (0..200u32)
+        .map(|i| std::net::IpAddr::from([10, 95, (i / 250) as u8, (i % 250) as u8 + 1]))
+        .collect();
+    let t = Instant::now();
+    for a in &probe {
+        backends_addresses.add(*a).expect("bind");
+    }
+    let bind_us = t.elapsed().as_secs_f64() * 1e6 / probe.len() as f64;
+    let t = Instant::now();
+    for a in &probe {
+        backends_addresses.remove(*a).expect("unbind");
+    }
+    let unbind_us = t.elapsed().as_secs_f64() * 1e6 / probe.len() as f64;
+
     println!(
         "{}",
         json!({
@@ -212,6 +245,8 @@ fn main() {
             "one_change_all_services_ms": (one_all_ms * 10.0).round() / 10.0, "one_change_all_services_changes": one_all.changes,
             "compute_ms": (compute_ms * 10.0).round() / 10.0,
             "memo_compute_ms": (memo_ms * 10.0).round() / 10.0, "plan_ms": (plan_ms * 10.0).round() / 10.0, "list_ms": (list_ms * 10.0).round() / 10.0,
+            "bind_us": bind_us.round(), "unbind_us": unbind_us.round(),
+            "delete_one_ms": (del_ms * 10.0).round() / 10.0, "delete_one_changes": del.changes,
             "rss_after_inputs_mib": rss_inputs / 1024, "rss_mib": rss_kib("VmRSS:") / 1024,
             "peak_rss_mib": rss_kib("VmHWM:") / 1024,
         })

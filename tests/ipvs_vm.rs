@@ -375,6 +375,16 @@ fn dummy_link_addresses_and_sysctls() {
         assert!(link.unbind(a4).await.unwrap());
         assert!(!link.unbind(a4).await.unwrap(), "second unbind is a no-op");
         assert_eq!(link.addresses().await.unwrap(), vec![a6]);
+        assert!(link.unbind(a6).await.unwrap());
+        assert!(!link.unbind(a6).await.unwrap(), "second unbind is a no-op");
+        assert!(link.addresses().await.unwrap().is_empty());
+        // Bound by someone else with another prefix: unbound all the same.
+        sh("ip addr add 10.96.0.2/24 dev kube-ipvs0");
+        sh("ip addr add fd00:96::2/64 dev kube-ipvs0 nodad");
+        assert!(link.unbind(ip("10.96.0.2")).await.unwrap());
+        assert!(link.unbind(ip("fd00:96::2")).await.unwrap());
+        assert!(link.addresses().await.unwrap().is_empty());
+        assert!(!link.unbind(ip("fd00:96::2")).await.unwrap());
 
         // A non-dummy link of that name is refused, never used.
         sh("ip link add lbdt-veth0 type veth peer name lbdt-veth1");
