@@ -89,6 +89,12 @@ impl ServiceAddresses for TimedAddresses {
     fn remove(&self, addr: std::net::IpAddr) -> Result<(), String> {
         self.time(|| self.inner.remove(addr))
     }
+    fn add_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), String>> {
+        self.time(|| self.inner.add_many(addrs))
+    }
+    fn remove_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), String>> {
+        self.time(|| self.inner.remove_many(addrs))
+    }
 }
 
 fn rss_kib(field: &str) -> u64 {

@@ -386,6 +386,23 @@ fn dummy_link_addresses_and_sysctls() {
         assert!(link.addresses().await.unwrap().is_empty());
         assert!(!link.unbind(ip("fd00:96::2")).await.unwrap());
 
+        // Pipelined: more than one window's worth, one result each.
+        let many: Vec<IpAddr> = (0..300u32)
+            .map(|i| IpAddr::from([10, 97, (i / 250) as u8, (i % 250) as u8 + 1]))
+            .chain([ip("fd00:97::1"), ip("10.97.0.1")])
+            .collect();
+        let r = link.bind_many(&many).await;
+        assert_eq!(r.len(), many.len());
+        assert!(r[..301].iter().all(|r| matches!(r, Ok(true))), "{r:?}");
+        assert!(matches!(r[301], Ok(false)), "bound twice: a no-op");
+        let mut want = many[..301].to_vec();
+        want.sort();
+        assert_eq!(link.addresses().await.unwrap(), want);
+        let r = link.unbind_many(&many).await;
+        assert!(r[..301].iter().all(|r| matches!(r, Ok(true))), "{r:?}");
+        assert!(matches!(r[301], Ok(false)));
+        assert!(link.addresses().await.unwrap().is_empty());
+
         // A non-dummy link of that name is refused, never used.
         sh("ip link add lbdt-veth0 type veth peer name lbdt-veth1");
         let err = DummyLink::ensure(handle.clone(), "lbdt-veth0")

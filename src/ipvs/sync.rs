@@ -67,6 +67,14 @@ pub trait ServiceAddresses: Send + Sync {
     fn list(&self) -> Result<BTreeSet<IpAddr>, String>;
     fn add(&self, addr: IpAddr) -> Result<(), String>;
     fn remove(&self, addr: IpAddr) -> Result<(), String>;
+    /// Binds several, one result per address; the default calls `add`.
+    fn add_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
+        addrs.iter().map(|a| self.add(*a)).collect()
+    }
+    /// Unbinds several, one result per address; the default calls `remove`.
+    fn remove_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
+        addrs.iter().map(|a| self.remove(*a)).collect()
+    }
 }
 
 /// In-memory kube-ipvs0 for tests and for hosts without a dummy driver.
@@ -173,6 +181,28 @@ impl ServiceAddresses for DummyAddresses {
             .block_on(l.unbind(addr))
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+    fn add_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
+        match self.link() {
+            Ok(l) => self
+                .rt
+                .block_on(l.bind_many(addrs))
+                .into_iter()
+                .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => addrs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+    fn remove_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
+        match self.link() {
+            Ok(l) => self
+                .rt
+                .block_on(l.unbind_many(addrs))
+                .into_iter()
+                .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => addrs.iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 }
 
@@ -721,15 +751,25 @@ fn apply_changes(
     let mut out = Vec::with_capacity(changes.len());
     let mut i = 0;
     while i < changes.len() {
+        // Runs of binds, of unbinds and of IPVS changes each go at once.
+        let binds = address_run(&changes[i..], true);
+        if !binds.is_empty() {
+            let rs = backends.addresses.add_many(&binds);
+            push_results(&mut out, "bind_address", binds.len(), rs);
+            i += binds.len();
+            continue;
+        }
+        let unbinds = address_run(&changes[i..], false);
+        if !unbinds.is_empty() {
+            let rs = backends.addresses.remove_many(&unbinds);
+            push_results(&mut out, "unbind_address", unbinds.len(), rs);
+            i += unbinds.len();
+            continue;
+        }
         let run: Vec<IpvsOp<'_>> = changes[i..].iter().map_while(ipvs_op).collect();
         if run.is_empty() {
-            let r = match &changes[i] {
-                Change::BindAddress(a) => ("bind_address", backends.addresses.add(*a)),
-                Change::UnbindAddress(a) => ("unbind_address", backends.addresses.remove(*a)),
-                // Every other change is an IPVS op (ipvs_op).
-                c => ("apply", Err(format!("not an address change: {c:?}"))),
-            };
-            out.push(r);
+            // Unreachable: every change is an address or an IPVS one.
+            out.push(("apply", Err(format!("unknown change {:?}", changes[i]))));
             i += 1;
             continue;
         }
@@ -749,6 +789,33 @@ fn apply_changes(
         i += run.len();
     }
     out
+}
+
+/// The addresses of the binds (or unbinds) `changes` starts with.
+fn address_run(changes: &[Change], bind: bool) -> Vec<IpAddr> {
+    changes
+        .iter()
+        .map_while(|c| match (c, bind) {
+            (Change::BindAddress(a), true) | (Change::UnbindAddress(a), false) => Some(*a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One result per change of a run, even from a short batch answer.
+fn push_results(
+    out: &mut Vec<(&'static str, Result<(), String>)>,
+    op: &'static str,
+    n: usize,
+    results: Vec<Result<(), String>>,
+) {
+    let mut rs = results.into_iter();
+    for _ in 0..n {
+        let r = rs
+            .next()
+            .unwrap_or_else(|| Err(format!("{op}: batch returned no result")));
+        out.push((op, r));
+    }
 }
 
 fn ipvs_op(c: &Change) -> Option<IpvsOp<'_>> {

@@ -18,6 +18,10 @@ use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkDummy};
 
+/// Most address requests in flight at once: every ack of them may sit in
+/// the socket's receive buffer at the same time (~1 KiB each).
+pub const PIPELINE: usize = 128;
+
 /// The name kube-proxy uses, so tools and habits carry over.
 pub const KUBE_IPVS0: &str = "kube-ipvs0";
 
@@ -169,6 +173,27 @@ impl DummyLink {
                 source,
             }),
         }
+    }
+
+    /// Binds several addresses with up to [`PIPELINE`] requests in flight
+    /// on the connection, instead of one round trip each: a full sync binds
+    /// one address per ClusterIP. One result per address, in order.
+    pub async fn bind_many(&self, addrs: &[IpAddr]) -> Vec<Result<bool, DummyError>> {
+        let mut out = Vec::with_capacity(addrs.len());
+        for chunk in addrs.chunks(PIPELINE) {
+            out.extend(futures::future::join_all(chunk.iter().map(|a| self.bind(*a))).await);
+        }
+        out
+    }
+
+    /// [`DummyLink::unbind`] for several addresses, pipelined as
+    /// [`DummyLink::bind_many`].
+    pub async fn unbind_many(&self, addrs: &[IpAddr]) -> Vec<Result<bool, DummyError>> {
+        let mut out = Vec::with_capacity(addrs.len());
+        for chunk in addrs.chunks(PIPELINE) {
+            out.extend(futures::future::join_all(chunk.iter().map(|a| self.unbind(*a))).await);
+        }
+        out
     }
 
     /// Unbind `addr` (any prefix length). Returns false if it was not bound.
