@@ -1,17 +1,18 @@
 //! The sync runner: a bounded-frequency loop (kube-proxy's
-//! BoundedFrequencyRunner) that recomputes the desired table from the whole
-//! caches, lists the kernel once, plans and applies the minimal change.
+//! BoundedFrequencyRunner) that brings the desired table up to date, plans
+//! against the kernel and applies the minimal change.
 //!
 //! Watch events only mark the proxy dirty, naming the Services they
 //! touched; a sync between full ones recomputes and plans only those
 //! ([`Syncer::sync_changed`]), so one endpoint change costs one Service, not
-//! the table. A full sync ([`Syncer::sync`]: every Service, and a kernel
-//! listing) runs first, every `sync_period`, after a failure, after a
-//! relist and when the node's addresses change. A sync runs at most once per
-//! `min_sync_period` and at least once per `sync_period` (which also repairs
-//! drift made by others), and sooner while real servers drain or after a
-//! failed change. Nothing runs before the Services, EndpointSlices and Node
-//! caches have synced once.
+//! the table. A full sync ([`Syncer::sync`]: every Service checked, every
+//! virtual server and address planned) runs first, after a relist, after a
+//! failure, when the node's addresses or the settings change, and once per
+//! `sync_period`, when it also lists the kernel and so repairs drift made
+//! by others ([`Syncer::wants_full`]). A sync runs at most once per
+//! `min_sync_period` and at least once per `sync_period`, and sooner while
+//! real servers drain or after a failed change. Nothing runs before the
+//! Services, EndpointSlices and Node caches have synced once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
