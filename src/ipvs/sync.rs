@@ -321,10 +321,10 @@ pub struct Syncer {
     /// Virtual servers wanted since start (ownership of stale NodePorts).
     remembered: BTreeSet<super::model::ServiceKey>,
     last_ruleset: Option<serde_json::Value>,
-    /// Service -> its slices' (name -> (resourceVersion, trigger time))
-    /// last seen, keyed by Service so a changed-only sync compares just the
-    /// changed Services' slices.
-    /// A short list, not a map: a Service has one slice or a few.
+    /// Service -> its slices (name, resourceVersion, trigger time) last
+    /// seen, keyed by Service so a changed-only sync compares just the
+    /// changed Services' slices; a short list, not a map: a Service has one
+    /// slice or a few.
     seen_slices: HashMap<ObjectKey, Vec<SeenSlice>>,
     seen_services: HashMap<ObjectKey, String>,
     first: bool,
@@ -1006,7 +1006,11 @@ impl Engine {
             };
             syncer = Some(s);
             if outcome.full_required {
+                // Nothing was done (the checks above make this rare): go
+                // again at once with everything.
                 watched.tracker().mark_all();
+                pending = true;
+                continue;
             }
             let took = started.elapsed();
             pending = false;
