@@ -258,6 +258,18 @@ fn main() {
     );
     let plan_ms = t.elapsed().as_secs_f64() * 1000.0;
     let _ = pl;
+    // The nftables ruleset is rendered from the whole table whenever a
+    // firewall is configured (not part of the syncs above).
+    let t = Instant::now();
+    let ruleset = lbd::ipvs::nft::render(
+        &d,
+        &lbd::ipvs::nft::NftParams {
+            cluster_cidrs: &["10.128.0.0/9".parse().unwrap()],
+            masquerade_all: false,
+        },
+    );
+    let nft_render_ms = t.elapsed().as_secs_f64() * 1000.0;
+    drop(ruleset);
     let t = Instant::now();
     let listing = backends_ipvs.list_services().unwrap();
     let list_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -292,6 +304,7 @@ fn main() {
             "one_change_all_services_ms": (one_all_ms * 10.0).round() / 10.0, "one_change_all_services_changes": one_all.changes,
             "compute_ms": (compute_ms * 10.0).round() / 10.0,
             "memo_compute_ms": (memo_ms * 10.0).round() / 10.0, "plan_ms": (plan_ms * 10.0).round() / 10.0, "list_ms": (list_ms * 10.0).round() / 10.0,
+            "nft_render_ms": (nft_render_ms * 10.0).round() / 10.0,
             "bind_us": bind_us.round(), "unbind_us": unbind_us.round(),
             "delete_one_ms": (del_ms * 10.0).round() / 10.0, "delete_one_changes": del.changes,
             "rss_after_inputs_mib": rss_inputs / 1024, "rss_mib": rss_kib("VmRSS:") / 1024,

@@ -664,3 +664,55 @@ fn failed_service_add_fails_its_real_servers_and_forces_a_full_sync() {
         2
     );
 }
+
+#[test]
+fn nft_ruleset_is_rendered_only_when_the_table_changed() {
+    use lbd::ipvs::nft::FakeFirewall;
+    let (mut w, mut t) = (World::default(), ChangeTracker::default());
+    let n = node("192.168.1.10");
+    w.put_service(&mut t, svc("web", "10.96.0.7", json!({})));
+    w.put_slice(&mut t, eps("web", "web-1", &["10.244.0.1", "10.244.0.2"]));
+    t.take();
+    let fw = FakeFirewall::default();
+    let ipvs = FakeIpvs::new();
+    let mut syncer = Syncer::new(
+        settings(),
+        ProxyBackends {
+            ipvs: Arc::new(ipvs.clone()),
+            addresses: Arc::new(FakeAddresses::default()),
+            firewall: Some(Arc::new(fw.clone())),
+        },
+        ProxyMetrics::new(),
+    );
+    let applied = || fw.applied.lock().unwrap().len();
+    let t0 = Instant::now();
+    let (sv, sl) = w.all();
+    let o = syncer.sync(&sv, &sl, Some(&n), t0);
+    ok(&o);
+    assert!(o.nft_rendered);
+    assert_eq!(applied(), 1);
+    // An endpoint goes (hairpin set changes): rendered and replaced.
+    let k = key("10.96.0.7", 80, Protocol::Tcp);
+    let busy = DestKey {
+        addr: ip("10.244.0.2"),
+        port: 8080,
+    };
+    assert!(ipvs.set_conns(&k, &busy, 1, 0));
+    w.put_slice(&mut t, eps("web", "web-1", &["10.244.0.1"]));
+    let d = t.take();
+    let o = syncer.sync_changed(&w.inputs(&d.services), Some(&n), t0);
+    ok(&o);
+    assert!(o.nft_rendered);
+    assert_eq!(applied(), 2);
+    let last = fw.applied.lock().unwrap().last().cloned().unwrap();
+    assert!(!last.to_string().contains("10.244.0.2"), "{last}");
+    // Drain rechecks and an unchanged full sync leave the table as it is.
+    let o = syncer.sync_changed(&[], Some(&n), t0);
+    ok(&o);
+    assert!(!o.nft_rendered && o.draining == 1, "{o:?}");
+    let (sv, sl) = w.all();
+    let o = syncer.sync(&sv, &sl, Some(&n), t0 + Duration::from_secs(31));
+    ok(&o);
+    assert!(o.full && !o.nft_rendered, "{o:?}");
+    assert_eq!(applied(), 2);
+}

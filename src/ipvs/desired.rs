@@ -233,6 +233,9 @@ pub struct DesiredCache {
     bind_refs: HashMap<IpAddr, u32>,
     /// Marks the entries a full pass has seen.
     generation: u64,
+    /// Changes whenever the table may have changed (never repeats, also
+    /// across a reset), so derived renderings can be skipped when it did not.
+    version: u64,
 }
 
 type ParamsSig = (String, Vec<IpAddr>, Vec<IpNet>, String);
@@ -278,6 +281,11 @@ impl DesiredCache {
         &self.table
     }
 
+    /// A number that differs whenever [`DesiredCache::table`] may differ.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// Whether the table was computed with these node inputs and settings;
     /// if not only a full [`DesiredCache::compute`] can bring it up to date.
     pub fn matches(&self, params: &DesiredParams<'_>) -> bool {
@@ -299,6 +307,7 @@ impl DesiredCache {
         if !self.matches(params) {
             *self = DesiredCache {
                 params: Some(params_sig(params)),
+                version: self.version + 1,
                 ..Default::default()
             };
         }
@@ -366,6 +375,7 @@ impl DesiredCache {
         new: Option<(Option<Stamp>, DesiredState)>,
         mut scope: Option<&mut Scope>,
     ) {
+        self.version += 1;
         let old = self.entries.remove(key);
         if let Some(old) = &old {
             if let Some(s) = scope.as_deref_mut() {

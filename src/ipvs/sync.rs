@@ -301,6 +301,9 @@ pub struct SyncOutcome {
     /// A changed-only sync was refused because a full one is due
     /// ([`Syncer::wants_full`]); nothing was done.
     pub full_required: bool,
+    /// The nftables ruleset was rendered (the table changed since the last
+    /// good render).
+    pub nft_rendered: bool,
     /// From the start of the sync until the IPVS and kube-ipvs0 changes
     /// were applied (the nftables table follows).
     pub ipvs_applied: Option<Duration>,
@@ -321,6 +324,8 @@ pub struct Syncer {
     /// Virtual servers wanted since start (ownership of stale NodePorts).
     remembered: BTreeSet<super::model::ServiceKey>,
     last_ruleset: Option<serde_json::Value>,
+    /// `DesiredCache::version` the nftables table was last rendered from.
+    ruleset_version: Option<u64>,
     /// Service -> its slices (name, resourceVersion, trigger time) last
     /// seen, keyed by Service so a changed-only sync compares just the
     /// changed Services' slices; a short list, not a map: a Service has one
@@ -342,6 +347,7 @@ impl Syncer {
             last_full: None,
             remembered: BTreeSet::new(),
             last_ruleset: None,
+            ruleset_version: None,
             seen_slices: HashMap::new(),
             seen_services: HashMap::new(),
             first: true,
@@ -553,7 +559,17 @@ impl Syncer {
         // After a failure the view is unreliable: list again next time.
         self.kernel = (out.failed == 0).then_some(kernel);
 
-        if let Some(fw) = &self.backends.firewall {
+        // The ruleset is rendered from the whole table (O(table)): only
+        // when the table changed since the last good render, so syncs that
+        // change nothing in it (drain rechecks, unchanged full syncs) skip it.
+        let table_version = self.desired.version();
+        let fw = self
+            .backends
+            .firewall
+            .as_ref()
+            .filter(|_| self.ruleset_version != Some(table_version));
+        if let Some(fw) = fw {
+            out.nft_rendered = true;
             let ruleset = nft::render(
                 want,
                 &NftParams {
@@ -566,13 +582,17 @@ impl Syncer {
                     Ok(()) => {
                         metrics.nft_applies.inc();
                         self.last_ruleset = Some(ruleset);
+                        self.ruleset_version = Some(table_version);
                     }
                     Err(e) => {
                         metrics.nft_errors.inc();
                         self.last_ruleset = None;
+                        self.ruleset_version = None;
                         fail(&mut out, "nft_replace", e.to_string());
                     }
                 }
+            } else {
+                self.ruleset_version = Some(table_version);
             }
         }
 
