@@ -1,7 +1,9 @@
 //! Proxy sync benchmark: N ClusterIP Services x E endpoints, one full sync
-//! from an empty kernel, then one endpoint change, then a no-op resync,
-//! each a complete sync (recompute from the caches, list the kernel once,
-//! plan, apply), plus the process RSS.
+//! from an empty kernel, then one endpoint change as a changed-only sync
+//! (what the engine runs between full syncs), the sync that ends its drain,
+//! one Service deleted (changed-only),
+//! and the same kind of change through a full-scope sync (every Service
+//! checked and planned), plus the process RSS.
 //!
 //!   cargo run --release --example ipvs_bench -- [SERVICES] [ENDPOINTS] [fake|netlink] [nft]
 //!
@@ -14,10 +16,12 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use lbd::ipvs::desired::ObjectKey;
 use lbd::ipvs::metrics::ProxyMetrics;
 use lbd::ipvs::nft::{Firewall, NftFirewall};
 use lbd::ipvs::sync::{
-    DummyAddresses, EngineSettings, FakeAddresses, ProxyBackends, ServiceAddresses, Syncer,
+    DummyAddresses, EngineSettings, FakeAddresses, ProxyBackends, ServiceAddresses, ServiceInputs,
+    Syncer,
 };
 use lbd::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
 use serde_json::json;
@@ -51,6 +55,46 @@ fn slice(i: usize, eps: usize, generation: usize) -> Arc<EndpointSlice> {
         }))
         .unwrap(),
     )
+}
+
+/// kube-ipvs0 with the time spent in it summed up, to split the full
+/// sync's time between addresses and IPVS.
+struct TimedAddresses {
+    inner: Arc<dyn ServiceAddresses>,
+    spent: std::sync::Mutex<std::time::Duration>,
+}
+
+impl TimedAddresses {
+    fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let r = f();
+        *self.spent.lock().unwrap() += t.elapsed();
+        r
+    }
+    fn take_ms(&self) -> f64 {
+        std::mem::take(&mut *self.spent.lock().unwrap()).as_secs_f64() * 1000.0
+    }
+}
+
+impl ServiceAddresses for TimedAddresses {
+    fn prepare(&self) -> Result<(), String> {
+        self.inner.prepare()
+    }
+    fn list(&self) -> Result<std::collections::BTreeSet<std::net::IpAddr>, String> {
+        self.time(|| self.inner.list())
+    }
+    fn add(&self, addr: std::net::IpAddr) -> Result<(), String> {
+        self.time(|| self.inner.add(addr))
+    }
+    fn remove(&self, addr: std::net::IpAddr) -> Result<(), String> {
+        self.time(|| self.inner.remove(addr))
+    }
+    fn add_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), String>> {
+        self.time(|| self.inner.add_many(addrs))
+    }
+    fn remove_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), String>> {
+        self.time(|| self.inner.remove_many(addrs))
+    }
 }
 
 fn rss_kib(field: &str) -> u64 {
@@ -92,6 +136,11 @@ fn main() {
         ),
     };
     addresses.prepare().expect("kube-ipvs0");
+    let timed = Arc::new(TimedAddresses {
+        inner: addresses,
+        spent: Default::default(),
+    });
+    let addresses: Arc<dyn ServiceAddresses> = timed.clone();
     let firewall = with_nft.then(|| Arc::new(NftFirewall::default()) as Arc<dyn Firewall>);
     let settings = EngineSettings {
         node_name: "bench".into(),
@@ -106,6 +155,7 @@ fn main() {
         timeouts: None,
     };
     let backends_ipvs = ipvs.clone();
+    let backends_addresses = addresses.clone();
     let backends = ProxyBackends {
         ipvs,
         addresses,
@@ -120,18 +170,53 @@ fn main() {
     let t = Instant::now();
     let full = syncer.sync(&services, &slices, None, std::time::Instant::now());
     let full_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let full_addr_ms = timed.take_ms();
     assert_eq!(full.failed, 0, "{:?}", full.first_error);
 
     // One endpoint of one Service replaced: one add, one weight-0 update.
+    // As the engine runs it between full syncs: only that Service is
+    // recomputed and planned (the watcher named it dirty).
     slices[n / 2] = slice(n / 2, eps, 1);
+    let changed = vec![ServiceInputs {
+        key: ObjectKey::new("bench", &format!("svc-{}", n / 2)),
+        service: Some(services[n / 2].clone()),
+        slices: vec![slices[n / 2].clone()],
+    }];
     let t = Instant::now();
-    let one = syncer.sync(&services, &slices, None, std::time::Instant::now());
+    let one = syncer.sync_changed(&changed, None, std::time::Instant::now());
     let one_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(one.failed, 0, "{:?}", one.first_error);
+    assert!(!one.full_required && !one.all_services);
 
+    // The drain ends (no connections): a changed-only sync of nothing but
+    // the draining virtual server.
     let t = Instant::now();
-    let noop = syncer.sync(&services, &slices, None, std::time::Instant::now());
+    let noop = syncer.sync_changed(&[], None, std::time::Instant::now());
     let noop_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(noop.failed, 0, "{:?}", noop.first_error);
+
+    // One Service deleted (its slice lingers): its virtual server goes and
+    // its ClusterIP is unbound from kube-ipvs0.
+    let gone = n / 4;
+    let deleted = vec![ServiceInputs {
+        key: ObjectKey::new("bench", &format!("svc-{gone}")),
+        service: None,
+        slices: vec![slices[gone].clone()],
+    }];
+    let t = Instant::now();
+    let del = syncer.sync_changed(&deleted, None, std::time::Instant::now());
+    let del_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(del.failed, 0, "{:?}", del.first_error);
+    let mut services = services;
+    services.remove(gone);
+
+    // The same kind of change through a full-scope sync (every Service
+    // checked and planned, kept kernel view): what one change cost before.
+    slices[n / 3] = slice(n / 3, eps, 1);
+    let t = Instant::now();
+    let one_all = syncer.sync(&services, &slices, None, std::time::Instant::now());
+    let one_all_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(one_all.failed, 0, "{:?}", one_all.first_error);
 
     // Where the time goes: the pure recompute alone.
     let t = Instant::now();
@@ -158,7 +243,7 @@ fn main() {
     let t = Instant::now();
     let again = cache.compute(&services, &slices, &p);
     let memo_ms = t.elapsed().as_secs_f64() * 1000.0;
-    assert_eq!(again, d);
+    assert_eq!(*again, d);
     let kernel = lbd::ipvs::plan::KernelState::from_listing(
         backends_ipvs.list_services().unwrap(),
         Default::default(),
@@ -173,22 +258,55 @@ fn main() {
     );
     let plan_ms = t.elapsed().as_secs_f64() * 1000.0;
     let _ = pl;
+    // The nftables ruleset is rendered from the whole table whenever a
+    // firewall is configured (not part of the syncs above).
+    let t = Instant::now();
+    let ruleset = lbd::ipvs::nft::render(
+        &d,
+        &lbd::ipvs::nft::NftParams {
+            cluster_cidrs: &["10.128.0.0/9".parse().unwrap()],
+            masquerade_all: false,
+        },
+    );
+    let nft_render_ms = t.elapsed().as_secs_f64() * 1000.0;
+    drop(ruleset);
     let t = Instant::now();
     let listing = backends_ipvs.list_services().unwrap();
     let list_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(listing.len(), d.virtual_servers.len());
 
+    // Where the full sync's time goes besides IPVS: one kube-ipvs0 address
+    // bound and unbound (a full sync binds one per ClusterIP).
+    let probe: Vec<std::net::IpAddr> = (0..200u32)
+        .map(|i| std::net::IpAddr::from([10, 95, (i / 250) as u8, (i % 250) as u8 + 1]))
+        .collect();
+    let t = Instant::now();
+    for a in &probe {
+        backends_addresses.add(*a).expect("bind");
+    }
+    let bind_us = t.elapsed().as_secs_f64() * 1e6 / probe.len() as f64;
+    let t = Instant::now();
+    for a in &probe {
+        backends_addresses.remove(*a).expect("unbind");
+    }
+    let unbind_us = t.elapsed().as_secs_f64() * 1e6 / probe.len() as f64;
+
     println!(
         "{}",
         json!({
             "backend": backend, "nft": with_nft, "services": n, "endpoints_per_service": eps,
-            "full_sync_ms": (full_ms * 10.0).round() / 10.0, "full_sync_changes": full.changes,
+            "full_sync_ms": (full_ms * 10.0).round() / 10.0,
+            "full_sync_addresses_ms": (full_addr_ms * 10.0).round() / 10.0, "full_sync_changes": full.changes,
             "one_change_ms": (one_ms * 10.0).round() / 10.0, "one_change_changes": one.changes,
             "one_change_ipvs_applied_ms": one.ipvs_applied.map(|d| (d.as_secs_f64() * 10000.0).round() / 10.0),
             "one_change_full_listing": one.full,
-            "noop_resync_ms": (noop_ms * 10.0).round() / 10.0, "noop_changes": noop.changes,
+            "drain_end_ms": (noop_ms * 10.0).round() / 10.0, "drain_end_changes": noop.changes,
+            "one_change_all_services_ms": (one_all_ms * 10.0).round() / 10.0, "one_change_all_services_changes": one_all.changes,
             "compute_ms": (compute_ms * 10.0).round() / 10.0,
             "memo_compute_ms": (memo_ms * 10.0).round() / 10.0, "plan_ms": (plan_ms * 10.0).round() / 10.0, "list_ms": (list_ms * 10.0).round() / 10.0,
+            "nft_render_ms": (nft_render_ms * 10.0).round() / 10.0,
+            "bind_us": bind_us.round(), "unbind_us": unbind_us.round(),
+            "delete_one_ms": (del_ms * 10.0).round() / 10.0, "delete_one_changes": del.changes,
             "rss_after_inputs_mib": rss_inputs / 1024, "rss_mib": rss_kib("VmRSS:") / 1024,
             "peak_rss_mib": rss_kib("VmHWM:") / 1024,
         })

@@ -629,7 +629,7 @@ fn memoised_compute_equals_full_compute_through_changes() {
             scheduler: "rr",
         };
         let full = compute(services, slices, &p);
-        assert_eq!(cache.compute(services, slices, &p), full);
+        assert_eq!(*cache.compute(services, slices, &p), full);
         full
     };
     let d0 = check(&services, &slices, &node_ips);

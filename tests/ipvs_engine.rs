@@ -534,3 +534,93 @@ async fn healthz_and_metrics_ports_speak_kube_proxy() {
     assert_eq!(http_get(ha, "/healthz").await.0, 503);
     stop.cancel();
 }
+
+/// Between full syncs, changes reach the kernel through the watchers'
+/// change tracker and changed-only syncs: an endpoint change, a slice
+/// relabelled to another Service (both Services follow) and a deleted
+/// Service, with no kernel listing and calls for those Services only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_between_full_syncs_touch_only_their_services() {
+    let api = TestApiServer::start().await;
+    for (name, ip) in [
+        ("a", "10.96.0.31"),
+        ("b", "10.96.0.32"),
+        ("c", "10.96.0.33"),
+    ] {
+        api.apply(
+            Kind::Service,
+            service(name, ip, json!([{"name": "http", "port": 80}])),
+        );
+        api.apply(
+            Kind::EndpointSlice,
+            slice(name, &format!("{name}-1"), 8080, &["10.244.3.1"]),
+        );
+    }
+    api.apply(Kind::Node, node());
+    let (ipvs, addrs) = (FakeIpvs::new(), FakeAddresses::default());
+    // No periodic full sync during the test.
+    let s = EngineSettings {
+        sync_period: Duration::from_secs(600),
+        ..settings()
+    };
+    let run = start(&api, &ipvs, &addrs, s).await;
+    let (ka, kb, kc) = (
+        key("10.96.0.31", 80),
+        key("10.96.0.32", 80),
+        key("10.96.0.33", 80),
+    );
+    eventually("programmed", || {
+        [ka, kb, kc]
+            .iter()
+            .all(|k| dests(&ipvs, *k).is_some_and(|d| d.len() == 1))
+    })
+    .await;
+    ipvs.clear_calls();
+
+    // b's endpoints change: b's kernel calls only, and no listing.
+    api.apply(
+        Kind::EndpointSlice,
+        slice("b", "b-1", 8080, &["10.244.3.1", "10.244.3.2"]),
+    );
+    eventually("b has two", || {
+        dests(&ipvs, kb).is_some_and(|d| d.len() == 2)
+    })
+    .await;
+
+    // c's slice is relabelled to a: c loses its endpoint, a gains one.
+    let mut moved = slice("a", "c-1", 8080, &["10.244.3.9"]);
+    moved["metadata"]["name"] = json!("c-1");
+    api.apply(Kind::EndpointSlice, moved);
+    eventually("slice moved", || {
+        dests(&ipvs, ka).is_some_and(|d| d.len() == 2)
+            && dests(&ipvs, kc).is_some_and(|d| d.iter().all(|(_, w)| *w == 0))
+    })
+    .await;
+
+    // a is deleted: its virtual server and ClusterIP go, b's and c's stay.
+    assert!(api.delete(Kind::Service, "default", "a"));
+    eventually("a gone", || {
+        dests(&ipvs, ka).is_none() && !addrs.snapshot().contains(&ip("10.96.0.31"))
+    })
+    .await;
+    let calls = ipvs.calls();
+    assert!(
+        !calls.contains(&IpvsCall::ListServices),
+        "a listing between full syncs: {calls:?}"
+    );
+    for c in &calls {
+        let k = match c {
+            IpvsCall::AddDest(k, _)
+            | IpvsCall::UpdateDest(k, _)
+            | IpvsCall::DeleteDest(k, _)
+            | IpvsCall::ListDests(k)
+            | IpvsCall::DeleteService(k) => *k,
+            IpvsCall::AddService(v) | IpvsCall::UpdateService(v) => v.key(),
+            other => panic!("unexpected call {other:?}"),
+        };
+        assert!([ka, kb, kc].contains(&k), "{c:?}");
+    }
+    assert!(addrs.snapshot().contains(&ip("10.96.0.32")));
+    assert!(addrs.snapshot().contains(&ip("10.96.0.33")));
+    run.stop().await;
+}

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lbd::ipvs::{
-    DestKey, FwdMethod, IpvsError, IpvsHandle, NetlinkIpvs, Protocol, RealServer, Timeouts,
+    DestKey, FwdMethod, IpvsError, IpvsHandle, IpvsOp, NetlinkIpvs, Protocol, RealServer, Timeouts,
     VirtualServer,
 };
 use lbd::sys::dummy::{self, DummyError, DummyLink, KUBE_IPVS0};
@@ -375,6 +375,33 @@ fn dummy_link_addresses_and_sysctls() {
         assert!(link.unbind(a4).await.unwrap());
         assert!(!link.unbind(a4).await.unwrap(), "second unbind is a no-op");
         assert_eq!(link.addresses().await.unwrap(), vec![a6]);
+        assert!(link.unbind(a6).await.unwrap());
+        assert!(!link.unbind(a6).await.unwrap(), "second unbind is a no-op");
+        assert!(link.addresses().await.unwrap().is_empty());
+        // Bound by someone else with another prefix: unbound all the same.
+        sh("ip addr add 10.96.0.2/24 dev kube-ipvs0");
+        sh("ip addr add fd00:96::2/64 dev kube-ipvs0 nodad");
+        assert!(link.unbind(ip("10.96.0.2")).await.unwrap());
+        assert!(link.unbind(ip("fd00:96::2")).await.unwrap());
+        assert!(link.addresses().await.unwrap().is_empty());
+        assert!(!link.unbind(ip("fd00:96::2")).await.unwrap());
+
+        // Pipelined: more than one window's worth, one result each.
+        let many: Vec<IpAddr> = (0..300u32)
+            .map(|i| IpAddr::from([10, 97, (i / 250) as u8, (i % 250) as u8 + 1]))
+            .chain([ip("fd00:97::1"), ip("10.97.0.1")])
+            .collect();
+        let r = link.bind_many(&many).await;
+        assert_eq!(r.len(), many.len());
+        assert!(r[..301].iter().all(|r| matches!(r, Ok(true))), "{r:?}");
+        assert!(matches!(r[301], Ok(false)), "bound twice: a no-op");
+        let mut want = many[..301].to_vec();
+        want.sort();
+        assert_eq!(link.addresses().await.unwrap(), want);
+        let r = link.unbind_many(&many).await;
+        assert!(r[..301].iter().all(|r| matches!(r, Ok(true))), "{r:?}");
+        assert!(matches!(r[301], Ok(false)));
+        assert!(link.addresses().await.unwrap().is_empty());
 
         // A non-dummy link of that name is refused, never used.
         sh("ip link add lbdt-veth0 type veth peer name lbdt-veth1");
@@ -771,4 +798,117 @@ fn bulk_programming_figures() {
         n_svc * n_dest
     );
     assert!(add < Duration::from_secs(120) && list < Duration::from_secs(60));
+}
+
+#[test]
+fn batched_ops_get_their_own_results_from_the_kernel() {
+    if !in_vm("batched_ops_get_their_own_results_from_the_kernel") {
+        return;
+    }
+    private_netns();
+    let h = NetlinkIpvs::new().unwrap();
+    let a = VirtualServer::new(ip("10.98.0.1"), 80, Protocol::Tcp, "rr");
+    let missing = VirtualServer::new(ip("10.98.0.2"), 80, Protocol::Tcp, "rr");
+    let bad = VirtualServer::new(ip("10.98.0.3"), 80, Protocol::Tcp, "nosuchsched");
+    let d = |n: u8, w: u32| RealServer::new(IpAddr::from([10, 244, 98, n]), 8080, w);
+    let (d1, d2, d3, d1w5) = (d(1, 1), d(2, 1), d(3, 1), d(1, 5));
+    let gone = DestKey {
+        addr: ip("10.244.98.9"),
+        port: 8080,
+    };
+    let (ak, mk, bk) = (a.key(), missing.key(), bad.key());
+    let ops = [
+        IpvsOp::AddService(&a),
+        IpvsOp::AddDest(&ak, &d1),
+        IpvsOp::AddDest(&ak, &d2),
+        IpvsOp::AddService(&a),
+        IpvsOp::AddDest(&mk, &d3),
+        IpvsOp::AddService(&bad),
+        IpvsOp::AddDest(&bk, &d3),
+        IpvsOp::DeleteDest(&ak, &gone),
+        IpvsOp::AddDest(&ak, &d2),
+        IpvsOp::UpdateDest(&ak, &d1w5),
+        IpvsOp::AddDest(&ak, &d3),
+        IpvsOp::DeleteDest(&ak, &d3.key()),
+    ];
+    let r = h.apply_batch(&ops);
+    let kind = |r: &Result<(), IpvsError>| match r {
+        Ok(()) => "ok",
+        Err(IpvsError::Exists { .. }) => "exists",
+        Err(IpvsError::NotFound { .. }) => "not_found",
+        Err(IpvsError::Invalid { .. }) => "invalid",
+        Err(e) => panic!("unexpected {e}"),
+    };
+    assert_eq!(
+        r.iter().map(kind).collect::<Vec<_>>(),
+        vec![
+            "ok",
+            "ok",
+            "ok",
+            "exists",
+            // A dest of a service that does not exist, and of one whose
+            // add failed in the same write: each fails on its own.
+            "not_found",
+            "invalid",
+            "not_found",
+            "not_found",
+            "exists",
+            "ok",
+            "ok",
+            "ok"
+        ]
+    );
+    assert!(
+        matches!(&r[4], Err(IpvsError::NotFound { op: "add_dest", target }) if target.contains("10.98.0.2")),
+        "{:?}",
+        r[4]
+    );
+    assert_eq!(
+        ipvsadm_ln(),
+        BTreeSet::from([adm(
+            "TCP 10.98.0.1:80",
+            "rr",
+            "",
+            &["10.244.98.1:8080 Masq 5", "10.244.98.2:8080 Masq 1"]
+        )])
+    );
+
+    // Many writes' worth: 400 services x 5 dests, then all deleted, in
+    // order, every op acknowledged.
+    let vss: Vec<VirtualServer> = (0..400u32)
+        .map(|i| {
+            let addr = IpAddr::from([10, 98, 1 + (i / 250) as u8, (i % 250) as u8 + 1]);
+            VirtualServer::new(addr, 80, Protocol::Tcp, "rr")
+        })
+        .collect();
+    let keys: Vec<_> = vss.iter().map(|v| v.key()).collect();
+    let dests: Vec<RealServer> = (0..5).map(|n| d(10 + n, 1)).collect();
+    let mut ops = Vec::new();
+    for (vs, k) in vss.iter().zip(&keys) {
+        ops.push(IpvsOp::AddService(vs));
+        ops.extend(dests.iter().map(|rs| IpvsOp::AddDest(k, rs)));
+    }
+    let t = Instant::now();
+    let r = h.apply_batch(&ops);
+    let took = t.elapsed();
+    assert_eq!(r.len(), ops.len());
+    assert!(
+        r.iter().all(Result::is_ok),
+        "{:?}",
+        r.iter().find(|r| r.is_err())
+    );
+    let listed = h.list_services().unwrap();
+    assert_eq!(listed.len(), 401);
+    assert!(listed
+        .iter()
+        .filter(|(vs, _)| keys.contains(&vs.key()))
+        .all(|(_, d)| d.len() == 5));
+    let dels: Vec<IpvsOp<'_>> = keys.iter().map(IpvsOp::DeleteService).collect();
+    assert!(h.apply_batch(&dels).iter().all(Result::is_ok));
+    assert_eq!(h.list_services().unwrap().len(), 1);
+    eprintln!(
+        "figures (TCG guest): {} batched adds in {took:?} ({:?}/op)",
+        ops.len(),
+        took / ops.len() as u32
+    );
 }

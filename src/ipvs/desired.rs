@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Label that ties an EndpointSlice to its Service (discovery.k8s.io/v1).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -142,86 +143,364 @@ where
     out
 }
 
-/// Memoised [`compute`]: a Service's part of the table is recomputed only
-/// when its resourceVersion, its slices' resourceVersions or the node
-/// inputs change, so one endpoint change costs one Service, not all.
-/// The result is always equal to `compute` on the same inputs.
+/// A Kubernetes object's identity within the cluster: a Service's, or an
+/// EndpointSlice's. Ordered like [`compute`] takes Services, so "first
+/// writer wins" means the same thing everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn of(meta: &ObjectMeta) -> Self {
+        ObjectKey::new(
+            meta.namespace.as_deref().unwrap_or(""),
+            meta.name.as_deref().unwrap_or(""),
+        )
+    }
+
+    /// The Service an EndpointSlice belongs to (its service-name label).
+    pub fn service_of(slice: &EndpointSlice) -> Option<Self> {
+        let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        Some(ObjectKey::new(
+            slice.metadata.namespace.as_deref().unwrap_or(""),
+            name,
+        ))
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The current inputs of one Service that changed: the Service itself
+/// (None: deleted or not yet created) and every slice labelled for it.
+#[derive(Debug, Clone)]
+pub struct ServiceInputs {
+    pub key: ObjectKey,
+    pub service: Option<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+}
+
+/// What a set of Service changes can have changed in the table: the
+/// virtual servers and kube-ipvs0 addresses those Services wanted before or
+/// want now. Planning only these is enough when everything else already
+/// matches the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub virtual_servers: BTreeSet<ServiceKey>,
+    pub addresses: BTreeSet<IpAddr>,
+}
+
+impl Scope {
+    fn add(&mut self, frag: &DesiredState) {
+        self.virtual_servers
+            .extend(frag.virtual_servers.keys().copied());
+        self.addresses.extend(frag.bind_addresses.iter().copied());
+    }
+}
+
+/// The desired table kept between syncs and patched per Service: a
+/// Service's part (its fragment) is recomputed only when the Service, one of
+/// its slices or the node inputs change, so one endpoint change costs one
+/// Service, not the table. The table is always equal to [`compute`] on the
+/// same inputs (tests/ipvs_desired.rs and tests/ipvs_incremental.rs check
+/// it through random changes).
 #[derive(Debug, Default)]
 pub struct DesiredCache {
     /// node name, node addresses, nodePortAddresses, scheduler
-    params: Option<(String, Vec<IpAddr>, Vec<IpNet>, String)>,
-    entries: HashMap<(String, String), CacheEntry>,
+    params: Option<ParamsSig>,
+    entries: HashMap<ObjectKey, CacheEntry>,
+    table: DesiredState,
+    /// For a virtual server several Services' fragments have (a clash):
+    /// all of them, sorted, the first one owning it (the clash rule of
+    /// [`compute`]). Uncontested ones, nearly all, have no entry: their one
+    /// claimant is the Service whose fragment holds them, and a map of every
+    /// virtual server would cost megabytes at 10k Services.
+    claims: HashMap<ServiceKey, Vec<ObjectKey>>,
+    /// How many fragments bind each address: shared ClusterIPs/external IPs
+    /// stay bound until the last Service wanting them goes.
+    bind_refs: HashMap<IpAddr, u32>,
+    /// Marks the entries a full pass has seen.
+    generation: u64,
+    /// Changes whenever the table may have changed (never repeats, also
+    /// across a reset), so derived renderings can be skipped when it did not.
+    version: u64,
+}
+
+type ParamsSig = (String, Vec<IpAddr>, Vec<IpNet>, String);
+/// A Service's resourceVersion and its slices' `name=resourceVersion`.
+type Stamp = (String, Vec<String>);
+
+fn params_sig(params: &DesiredParams<'_>) -> ParamsSig {
+    (
+        params.node_name.to_string(),
+        params.node_addresses.to_vec(),
+        params.node_port_addresses.to_vec(),
+        params.scheduler.to_string(),
+    )
 }
 
 #[derive(Debug)]
 struct CacheEntry {
-    stamp: (String, Vec<String>),
+    /// None: an object without resourceVersion, recomputed every full pass.
+    stamp: Option<Stamp>,
     frag: DesiredState,
+    generation: u64,
+}
+
+fn stamp_of(svc: &Service, slices: &[&EndpointSlice]) -> Option<Stamp> {
+    let rv = svc.metadata.resource_version.clone()?;
+    let mut v: Vec<String> = slices
+        .iter()
+        .map(|s| {
+            format!(
+                "{}={}",
+                s.metadata.name.as_deref().unwrap_or(""),
+                s.metadata.resource_version.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    v.sort();
+    Some((rv, v))
 }
 
 impl DesiredCache {
+    /// The table as of the last `compute` / `compute_changed`.
+    pub fn table(&self) -> &DesiredState {
+        &self.table
+    }
+
+    /// A number that differs whenever [`DesiredCache::table`] may differ.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether the table was computed with these node inputs and settings;
+    /// if not only a full [`DesiredCache::compute`] can bring it up to date.
+    pub fn matches(&self, params: &DesiredParams<'_>) -> bool {
+        self.params.as_ref() == Some(&params_sig(params))
+    }
+
+    /// Brings the table up to date with the whole caches (every Service
+    /// checked, unchanged ones kept) and returns it.
     pub fn compute<S, E>(
         &mut self,
         services: &[S],
         slices: &[E],
         params: &DesiredParams<'_>,
-    ) -> DesiredState
+    ) -> &DesiredState
     where
         S: Borrow<Service>,
         E: Borrow<EndpointSlice>,
     {
-        let sig = (
-            params.node_name.to_string(),
-            params.node_addresses.to_vec(),
-            params.node_port_addresses.to_vec(),
-            params.scheduler.to_string(),
-        );
-        if self.params.as_ref() != Some(&sig) {
-            self.entries.clear();
-            self.params = Some(sig);
+        if !self.matches(params) {
+            *self = DesiredCache {
+                params: Some(params_sig(params)),
+                version: self.version + 1,
+                ..Default::default()
+            };
         }
+        self.generation += 1;
+        let generation = self.generation;
         let by_service = group_slices(slices);
         let np_ips = node_port_ips(params);
-        let mut out = DesiredState::default();
-        let mut live = HashMap::with_capacity(self.entries.len());
-        for svc in sorted_services(services) {
+        for svc in services {
+            let svc: &Service = svc.borrow();
             let svc_slices = slices_of(&by_service, svc);
-            let key = (
-                svc.metadata.namespace.clone().unwrap_or_default(),
-                svc.metadata.name.clone().unwrap_or_default(),
-            );
-            let stamp = svc.metadata.resource_version.clone().map(|rv| {
-                let mut v: Vec<String> = svc_slices
-                    .iter()
-                    .map(|s| {
-                        format!(
-                            "{}={}",
-                            s.metadata.name.as_deref().unwrap_or(""),
-                            s.metadata.resource_version.as_deref().unwrap_or("")
-                        )
-                    })
-                    .collect();
-                v.sort();
-                (rv, v)
-            });
-            let entry = match (stamp, self.entries.remove(&key)) {
-                // Objects without resourceVersion are never memoised.
-                (None, _) => {
-                    merge(&mut out, fragment(svc, svc_slices, params, &np_ips));
+            let key = ObjectKey::of(&svc.metadata);
+            let stamp = stamp_of(svc, svc_slices);
+            if let Some(e) = self.entries.get_mut(&key) {
+                if stamp.is_some() && e.stamp == stamp {
+                    e.generation = generation;
                     continue;
                 }
-                (Some(st), Some(e)) if e.stamp == st => e,
-                (Some(st), _) => CacheEntry {
-                    stamp: st,
-                    frag: fragment(svc, svc_slices, params, &np_ips),
-                },
-            };
-            merge_ref(&mut out, &entry.frag);
-            live.insert(key, entry);
+            }
+            let frag = fragment(svc, svc_slices, params, &np_ips);
+            self.replace(&key, Some((stamp, frag)), None);
         }
-        // Deleted Services drop out with the entries not carried over.
-        self.entries = live;
-        out
+        // Deleted Services: entries no Service of this pass refreshed.
+        let gone: Vec<ObjectKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.generation != generation)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            self.replace(&k, None, None);
+        }
+        &self.table
+    }
+
+    /// Patches the table for the given Services only and returns what that
+    /// can have changed. None when the node inputs or settings changed
+    /// since the last pass: then only [`DesiredCache::compute`] will do.
+    pub fn compute_changed(
+        &mut self,
+        changed: &[ServiceInputs],
+        params: &DesiredParams<'_>,
+    ) -> Option<Scope> {
+        if !self.matches(params) {
+            return None;
+        }
+        let np_ips = node_port_ips(params);
+        let mut scope = Scope::default();
+        for c in changed {
+            let mut slices: Vec<&EndpointSlice> = c.slices.iter().map(|s| &**s).collect();
+            slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            let new = c.service.as_deref().map(|svc| {
+                let stamp = stamp_of(svc, &slices);
+                (stamp, fragment(svc, &slices, params, &np_ips))
+            });
+            self.replace(&c.key, new, Some(&mut scope));
+        }
+        Some(scope)
+    }
+
+    /// Swaps one Service's fragment for `new` (None: the Service is gone),
+    /// keeping the table, the claims and the address counts consistent.
+    fn replace(
+        &mut self,
+        key: &ObjectKey,
+        new: Option<(Option<Stamp>, DesiredState)>,
+        mut scope: Option<&mut Scope>,
+    ) {
+        self.version += 1;
+        let old = self.entries.remove(key);
+        if let Some(old) = &old {
+            if let Some(s) = scope.as_deref_mut() {
+                s.add(&old.frag);
+            }
+            for vk in old.frag.virtual_servers.keys() {
+                let Some(claimants) = self.claims.get_mut(vk) else {
+                    // Its only claimant goes.
+                    self.table.virtual_servers.remove(vk);
+                    continue;
+                };
+                let Ok(pos) = claimants.binary_search(key) else {
+                    continue;
+                };
+                claimants.remove(pos);
+                match claimants.first() {
+                    None => {
+                        self.claims.remove(vk);
+                        self.table.virtual_servers.remove(vk);
+                    }
+                    Some(next) => {
+                        // The owner went: the next Service in order takes over.
+                        if pos == 0 {
+                            if let Some(nv) = self
+                                .entries
+                                .get(next)
+                                .and_then(|e| e.frag.virtual_servers.get(vk))
+                            {
+                                self.table.virtual_servers.insert(*vk, Arc::clone(nv));
+                            }
+                        }
+                        if claimants.len() == 1 {
+                            self.claims.remove(vk);
+                        }
+                    }
+                }
+            }
+            for a in &old.frag.bind_addresses {
+                if let Some(n) = self.bind_refs.get_mut(a) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.bind_refs.remove(a);
+                        self.table.bind_addresses.remove(a);
+                    }
+                }
+            }
+            self.table.services -= old.frag.services;
+        }
+        let Some((stamp, frag)) = new else {
+            return;
+        };
+        if let Some(s) = scope {
+            s.add(&frag);
+        }
+        for (vk, v) in &frag.virtual_servers {
+            if let Some(claimants) = self.claims.get_mut(vk) {
+                let pos = match claimants.binary_search(key) {
+                    Ok(p) | Err(p) => p,
+                };
+                claimants.insert(pos, key.clone());
+                if pos == 0 {
+                    self.table.virtual_servers.insert(*vk, Arc::clone(v));
+                }
+                continue;
+            }
+            let owner = self
+                .table
+                .virtual_servers
+                .get(vk)
+                .and_then(|cur| self.owner_of(vk, cur));
+            match owner {
+                // A new clash: both claimants are recorded from now on.
+                Some(owner) => {
+                    let mine = owner > *key;
+                    let mut claimants = vec![owner, key.clone()];
+                    claimants.sort();
+                    self.claims.insert(*vk, claimants);
+                    if mine {
+                        self.table.virtual_servers.insert(*vk, Arc::clone(v));
+                    }
+                }
+                None => {
+                    self.table.virtual_servers.insert(*vk, Arc::clone(v));
+                }
+            }
+        }
+        for a in &frag.bind_addresses {
+            *self.bind_refs.entry(*a).or_default() += 1;
+            self.table.bind_addresses.insert(*a);
+        }
+        self.table.services += frag.services;
+        self.entries.insert(
+            key.clone(),
+            CacheEntry {
+                stamp,
+                frag,
+                generation: self.generation,
+            },
+        );
+    }
+}
+
+impl DesiredCache {
+    /// The Service whose fragment put `current` in the table for `vk`.
+    fn owner_of(&self, vk: &ServiceKey, current: &Arc<DesiredVs>) -> Option<ObjectKey> {
+        let holds = |e: &CacheEntry| {
+            e.frag
+                .virtual_servers
+                .get(vk)
+                .is_some_and(|v| Arc::ptr_eq(v, current))
+        };
+        // Its label names it ("namespace/name:port": a namespace has no
+        // '/', a Service name no ':'); the scan only guards odd names.
+        if let Some((ns, rest)) = current.service.split_once('/') {
+            if let Some((name, _)) = rest.split_once(':') {
+                let k = ObjectKey::new(ns, name);
+                if self.entries.get(&k).is_some_and(holds) {
+                    return Some(k);
+                }
+            }
+        }
+        self.entries
+            .iter()
+            .find(|(_, e)| holds(e))
+            .map(|(k, _)| k.clone())
     }
 }
 
@@ -303,17 +582,6 @@ fn merge(out: &mut DesiredState, frag: DesiredState) {
         out.virtual_servers.entry(k).or_insert(v);
     }
     out.bind_addresses.extend(frag.bind_addresses);
-    out.services += frag.services;
-}
-
-fn merge_ref(out: &mut DesiredState, frag: &DesiredState) {
-    for (k, v) in &frag.virtual_servers {
-        out.virtual_servers
-            .entry(*k)
-            .or_insert_with(|| Arc::clone(v));
-    }
-    out.bind_addresses
-        .extend(frag.bind_addresses.iter().copied());
     out.services += frag.services;
 }
 

@@ -81,6 +81,62 @@ impl IpvsError {
     }
 }
 
+/// One change of a batch ([`IpvsHandle::apply_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpvsOp<'a> {
+    AddService(&'a VirtualServer),
+    UpdateService(&'a VirtualServer),
+    DeleteService(&'a ServiceKey),
+    AddDest(&'a ServiceKey, &'a RealServer),
+    UpdateDest(&'a ServiceKey, &'a RealServer),
+    DeleteDest(&'a ServiceKey, &'a DestKey),
+}
+
+impl IpvsOp<'_> {
+    /// The name the single call has in errors and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            IpvsOp::AddService(_) => "add_service",
+            IpvsOp::UpdateService(_) => "update_service",
+            IpvsOp::DeleteService(_) => "delete_service",
+            IpvsOp::AddDest(..) => "add_dest",
+            IpvsOp::UpdateDest(..) => "update_dest",
+            IpvsOp::DeleteDest(..) => "delete_dest",
+        }
+    }
+
+    /// What the op changes, as errors name it.
+    pub fn target(&self) -> String {
+        match self {
+            IpvsOp::AddService(vs) | IpvsOp::UpdateService(vs) => vs.key().to_string(),
+            IpvsOp::DeleteService(k) => k.to_string(),
+            IpvsOp::AddDest(k, rs) | IpvsOp::UpdateDest(k, rs) => format!("{} -> {}", k, rs.key()),
+            IpvsOp::DeleteDest(k, d) => format!("{k} -> {d}"),
+        }
+    }
+
+    /// The checks the single call makes before sending.
+    pub(crate) fn validate(&self) -> Result<(), IpvsError> {
+        match self {
+            IpvsOp::AddService(vs) | IpvsOp::UpdateService(vs) => validate_service(self.name(), vs),
+            IpvsOp::AddDest(k, rs) | IpvsOp::UpdateDest(k, rs) => validate_dest(self.name(), k, rs),
+            IpvsOp::DeleteService(_) | IpvsOp::DeleteDest(..) => Ok(()),
+        }
+    }
+
+    /// The op as its single call.
+    pub fn apply_one<H: IpvsHandle + ?Sized>(&self, h: &H) -> Result<(), IpvsError> {
+        match *self {
+            IpvsOp::AddService(vs) => h.add_service(vs),
+            IpvsOp::UpdateService(vs) => h.update_service(vs),
+            IpvsOp::DeleteService(k) => h.delete_service(k),
+            IpvsOp::AddDest(k, rs) => h.add_dest(k, rs),
+            IpvsOp::UpdateDest(k, rs) => h.update_dest(k, rs),
+            IpvsOp::DeleteDest(k, d) => h.delete_dest(k, d),
+        }
+    }
+}
+
 /// The kernel's IPVS table, as much of it as lbd needs.
 ///
 /// Semantics follow the kernel: adding what exists is `Exists`, changing or
@@ -101,6 +157,14 @@ pub trait IpvsHandle: Send + Sync {
     fn add_dest(&self, svc: &ServiceKey, rs: &RealServer) -> Result<(), IpvsError>;
     fn update_dest(&self, svc: &ServiceKey, rs: &RealServer) -> Result<(), IpvsError>;
     fn delete_dest(&self, svc: &ServiceKey, dest: &DestKey) -> Result<(), IpvsError>;
+    /// Applies `ops` in order with one result per op, each as its single
+    /// call would report it. The kernel sees them in this order, so a dest
+    /// after its service finds it, and one after a failed service add fails
+    /// on its own (NotFound). The default makes the single calls; the
+    /// netlink implementation writes many requests per socket write.
+    fn apply_batch(&self, ops: &[IpvsOp<'_>]) -> Vec<Result<(), IpvsError>> {
+        ops.iter().map(|op| op.apply_one(self)).collect()
+    }
     /// Zero fields are left unchanged (kernel semantics).
     fn set_timeouts(&self, t: &Timeouts) -> Result<(), IpvsError>;
     fn get_timeouts(&self) -> Result<Timeouts, IpvsError>;

@@ -8,7 +8,7 @@ pub mod model;
 pub mod netlink;
 
 pub use fake::{FakeIpvs, IpvsCall};
-pub use handle::{IpvsError, IpvsHandle};
+pub use handle::{IpvsError, IpvsHandle, IpvsOp};
 pub use model::{
     DestKey, FwdMethod, IpvsInfo, Protocol, RealServer, ServiceFlags, ServiceKey, Timeouts,
     VirtualServer,

@@ -23,7 +23,7 @@ use super::genl::{
     dest_from_attrs, info_from_attrs, service_af, service_from_attrs, timeouts_from_attrs,
     IpvsAttr, IpvsMessage, ServiceEntry, AF_INET, AF_INET6,
 };
-use super::handle::{validate_dest, validate_service, IpvsError, IpvsHandle};
+use super::handle::{validate_dest, validate_service, IpvsError, IpvsHandle, IpvsOp};
 use super::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
 
 /// A reply never takes this long from a local kernel; the bound only keeps a
@@ -32,6 +32,15 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams larger than this would be truncated; the kernel sizes dump
 /// batches to the reader's buffer and never exceeds 32 KiB per batch.
 const RECV_BUF: usize = 64 * 1024;
+/// Most bytes of requests one batched write carries (a NEW_DEST is ~150).
+const BATCH_BYTES: usize = 32 * 1024;
+/// Most requests per batched write. The kernel handles the whole write
+/// before we read, so every ack of it sits in our receive queue at once; an
+/// ack costs ~1 KiB of receive buffer (skb truesize), and the default
+/// buffer (rmem_default, 208 KiB) must hold them or acks are dropped.
+const BATCH_MSGS: usize = 128;
+/// Receive buffer asked for (root may exceed rmem_max): margin for acks.
+const SOCK_RCVBUF: usize = 1024 * 1024;
 
 struct Conn {
     sock: Socket,
@@ -72,6 +81,11 @@ impl NetlinkIpvs {
             &nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs() as _, 0),
         )
         .map_err(std::io::Error::from)?;
+        // Best effort, both: a smaller buffer still holds a batch's acks,
+        // and without NETLINK_CAP_ACK (kernels before 4.3) an error ack
+        // only carries a copy of the request.
+        let _ = sock.set_rx_buf_sz(SOCK_RCVBUF);
+        let _ = sock.set_cap_ack(true);
         // A time-derived start keeps a restarted lbd's sequence numbers
         // distinct from stale replies of its previous life.
         let seq = std::time::SystemTime::now()
@@ -235,6 +249,102 @@ where
     }
 }
 
+/// The request an op is sent as.
+fn op_message(op: &IpvsOp<'_>) -> IpvsMessage {
+    match *op {
+        IpvsOp::AddService(vs) => IpvsMessage::new_service(vs),
+        IpvsOp::UpdateService(vs) => IpvsMessage::set_service(vs),
+        IpvsOp::DeleteService(k) => IpvsMessage::del_service(k),
+        IpvsOp::AddDest(k, rs) => IpvsMessage::new_dest(k, rs),
+        IpvsOp::UpdateDest(k, rs) => IpvsMessage::set_dest(k, rs),
+        IpvsOp::DeleteDest(k, d) => IpvsMessage::del_dest(k, d),
+    }
+}
+
+/// One acknowledged request (NLM_F_REQUEST | NLM_F_ACK) with sequence
+/// number `seq`, padded to NLMSG_ALIGNTO so requests can be concatenated.
+pub(crate) fn encode_request(family: u16, seq: u32, msg: IpvsMessage) -> Vec<u8> {
+    let mut g = GenlMessage::from_payload(msg);
+    g.set_resolved_family_id(family);
+    let mut nl = NetlinkMessage::from(g);
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_ACK;
+    hdr.sequence_number = seq;
+    nl.header = hdr;
+    nl.finalize();
+    let len = nl.buffer_len();
+    let mut out = vec![0u8; (len + 3) & !3];
+    nl.serialize(&mut out[..len]);
+    out
+}
+
+/// Reads the acks in one received datagram: `pending[i]` waits for the ack
+/// of sequence number `first + i` and gets Ok or the errno. Messages of
+/// other sequence numbers (late replies of an earlier exchange) are
+/// skipped. Returns how many of `pending` this datagram resolved.
+pub(crate) fn read_acks(
+    data: &[u8],
+    first: u32,
+    pending: &mut [Option<Result<(), i32>>],
+) -> Result<usize, String> {
+    let mut data = data;
+    let mut resolved = 0;
+    while !data.is_empty() {
+        let len = NetlinkBuffer::new_checked(data)
+            .map_err(|e| e.to_string())?
+            .length() as usize;
+        let m = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(&data[..len])
+            .map_err(|e| e.to_string())?;
+        data = &data[((len + 3) & !3).min(data.len())..];
+        let i = m.header.sequence_number.wrapping_sub(first) as usize;
+        let Some(slot) = pending.get_mut(i) else {
+            continue;
+        };
+        if let NetlinkPayload::Error(e) = m.payload {
+            if slot.is_none() {
+                resolved += 1;
+            }
+            *slot = Some(match e.code {
+                None => Ok(()),
+                Some(c) => Err(-c.get()),
+            });
+        }
+    }
+    Ok(resolved)
+}
+
+impl NetlinkIpvs {
+    /// Sends one chunk of encoded requests in one write and collects their
+    /// acks; `ops[i]` has sequence number `first + i`.
+    fn send_chunk(
+        &self,
+        conn: &mut Conn,
+        buf: &[u8],
+        first: u32,
+        count: usize,
+    ) -> Result<Vec<Option<Result<(), i32>>>, TransactError> {
+        let mut pending = vec![None; count];
+        conn.sock.send(buf, 0).map_err(TransactError::Io)?;
+        let mut missing = count;
+        while missing > 0 {
+            conn.buf.clear();
+            conn.buf.reserve(RECV_BUF);
+            let n = conn
+                .sock
+                .recv(&mut conn.buf, libc::MSG_TRUNC)
+                .map_err(TransactError::Io)?;
+            if n > conn.buf.len() {
+                return Err(TransactError::Decode(format!(
+                    "datagram of {n} bytes truncated"
+                )));
+            }
+            let got = read_acks(&conn.buf, first, &mut pending).map_err(TransactError::Decode)?;
+            missing = missing.saturating_sub(got);
+        }
+        Ok(pending)
+    }
+}
+
 fn af_of(key: &ServiceKey) -> u16 {
     if key.addr.is_ipv4() {
         AF_INET
@@ -324,6 +434,94 @@ impl IpvsHandle for NetlinkIpvs {
             .map(drop)
     }
 
+    /// Writes up to BATCH_MSGS requests (BATCH_BYTES) per send, each with
+    /// NLM_F_ACK and its own sequence number, then reads their acks. The
+    /// kernel handles the messages of one write in order and acks each, so
+    /// every op gets the result its single call would have had.
+    fn apply_batch(&self, ops: &[IpvsOp<'_>]) -> Vec<Result<(), IpvsError>> {
+        let mut results: Vec<Option<Result<(), IpvsError>>> = ops.iter().map(|_| None).collect();
+        let mut conn = self.lock();
+        let mut next = 0;
+        while next < ops.len() {
+            let first = conn.seq.wrapping_add(1);
+            let mut buf = Vec::with_capacity(BATCH_BYTES);
+            // Indices into `ops` of the requests in this write, in order.
+            let mut chunk: Vec<usize> = Vec::new();
+            while next < ops.len() && chunk.len() < BATCH_MSGS {
+                let op = &ops[next];
+                if let Err(e) = op.validate() {
+                    results[next] = Some(Err(e));
+                    next += 1;
+                    continue;
+                }
+                let seq = first.wrapping_add(chunk.len() as u32);
+                let bytes = encode_request(self.family, seq, op_message(op));
+                if !chunk.is_empty() && buf.len() + bytes.len() > BATCH_BYTES {
+                    break;
+                }
+                buf.extend_from_slice(&bytes);
+                chunk.push(next);
+                next += 1;
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            conn.seq = first.wrapping_add(chunk.len() as u32 - 1);
+            match self.send_chunk(&mut conn, &buf, first, chunk.len()) {
+                Ok(acks) => {
+                    for (&i, ack) in chunk.iter().zip(acks) {
+                        let op = &ops[i];
+                        results[i] = Some(match ack {
+                            Some(Ok(())) => Ok(()),
+                            Some(Err(errno)) => {
+                                Err(IpvsError::from_errno(op.name(), op.target(), errno))
+                            }
+                            None => Err(IpvsError::Decode {
+                                op: op.name(),
+                                reason: "no ack".into(),
+                            }),
+                        });
+                    }
+                }
+                // The socket failed mid-batch: what the kernel did is
+                // unknown from here on, so this op and every later one
+                // fail (the engine lists the kernel again after a failure).
+                Err(e) => {
+                    for (i, r) in results.iter_mut().enumerate().skip(chunk[0]) {
+                        if r.is_none() {
+                            let op = &ops[i];
+                            *r = Some(Err(match &e {
+                                TransactError::Errno(n) => {
+                                    IpvsError::from_errno(op.name(), op.target(), *n)
+                                }
+                                TransactError::Io(io) => IpvsError::Io(std::io::Error::new(
+                                    io.kind(),
+                                    format!("{} {}: batch aborted: {io}", op.name(), op.target()),
+                                )),
+                                TransactError::Decode(reason) => IpvsError::Decode {
+                                    op: op.name(),
+                                    reason: format!("batch aborted: {reason}"),
+                                },
+                            }));
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(IpvsError::Decode {
+                        op: "apply_batch",
+                        reason: "not sent".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+
     fn set_timeouts(&self, t: &Timeouts) -> Result<(), IpvsError> {
         self.request(
             "set_timeouts",
@@ -353,5 +551,90 @@ impl IpvsHandle for NetlinkIpvs {
             op,
             reason: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipvs::model::Protocol;
+
+    fn ack(seq: u32, error: i32) -> Vec<u8> {
+        // nlmsghdr (NLMSG_ERROR, NLM_F_CAPPED) | error | the request's
+        // nlmsghdr: what the kernel sends with NETLINK_CAP_ACK.
+        let mut b = Vec::new();
+        b.extend_from_slice(&36u32.to_ne_bytes());
+        b.extend_from_slice(&2u16.to_ne_bytes());
+        b.extend_from_slice(&0x100u16.to_ne_bytes());
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&7u32.to_ne_bytes());
+        b.extend_from_slice(&error.to_ne_bytes());
+        b.extend_from_slice(&[0u8; 16]);
+        b
+    }
+
+    #[test]
+    fn batched_requests_are_the_single_requests_back_to_back() {
+        let vs = VirtualServer::new("10.96.0.1".parse().unwrap(), 80, Protocol::Tcp, "rr");
+        let rs = RealServer::new("10.244.0.1".parse().unwrap(), 8080, 1);
+        let a = encode_request(33, 100, IpvsMessage::new_service(&vs));
+        let b = encode_request(33, 101, IpvsMessage::new_dest(&vs.key(), &rs));
+        assert_eq!(a.len() % 4, 0);
+        let mut batch = a.clone();
+        batch.extend_from_slice(&b);
+        // Each message parses on its own with its flags and sequence number.
+        let mut rest = &batch[..];
+        let mut seen = Vec::new();
+        while !rest.is_empty() {
+            let len = NetlinkBuffer::new_checked(rest).unwrap().length() as usize;
+            let m = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(&rest[..len]).unwrap();
+            assert_eq!(m.header.flags, NLM_F_REQUEST | NLM_F_ACK);
+            assert_eq!(m.header.message_type, 33);
+            seen.push(m.header.sequence_number);
+            rest = &rest[(len + 3) & !3..];
+        }
+        assert_eq!(seen, vec![100, 101]);
+        // The payload is the single request's (golden bytes in tests/ipvs_genl.rs).
+        assert_eq!(
+            &a[16..],
+            &encode_request(33, 5, IpvsMessage::new_service(&vs))[16..]
+        );
+    }
+
+    #[test]
+    fn acks_are_matched_by_sequence_number() {
+        let mut pending = vec![None; 3];
+        // One datagram may carry several; a stale one (seq 7) is skipped.
+        let mut d = ack(11, 0);
+        d.extend(ack(7, -libc::EEXIST));
+        d.extend(ack(10, -libc::EEXIST));
+        assert_eq!(read_acks(&d, 10, &mut pending), Ok(2));
+        assert_eq!(read_acks(&ack(12, -libc::ESRCH), 10, &mut pending), Ok(1));
+        assert_eq!(
+            pending,
+            vec![
+                Some(Err(libc::EEXIST)),
+                Some(Ok(())),
+                Some(Err(libc::ESRCH))
+            ]
+        );
+        // A repeated ack resolves nothing new.
+        assert_eq!(read_acks(&ack(11, 0), 10, &mut pending), Ok(0));
+        // Sequence numbers wrap.
+        let mut p = vec![None; 2];
+        assert_eq!(read_acks(&ack(0, 0), u32::MAX, &mut p), Ok(1));
+        assert_eq!(p, vec![None, Some(Ok(()))]);
+    }
+
+    #[test]
+    fn garbage_in_an_ack_datagram_is_an_error_not_a_panic() {
+        let mut pending = vec![None; 1];
+        assert!(read_acks(&[1, 2, 3], 1, &mut pending).is_err());
+        let mut short = ack(1, 0);
+        short[0] = 200; // length beyond the datagram
+        assert!(read_acks(&short, 1, &mut pending).is_err());
+        for n in 0..36 {
+            let _ = read_acks(&ack(1, 0)[..n], 1, &mut pending);
+        }
     }
 }

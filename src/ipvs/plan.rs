@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use super::desired::DesiredState;
+use super::desired::{DesiredState, DesiredVs, Scope};
 use super::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
 
 /// A virtual server as listed from the kernel, real servers with counters.
@@ -86,6 +86,10 @@ pub struct PlanParams<'a> {
     /// Virtual servers this process wanted at some point (NodePorts
     /// outside the default range, after the last one went away).
     pub remembered: Option<&'a BTreeSet<ServiceKey>>,
+    /// Plan only these virtual servers and addresses (the ones changed
+    /// Services can have moved), trusting the rest to match already; None
+    /// plans everything. Drains outside the scope are kept as they are.
+    pub scope: Option<&'a Scope>,
 }
 
 /// State kept across syncs, outside the kernel: when each drain started.
@@ -175,10 +179,23 @@ pub fn plan(
     now: Instant,
 ) -> Plan {
     let excluded = |a: &IpAddr| params.exclude_cidrs.iter().any(|n| n.contains(a));
-    let desired_addrs = desired.addresses();
+    // Any desired virtual server on this address (keys sort by address
+    // first, so this is one range lookup, not a set of every address).
+    let wanted_addr = |a: IpAddr| {
+        let lo = ServiceKey {
+            addr: a,
+            port: 0,
+            protocol: Protocol::Tcp,
+        };
+        desired
+            .virtual_servers
+            .range(lo..)
+            .next()
+            .is_some_and(|(k, _)| k.addr == a)
+    };
     let ours = |k: &ServiceKey| {
         desired.virtual_servers.contains_key(k)
-            || ((desired_addrs.contains(&k.addr)
+            || ((wanted_addr(k.addr)
                 || kernel.bound_addresses.contains(&k.addr)
                 || params.remembered.is_some_and(|r| r.contains(k))
                 || (params.node_port_ips.contains(&k.addr) && NODE_PORT_RANGE.contains(&k.port)))
@@ -193,11 +210,7 @@ pub fn plan(
     let mut unbinds = Vec::new();
     let mut still_draining: BTreeMap<(ServiceKey, DestKey), Instant> = BTreeMap::new();
 
-    for a in desired.bind_addresses.difference(&kernel.bound_addresses) {
-        binds.push(Change::BindAddress(*a));
-    }
-
-    for (key, want) in &desired.virtual_servers {
+    let mut plan_vs = |key: &ServiceKey, want: &DesiredVs| {
         let have = kernel.virtual_servers.get(key);
         match have {
             None => add_vs.push(Change::AddVirtual(want.vs.clone())),
@@ -248,25 +261,73 @@ pub fn plan(
                 still_draining.insert((*key, *rs), since);
             }
         }
-    }
+    };
 
-    for key in kernel.virtual_servers.keys() {
-        if !desired.virtual_servers.contains_key(key) && ours(key) {
-            del_vs.push(Change::DeleteVirtual(*key));
+    match params.scope {
+        None => {
+            for a in desired.bind_addresses.difference(&kernel.bound_addresses) {
+                binds.push(Change::BindAddress(*a));
+            }
+            for (key, want) in &desired.virtual_servers {
+                plan_vs(key, want);
+            }
+            for key in kernel.virtual_servers.keys() {
+                if !desired.virtual_servers.contains_key(key) && ours(key) {
+                    del_vs.push(Change::DeleteVirtual(*key));
+                }
+            }
+            for a in kernel.bound_addresses.difference(&desired.bind_addresses) {
+                if !excluded(a) {
+                    unbinds.push(Change::UnbindAddress(*a));
+                }
+            }
+        }
+        // The same decisions as above, for the scope's keys only (in the
+        // same order, so a scoped plan is the full plan's restriction).
+        Some(scope) => {
+            for a in &scope.addresses {
+                if desired.bind_addresses.contains(a) && !kernel.bound_addresses.contains(a) {
+                    binds.push(Change::BindAddress(*a));
+                }
+            }
+            for key in &scope.virtual_servers {
+                if let Some(want) = desired.virtual_servers.get(key) {
+                    plan_vs(key, want);
+                }
+            }
+            for key in &scope.virtual_servers {
+                if kernel.virtual_servers.contains_key(key)
+                    && !desired.virtual_servers.contains_key(key)
+                    && ours(key)
+                {
+                    del_vs.push(Change::DeleteVirtual(*key));
+                }
+            }
+            for a in &scope.addresses {
+                if kernel.bound_addresses.contains(a)
+                    && !desired.bind_addresses.contains(a)
+                    && !excluded(a)
+                {
+                    unbinds.push(Change::UnbindAddress(*a));
+                }
+            }
         }
     }
 
-    for a in kernel.bound_addresses.difference(&desired.bind_addresses) {
-        if !excluded(a) {
-            unbinds.push(Change::UnbindAddress(*a));
+    match params.scope {
+        None => drains.since = still_draining,
+        Some(scope) => {
+            drains
+                .since
+                .retain(|(k, _), _| !scope.virtual_servers.contains(k));
+            drains.since.extend(still_draining);
         }
     }
-
-    let next_deadline = still_draining
+    let next_deadline = drains
+        .since
         .values()
         .map(|s| *s + params.drain_timeout)
         .min();
-    drains.since = still_draining;
 
     let mut changes = binds;
     changes.extend(add_vs);
@@ -747,5 +808,49 @@ mod tests {
                 Change::DeleteVirtual(vk("192.168.1.10", 30080, Protocol::Tcp)),
             ]
         );
+    }
+
+    #[test]
+    fn scoped_plan_touches_only_its_scope_and_keeps_other_drains() {
+        let d = one_service();
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        let other = vk("10.96.0.2", 80, Protocol::Tcp);
+        let draining = rk("10.244.0.9", 8080);
+        let mut k = KernelState::default();
+        k.virtual_servers
+            .insert(v, kvs(v, &[(rk("10.244.0.1", 8080), 1, 0)]));
+        k.bound_addresses.insert(v.addr);
+        // Out of scope: a stale virtual server with a draining real server.
+        k.virtual_servers
+            .insert(other, kvs(other, &[(draining, 0, 3)]));
+        k.bound_addresses.insert(other.addr);
+        let t0 = Instant::now();
+        let mut t = DrainTracker::default();
+        t.since.insert((other, draining), t0);
+        let scope = Scope {
+            virtual_servers: BTreeSet::from([v]),
+            addresses: BTreeSet::from([v.addr]),
+        };
+        let p = plan(
+            &d,
+            &k,
+            &mut t,
+            &PlanParams {
+                scope: Some(&scope),
+                ..params()
+            },
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(
+            p.changes,
+            vec![Change::AddReal(v, rsv(rk("10.244.0.2", 8080), 1))]
+        );
+        assert_eq!(p.draining, 1);
+        assert_eq!(p.next_deadline, Some(t0 + BOUND));
+        // The full plan cleans up what the scope left alone.
+        let p = plan(&d, &k, &mut t, &params(), t0 + Duration::from_secs(1));
+        assert!(p.changes.contains(&Change::DeleteVirtual(other)));
+        assert!(p.changes.contains(&Change::UnbindAddress(other.addr)));
+        assert!(t.is_empty());
     }
 }

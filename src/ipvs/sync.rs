@@ -1,12 +1,18 @@
 //! The sync runner: a bounded-frequency loop (kube-proxy's
-//! BoundedFrequencyRunner) that recomputes the desired table from the whole
-//! caches, lists the kernel once, plans and applies the minimal change.
+//! BoundedFrequencyRunner) that brings the desired table up to date, plans
+//! against the kernel and applies the minimal change.
 //!
-//! Watch events only mark the proxy dirty. A sync runs at most once per
-//! `min_sync_period` and at least once per `sync_period` (which also repairs
-//! drift made by others), and sooner while real servers drain or after a
-//! failed change. Nothing runs before the Services, EndpointSlices and Node
-//! caches have synced once.
+//! Watch events only mark the proxy dirty, naming the Services they
+//! touched; a sync between full ones recomputes and plans only those
+//! ([`Syncer::sync_changed`]), so one endpoint change costs one Service, not
+//! the table. A full sync ([`Syncer::sync`]: every Service checked, every
+//! virtual server and address planned) runs first, after a relist, after a
+//! failure, when the node's addresses or the settings change, and once per
+//! `sync_period`, when it also lists the kernel and so repairs drift made
+//! by others ([`Syncer::wants_full`]). A sync runs at most once per
+//! `min_sync_period` and at least once per `sync_period`, and sooner while
+//! real servers drain or after a failed change. Nothing runs before the
+//! Services, EndpointSlices and Node caches have synced once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -22,8 +28,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::desired::{self, DesiredCache, DesiredParams};
-use super::handle::{IpvsError, IpvsHandle};
+pub use super::desired::ServiceInputs;
+use super::desired::{self, DesiredCache, DesiredParams, ObjectKey};
+use super::handle::{IpvsError, IpvsHandle, IpvsOp};
 use super::kube::{client_from_config, start_watchers, KubeError};
 use super::metrics::{OpLabels, ProxyMetrics};
 use super::model::Timeouts;
@@ -61,6 +68,14 @@ pub trait ServiceAddresses: Send + Sync {
     fn list(&self) -> Result<BTreeSet<IpAddr>, String>;
     fn add(&self, addr: IpAddr) -> Result<(), String>;
     fn remove(&self, addr: IpAddr) -> Result<(), String>;
+    /// Binds several, one result per address; the default calls `add`.
+    fn add_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
+        addrs.iter().map(|a| self.add(*a)).collect()
+    }
+    /// Unbinds several, one result per address; the default calls `remove`.
+    fn remove_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
+        addrs.iter().map(|a| self.remove(*a)).collect()
+    }
 }
 
 /// In-memory kube-ipvs0 for tests and for hosts without a dummy driver.
@@ -168,6 +183,28 @@ impl ServiceAddresses for DummyAddresses {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+    fn add_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
+        match self.link() {
+            Ok(l) => self
+                .rt
+                .block_on(l.bind_many(addrs))
+                .into_iter()
+                .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => addrs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+    fn remove_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
+        match self.link() {
+            Ok(l) => self
+                .rt
+                .block_on(l.unbind_many(addrs))
+                .into_iter()
+                .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => addrs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
 }
 
 /// The kernel-facing parts the engine drives.
@@ -258,6 +295,15 @@ pub struct SyncOutcome {
     pub recheck_in: Option<Duration>,
     /// This sync listed the whole kernel.
     pub full: bool,
+    /// This sync recomputed and planned every Service (not only the
+    /// changed ones).
+    pub all_services: bool,
+    /// A changed-only sync was refused because a full one is due
+    /// ([`Syncer::wants_full`]); nothing was done.
+    pub full_required: bool,
+    /// The nftables ruleset was rendered (the table changed since the last
+    /// good render).
+    pub nft_rendered: bool,
     /// From the start of the sync until the IPVS and kube-ipvs0 changes
     /// were applied (the nftables table follows).
     pub ipvs_applied: Option<Duration>,
@@ -278,9 +324,14 @@ pub struct Syncer {
     /// Virtual servers wanted since start (ownership of stale NodePorts).
     remembered: BTreeSet<super::model::ServiceKey>,
     last_ruleset: Option<serde_json::Value>,
-    /// Slice (namespace/name) -> (resourceVersion, trigger time) last seen.
-    seen_slices: HashMap<String, (String, Option<String>)>,
-    seen_services: HashMap<String, String>,
+    /// `DesiredCache::version` the nftables table was last rendered from.
+    ruleset_version: Option<u64>,
+    /// Service -> its slices (name, resourceVersion, trigger time) last
+    /// seen, keyed by Service so a changed-only sync compares just the
+    /// changed Services' slices; a short list, not a map: a Service has one
+    /// slice or a few.
+    seen_slices: HashMap<ObjectKey, Vec<SeenSlice>>,
+    seen_services: HashMap<ObjectKey, String>,
     first: bool,
 }
 
@@ -296,17 +347,76 @@ impl Syncer {
             last_full: None,
             remembered: BTreeSet::new(),
             last_ruleset: None,
+            ruleset_version: None,
             seen_slices: HashMap::new(),
             seen_services: HashMap::new(),
             first: true,
         }
     }
 
-    /// One full sync from complete cache contents.
+    /// Whether the next sync must be a full one ([`Syncer::sync`]): first
+    /// sync, `sync_period` elapsed (drift repair by a kernel listing), the
+    /// last sync failed (the kept kernel view is dropped), or the node's
+    /// addresses or the settings changed (every NodePort can move).
+    pub fn wants_full(&self, node: Option<&Node>, now: std::time::Instant) -> bool {
+        let node_addrs = node.map(desired::node_addresses).unwrap_or_default();
+        self.kernel.is_none()
+            || self.last_full_due(now)
+            || !self.desired.matches(&self.desired_params(&node_addrs))
+    }
+
+    fn last_full_due(&self, now: std::time::Instant) -> bool {
+        self.last_full
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.settings.sync_period)
+    }
+
+    fn desired_params<'a>(&'a self, node_addrs: &'a [IpAddr]) -> DesiredParams<'a> {
+        DesiredParams {
+            node_name: &self.settings.node_name,
+            node_addresses: node_addrs,
+            node_port_addresses: &self.settings.node_port_addresses,
+            scheduler: &self.settings.scheduler,
+        }
+    }
+
+    /// One full sync from complete cache contents: every Service is checked
+    /// (unchanged ones keep their memoised part of the table) and every
+    /// virtual server and address planned. Lists the kernel when
+    /// [`Syncer::wants_full`] says so, else plans against the kept view.
     pub fn sync(
         &mut self,
         services: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
+        node: Option<&Node>,
+        now: std::time::Instant,
+    ) -> SyncOutcome {
+        self.run(Inputs::All { services, slices }, node, now)
+    }
+
+    /// A sync of the given Services only (the ones whose Service or slices
+    /// changed since the last sync): their part of the table is recomputed
+    /// and only their virtual servers and addresses (plus any draining
+    /// ones) are planned, against the kernel view kept from the last sync.
+    /// Refused with `full_required` when [`Syncer::wants_full`] holds.
+    pub fn sync_changed(
+        &mut self,
+        changed: &[ServiceInputs],
+        node: Option<&Node>,
+        now: std::time::Instant,
+    ) -> SyncOutcome {
+        if self.wants_full(node, now) {
+            return SyncOutcome {
+                full_required: true,
+                recheck_in: Some(Duration::ZERO),
+                ..Default::default()
+            };
+        }
+        self.run(Inputs::Changed(changed), node, now)
+    }
+
+    fn run(
+        &mut self,
+        inputs: Inputs<'_>,
         node: Option<&Node>,
         now: std::time::Instant,
     ) -> SyncOutcome {
@@ -318,34 +428,48 @@ impl Syncer {
             node_port_addresses: &self.settings.node_port_addresses,
             scheduler: &self.settings.scheduler,
         };
-        let want = self.desired.compute(services, slices, &dparams);
         let np_ips = desired::node_port_ips(&dparams);
+        let mut scope = match inputs {
+            Inputs::All { services, slices } => {
+                self.desired.compute(services, slices, &dparams);
+                None
+            }
+            Inputs::Changed(changed) => match self.desired.compute_changed(changed, &dparams) {
+                Some(s) => Some(s),
+                // sync_changed checked the parameters; should they differ
+                // anyway, nothing partial is programmed.
+                None => {
+                    return SyncOutcome {
+                        full_required: true,
+                        recheck_in: Some(Duration::ZERO),
+                        ..Default::default()
+                    }
+                }
+            },
+        };
+        let want = self.desired.table();
         let mut out = SyncOutcome {
             services: want.services,
             virtual_servers: want.virtual_servers.len(),
             real_servers: want.real_server_count(),
+            all_services: scope.is_none(),
             ..Default::default()
         };
+        let metrics = &self.metrics;
         let fail = |out: &mut SyncOutcome, op: &'static str, e: String| {
             out.failed += 1;
-            self.metrics
-                .kernel_errors
-                .get_or_create(&OpLabels { op })
-                .inc();
+            metrics.kernel_errors.get_or_create(&OpLabels { op }).inc();
             tracing::warn!(op, error = %e, "proxy change failed");
             out.first_error.get_or_insert(e);
         };
 
-        // A full sync lists the kernel once (first sync, every
-        // sync_period to repair drift by others, after any failure); the
-        // ones in between plan against the view kept from the last sync,
-        // refreshing only virtual servers with draining real servers, whose
-        // connection counters decide the drain.
-        let full = self.kernel.is_none()
-            || self
-                .last_full
-                .is_none_or(|t| now.saturating_duration_since(t) >= self.settings.sync_period);
-        let mut kernel = if full {
+        // A full listing happens once per sync_period (drift repair), on
+        // the first sync and after any failure; the syncs in between plan
+        // against the view kept from the last sync, refreshing only virtual
+        // servers with draining real servers, whose connection counters
+        // decide the drain.
+        let list = self.kernel.is_none() || (scope.is_none() && self.last_full_due(now));
+        let mut kernel = if list {
             // A failed listing programs nothing (no partial view).
             let listing = match self.backends.ipvs.list_services() {
                 Ok(l) => l,
@@ -363,7 +487,9 @@ impl Syncer {
                     return out;
                 }
             };
-            self.last_full = Some(now);
+            if scope.is_none() {
+                self.last_full = Some(now);
+            }
             KernelState::from_listing(listing, bound)
         } else {
             let mut k = self.kernel.take().unwrap_or_default();
@@ -386,9 +512,13 @@ impl Syncer {
             }
             k
         };
-        out.full = full;
+        out.full = list;
+        // Draining real servers are decided at every sync, whatever changed.
+        if let Some(s) = scope.as_mut() {
+            s.virtual_servers.extend(self.drains.services());
+        }
         let p = plan(
-            &want,
+            want,
             &kernel,
             &mut self.drains,
             &PlanParams {
@@ -396,24 +526,30 @@ impl Syncer {
                 drain_timeout: self.settings.drain_timeout,
                 node_port_ips: &np_ips,
                 remembered: Some(&self.remembered),
+                scope: scope.as_ref(),
             },
             now,
         );
-        self.remembered.extend(want.virtual_servers.keys().copied());
+        match &scope {
+            None => self.remembered.extend(want.virtual_servers.keys().copied()),
+            Some(s) => self.remembered.extend(
+                s.virtual_servers
+                    .iter()
+                    .filter(|k| want.virtual_servers.contains_key(*k))
+                    .copied(),
+            ),
+        }
         out.changes = p.changes.len();
         out.draining = p.draining;
-        for c in &p.changes {
-            let (op, r) = self.apply(c);
+        let results = apply_changes(&self.backends, &p.changes);
+        for (c, (op, r)) in p.changes.iter().zip(results) {
             match r {
                 Ok(()) => {
                     kernel.apply(c);
                     if let Change::DeleteVirtual(k) = c {
                         self.remembered.remove(k);
                     }
-                    self.metrics
-                        .kernel_changes
-                        .get_or_create(&OpLabels { op })
-                        .inc();
+                    metrics.kernel_changes.get_or_create(&OpLabels { op }).inc();
                 }
                 Err(e) => fail(&mut out, op, e),
             }
@@ -423,9 +559,19 @@ impl Syncer {
         // After a failure the view is unreliable: list again next time.
         self.kernel = (out.failed == 0).then_some(kernel);
 
-        if let Some(fw) = &self.backends.firewall {
+        // The ruleset is rendered from the whole table (O(table)): only
+        // when the table changed since the last good render, so syncs that
+        // change nothing in it (drain rechecks, unchanged full syncs) skip it.
+        let table_version = self.desired.version();
+        let fw = self
+            .backends
+            .firewall
+            .as_ref()
+            .filter(|_| self.ruleset_version != Some(table_version));
+        if let Some(fw) = fw {
+            out.nft_rendered = true;
             let ruleset = nft::render(
-                &want,
+                want,
                 &NftParams {
                     cluster_cidrs: &self.settings.cluster_cidrs,
                     masquerade_all: self.settings.masquerade_all,
@@ -434,19 +580,27 @@ impl Syncer {
             if self.last_ruleset.as_ref() != Some(&ruleset) {
                 match fw.replace(&ruleset) {
                     Ok(()) => {
-                        self.metrics.nft_applies.inc();
+                        metrics.nft_applies.inc();
                         self.last_ruleset = Some(ruleset);
+                        self.ruleset_version = Some(table_version);
                     }
                     Err(e) => {
-                        self.metrics.nft_errors.inc();
+                        metrics.nft_errors.inc();
                         self.last_ruleset = None;
+                        self.ruleset_version = None;
                         fail(&mut out, "nft_replace", e.to_string());
                     }
                 }
+            } else {
+                self.ruleset_version = Some(table_version);
             }
         }
 
-        self.count_changes(services, slices, out.failed == 0);
+        let ok = out.failed == 0;
+        match inputs {
+            Inputs::All { services, slices } => self.count_all(services, slices, ok),
+            Inputs::Changed(changed) => self.count_changed(changed, ok),
+        }
 
         // Drains are decided from counters only a later listing shows.
         let mut recheck =
@@ -466,53 +620,15 @@ impl Syncer {
         out
     }
 
-    fn apply(&self, c: &Change) -> (&'static str, Result<(), String>) {
-        let ipvs = &self.backends.ipvs;
-        let s = |r: Result<(), IpvsError>| r.map_err(|e| e.to_string());
-        match c {
-            Change::BindAddress(a) => ("bind_address", self.backends.addresses.add(*a)),
-            Change::UnbindAddress(a) => ("unbind_address", self.backends.addresses.remove(*a)),
-            Change::AddVirtual(vs) => (
-                "add_service",
-                s(match ipvs.add_service(vs) {
-                    // Someone added it between list and add: make it ours.
-                    Err(e) if e.is_exists() => ipvs.update_service(vs),
-                    r => r,
-                }),
-            ),
-            Change::UpdateVirtual(vs) => ("update_service", s(ipvs.update_service(vs))),
-            Change::DeleteVirtual(k) => (
-                "delete_service",
-                s(ipvs.delete_service(k).or_else(ignore_not_found)),
-            ),
-            Change::AddReal(k, rs) => (
-                "add_dest",
-                s(match ipvs.add_dest(k, rs) {
-                    Err(e) if e.is_exists() => ipvs.update_dest(k, rs),
-                    r => r,
-                }),
-            ),
-            Change::UpdateReal(k, rs) => ("update_dest", s(ipvs.update_dest(k, rs))),
-            Change::DeleteReal(k, d) => (
-                "delete_dest",
-                s(ipvs.delete_dest(k, d).or_else(ignore_not_found)),
-            ),
-        }
-    }
-
     /// kube-proxy's change counters and network programming latency, from
-    /// resourceVersions and trigger times seen since the previous sync.
-    fn count_changes(
-        &mut self,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-        ok: bool,
-    ) {
+    /// resourceVersions and trigger times seen since the previous sync,
+    /// over every object (full sync).
+    fn count_all(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], ok: bool) {
         let now = SystemTime::now();
         let mut svc_changes = 0u64;
         let mut seen = HashMap::with_capacity(services.len());
         for s in services {
-            let key = obj_key(&s.metadata);
+            let key = ObjectKey::of(&s.metadata);
             let rv = s.metadata.resource_version.clone().unwrap_or_default();
             if self.seen_services.get(&key) != Some(&rv) {
                 svc_changes += 1;
@@ -526,10 +642,67 @@ impl Syncer {
             .count() as u64;
         self.seen_services = seen;
 
-        let mut ep_changes = 0u64;
-        let mut seen = HashMap::with_capacity(slices.len());
+        // Slices no Service name points at are not proxied, nor counted.
+        let mut groups: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
         for s in slices {
-            let key = obj_key(&s.metadata);
+            if let Some(k) = ObjectKey::service_of(s) {
+                groups.entry(k).or_default().push(s);
+            }
+        }
+        let gone: Vec<ObjectKey> = self
+            .seen_slices
+            .keys()
+            .filter(|k| !groups.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut ep_changes = 0u64;
+        for k in gone {
+            ep_changes += self.count_slices(&k, &[], ok, now);
+        }
+        for (k, g) in groups {
+            ep_changes += self.count_slices(&k, &g, ok, now);
+        }
+        self.record_changes(svc_changes, ep_changes);
+    }
+
+    /// The same counters over the changed Services only: every other
+    /// object is unchanged by construction of the dirty set.
+    fn count_changed(&mut self, changed: &[ServiceInputs], ok: bool) {
+        let now = SystemTime::now();
+        let (mut svc_changes, mut ep_changes) = (0u64, 0u64);
+        for c in changed {
+            let prev = match &c.service {
+                Some(s) => {
+                    let rv = s.metadata.resource_version.clone().unwrap_or_default();
+                    let same = self.seen_services.get(&c.key) == Some(&rv);
+                    if !same {
+                        self.seen_services.insert(c.key.clone(), rv);
+                    }
+                    !same
+                }
+                None => self.seen_services.remove(&c.key).is_some(),
+            };
+            svc_changes += u64::from(prev);
+            let slices: Vec<&EndpointSlice> = c.slices.iter().map(|s| &**s).collect();
+            ep_changes += self.count_slices(&c.key, &slices, ok, now);
+        }
+        self.record_changes(svc_changes, ep_changes);
+    }
+
+    /// Counts one Service's slices that are new, changed or gone since last
+    /// seen, and observes the programming latency of the changed ones.
+    fn count_slices(
+        &mut self,
+        svc: &ObjectKey,
+        slices: &[&EndpointSlice],
+        ok: bool,
+        now: SystemTime,
+    ) -> u64 {
+        let prev = self.seen_slices.remove(svc).unwrap_or_default();
+        let mut next = Vec::with_capacity(slices.len());
+        let mut changes = 0u64;
+        for s in slices {
+            let name = s.metadata.name.clone().unwrap_or_default();
             let rv = s.metadata.resource_version.clone().unwrap_or_default();
             let trig = s
                 .metadata
@@ -537,25 +710,34 @@ impl Syncer {
                 .as_ref()
                 .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
                 .cloned();
-            let prev = self.seen_slices.get(&key);
-            if prev.map(|p| &p.0) != Some(&rv) {
-                ep_changes += 1;
+            let p = prev.iter().find(|p| p.name == name);
+            if p.map(|p| &p.rv) != Some(&rv) {
+                changes += 1;
                 // Only changes that happened while we ran: after a restart
                 // the old trigger times would measure our downtime.
-                if !self.first && ok && prev.map(|p| &p.1) != Some(&trig) {
+                if !self.first && ok && p.map(|p| &p.trigger) != Some(&trig) {
                     if let Some(lat) = trig.as_deref().and_then(|t| latency_since(t, now)) {
                         self.metrics.network_programming.observe(lat);
                     }
                 }
             }
-            seen.insert(key, (rv, trig));
+            next.push(SeenSlice {
+                name,
+                rv,
+                trigger: trig,
+            });
         }
-        ep_changes += self
-            .seen_slices
-            .keys()
-            .filter(|k| !seen.contains_key(*k))
+        changes += prev
+            .iter()
+            .filter(|p| !next.iter().any(|n| n.name == p.name))
             .count() as u64;
-        self.seen_slices = seen;
+        if !next.is_empty() {
+            self.seen_slices.insert(svc.clone(), next);
+        }
+        changes
+    }
+
+    fn record_changes(&mut self, svc_changes: u64, ep_changes: u64) {
         if !self.first {
             self.metrics.service_changes.inc_by(svc_changes);
             self.metrics.endpoint_changes.inc_by(ep_changes);
@@ -564,20 +746,125 @@ impl Syncer {
     }
 }
 
-fn ignore_not_found(e: IpvsError) -> Result<(), IpvsError> {
-    if e.is_not_found() {
-        Ok(())
-    } else {
-        Err(e)
+/// One slice of a Service as last counted.
+#[derive(Debug)]
+struct SeenSlice {
+    name: String,
+    rv: String,
+    trigger: Option<String>,
+}
+
+/// What a sync recomputes from.
+enum Inputs<'a> {
+    All {
+        services: &'a [Arc<Service>],
+        slices: &'a [Arc<EndpointSlice>],
+    },
+    Changed(&'a [ServiceInputs]),
+}
+
+/// Applies a plan in its order: address changes one by one, each run of
+/// IPVS changes as one batch (one result per change either way).
+fn apply_changes(
+    backends: &ProxyBackends,
+    changes: &[Change],
+) -> Vec<(&'static str, Result<(), String>)> {
+    let mut out = Vec::with_capacity(changes.len());
+    let mut i = 0;
+    while i < changes.len() {
+        // Runs of binds, of unbinds and of IPVS changes each go at once.
+        let binds = address_run(&changes[i..], true);
+        if !binds.is_empty() {
+            let rs = backends.addresses.add_many(&binds);
+            push_results(&mut out, "bind_address", binds.len(), rs);
+            i += binds.len();
+            continue;
+        }
+        let unbinds = address_run(&changes[i..], false);
+        if !unbinds.is_empty() {
+            let rs = backends.addresses.remove_many(&unbinds);
+            push_results(&mut out, "unbind_address", unbinds.len(), rs);
+            i += unbinds.len();
+            continue;
+        }
+        let run: Vec<IpvsOp<'_>> = changes[i..].iter().map_while(ipvs_op).collect();
+        if run.is_empty() {
+            // Unreachable: every change is an address or an IPVS one.
+            out.push(("apply", Err(format!("unknown change {:?}", changes[i]))));
+            i += 1;
+            continue;
+        }
+        let mut results = backends.ipvs.apply_batch(&run).into_iter();
+        for op in &run {
+            let r = results.next().unwrap_or_else(|| {
+                Err(IpvsError::Decode {
+                    op: op.name(),
+                    reason: "batch returned no result".into(),
+                })
+            });
+            out.push((
+                op.name(),
+                settle(backends, op, r).map_err(|e| e.to_string()),
+            ));
+        }
+        i += run.len();
+    }
+    out
+}
+
+/// The addresses of the binds (or unbinds) `changes` starts with.
+fn address_run(changes: &[Change], bind: bool) -> Vec<IpAddr> {
+    changes
+        .iter()
+        .map_while(|c| match (c, bind) {
+            (Change::BindAddress(a), true) | (Change::UnbindAddress(a), false) => Some(*a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One result per change of a run, even from a short batch answer.
+fn push_results(
+    out: &mut Vec<(&'static str, Result<(), String>)>,
+    op: &'static str,
+    n: usize,
+    results: Vec<Result<(), String>>,
+) {
+    let mut rs = results.into_iter();
+    for _ in 0..n {
+        let r = rs
+            .next()
+            .unwrap_or_else(|| Err(format!("{op}: batch returned no result")));
+        out.push((op, r));
     }
 }
 
-fn obj_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        m.namespace.as_deref().unwrap_or(""),
-        m.name.as_deref().unwrap_or("")
-    )
+fn ipvs_op(c: &Change) -> Option<IpvsOp<'_>> {
+    Some(match c {
+        Change::AddVirtual(vs) => IpvsOp::AddService(vs),
+        Change::UpdateVirtual(vs) => IpvsOp::UpdateService(vs),
+        Change::DeleteVirtual(k) => IpvsOp::DeleteService(k),
+        Change::AddReal(k, rs) => IpvsOp::AddDest(k, rs),
+        Change::UpdateReal(k, rs) => IpvsOp::UpdateDest(k, rs),
+        Change::DeleteReal(k, d) => IpvsOp::DeleteDest(k, d),
+        Change::BindAddress(_) | Change::UnbindAddress(_) => return None,
+    })
+}
+
+/// The engine's reading of one op's result: adding what exists makes it
+/// ours (someone added it between our listing and the add), deleting what
+/// is gone is done.
+fn settle(
+    backends: &ProxyBackends,
+    op: &IpvsOp<'_>,
+    r: Result<(), IpvsError>,
+) -> Result<(), IpvsError> {
+    match (op, r) {
+        (IpvsOp::AddService(vs), Err(e)) if e.is_exists() => backends.ipvs.update_service(vs),
+        (IpvsOp::AddDest(k, rs), Err(e)) if e.is_exists() => backends.ipvs.update_dest(k, rs),
+        (IpvsOp::DeleteService(_) | IpvsOp::DeleteDest(..), Err(e)) if e.is_not_found() => Ok(()),
+        (_, r) => r,
+    }
 }
 
 fn latency_since(rfc3339: &str, now: SystemTime) -> Option<f64> {
@@ -653,7 +940,7 @@ impl Engine {
 
         let dirty = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
-        let caches = start_watchers(
+        let watched = start_watchers(
             client,
             &settings.node_name,
             dirty.clone(),
@@ -668,7 +955,7 @@ impl Engine {
         // Nothing is programmed on partial data.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = caches.wait_until_ready() => if r.is_err() { return Ok(()) },
+            r = watched.caches.wait_until_ready() => if r.is_err() { return Ok(()) },
         }
         tracing::info!("proxy caches synced");
 
@@ -705,12 +992,28 @@ impl Engine {
             }
             let started = Instant::now();
             let Some(mut s) = syncer.take() else { break };
-            let services = caches.services.state();
-            let slices = caches.slices.state();
-            let node = caches.node.state().into_iter().next();
+            let node = watched.caches.node.state().into_iter().next();
             let std_now = started.into_std();
+            // Only the changed Services are read and synced, unless
+            // everything is due (relist, period, failure, node change).
+            let changed = watched.tracker().take();
+            let inputs = if changed.all || s.wants_full(node.as_deref(), std_now) {
+                None
+            } else {
+                Some(watched.inputs(&changed.services))
+            };
+            let (services, slices) = match inputs {
+                Some(_) => (Vec::new(), Vec::new()),
+                None => (
+                    watched.caches.services.state(),
+                    watched.caches.slices.state(),
+                ),
+            };
             let joined = tokio::task::spawn_blocking(move || {
-                let o = s.sync(&services, &slices, node.as_deref(), std_now);
+                let o = match inputs {
+                    Some(changed) => s.sync_changed(&changed, node.as_deref(), std_now),
+                    None => s.sync(&services, &slices, node.as_deref(), std_now),
+                };
                 (s, o)
             })
             .await;
@@ -722,6 +1025,13 @@ impl Engine {
                 }
             };
             syncer = Some(s);
+            if outcome.full_required {
+                // Nothing was done (the checks above make this rare): go
+                // again at once with everything.
+                watched.tracker().mark_all();
+                pending = true;
+                continue;
+            }
             let took = started.elapsed();
             pending = false;
             recheck = outcome.recheck_in.map(|d| Instant::now() + d);

@@ -15,7 +15,12 @@ use std::path::PathBuf;
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkDummy};
+
+/// Most address requests in flight at once: every ack of them may sit in
+/// the socket's receive buffer at the same time (~1 KiB each).
+pub const PIPELINE: usize = 128;
 
 /// The name kube-proxy uses, so tools and habits carry over.
 pub const KUBE_IPVS0: &str = "kube-ipvs0";
@@ -170,12 +175,60 @@ impl DummyLink {
         }
     }
 
+    /// Binds several addresses with up to [`PIPELINE`] requests in flight
+    /// on the connection, instead of one round trip each: a full sync binds
+    /// one address per ClusterIP. One result per address, in order.
+    pub async fn bind_many(&self, addrs: &[IpAddr]) -> Vec<Result<bool, DummyError>> {
+        let mut out = Vec::with_capacity(addrs.len());
+        for chunk in addrs.chunks(PIPELINE) {
+            out.extend(futures::future::join_all(chunk.iter().map(|a| self.bind(*a))).await);
+        }
+        out
+    }
+
+    /// [`DummyLink::unbind`] for several addresses, pipelined as
+    /// [`DummyLink::bind_many`].
+    pub async fn unbind_many(&self, addrs: &[IpAddr]) -> Vec<Result<bool, DummyError>> {
+        let mut out = Vec::with_capacity(addrs.len());
+        for chunk in addrs.chunks(PIPELINE) {
+            out.extend(futures::future::join_all(chunk.iter().map(|a| self.unbind(*a))).await);
+        }
+        out
+    }
+
     /// Unbind `addr` (any prefix length). Returns false if it was not bound.
     pub async fn unbind(&self, addr: IpAddr) -> Result<bool, DummyError> {
-        let msgs = self.address_messages().await?;
-        let Some(msg) = msgs.into_iter().find(|m| address_of(m) == Some(addr)) else {
-            return Ok(false);
-        };
+        // Straight to the kernel by address: listing the link's addresses
+        // first would make each unbind cost O(addresses), ~80 ms at 10k
+        // ClusterIPs in the emulated VM. IPv4 deletes match IFA_LOCAL
+        // alone, whatever the prefix; IPv6 ones need the prefix, so only an
+        // IPv6 address bound with another prefix takes the listing path.
+        let mut msg = AddressMessage::default();
+        msg.header.index = self.index;
+        if addr.is_ipv4() {
+            msg.header.family = AddressFamily::Inet;
+            msg.header.prefix_len = 32;
+            msg.attributes.push(AddressAttribute::Local(addr));
+        } else {
+            msg.header.family = AddressFamily::Inet6;
+            msg.header.prefix_len = 128;
+            msg.attributes.push(AddressAttribute::Address(addr));
+        }
+        match self.delete(msg, addr).await? {
+            true => Ok(true),
+            false if addr.is_ipv4() => Ok(false),
+            false => {
+                let msgs = self.address_messages().await?;
+                let Some(msg) = msgs.into_iter().find(|m| address_of(m) == Some(addr)) else {
+                    return Ok(false);
+                };
+                self.delete(msg, addr).await
+            }
+        }
+    }
+
+    /// RTM_DELADDR; false if the kernel has no such address.
+    async fn delete(&self, msg: AddressMessage, addr: IpAddr) -> Result<bool, DummyError> {
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(false),
