@@ -218,6 +218,10 @@ fn main() {
     let one_all_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(one_all.failed, 0, "{:?}", one_all.first_error);
 
+    // What the daemon holds after its syncs, before the diagnostics below
+    // make extra copies of the table (a second cache, a plan, a render).
+    let (rss_syncs, peak_syncs) = (rss_kib("VmRSS:"), rss_kib("VmHWM:"));
+
     // Where the time goes: the pure recompute alone.
     let t = Instant::now();
     let d = lbd::ipvs::desired::compute(
@@ -309,6 +313,7 @@ fn main() {
             "delete_one_ms": (del_ms * 10.0).round() / 10.0, "delete_one_changes": del.changes,
             "rss_after_inputs_mib": rss_inputs / 1024, "rss_mib": rss_kib("VmRSS:") / 1024,
             "peak_rss_mib": rss_kib("VmHWM:") / 1024,
+            "rss_after_syncs_mib": rss_syncs / 1024, "peak_rss_after_syncs_mib": peak_syncs / 1024,
         })
     );
 }

@@ -14,6 +14,7 @@ use lbd::ipvs::desired::{self, DesiredCache, DesiredParams, ObjectKey};
 use lbd::ipvs::kube::ChangeTracker;
 use lbd::ipvs::metrics::ProxyMetrics;
 use lbd::ipvs::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
+use lbd::ipvs::nft::FakeFirewall;
 use lbd::ipvs::sync::{
     EngineSettings, FakeAddresses, ProxyBackends, ServiceInputs, SyncOutcome, Syncer,
 };
@@ -49,6 +50,7 @@ fn node(addr: &str) -> Node {
 struct Proxy {
     ipvs: FakeIpvs,
     addrs: FakeAddresses,
+    fw: FakeFirewall,
     syncer: Syncer,
     metrics: ProxyMetrics,
 }
@@ -57,19 +59,21 @@ impl Proxy {
     fn new() -> Self {
         let ipvs = FakeIpvs::new();
         let addrs = FakeAddresses::default();
+        let fw = FakeFirewall::default();
         let metrics = ProxyMetrics::new();
         let syncer = Syncer::new(
             settings(),
             ProxyBackends {
                 ipvs: Arc::new(ipvs.clone()),
                 addresses: Arc::new(addrs.clone()),
-                firewall: None,
+                firewall: Some(Arc::new(fw.clone())),
             },
             metrics.clone(),
         );
         Proxy {
             ipvs,
             addrs,
+            fw,
             syncer,
             metrics,
         }
@@ -187,6 +191,12 @@ fn random_service(rng: &mut fastrand::Rng, ns: &str, name: &str) -> Value {
     if ty == "LoadBalancer" {
         v["status"] = json!({"loadBalancer": {"ingress": [
             {"ip": pick(&["198.51.100.1", "198.51.100.2"], rng)}]}});
+        // Now and then source ranges: the nftables interval set a
+        // changed-only sync leaves to a whole-table render.
+        if rng.u8(0..4) == 0 {
+            v["spec"]["loadBalancerSourceRanges"] =
+                json!([pick(&["203.0.113.0/24", "203.0.113.128/25"], rng)]);
+        }
     }
     v
 }
@@ -256,6 +266,7 @@ fn changed_only_syncs_equal_a_full_sync_from_scratch() {
     // Coverage of the random walk, checked at the end so the test cannot
     // pass vacuously.
     let (mut changed_syncs_with_changes, mut drains, mut most_vs, mut clashes) = (0, 0, 0, 0);
+    let (mut nft_element_syncs, mut nft_renders_changed_only) = (0, 0);
     for seed in 0..40u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut world = World::default();
@@ -313,6 +324,8 @@ fn changed_only_syncs_equal_a_full_sync_from_scratch() {
                 assert!(!o.full && !o.all_services, "{ctx}: {o:?}");
                 changed_syncs_with_changes += usize::from(o.changes > 0);
                 drains += o.draining;
+                nft_element_syncs += usize::from(o.nft_element_changes > 0);
+                nft_renders_changed_only += usize::from(o.nft_rendered);
             }
             most_vs = most_vs.max(o.virtual_servers);
             let claimed: usize = world
@@ -338,6 +351,8 @@ fn changed_only_syncs_equal_a_full_sync_from_scratch() {
             let mut fresh = Proxy::new();
             ok(&fresh.syncer.sync(&sv, &sl, Some(&n), now));
             assert_eq!(inc.kernel(), fresh.kernel(), "{ctx}");
+            // nftables: element changes left the sets as a fresh render.
+            assert_eq!(inc.fw.sets(), fresh.fw.sets(), "{ctx}");
         }
 
         // Drift check: a full sync with a kernel listing finds nothing to do.
@@ -359,6 +374,13 @@ fn changed_only_syncs_equal_a_full_sync_from_scratch() {
     assert!(drains > 100, "{drains}");
     assert!(most_vs > 20, "{most_vs}");
     assert!(clashes > 100, "{clashes}");
+    // Changed-only syncs changed nftables by elements; a render among them
+    // is a source-range change (interval set).
+    assert!(nft_element_syncs > 1000, "{nft_element_syncs}");
+    assert!(
+        nft_renders_changed_only > 10 && nft_renders_changed_only * 5 < nft_element_syncs,
+        "{nft_renders_changed_only} renders, {nft_element_syncs} element syncs"
+    );
 }
 
 fn key(a: &str, port: u16, protocol: Protocol) -> ServiceKey {
@@ -667,7 +689,6 @@ fn failed_service_add_fails_its_real_servers_and_forces_a_full_sync() {
 
 #[test]
 fn nft_ruleset_is_rendered_only_when_the_table_changed() {
-    use lbd::ipvs::nft::FakeFirewall;
     let (mut w, mut t) = (World::default(), ChangeTracker::default());
     let n = node("192.168.1.10");
     w.put_service(&mut t, svc("web", "10.96.0.7", json!({})));
@@ -691,28 +712,66 @@ fn nft_ruleset_is_rendered_only_when_the_table_changed() {
     ok(&o);
     assert!(o.nft_rendered);
     assert_eq!(applied(), 1);
-    // An endpoint goes (hairpin set changes): rendered and replaced.
+    // An endpoint goes: only its hairpin element is deleted, no render.
     let k = key("10.96.0.7", 80, Protocol::Tcp);
     let busy = DestKey {
         addr: ip("10.244.0.2"),
         port: 8080,
     };
     assert!(ipvs.set_conns(&k, &busy, 1, 0));
+    let hairpin = |a: &str| format!(r#"{{"concat":["{a}","tcp",8080,"{a}"]}}"#);
+    assert!(fw.sets()["hairpin4"].contains(&hairpin("10.244.0.2")));
     w.put_slice(&mut t, eps("web", "web-1", &["10.244.0.1"]));
     let d = t.take();
     let o = syncer.sync_changed(&w.inputs(&d.services), Some(&n), t0);
     ok(&o);
-    assert!(o.nft_rendered);
+    assert!(!o.nft_rendered && o.nft_element_changes == 1, "{o:?}");
     assert_eq!(applied(), 2);
     let last = fw.applied.lock().unwrap().last().cloned().unwrap();
-    assert!(!last.to_string().contains("10.244.0.2"), "{last}");
+    assert_eq!(
+        last,
+        json!({"nftables": [{"delete": {"element": {"family": "inet", "table": "lbd-proxy",
+            "name": "hairpin4", "elem": [{"concat": ["10.244.0.2", "tcp", 8080, "10.244.0.2"]}]}}}]})
+    );
+    assert_eq!(
+        fw.sets()["hairpin4"],
+        [hairpin("10.244.0.1")].into_iter().collect()
+    );
     // Drain rechecks and an unchanged full sync leave the table as it is.
     let o = syncer.sync_changed(&[], Some(&n), t0);
     ok(&o);
     assert!(!o.nft_rendered && o.draining == 1, "{o:?}");
     let (sv, sl) = w.all();
-    let o = syncer.sync(&sv, &sl, Some(&n), t0 + Duration::from_secs(31));
+    let t1 = t0 + Duration::from_secs(31);
+    let o = syncer.sync(&sv, &sl, Some(&n), t1);
     ok(&o);
     assert!(o.full && !o.nft_rendered, "{o:?}");
     assert_eq!(applied(), 2);
+    // loadBalancerSourceRanges live in an interval set: a change there is
+    // left to a whole-table render, and the table equals a fresh render.
+    let mut lb = svc(
+        "lb",
+        "10.96.0.8",
+        json!({"type": "LoadBalancer", "loadBalancerSourceRanges": ["192.0.2.0/24"]}),
+    );
+    lb["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}});
+    w.put_service(&mut t, lb);
+    let d = t.take();
+    let o = syncer.sync_changed(&w.inputs(&d.services), Some(&n), t1);
+    ok(&o);
+    assert!(o.nft_rendered && o.nft_element_changes == 0, "{o:?}");
+    assert_eq!(applied(), 3);
+    let fresh = FakeFirewall::default();
+    let (sv, sl) = w.all();
+    let mut from_scratch = Syncer::new(
+        settings(),
+        ProxyBackends {
+            ipvs: Arc::new(FakeIpvs::new()),
+            addresses: Arc::new(FakeAddresses::default()),
+            firewall: Some(Arc::new(fresh.clone())),
+        },
+        ProxyMetrics::new(),
+    );
+    ok(&from_scratch.sync(&sv, &sl, Some(&n), t1));
+    assert_eq!(fw.sets(), fresh.sets());
 }

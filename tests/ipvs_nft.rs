@@ -6,9 +6,13 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
+use lbd::ipvs::desired::Scope;
 use lbd::ipvs::desired::{DesiredState, DesiredVs, DestKey, ServiceKey, VirtualServer, VsKind};
 use lbd::ipvs::model::Protocol;
-use lbd::ipvs::nft::{render, FakeFirewall, Firewall, NftFirewall, NftParams, TABLE};
+use lbd::ipvs::nft::{
+    render, render_element_changes, FakeFirewall, Firewall, NftFirewall, NftParams, SetTracker,
+    TABLE,
+};
 use serde_json::Value;
 
 #[allow(clippy::too_many_arguments)]
@@ -379,6 +383,128 @@ fn nft_accepts_and_atomically_replaces_the_table() {
     assert_eq!(text.matches("table inet lbd-proxy").count(), 1);
     assert_eq!(text.matches("chain postrouting").count(), 1);
     assert!(text.contains("table ip other"), "{text}");
+}
+
+/// Our sets' elements as the kernel lists them (`nft -j`), sorted.
+fn kernel_sets(ns: &Netns) -> std::collections::BTreeMap<String, Vec<String>> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, "nft", "-j", "list", "table", "inet", TABLE,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut sets = std::collections::BTreeMap::new();
+    for o in v["nftables"].as_array().unwrap() {
+        if let Some(set) = o.get("set") {
+            let mut e: Vec<String> = set["elem"]
+                .as_array()
+                .map(|a| a.iter().map(Value::to_string).collect())
+                .unwrap_or_default();
+            e.sort();
+            sets.insert(set["name"].as_str().unwrap().to_string(), e);
+        }
+    }
+    sets
+}
+
+/// A changed-only sync's element changes, applied by the real nft, leave
+/// the sets exactly as a whole-table render of the new table: deletes of
+/// concatenated elements in both families, a shared hairpin element kept
+/// while one of its virtual servers still wants it, new elements added.
+#[test]
+fn element_changes_leave_the_table_a_render_would() {
+    let (Some(a), Some(b)) = (Netns::new("elems-a"), Netns::new("elems-b")) else {
+        return;
+    };
+    let p = NftParams {
+        cluster_cidrs: &cidrs(),
+        masquerade_all: false,
+    };
+    let before = sample();
+    let mut after = sample();
+    // The NodePort goes (its hairpin element is the load balancer's too),
+    // the DNS ClusterIP and the IPv6 one go, two new ClusterIPs come.
+    after.virtual_servers.retain(|k, _| {
+        k.addr != "192.168.1.10".parse::<IpAddr>().unwrap()
+            && k.addr != "10.96.0.10".parse::<IpAddr>().unwrap()
+            && !k.addr.is_ipv6()
+    });
+    after
+        .bind_addresses
+        .retain(|a| *a != "10.96.0.10".parse::<IpAddr>().unwrap() && !a.is_ipv6());
+    let svc = VsKind::ClusterIp;
+    add(
+        &mut after,
+        "10.96.0.20",
+        80,
+        Protocol::Tcp,
+        svc,
+        false,
+        &[],
+        &[("10.244.0.8", 8080)],
+    );
+    add(
+        &mut after,
+        "fd00:96::2",
+        80,
+        Protocol::Tcp,
+        svc,
+        false,
+        &[],
+        &[("fd00:244::6", 80)],
+    );
+    let scope = Scope {
+        virtual_servers: before
+            .virtual_servers
+            .keys()
+            .chain(after.virtual_servers.keys())
+            .copied()
+            .collect(),
+        addresses: before
+            .bind_addresses
+            .iter()
+            .chain(&after.bind_addresses)
+            .copied()
+            .collect(),
+    };
+    let mut tracker = SetTracker::of(&before);
+    let ch = tracker
+        .update(&after, &scope)
+        .expect("no interval-set change");
+    let doc = render_element_changes(&ch);
+    let text = doc.to_string();
+    assert!(
+        text.contains(r#""delete":{"element""#) && text.contains("hairpin6"),
+        "{text}"
+    );
+    assert!(text.contains(r#""add":{"element""#), "{text}");
+    // Shared with the load balancer: kept.
+    assert!(!text.contains("10.244.0.7"), "{text}");
+
+    a.firewall().replace(&render(&before, &p)).unwrap();
+    a.firewall().replace(&doc).unwrap();
+    b.firewall().replace(&render(&after, &p)).unwrap();
+    let (got, want) = (kernel_sets(&a), kernel_sets(&b));
+    assert_eq!(got, want);
+    assert!(
+        want["hairpin4"].iter().any(|e| e.contains("10.244.0.7")),
+        "{want:?}"
+    );
+    assert!(
+        want["services6"].iter().any(|e| e.contains("fd00:96::2")),
+        "{want:?}"
+    );
+
+    // A delete of an element the kernel does not hold fails the whole
+    // document, as the sync's fallback to a full render expects.
+    assert!(a.firewall().replace(&doc).is_err());
+    assert_eq!(kernel_sets(&a), want);
 }
 
 #[test]

@@ -304,6 +304,9 @@ pub struct SyncOutcome {
     /// The nftables ruleset was rendered (the table changed since the last
     /// good render).
     pub nft_rendered: bool,
+    /// nftables set elements added or deleted by a changed-only sync
+    /// (instead of a render).
+    pub nft_element_changes: usize,
     /// From the start of the sync until the IPVS and kube-ipvs0 changes
     /// were applied (the nftables table follows).
     pub ipvs_applied: Option<Duration>,
@@ -323,7 +326,12 @@ pub struct Syncer {
     last_full: Option<std::time::Instant>,
     /// Virtual servers wanted since start (ownership of stale NodePorts).
     remembered: BTreeSet<super::model::ServiceKey>,
-    last_ruleset: Option<serde_json::Value>,
+    /// Digest of the last ruleset nft accepted (the document itself is tens
+    /// of MB at 10k Services: not worth keeping to compare against).
+    last_ruleset: Option<u64>,
+    /// What our nftables sets hold since the last good document; None
+    /// forces a whole-table render.
+    nft_sets: Option<nft::SetTracker>,
     /// `DesiredCache::version` the nftables table was last rendered from.
     ruleset_version: Option<u64>,
     /// Service -> its slices (name, resourceVersion, trigger time) last
@@ -347,6 +355,7 @@ impl Syncer {
             last_full: None,
             remembered: BTreeSet::new(),
             last_ruleset: None,
+            nft_sets: None,
             ruleset_version: None,
             seen_slices: HashMap::new(),
             seen_services: HashMap::new(),
@@ -559,40 +568,75 @@ impl Syncer {
         // After a failure the view is unreliable: list again next time.
         self.kernel = (out.failed == 0).then_some(kernel);
 
-        // The ruleset is rendered from the whole table (O(table)): only
-        // when the table changed since the last good render, so syncs that
-        // change nothing in it (drain rechecks, unchanged full syncs) skip it.
+        // nftables: a changed-only sync changes only the sets' elements of
+        // its scope (the rules depend on the settings alone); anything else,
+        // or a change the tracker leaves to a replace, renders the whole
+        // table (O(table)), and only when the table changed since the last
+        // good render, so syncs that change nothing in it skip it.
         let table_version = self.desired.version();
         let fw = self
             .backends
             .firewall
-            .as_ref()
+            .clone()
             .filter(|_| self.ruleset_version != Some(table_version));
         if let Some(fw) = fw {
-            out.nft_rendered = true;
-            let ruleset = nft::render(
-                want,
-                &NftParams {
-                    cluster_cidrs: &self.settings.cluster_cidrs,
-                    masquerade_all: self.settings.masquerade_all,
-                },
-            );
-            if self.last_ruleset.as_ref() != Some(&ruleset) {
-                match fw.replace(&ruleset) {
-                    Ok(()) => {
-                        metrics.nft_applies.inc();
-                        self.last_ruleset = Some(ruleset);
-                        self.ruleset_version = Some(table_version);
-                    }
-                    Err(e) => {
-                        metrics.nft_errors.inc();
-                        self.last_ruleset = None;
-                        self.ruleset_version = None;
-                        fail(&mut out, "nft_replace", e.to_string());
+            let elements = match (&scope, self.nft_sets.as_mut()) {
+                (Some(s), Some(t)) => t.update(want, s),
+                _ => None,
+            };
+            match elements {
+                Some(ch) if ch.is_empty() => self.ruleset_version = Some(table_version),
+                Some(ch) => {
+                    out.nft_element_changes = ch.len();
+                    match fw.replace(&nft::render_element_changes(&ch)) {
+                        Ok(()) => {
+                            metrics.nft_applies.inc();
+                            self.ruleset_version = Some(table_version);
+                            // No longer what the kernel holds: the next
+                            // render replaces the table whatever it says.
+                            self.last_ruleset = None;
+                        }
+                        Err(e) => {
+                            metrics.nft_errors.inc();
+                            self.nft_sets = None;
+                            self.last_ruleset = None;
+                            self.ruleset_version = None;
+                            fail(&mut out, "nft_elements", e.to_string());
+                        }
                     }
                 }
-            } else {
-                self.ruleset_version = Some(table_version);
+                None => {
+                    out.nft_rendered = true;
+                    let ruleset = nft::render(
+                        want,
+                        &NftParams {
+                            cluster_cidrs: &self.settings.cluster_cidrs,
+                            masquerade_all: self.settings.masquerade_all,
+                        },
+                    );
+                    let digest = nft::digest(&ruleset);
+                    let applied = if self.last_ruleset == Some(digest) {
+                        Ok(())
+                    } else {
+                        fw.replace(&ruleset).inspect(|_| {
+                            metrics.nft_applies.inc();
+                        })
+                    };
+                    match applied {
+                        Ok(()) => {
+                            self.last_ruleset = Some(digest);
+                            self.ruleset_version = Some(table_version);
+                            self.nft_sets = Some(nft::SetTracker::of(want));
+                        }
+                        Err(e) => {
+                            metrics.nft_errors.inc();
+                            self.last_ruleset = None;
+                            self.ruleset_version = None;
+                            self.nft_sets = None;
+                            fail(&mut out, "nft_replace", e.to_string());
+                        }
+                    }
+                }
             }
         }
 
