@@ -48,6 +48,26 @@ struct Conn {
     buf: Vec<u8>,
 }
 
+impl Conn {
+    /// One whole datagram from the kernel. MSG_TRUNC makes recv report the
+    /// datagram's real length, so a reply larger than the buffer is an
+    /// error instead of silently cut messages.
+    fn recv_datagram(&mut self) -> Result<&[u8], TransactError> {
+        self.buf.clear();
+        self.buf.reserve(RECV_BUF);
+        let n = self
+            .sock
+            .recv(&mut self.buf, libc::MSG_TRUNC)
+            .map_err(TransactError::Io)?;
+        if n > self.buf.len() {
+            return Err(TransactError::Decode(format!(
+                "datagram of {n} bytes truncated"
+            )));
+        }
+        Ok(&self.buf)
+    }
+}
+
 /// Why one request failed, before it is given an operation name.
 enum TransactError {
     Errno(i32),
@@ -205,18 +225,7 @@ where
 
     let mut replies = Vec::new();
     loop {
-        conn.buf.clear();
-        conn.buf.reserve(RECV_BUF);
-        let n = conn
-            .sock
-            .recv(&mut conn.buf, libc::MSG_TRUNC)
-            .map_err(TransactError::Io)?;
-        if n > conn.buf.len() {
-            return Err(TransactError::Decode(format!(
-                "datagram of {n} bytes truncated"
-            )));
-        }
-        let mut data = &conn.buf[..];
+        let mut data = conn.recv_datagram()?;
         while !data.is_empty() {
             let len = NetlinkBuffer::new_checked(data)
                 .map_err(|e| TransactError::Decode(e.to_string()))?
@@ -327,18 +336,8 @@ impl NetlinkIpvs {
         conn.sock.send(buf, 0).map_err(TransactError::Io)?;
         let mut missing = count;
         while missing > 0 {
-            conn.buf.clear();
-            conn.buf.reserve(RECV_BUF);
-            let n = conn
-                .sock
-                .recv(&mut conn.buf, libc::MSG_TRUNC)
-                .map_err(TransactError::Io)?;
-            if n > conn.buf.len() {
-                return Err(TransactError::Decode(format!(
-                    "datagram of {n} bytes truncated"
-                )));
-            }
-            let got = read_acks(&conn.buf, first, &mut pending).map_err(TransactError::Decode)?;
+            let got = read_acks(conn.recv_datagram()?, first, &mut pending)
+                .map_err(TransactError::Decode)?;
             missing = missing.saturating_sub(got);
         }
         Ok(pending)
