@@ -28,10 +28,20 @@ fn in_vm(test: &str) -> bool {
     false
 }
 
-/// Move this thread into a new, empty network namespace with lo up.
-fn private_netns() {
+/// Every network namespace's IPVS services live in one kernel hash table,
+/// and a multi-part dump resumes by position in it: a test adding or
+/// deleting services while another lists can make the listing miss or
+/// repeat entries (lbd's listing works around it; ipvsadm's does not). The
+/// tests take turns so that each one's exact assertions hold.
+static IPVS_TABLE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Move this thread into a new, empty network namespace with lo up, and
+/// hold the IPVS table for the test.
+fn private_netns() -> std::sync::MutexGuard<'static, ()> {
+    let turn = IPVS_TABLE.lock().unwrap_or_else(|e| e.into_inner());
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
     sh("ip link set lo up");
+    turn
 }
 
 fn sh(cmd: &str) -> String {
@@ -118,7 +128,7 @@ fn services_and_dests_round_trip_through_the_kernel() {
     if !in_vm("services_and_dests_round_trip_through_the_kernel") {
         return;
     }
-    private_netns();
+    let _turn = private_netns();
     let h = NetlinkIpvs::new().expect("IPVS family");
     let info = h.info().unwrap();
     assert_eq!(info.version_string(), "1.2.1");
@@ -282,7 +292,7 @@ fn foreign_services_are_listed_and_left_alone() {
     if !in_vm("foreign_services_are_listed_and_left_alone") {
         return;
     }
-    private_netns();
+    let _turn = private_netns();
     sh("ipvsadm -A -t 192.168.7.1:80 -s lc && ipvsadm -a -t 192.168.7.1:80 -r 192.168.7.2:8080 -m -w 4");
     sh("ipvsadm -A -f 7 -s rr && ipvsadm -a -f 7 -r 192.168.7.3:0 -g");
     let before = ipvsadm_ln();
@@ -314,7 +324,7 @@ fn timeouts_set_and_read_back() {
     if !in_vm("timeouts_set_and_read_back") {
         return;
     }
-    private_netns();
+    let _turn = private_netns();
     let h = NetlinkIpvs::new().unwrap();
     let t = Timeouts {
         tcp: 901,
@@ -343,7 +353,7 @@ fn dummy_link_addresses_and_sysctls() {
     if !in_vm("dummy_link_addresses_and_sysctls") {
         return;
     }
-    private_netns();
+    let _turn = private_netns();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -470,7 +480,7 @@ fn tcp_traffic_is_balanced_through_a_virtual_service() {
     // This thread's namespace plays the node: kube-ipvs0 holds the service
     // address, IPVS balances to two backends in their own namespaces, a
     // client namespace connects. Addresses exist only inside this VM.
-    private_netns();
+    let _turn = private_netns();
     let ns = Netns::create("t", 3);
     let (client, b1, b2) = (&ns.names[0], &ns.names[1], &ns.names[2]);
     for (i, n) in [client, b1, b2].into_iter().enumerate() {
@@ -640,7 +650,7 @@ fn our_new_service_on_the_wire_equals_ipvsadms() {
         eprintln!("skipping our_new_service_on_the_wire_equals_ipvsadms: no tcpdump in the VM (install tcpdump on the host)");
         return;
     }
-    private_netns();
+    let _turn = private_netns();
     sh("ip link add nlmon0 type nlmon && ip link set nlmon0 up");
     let pcap = "/tmp/lbdt-ipvs-nlmon.pcap";
     let mut td = Command::new("tcpdump")
@@ -683,7 +693,7 @@ fn udp_datagrams_are_balanced_through_a_virtual_service() {
     if !in_vm("udp_datagrams_are_balanced_through_a_virtual_service") {
         return;
     }
-    private_netns();
+    let _turn = private_netns();
     let ns = Netns::create("u", 2);
     let (client, backend) = (&ns.names[0], &ns.names[1]);
     for (i, n) in [client, backend].into_iter().enumerate() {
@@ -754,12 +764,12 @@ fn bulk_programming_figures() {
     if !in_vm("bulk_programming_figures") {
         return;
     }
-    private_netns();
+    let _turn = private_netns();
     let h = NetlinkIpvs::new().unwrap();
     let (n_svc, n_dest) = (500u32, 5u32);
     let vss: Vec<VirtualServer> = (0..n_svc)
         .map(|i| {
-            // 10.99/16: no other test uses it (they may run beside this one).
+            // 10.99/16: no other test uses it.
             let a = IpAddr::from([10, 99, (i / 250) as u8, (i % 250) as u8 + 1]);
             VirtualServer::new(a, 80, Protocol::Tcp, "rr")
         })
@@ -777,12 +787,13 @@ fn bulk_programming_figures() {
     let t1 = Instant::now();
     let listed = h.list_services().unwrap();
     let list = t1.elapsed();
-    // Only ours: a test running beside this one may own a service too.
-    let ours: Vec<_> = listed
-        .iter()
-        .filter(|(vs, _)| vss.iter().any(|v| v.key() == vs.key()))
-        .collect();
-    assert_eq!(ours.len(), n_svc as usize);
+    // The private namespace holds these alone: the listing is exactly them.
+    let mut got: Vec<_> = listed.iter().map(|(vs, _)| vs.key()).collect();
+    let mut want: Vec<_> = vss.iter().map(|vs| vs.key()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    let ours = &listed;
     assert!(ours.iter().all(|(_, d)| d.len() == n_dest as usize));
     let t2 = Instant::now();
     h.update_dest(&vss[0].key(), &RealServer::new(ip("10.244.0.0"), 8000, 0))
@@ -805,7 +816,7 @@ fn batched_ops_get_their_own_results_from_the_kernel() {
     if !in_vm("batched_ops_get_their_own_results_from_the_kernel") {
         return;
     }
-    private_netns();
+    let _turn = private_netns();
     let h = NetlinkIpvs::new().unwrap();
     let a = VirtualServer::new(ip("10.98.0.1"), 80, Protocol::Tcp, "rr");
     let missing = VirtualServer::new(ip("10.98.0.2"), 80, Protocol::Tcp, "rr");

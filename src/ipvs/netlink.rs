@@ -39,6 +39,8 @@ const BATCH_BYTES: usize = 32 * 1024;
 /// ack costs ~1 KiB of receive buffer (skb truesize), and the default
 /// buffer (rmem_default, 208 KiB) must hold them or acks are dropped.
 const BATCH_MSGS: usize = 128;
+/// Extra service dumps a listing may take to get two that agree.
+const LIST_DUMPS_MAX: usize = 3;
 /// Receive buffer asked for (root may exceed rmem_max): margin for acks.
 const SOCK_RCVBUF: usize = 1024 * 1024;
 
@@ -168,6 +170,60 @@ impl NetlinkIpvs {
         }
         Ok(out)
     }
+}
+
+impl NetlinkIpvs {
+    /// One dump of the namespace's services (no dests), each once.
+    fn dump_services(&self) -> Result<Vec<(VirtualServer, u16)>, IpvsError> {
+        let op = "list_services";
+        let replies = self.request(op, String::new, IpvsMessage::get_services(), true)?;
+        let mut services = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for r in replies {
+            for a in r.attrs {
+                if let IpvsAttr::Service(s) = a {
+                    let entry = service_from_attrs(&s).map_err(|e| IpvsError::Decode {
+                        op,
+                        reason: e.to_string(),
+                    })?;
+                    if let ServiceEntry::Service(vs) = entry {
+                        if seen.insert(vs.key()) {
+                            let af = service_af(&s).unwrap_or(AF_INET);
+                            services.push((vs, af));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(services)
+    }
+}
+
+/// Dumps until two in a row hold the same services (at most
+/// 1 + LIST_DUMPS_MAX), and returns every service any of them held, in the
+/// order first seen.
+fn union_of_dumps<E>(
+    mut dump: impl FnMut() -> Result<Vec<(VirtualServer, u16)>, E>,
+) -> Result<Vec<(VirtualServer, u16)>, E> {
+    let mut services = dump()?;
+    let mut known: std::collections::HashSet<ServiceKey> =
+        services.iter().map(|(vs, _)| vs.key()).collect();
+    let mut last = known.clone();
+    for _ in 0..LIST_DUMPS_MAX {
+        let again = dump()?;
+        let keys: std::collections::HashSet<ServiceKey> =
+            again.iter().map(|(vs, _)| vs.key()).collect();
+        for (vs, af) in again {
+            if known.insert(vs.key()) {
+                services.push((vs, af));
+            }
+        }
+        if keys == last {
+            break;
+        }
+        last = keys;
+    }
+    Ok(services)
 }
 
 fn resolve_family(conn: &mut Conn) -> Result<u16, IpvsError> {
@@ -354,31 +410,14 @@ fn af_of(key: &ServiceKey) -> u16 {
 
 impl IpvsHandle for NetlinkIpvs {
     fn list_services(&self) -> Result<Vec<(VirtualServer, Vec<RealServer>)>, IpvsError> {
-        let op = "list_services";
-        let replies = self.request(op, String::new, IpvsMessage::get_services(), true)?;
-        let mut services = Vec::new();
-        // The kernel resumes a multi-part dump by position in one hash table
-        // shared by every network namespace, so a service added or removed
-        // elsewhere mid-dump can make one of ours appear twice (or be missed:
-        // the engine then gets EEXIST on add and treats it as done).
-        let mut seen = std::collections::HashSet::new();
-        for r in replies {
-            for a in r.attrs {
-                if let IpvsAttr::Service(s) = a {
-                    let entry = service_from_attrs(&s).map_err(|e| IpvsError::Decode {
-                        op,
-                        reason: e.to_string(),
-                    })?;
-                    if let ServiceEntry::Service(vs) = entry {
-                        if !seen.insert(vs.key()) {
-                            continue;
-                        }
-                        let af = service_af(&s).unwrap_or(AF_INET);
-                        services.push((vs, af));
-                    }
-                }
-            }
-        }
+        // The kernel resumes a multi-part service dump by position in one
+        // hash table shared by every network namespace, so a service added
+        // or removed in another namespace mid-dump makes one of ours appear
+        // twice or be missed. Ours do not change while we list (only this
+        // handle writes them), so the union of dumps is the table: dump
+        // again until two dumps agree, a few times at most. A miss left
+        // after that costs an EEXIST on add, which the engine treats as done.
+        let services = union_of_dumps(|| self.dump_services())?;
         let mut out = Vec::with_capacity(services.len());
         for (vs, af) in services {
             // A service deleted between the two dumps lists with no dests;
@@ -557,6 +596,7 @@ impl IpvsHandle for NetlinkIpvs {
 mod tests {
     use super::*;
     use crate::ipvs::model::Protocol;
+    use std::net::IpAddr;
 
     fn ack(seq: u32, error: i32) -> Vec<u8> {
         // nlmsghdr (NLMSG_ERROR, NLM_F_CAPPED) | error | the request's
@@ -570,6 +610,65 @@ mod tests {
         b.extend_from_slice(&error.to_ne_bytes());
         b.extend_from_slice(&[0u8; 16]);
         b
+    }
+
+    #[test]
+    fn a_listing_is_the_union_of_dumps_until_two_agree() {
+        let vs = |n: u8| {
+            (
+                VirtualServer::new(IpAddr::from([10, 96, 0, n]), 80, Protocol::Tcp, "rr"),
+                AF_INET,
+            )
+        };
+        let keys = |v: &[(VirtualServer, u16)]| {
+            v.iter()
+                .map(|(s, _)| s.key().addr.to_string())
+                .collect::<Vec<_>>()
+        };
+        // A dump that missed 2, then two complete ones: 2 comes back, and
+        // the listing stops at the first agreeing pair.
+        let mut script = vec![
+            vec![vs(1), vs(3)],
+            vec![vs(1), vs(2), vs(3)],
+            vec![vs(3), vs(2), vs(1)],
+        ]
+        .into_iter();
+        let mut calls = 0;
+        let got = union_of_dumps(|| {
+            calls += 1;
+            Ok::<_, ()>(script.next().unwrap_or_default())
+        })
+        .unwrap();
+        assert_eq!(keys(&got), ["10.96.0.1", "10.96.0.3", "10.96.0.2"]);
+        assert_eq!(calls, 3);
+        // Agreeing at once: two dumps, nothing more.
+        let mut calls = 0;
+        let got = union_of_dumps(|| {
+            calls += 1;
+            Ok::<_, ()>(vec![vs(1), vs(2)])
+        })
+        .unwrap();
+        assert_eq!((got.len(), calls), (2, 2));
+        // Never agreeing (each misses another): bounded, and the union.
+        let mut calls = 0u8;
+        let got = union_of_dumps(|| {
+            calls += 1;
+            Ok::<_, ()>((1..=5).filter(|n| *n != calls).map(vs).collect())
+        })
+        .unwrap();
+        assert_eq!(got.len(), 5);
+        assert_eq!(calls as usize, 1 + LIST_DUMPS_MAX);
+        // An error from any dump is the listing's error.
+        let mut calls = 0;
+        let err = union_of_dumps(|| {
+            calls += 1;
+            if calls == 2 {
+                Err("dump 2")
+            } else {
+                Ok(vec![vs(1)])
+            }
+        });
+        assert_eq!(err.unwrap_err(), "dump 2");
     }
 
     #[test]
