@@ -94,5 +94,6 @@ fn main() {
             masquerade_all: false,
         },
     );
+    let v = v.to_value().expect("render writes JSON");
     println!("{}", serde_json::to_string_pretty(&v).unwrap());
 }

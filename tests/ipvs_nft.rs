@@ -135,13 +135,14 @@ fn elems(v: &Value, name: &str) -> Vec<String> {
 
 #[test]
 fn render_replaces_only_our_table_in_one_document() {
-    let v = render(
+    let doc = render(
         &sample(),
         &NftParams {
             cluster_cidrs: &cidrs(),
             masquerade_all: false,
         },
     );
+    let v = doc.to_value().expect("the streamed text is JSON");
     let cmds = v["nftables"].as_array().unwrap();
     // add (so that delete cannot fail), delete, add: one transaction.
     assert_eq!(
@@ -163,7 +164,7 @@ fn render_replaces_only_our_table_in_one_document() {
         }
     }
     // The crate's schema types it (what NftFirewall sends).
-    FakeFirewall::default().replace(&v).unwrap();
+    FakeFirewall::default().replace(&doc).unwrap();
 }
 
 #[test]
@@ -174,7 +175,9 @@ fn render_sets_follow_service_kinds_and_policies() {
             cluster_cidrs: &cidrs(),
             masquerade_all: false,
         },
-    );
+    )
+    .to_value()
+    .unwrap();
     assert_eq!(
         elems(&v, "services4"),
         [
@@ -215,7 +218,7 @@ fn render_sets_follow_service_kinds_and_policies() {
             masquerade_all: true,
         },
     );
-    let text = all.to_string();
+    let text = all.to_value().unwrap().to_string();
     assert!(
         text.contains(r#""right":"@services4"}},{"mangle""#),
         "{text}"
@@ -233,6 +236,22 @@ fn render_is_deterministic() {
         render(&sample(), &p).to_string(),
         render(&sample().clone(), &p).to_string()
     );
+    // No Services: every set is written without an "elem" key (nft refuses
+    // an empty list), and the text is still one valid document.
+    let empty = render(&DesiredState::default(), &p);
+    let v = empty.to_value().expect("JSON");
+    let sets: Vec<_> = v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["add"].get("set"))
+        .collect();
+    assert_eq!(sets.len(), 16);
+    for s in sets {
+        let has_pods = s["name"].as_str().unwrap().starts_with("cluster_cidr");
+        assert_eq!(s.get("elem").is_some(), has_pods, "{s}");
+    }
+    FakeFirewall::default().replace(&empty).unwrap();
 }
 
 // ---- real nft in a namespace -------------------------------------------
@@ -383,6 +402,13 @@ fn nft_accepts_and_atomically_replaces_the_table() {
     assert_eq!(text.matches("table inet lbd-proxy").count(), 1);
     assert_eq!(text.matches("chain postrouting").count(), 1);
     assert!(text.contains("table ip other"), "{text}");
+
+    // Down to no Services at all: empty sets, the rules stay.
+    fw.replace(&render(&DesiredState::default(), &p)).unwrap();
+    let text = ns.list();
+    assert!(!text.contains("10.96.0.1"), "{text}");
+    assert!(text.contains("set services4"), "{text}");
+    assert_eq!(text.matches("chain postrouting").count(), 1);
 }
 
 /// Our sets' elements as the kernel lists them (`nft -j`), sorted.

@@ -10,7 +10,8 @@
 //! The rules depend only on [`NftParams`]; what follows the Services is the
 //! sets' elements. A changed-only sync therefore changes elements only
 //! ([`SetTracker`]): rendering and replacing the whole table costs O(table)
-//! (235 ms at 10k Services), an endpoint change a handful of elements.
+//! (35-45 ms to render at 10k Services, and nft's own
+//! work on ~80k elements), an endpoint change a handful of elements.
 //!
 //! Hook priorities are chosen around IPVS's own netfilter hooks: IPVS takes
 //! locally delivered packets at LOCAL_IN priority 98 (NF_IP_PRI_NAT_SRC - 2)
@@ -55,7 +56,7 @@ pub enum NftError {
 /// Applies one `nft -j` document in one transaction: a whole-table
 /// replace from [`render`] or element changes from [`render_element_changes`].
 pub trait Firewall: Send + Sync {
-    fn replace(&self, ruleset: &Value) -> Result<(), NftError>;
+    fn replace(&self, ruleset: &NftDocument) -> Result<(), NftError>;
 }
 
 /// Runs `nft` (optionally wrapped, e.g. `ip netns exec NS nft`).
@@ -66,16 +67,16 @@ pub struct NftFirewall {
 }
 
 impl Firewall for NftFirewall {
-    fn replace(&self, ruleset: &Value) -> Result<(), NftError> {
+    fn replace(&self, ruleset: &NftDocument) -> Result<(), NftError> {
         use nftables::helper::{apply_ruleset_raw, NftablesError, DEFAULT_ARGS, DEFAULT_NFT};
         // The document goes to nft as text, without a typed copy of it (tens
         // of MB at 10k Services); every document render and
         // render_element_changes make is checked against the crate's schema
         // through FakeFirewall in the tests.
-        let text = serde_json::to_string(ruleset)?;
+        let text = ruleset.as_str();
         let r = match self.command.split_first() {
-            None => apply_ruleset_raw(&text, DEFAULT_NFT, DEFAULT_ARGS),
-            Some((prog, args)) => apply_ruleset_raw(&text, Some(prog.as_str()), args),
+            None => apply_ruleset_raw(text, DEFAULT_NFT, DEFAULT_ARGS),
+            Some((prog, args)) => apply_ruleset_raw(text, Some(prog.as_str()), args),
         };
         match r {
             Ok(_) => Ok(()),
@@ -106,7 +107,8 @@ impl FakeFirewall {
 }
 
 impl Firewall for FakeFirewall {
-    fn replace(&self, ruleset: &Value) -> Result<(), NftError> {
+    fn replace(&self, doc: &NftDocument) -> Result<(), NftError> {
+        let ruleset = &doc.to_value()?;
         let _ = nftables::schema::Nftables::deserialize(ruleset)?;
         let mut sets = self.sets();
         let elems = |o: &Value| -> Vec<String> {
@@ -202,20 +204,134 @@ fn prefix(n: &IpNet) -> Value {
     json!({"prefix": {"addr": n.network().to_string(), "len": n.prefix_len()}})
 }
 
-fn set(name: String, types: &[&str], interval: bool, elems: Vec<Value>) -> Value {
-    let ty: Value = if types.len() == 1 {
-        json!(types[0])
-    } else {
-        json!(types)
-    };
-    let mut s = json!({"family": FAMILY, "table": TABLE, "name": name, "type": ty});
-    if interval {
-        s["flags"] = json!(["interval"]);
+/// One `nft -j -f -` document, as the JSON text nft reads. Rendered by
+/// streaming: at 10k Services a tree of `serde_json::Value`s for the ~80k
+/// set elements cost ~100 MiB, the text ~6 MiB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftDocument(String);
+
+impl NftDocument {
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    if !elems.is_empty() {
-        s["elem"] = Value::Array(elems);
+
+    /// The document parsed (tests, and the fake firewall's checks).
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(&self.0)
     }
-    json!({"add": {"set": s}})
+
+    /// A document of these commands, each a small JSON object.
+    pub fn from_commands(cmds: &[Value]) -> Self {
+        let mut w = DocWriter::new();
+        for c in cmds {
+            w.command(c);
+        }
+        w.finish()
+    }
+}
+
+impl std::fmt::Display for NftDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Writes `{"nftables":[cmd,cmd,...]}` command by command.
+struct DocWriter {
+    out: String,
+    commands: usize,
+}
+
+impl DocWriter {
+    fn new() -> Self {
+        DocWriter {
+            out: String::from(r#"{"nftables":["#),
+            commands: 0,
+        }
+    }
+
+    fn separator(&mut self) {
+        if self.commands > 0 {
+            self.out.push(',');
+        }
+        self.commands += 1;
+    }
+
+    fn command(&mut self, cmd: &Value) {
+        self.separator();
+        // A Value's text is always valid UTF-8 JSON; Display writes it.
+        use std::fmt::Write;
+        let _ = write!(self.out, "{cmd}");
+    }
+
+    /// `{"add":{"set":{...,"elem":[...]}}}` with the elements written by
+    /// `elems` straight into the text, each through `ElemWriter::elem`.
+    fn set(
+        &mut self,
+        name: &str,
+        types: &[&str],
+        interval: bool,
+        elems: impl FnOnce(&mut ElemWriter<'_>),
+    ) {
+        self.separator();
+        let ty = if types.len() == 1 {
+            json!(types[0])
+        } else {
+            json!(types)
+        };
+        use std::fmt::Write;
+        let _ = write!(
+            self.out,
+            r#"{{"add":{{"set":{{"family":"{FAMILY}","table":"{TABLE}","name":"{name}","type":{ty}"#
+        );
+        if interval {
+            self.out.push_str(r#","flags":["interval"]"#);
+        }
+        let mark = self.out.len();
+        self.out.push_str(r#","elem":["#);
+        let mut e = ElemWriter {
+            out: &mut self.out,
+            count: 0,
+        };
+        elems(&mut e);
+        if e.count == 0 {
+            // nft wants no "elem" key rather than an empty list.
+            self.out.truncate(mark);
+        } else {
+            self.out.push(']');
+        }
+        self.out.push_str("}}}");
+    }
+
+    fn finish(mut self) -> NftDocument {
+        self.out.push_str("]}");
+        NftDocument(self.out)
+    }
+}
+
+struct ElemWriter<'a> {
+    out: &'a mut String,
+    count: usize,
+}
+
+impl ElemWriter<'_> {
+    fn elem(&mut self, x: &SetElement) {
+        if self.count > 0 {
+            self.out.push(',');
+        }
+        self.count += 1;
+        x.write_json(self.out);
+    }
+
+    /// An element that is not a [`SetElement`] (the pod CIDRs).
+    fn value(&mut self, v: &Value) {
+        if self.count > 0 {
+            self.out.push(',');
+        }
+        self.count += 1;
+        use std::fmt::Write;
+        let _ = write!(self.out, "{v}");
+    }
 }
 
 fn chain(name: &str, ty: &str, hook: &str, prio: i32) -> Value {
@@ -236,97 +352,61 @@ fn set_mark() -> Value {
         "value": {"|": [{"meta": {"key": "mark"}}, MASQ_MARK]}}})
 }
 
-/// Renders the whole ruleset for `desired`: one JSON document for
-/// `nft -j -f -` that atomically replaces our table.
-pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> Value {
+/// Renders the whole ruleset for `desired`: one document for
+/// `nft -j -f -` that atomically replaces our table. The sets hold exactly
+/// the elements [`vs_elements`] gives each virtual server (what
+/// [`SetTracker`] counts) and the bound addresses.
+pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> NftDocument {
+    let mut w = DocWriter::new();
     let table = json!({"table": {"family": FAMILY, "name": TABLE}});
-    let mut cmds = vec![
-        json!({"add": table.clone()}),
-        json!({"delete": table.clone()}),
-        json!({"add": table}),
-    ];
+    w.command(&json!({"add": table.clone()}));
+    w.command(&json!({"delete": table.clone()}));
+    w.command(&json!({"add": table}));
+
+    // Per set, its elements in order and each once (a hairpin element is
+    // shared by every virtual server with that endpoint).
+    let mut by_set: BTreeMap<(SetKind, bool), BTreeSet<SetElement>> = BTreeMap::new();
+    for (k, vs) in &desired.virtual_servers {
+        for x in vs_elements(k, vs) {
+            by_set.entry((x.kind, x.v6)).or_default().insert(x);
+        }
+    }
+    for a in &desired.bind_addresses {
+        let x = address_element(*a);
+        by_set.entry((x.kind, x.v6)).or_default().insert(x);
+    }
 
     for fam in [Fam { v6: false }, Fam { v6: true }] {
         let sfx = fam.suffix();
-        let tuple = |a: &IpAddr, p: Protocol, port: u16| json!({"concat": [a.to_string(), proto_name(p), port]});
-        let mut all = Vec::new();
-        let mut cluster = Vec::new();
-        let mut external = Vec::new();
-        let mut lb_filtered = Vec::new();
-        let mut lb_allowed = Vec::new();
-        let mut hairpin = BTreeSet::new();
-        for (k, vs) in desired
-            .virtual_servers
-            .iter()
-            .filter(|(k, _)| fam.has(&k.addr))
-        {
-            let t = tuple(&k.addr, k.protocol, k.port);
-            all.push(t.clone());
-            match vs.kind {
-                VsKind::ClusterIp => cluster.push(t.clone()),
-                // Local policy keeps the client address (the point of it).
-                _ if !vs.local_only => external.push(t.clone()),
-                _ => {}
-            }
-            if vs.kind == VsKind::LoadBalancer && !vs.source_ranges.is_empty() {
-                lb_filtered.push(t.clone());
-                for r in vs.source_ranges.iter().filter(|r| fam.has(&r.addr())) {
-                    lb_allowed.push(json!({"concat": [k.addr.to_string(),
-                        proto_name(k.protocol), k.port, prefix(r)]}));
-                }
-            }
-            for rs in vs.real_servers.keys() {
-                hairpin.insert((rs.addr, k.protocol, rs.port));
-            }
-        }
-        let bound: Vec<Value> = desired
-            .bind_addresses
-            .iter()
-            .filter(|a| fam.has(a))
-            .map(|a| json!(a.to_string()))
-            .collect();
-        let pods: Vec<Value> = params
-            .cluster_cidrs
-            .iter()
-            .filter(|n| fam.has(&n.addr()))
-            .map(prefix)
-            .collect();
-        let hairpin: Vec<Value> = hairpin
-            .into_iter()
-            .map(|(a, p, port)| json!({"concat": [a.to_string(), proto_name(p), port, a.to_string()]}))
-            .collect();
-
         let at = fam.addr_type();
         let svc_types = [at, "inet_proto", "inet_service"];
-        cmds.push(set(format!("services{sfx}"), &svc_types, false, all));
-        cmds.push(set(format!("cluster_ips{sfx}"), &svc_types, false, cluster));
-        cmds.push(set(format!("external{sfx}"), &svc_types, false, external));
-        cmds.push(set(format!("service_addrs{sfx}"), &[at], false, bound));
-        cmds.push(set(format!("cluster_cidr{sfx}"), &[at], true, pods));
-        cmds.push(set(
-            format!("lb_filtered{sfx}"),
-            &svc_types,
-            false,
-            lb_filtered,
-        ));
-        cmds.push(set(
-            format!("lb_allowed{sfx}"),
-            &[at, "inet_proto", "inet_service", at],
-            true,
-            lb_allowed,
-        ));
-        cmds.push(set(
-            format!("hairpin{sfx}"),
-            &[at, "inet_proto", "inet_service", at],
-            false,
-            hairpin,
-        ));
+        let src_types = [at, "inet_proto", "inet_service", at];
+        let mut typed = |w: &mut DocWriter, kind: SetKind, types: &[&str], interval: bool| {
+            let elems = by_set.remove(&(kind, fam.v6)).unwrap_or_default();
+            w.set(&format!("{}{sfx}", kind.base()), types, interval, |e| {
+                elems.iter().for_each(|x| e.elem(x))
+            });
+        };
+        typed(&mut w, SetKind::Services, &svc_types, false);
+        typed(&mut w, SetKind::ClusterIps, &svc_types, false);
+        typed(&mut w, SetKind::External, &svc_types, false);
+        typed(&mut w, SetKind::ServiceAddrs, &[at], false);
+        w.set(&format!("cluster_cidr{sfx}"), &[at], true, |e| {
+            params
+                .cluster_cidrs
+                .iter()
+                .filter(|n| fam.has(&n.addr()))
+                .for_each(|n| e.value(&prefix(n)))
+        });
+        typed(&mut w, SetKind::LbFiltered, &svc_types, false);
+        typed(&mut w, SetKind::LbAllowed, &src_types, true);
+        typed(&mut w, SetKind::Hairpin, &src_types, false);
     }
 
-    cmds.push(chain("prerouting", "filter", "prerouting", -110));
-    cmds.push(chain("output", "filter", "output", -110));
-    cmds.push(chain("input", "filter", "input", 0));
-    cmds.push(chain("postrouting", "nat", "postrouting", 100));
+    w.command(&chain("prerouting", "filter", "prerouting", -110));
+    w.command(&chain("output", "filter", "output", -110));
+    w.command(&chain("input", "filter", "input", 0));
+    w.command(&chain("postrouting", "nat", "postrouting", 100));
 
     for fam in [Fam { v6: false }, Fam { v6: true }] {
         let sfx = fam.suffix();
@@ -334,7 +414,7 @@ pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> Value {
         let has_pods = params.cluster_cidrs.iter().any(|n| fam.has(&n.addr()));
         for c in ["prerouting", "output"] {
             if params.masquerade_all {
-                cmds.push(rule(
+                w.command(&rule(
                     c,
                     vec![
                         matches("==", fam.svc_tuple(), at_set("services")),
@@ -345,7 +425,7 @@ pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> Value {
             }
             // NodePort, external IPs and load balancers with the Cluster
             // policy: the reply must come back through this node.
-            cmds.push(rule(
+            w.command(&rule(
                 c,
                 vec![
                     matches("==", fam.svc_tuple(), at_set("external")),
@@ -355,7 +435,7 @@ pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> Value {
             // ClusterIP from outside the pod network (the node itself, or
             // another host routing to it): same reason.
             if has_pods {
-                cmds.push(rule(
+                w.command(&rule(
                     c,
                     vec![
                         matches("==", fam.svc_tuple(), at_set("cluster_ips")),
@@ -369,7 +449,7 @@ pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> Value {
         // before IPVS sees them.
         let src_tuple = json!({"concat": [fam.field("daddr"), {"meta": {"key": "l4proto"}},
             {"payload": {"protocol": "th", "field": "dport"}}, fam.field("saddr")]});
-        cmds.push(rule(
+        w.command(&rule(
             "input",
             vec![
                 matches("==", fam.svc_tuple(), at_set("lb_filtered")),
@@ -379,7 +459,7 @@ pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> Value {
         ));
         // A service address answers only on service ports: new connections
         // to any other port would reach the node's own listeners.
-        cmds.push(rule(
+        w.command(&rule(
             "input",
             vec![
                 matches("in", json!({"ct": {"key": "state"}}), json!("new")),
@@ -397,7 +477,7 @@ pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> Value {
         // node as the source, or its reply would bypass IPVS.
         let hp_tuple = json!({"concat": [fam.field("daddr"), {"meta": {"key": "l4proto"}},
             {"payload": {"protocol": "th", "field": "dport"}}, fam.field("saddr")]});
-        cmds.push(rule(
+        w.command(&rule(
             "postrouting",
             vec![
                 matches("==", hp_tuple, at_set("hairpin")),
@@ -405,7 +485,7 @@ pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> Value {
             ],
         ));
     }
-    cmds.push(rule(
+    w.command(&rule(
         "postrouting",
         vec![
             matches(
@@ -416,14 +496,13 @@ pub fn render(desired: &DesiredState, params: &NftParams<'_>) -> Value {
             json!({"masquerade": null}),
         ],
     ));
-
-    json!({"nftables": cmds})
+    w.finish()
 }
 
 /// The command that removes our table (on `mode: none` or uninstall).
-pub fn render_delete() -> Value {
+pub fn render_delete() -> NftDocument {
     let table = json!({"table": {"family": FAMILY, "name": TABLE}});
-    json!({"nftables": [{"add": table.clone()}, {"delete": table}]})
+    NftDocument::from_commands(&[json!({"add": table.clone()}), json!({"delete": table})])
 }
 
 /// Which of our sets an element goes to; the family suffix (`4`/`6`) comes
@@ -482,19 +561,24 @@ impl SetElement {
         format!("{}{}", self.kind.base(), if self.v6 { "6" } else { "4" })
     }
 
-    /// The element exactly as [`render`] writes it.
-    fn json(&self) -> Value {
-        let a = self.addr.to_string();
-        let p = self.proto.map(proto_name);
-        match self.kind {
-            SetKind::ServiceAddrs => json!(a),
-            SetKind::Hairpin => json!({"concat": [a, p, self.port, a]}),
-            SetKind::LbAllowed => match &self.range {
-                Some(r) => json!({"concat": [a, p, self.port, prefix(r)]}),
-                None => json!({"concat": [a, p, self.port]}),
-            },
-            _ => json!({"concat": [a, p, self.port]}),
-        }
+    /// The element's JSON text. Addresses, protocol names and numbers need
+    /// no escaping.
+    fn write_json(&self, out: &mut String) {
+        use std::fmt::Write;
+        let a = self.addr;
+        let p = self.proto.map(proto_name).unwrap_or("");
+        let port = self.port;
+        let _ = match (self.kind, &self.range) {
+            (SetKind::ServiceAddrs, _) => write!(out, r#""{a}""#),
+            (SetKind::Hairpin, _) => write!(out, r#"{{"concat":["{a}","{p}",{port},"{a}"]}}"#),
+            (SetKind::LbAllowed, Some(r)) => write!(
+                out,
+                r#"{{"concat":["{a}","{p}",{port},{{"prefix":{{"addr":"{}","len":{}}}}}]}}"#,
+                r.network(),
+                r.prefix_len()
+            ),
+            _ => write!(out, r#"{{"concat":["{a}","{p}",{port}]}}"#),
+        };
     }
 }
 
@@ -644,37 +728,36 @@ impl SetTracker {
 
 /// One `nft -j -f -` document with the element changes: deletes, then adds,
 /// each grouped per set. Empty changes make an empty document.
-pub fn render_element_changes(ch: &ElementChanges) -> Value {
-    let mut cmds = Vec::new();
+pub fn render_element_changes(ch: &ElementChanges) -> NftDocument {
+    use std::fmt::Write;
+    let mut w = DocWriter::new();
     for (verb, elems) in [("delete", &ch.delete), ("add", &ch.add)] {
-        let mut by_set: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut by_set: BTreeMap<String, Vec<&SetElement>> = BTreeMap::new();
         for x in elems {
-            by_set.entry(x.set_name()).or_default().push(x.json());
+            by_set.entry(x.set_name()).or_default().push(x);
         }
         for (name, elem) in by_set {
-            cmds.push(json!({verb: {"element": {"family": FAMILY, "table": TABLE,
-                "name": name, "elem": elem}}}));
+            w.separator();
+            let _ = write!(
+                w.out,
+                r#"{{"{verb}":{{"element":{{"family":"{FAMILY}","table":"{TABLE}","name":"{name}","elem":["#
+            );
+            let mut e = ElemWriter {
+                out: &mut w.out,
+                count: 0,
+            };
+            elem.into_iter().for_each(|x| e.elem(x));
+            w.out.push_str("]}}}");
         }
     }
-    json!({"nftables": cmds})
+    w.finish()
 }
 
-/// A digest of a document, computed by streaming its JSON text into a
-/// hasher: equal documents, equal digests, without a second copy in memory.
-pub fn digest(doc: &Value) -> u64 {
-    use std::hash::Hasher;
-    struct HashWriter(std::collections::hash_map::DefaultHasher);
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.write(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut w = HashWriter(std::collections::hash_map::DefaultHasher::new());
-    // Writing to a hasher cannot fail; a Value always serialises.
-    let _ = serde_json::to_writer(&mut w, doc);
-    w.0.finish()
+/// A digest of a document: equal documents, equal digests, so the last
+/// applied one need not be kept.
+pub fn digest(doc: &NftDocument) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    doc.0.hash(&mut h);
+    h.finish()
 }
