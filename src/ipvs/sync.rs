@@ -184,26 +184,29 @@ impl ServiceAddresses for DummyAddresses {
             .map_err(|e| e.to_string())
     }
     fn add_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
-        match self.link() {
-            Ok(l) => self
-                .rt
-                .block_on(l.bind_many(addrs))
-                .into_iter()
-                .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
-                .collect(),
-            Err(e) => addrs.iter().map(|_| Err(e.clone())).collect(),
-        }
+        self.change_many(addrs, true)
     }
     fn remove_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
-        match self.link() {
-            Ok(l) => self
-                .rt
-                .block_on(l.unbind_many(addrs))
-                .into_iter()
-                .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
-                .collect(),
-            Err(e) => addrs.iter().map(|_| Err(e.clone())).collect(),
-        }
+        self.change_many(addrs, false)
+    }
+}
+
+impl DummyAddresses {
+    /// Binds (or unbinds) `addrs` in one pipelined exchange, a result each.
+    fn change_many(&self, addrs: &[IpAddr], bind: bool) -> Vec<Result<(), String>> {
+        let l = match self.link() {
+            Ok(l) => l,
+            Err(e) => return addrs.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let results = if bind {
+            self.rt.block_on(l.bind_many(addrs))
+        } else {
+            self.rt.block_on(l.unbind_many(addrs))
+        };
+        results
+            .into_iter()
+            .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+            .collect()
     }
 }
 
