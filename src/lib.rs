@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod health;
 pub mod ipvs;
+pub mod label;
 pub mod manifest;
 pub mod status;
 pub mod sys;

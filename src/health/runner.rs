@@ -12,10 +12,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::check::{Probe, TlsSetupError};
+use super::check::Probe;
 use super::metrics::HealthMetrics;
 use super::state::{HealthState, ProbeOutcome};
-use crate::config::{HealthConfig, ListenerConfig};
 
 /// Which backends may be chosen, in config order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,10 +52,12 @@ pub struct ListenerHealth {
     flips: watch::Sender<Arc<HealthSnapshot>>,
     commands: mpsc::UnboundedSender<Command>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The check running now, to tell on reload whether it changed.
+    probe: std::sync::Mutex<Probe>,
 }
 
 enum Command {
-    Update(Vec<SocketAddr>, HealthConfig, Probe),
+    Update(Vec<SocketAddr>, Probe),
 }
 
 impl ListenerHealth {
@@ -72,40 +73,46 @@ impl ListenerHealth {
         self.flips.subscribe()
     }
 
-    /// Starts checking `cfg.backends`.
+    /// Starts checking `backends` of listener `name` with `probe` (built,
+    /// so TLS material read, by the caller before anything changed).
     pub fn spawn(
-        cfg: &ListenerConfig,
+        name: &str,
+        backends: &[SocketAddr],
+        probe: Probe,
         metrics: HealthMetrics,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Self>, TlsSetupError> {
+    ) -> Arc<Self> {
         let initial = HealthSnapshot {
-            backends: cfg.backends.iter().map(|a| (*a, true)).collect(),
+            backends: backends.iter().map(|a| (*a, true)).collect(),
         };
         let (flips, _) = watch::channel(Arc::new(initial.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
         let me = Arc::new(ListenerHealth {
-            name: cfg.name.clone(),
+            name: name.to_string(),
             snapshot: ArcSwap::from_pointee(initial),
             details: ArcSwap::from_pointee(Vec::new()),
             flips,
             commands: tx,
             task: std::sync::Mutex::new(None),
+            probe: std::sync::Mutex::new(probe.clone()),
         });
         let task = tokio::spawn(aggregate(Arc::downgrade(&me), rx, metrics, shutdown));
         *me.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
-        me.update(cfg)?;
-        Ok(me)
+        me.update(backends, probe);
+        me
+    }
+
+    /// The check running now.
+    pub fn probe(&self) -> Probe {
+        self.probe.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Applies a reloaded listener: unchanged backends keep their state.
-    pub fn update(&self, cfg: &ListenerConfig) -> Result<(), TlsSetupError> {
-        let probe = Probe::new(&cfg.health)?;
-        let _ = self.commands.send(Command::Update(
-            cfg.backends.clone(),
-            cfg.health.clone(),
-            probe,
-        ));
-        Ok(())
+    pub fn update(&self, backends: &[SocketAddr], probe: Probe) {
+        *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = probe.clone();
+        let _ = self
+            .commands
+            .send(Command::Update(backends.to_vec(), probe));
     }
 
     pub fn stop(&self) {
@@ -148,7 +155,8 @@ async fn aggregate(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             cmd = commands.recv() => {
-                let Some(Command::Update(backends, health, probe)) = cmd else { break };
+                let Some(Command::Update(backends, probe)) = cmd else { break };
+                let health = probe.config().clone();
                 generation += 1;
                 let mut next = BTreeMap::new();
                 for (i, addr) in backends.iter().enumerate() {
@@ -157,7 +165,10 @@ async fn aggregate(
                             t.prober.abort();
                             (t.state.with_thresholds(health.rise, health.fall), t.since)
                         }
-                        None => (HealthState::new(health.rise, health.fall), Instant::now()),
+                        None => {
+                            metrics.track(&name, *addr);
+                            (HealthState::new(health.rise, health.fall), Instant::now())
+                        }
                     };
                     // Spread the first probes over one interval so a listener
                     // with many backends does not probe them all at once.

@@ -117,13 +117,22 @@ pub fn render_table(r: &StatusReport) -> String {
                 v.vrid,
                 v.state,
                 prio,
-                v.virtual_ips.join(","),
-                v.master.as_deref().unwrap_or("-"),
+                v.virtual_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                v.master.map_or_else(|| "-".to_string(), |m| m.to_string()),
                 ago(v.since_seconds),
                 v.transitions
             );
             for t in v.tracks.iter().filter(|t| t.failing) {
-                let _ = writeln!(out, "    track {} FAILING (weight {})", t.target, t.weight);
+                let _ = writeln!(
+                    out,
+                    "    track {} FAILING (weight {})",
+                    super::report::track_target_name(&t.target),
+                    t.weight
+                );
             }
             for p in &v.peers {
                 let _ = writeln!(
@@ -143,7 +152,7 @@ pub fn render_table(r: &StatusReport) -> String {
                 "  {} {} ({}) {}/{} backends up, {} active, {} total, {} refused (no backend){}",
                 l.name,
                 l.bind,
-                l.balance,
+                super::report::balance_name(l.balance),
                 up,
                 l.backends.len(),
                 l.active_connections,

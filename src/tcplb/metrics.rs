@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
-use super::proxy::Listener;
+use super::listener::{Backend, Listener};
 
 /// The listeners currently running (including draining ones).
 #[derive(Debug, Default, Clone)]
@@ -28,8 +28,23 @@ impl std::fmt::Debug for Listener {
     }
 }
 
-type L1<'a> = [(&'static str, &'a str); 1];
-type L2<'a> = [(&'static str, &'a str); 2];
+/// One metric family from (labels, value) pairs read at scrape time.
+fn encode_series<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in series {
+        let m = family.encode_family(&labels)?;
+        if matches!(kind, MetricType::Gauge) {
+            ConstGauge::new(v as i64).encode(m)?;
+        } else {
+            ConstCounter::new(v).encode(m)?;
+        }
+    }
+    Ok(())
+}
 
 impl Collector for TcplbCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -74,19 +89,12 @@ impl Collector for TcplbCollector {
             ),
         ];
         for (name, help, kind, get) in per_listener {
-            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-            for l in listeners.iter() {
-                let labels: L1 = [("listener", &l.name)];
-                let v = get(l);
-                let m = family.encode_family(&labels)?;
-                if matches!(kind, MetricType::Gauge) {
-                    ConstGauge::new(v as i64).encode(m)?;
-                } else {
-                    ConstCounter::new(v).encode(m)?;
-                }
-            }
+            let series = listeners
+                .iter()
+                .map(|l| ([("listener", l.name.as_str())], get(l)));
+            encode_series(&mut encoder, (name, help, kind), series)?;
         }
-        type BackendGetter = fn(&super::proxy::Backend) -> u64;
+        type BackendGetter = fn(&Backend) -> u64;
         let per_backend: [(&str, &str, MetricType, BackendGetter); 5] = [
             (
                 "lbd_backend_connections_active",
@@ -120,20 +128,22 @@ impl Collector for TcplbCollector {
             ),
         ];
         for (name, help, kind, get) in per_backend {
-            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-            for l in listeners.iter() {
-                for b in l.backends().iter() {
-                    let addr = b.addr.to_string();
-                    let labels: L2 = [("listener", &l.name), ("backend", &addr)];
-                    let v = get(b);
-                    let m = family.encode_family(&labels)?;
-                    if matches!(kind, MetricType::Gauge) {
-                        ConstGauge::new(v as i64).encode(m)?;
-                    } else {
-                        ConstCounter::new(v).encode(m)?;
-                    }
-                }
-            }
+            let series: Vec<_> = listeners
+                .iter()
+                .flat_map(|l| {
+                    l.backends()
+                        .iter()
+                        .map(|b| {
+                            let labels = [
+                                ("listener", l.name.clone()),
+                                ("backend", b.addr.to_string()),
+                            ];
+                            (labels, get(b))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            encode_series(&mut encoder, (name, help, kind), series)?;
         }
         Ok(())
     }
