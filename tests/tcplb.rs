@@ -1,29 +1,22 @@
 //! The balancer end to end: the real `lbd` binary in front of real TLS and
 //! TCP backends on loopback.
 
-mod tlsbackend;
+mod support;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use tlsbackend::*;
+use support::backends::*;
+use support::config::{listener_yaml, tcplb_section};
+use support::lbd::*;
+use support::pki::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn listener_yaml(
-    name: &str,
-    port: u16,
-    backends: &[&Backend],
-    balance: &str,
-    health: &str,
-    extra: &str,
-) -> String {
-    let list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
-    format!(
-        "    - name: {name}\n      bind: 127.0.0.1:{port}\n      balance: {balance}\n      backends: [{}]\n      health: {health}\n{extra}",
-        list.join(", ")
-    )
+/// 127.0.0.1:`port`, where the listeners bind.
+fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn https_health(pki: &Pki, interval: &str) -> String {
@@ -50,16 +43,16 @@ async fn failing_healthz_marks_down_after_fall_and_returns_after_rise() {
     let b2 = https_backend("b2", &pki, false).await;
     let b3 = https_backend("b3", &pki, false).await;
     let port = free_port();
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
+    let lbd = Lbd::start(&tcplb_section(
+        None,
+        &[listener_yaml(
             "api",
-            port,
+            local(port),
             &[&b1, &b2, &b3],
             "roundrobin",
             &https_health(&pki, "100ms"),
-            ""
-        )
+            "",
+        )],
     ))
     .await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -112,16 +105,16 @@ async fn refused_backend_is_retried_and_all_down_closes_at_once() {
     let port = free_port();
     // Checks every hour: after the first (passing) one, a dead backend still
     // counts as healthy, so only retry can save the client.
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
+    let lbd = Lbd::start(&tcplb_section(
+        None,
+        &[listener_yaml(
             "t",
-            port,
+            local(port),
             &[&a, &b],
             "roundrobin",
             "{ type: tcp, interval: 1h }",
-            "      retries: 2\n"
-        )
+            "      retries: 2\n",
+        )],
     ))
     .await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -143,16 +136,16 @@ async fn refused_backend_is_retried_and_all_down_closes_at_once() {
     let port2 = free_port();
     let c = echo_backend("c", true).await;
     c.stop();
-    let lbd2 = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
+    let lbd2 = Lbd::start(&tcplb_section(
+        None,
+        &[listener_yaml(
             "dead",
-            port2,
+            local(port2),
             &[&c],
             "roundrobin",
             "{ type: tcp, interval: 100ms, rise: 1, fall: 1 }",
-            ""
-        )
+            "",
+        )],
     ))
     .await;
     eventually(Duration::from_secs(3), "c down", || async {
@@ -183,16 +176,16 @@ async fn leastconn_fills_the_emptiest_backend() {
     let a = echo_backend("a", true).await;
     let b = echo_backend("b", true).await;
     let port = free_port();
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
+    let lbd = Lbd::start(&tcplb_section(
+        None,
+        &[listener_yaml(
             "lc",
-            port,
+            local(port),
             &[&a, &b],
             "leastconn",
             "{ type: tcp, interval: 1h }",
-            ""
-        )
+            "",
+        )],
     ))
     .await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -240,16 +233,16 @@ async fn source_balance_keeps_each_client_on_one_backend() {
         echo_backend("c", true).await,
     ];
     let port = free_port();
-    let _lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
+    let _lbd = Lbd::start(&tcplb_section(
+        None,
+        &[listener_yaml(
             "src",
-            port,
+            local(port),
             &[&bs[0], &bs[1], &bs[2]],
             "source",
             "{ type: tcp, interval: 1h }",
-            ""
-        )
+            "",
+        )],
     ))
     .await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -277,16 +270,16 @@ async fn source_balance_keeps_each_client_on_one_backend() {
 async fn half_close_and_100mb_byte_exact_both_ways() {
     let e = echo_backend("e", false).await;
     let port = free_port();
-    let _lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
+    let _lbd = Lbd::start(&tcplb_section(
+        None,
+        &[listener_yaml(
             "bulk",
-            port,
+            local(port),
             &[&e],
             "roundrobin",
             "{ type: tcp, interval: 1h }",
-            ""
-        )
+            "",
+        )],
     ))
     .await;
     const LEN: usize = 100 * 1024 * 1024;
@@ -348,16 +341,16 @@ async fn reload_swaps_backends_without_dropping_sessions_and_rejects_bad_config(
     let c = echo_backend("c", true).await;
     let port = free_port();
     let cfg = |bs: &[&Backend]| {
-        format!(
-            "tcplb:\n  listeners:\n{}",
-            listener_yaml(
+        tcplb_section(
+            None,
+            &[listener_yaml(
                 "api",
-                port,
+                local(port),
                 bs,
                 "roundrobin",
                 "{ type: tcp, interval: 100ms }",
-                ""
-            )
+                "",
+            )],
         )
     };
     let lbd = Lbd::start(&cfg(&[&a])).await;
@@ -410,16 +403,16 @@ async fn reload_swaps_backends_without_dropping_sessions_and_rejects_bad_config(
 async fn shutdown_sessions_policy_and_graceful_sigterm() {
     let a = echo_backend("a", true).await;
     let port = free_port();
-    let mut lbd = Lbd::start(&format!(
-        "tcplb:\n  shutdown_grace: 2s\n  listeners:\n{}",
-        listener_yaml(
+    let mut lbd = Lbd::start(&tcplb_section(
+        Some("2s"),
+        &[listener_yaml(
             "p",
-            port,
+            local(port),
             &[&a],
             "roundrobin",
             "{ type: tcp, interval: 100ms, rise: 1, fall: 1 }",
-            "      on_backend_down: shutdown_sessions\n"
-        )
+            "      on_backend_down: shutdown_sessions\n",
+        )],
     ))
     .await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -435,16 +428,16 @@ async fn shutdown_sessions_policy_and_graceful_sigterm() {
 
     // SIGTERM: exits 0 within the grace period even with a session open.
     let b = echo_backend("b", true).await;
-    lbd.reload(&format!(
-        "tcplb:\n  shutdown_grace: 1s\n  listeners:\n{}",
-        listener_yaml(
+    lbd.reload(&tcplb_section(
+        Some("1s"),
+        &[listener_yaml(
             "p",
-            port,
+            local(port),
             &[&b],
             "roundrobin",
             "{ type: tcp, interval: 100ms }",
-            ""
-        )
+            "",
+        )],
     ));
     eventually(Duration::from_secs(5), "reload", || async {
         lbd.status().await["config"]["reloads_ok"] == 1
@@ -473,17 +466,19 @@ async fn health_check_with_client_certificate() {
         pki.client_cert.display(),
         pki.client_key.display()
     );
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}{}",
-        listener_yaml("mtls", port1, &[&m], "roundrobin", &with_cert, ""),
-        listener_yaml(
-            "nocert",
-            port2,
-            &[&m],
-            "roundrobin",
-            &https_health(&pki, "100ms"),
-            ""
-        )
+    let lbd = Lbd::start(&tcplb_section(
+        None,
+        &[
+            listener_yaml("mtls", local(port1), &[&m], "roundrobin", &with_cert, ""),
+            listener_yaml(
+                "nocert",
+                local(port2),
+                &[&m],
+                "roundrobin",
+                &https_health(&pki, "100ms"),
+                "",
+            ),
+        ],
     ))
     .await;
     eventually(Duration::from_secs(3), "checks done", || async {
@@ -507,11 +502,8 @@ async fn insecure_skip_verify_accepts_an_unknown_ca_and_verify_rejects_it() {
     let other = Pki::new();
     let b = https_backend("b", &pki, false).await;
     let (p1, p2) = (free_port(), free_port());
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}{}",
-        listener_yaml("skip", p1, &[&b], "roundrobin", "{ type: https, interval: 100ms, rise: 1, fall: 1, tls: { insecure_skip_verify: true } }", ""),
-        listener_yaml("wrongca", p2, &[&b], "roundrobin", &https_health(&other, "100ms"), "")
-    ))
+    let lbd = Lbd::start(&tcplb_section(None, &[listener_yaml("skip", local(p1), &[&b], "roundrobin", "{ type: https, interval: 100ms, rise: 1, fall: 1, tls: { insecure_skip_verify: true } }", ""),
+        listener_yaml("wrongca", local(p2), &[&b], "roundrobin", &https_health(&other, "100ms"), "")]))
     .await;
     eventually(Duration::from_secs(3), "both checked", || async {
         let st = lbd.status().await;

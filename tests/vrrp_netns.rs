@@ -1,14 +1,14 @@
 //! VRRP and its kernel plumbing in network namespaces (root; skipped
 //! otherwise). Every address used exists only inside the test namespaces.
 
-mod common;
+mod support;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::netns::{require_root, wait_for, Lab};
 use lbd::sys::addr::{AddOutcome, Netlink, LBD_ADDR_PROTO};
 use lbd::sys::link::{NetEvent, NetMonitor};
+use support::netns::{require_root, wait_for, Lab};
 
 /// Runs `f` on a thread inside namespace `ns` with its own runtime.
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -195,10 +195,10 @@ fn renewal_keeps_vip_and_monitor_reports_removal_and_link_down() {
 // ---------------------------------------------------------------------
 // Three `lbd run` nodes on a bridge.
 
-use common::vrrp::VipWatch;
 use std::path::PathBuf;
-
-const LBD: &str = env!("CARGO_BIN_EXE_lbd");
+use support::config::{admin_section, node_section, vrrp_section, VrrpInstanceYaml};
+use support::lbd::{lbd_bin, spawn_in_ns};
+use support::vrrp::{master_down_interval, skew_time, VipWatch};
 
 /// Per-instance settings of one test scenario.
 #[derive(Clone)]
@@ -297,37 +297,30 @@ impl Cluster {
         } else {
             format!("10.213.{net}.100/24")
         };
-        let mut inst = format!(
-            "    - name: vip\n      interface: eth0\n      vrid: 51\n      version: {}\n      priority: {}\n      advert_interval: {}ms\n      preempt: {}\n      virtual_ips: [{vip}]\n",
-            sc.version, self.prios[i], sc.interval_ms, sc.preempt
-        );
+        let mut inst = VrrpInstanceYaml::new(self.prios[i], &vip);
+        inst.version = sc.version;
+        inst.advert_interval = self.interval();
+        inst.preempt = Some(sc.preempt);
         if sc.unicast {
-            let peers: Vec<String> = (1..=self.prios.len())
+            inst.unicast_peers = (1..=self.prios.len())
                 .filter(|j| *j != i + 1)
                 .map(|j| {
                     if sc.v6 {
-                        format!("\"fd00:db8:{net}::{j}\"")
+                        format!("fd00:db8:{net}::{j}")
                     } else {
                         format!("10.213.{net}.{j}")
                     }
                 })
                 .collect();
-            inst.push_str(&format!("      unicast_peers: [{}]\n", peers.join(", ")));
         }
-        if let Some(l) = sc.vip_lifetime {
-            inst.push_str(&format!("      vip_lifetime: {l}\n"));
-        }
-        if let Some(p) = sc.auth_pass {
-            inst.push_str(&format!("      auth_pass: \"{p}\"\n"));
-        }
-        inst.push_str(&sc.extra);
+        inst.vip_lifetime = sc.vip_lifetime.map(str::to_string);
+        inst.auth_pass = sc.auth_pass.map(str::to_string);
+        inst.extra = sc.extra.clone();
         let sock = self.dir.path().join(format!("n{}.sock", i + 1));
-        format!(
-            "node:\n  name: n{}\nvrrp:\n  instances:\n{inst}{}admin:\n  socket: {}\n  listen: \"\"\n",
-            i + 1,
-            sc.tcplb,
-            sock.display()
-        )
+        node_section(&format!("n{}", i + 1))
+            + &vrrp_section(&[inst])
+            + &sc.tcplb
+            + &admin_section(&sock)
     }
 
     fn log(&self, i: usize) -> PathBuf {
@@ -337,15 +330,12 @@ impl Cluster {
     fn start(&mut self, i: usize) {
         let conf = self.dir.path().join(format!("n{}.yaml", i + 1));
         std::fs::write(&conf, self.config(i)).unwrap();
-        let log = self.log(i);
-        let ns = self.ns[i].clone();
-        let idx = self.lab.spawn(
-            &ns,
-            "env",
-            &["RUST_LOG=info", LBD, "run", "-c", conf.to_str().unwrap()],
-            Some(&log),
-        );
-        self.procs[i] = Some(idx);
+        self.start_with(i, &conf);
+    }
+
+    fn start_with(&mut self, i: usize, conf: &std::path::Path) {
+        let (ns, log) = (self.ns[i].clone(), self.log(i));
+        self.procs[i] = Some(spawn_in_ns(&mut self.lab, &ns, conf, &log));
     }
 
     fn start_all(&mut self) {
@@ -379,23 +369,11 @@ impl Cluster {
 
     /// Master_Down_Interval of node `i` as RFC 5798 section 6.1 defines it.
     fn master_down(&self, i: usize) -> Duration {
-        let ai = Duration::from_millis(self.sc.interval_ms);
-        let skew_base = if self.sc.version == 2 {
-            Duration::from_secs(1)
-        } else {
-            ai
-        };
-        ai * 3 + skew_base * (256 - u32::from(self.prios[i])) / 256
+        master_down_interval(self.sc.version, self.interval(), self.prios[i])
     }
 
     fn skew(&self, i: usize) -> Duration {
-        let ai = Duration::from_millis(self.sc.interval_ms);
-        let skew_base = if self.sc.version == 2 {
-            Duration::from_secs(1)
-        } else {
-            ai
-        };
-        skew_base * (256 - u32::from(self.prios[i])) / 256
+        skew_time(self.sc.version, self.interval(), self.prios[i])
     }
 
     fn interval(&self) -> Duration {
@@ -564,8 +542,13 @@ fn preemption(net: u8, preempt: bool) {
         std::thread::sleep(Duration::from_millis(300));
         let status = |i: usize| -> serde_json::Value {
             let sock = c.dir.path().join(format!("n{}.sock", i + 1));
-            let out =
-                common::netns::run(&[LBD, "status", "--json", "--socket", sock.to_str().unwrap()]);
+            let out = support::netns::run(&[
+                lbd_bin(),
+                "status",
+                "--json",
+                "--socket",
+                sock.to_str().unwrap(),
+            ]);
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
         };
         let (s1, s2) = (status(0), status(1));
@@ -772,16 +755,11 @@ fn master_restores_a_removed_vip_and_exports_metrics() {
     // Admin TCP listener on the namespace's own loopback.
     let conf = c
         .config(0)
-        .replace("  listen: \"\"\n", "  listen: 127.0.0.1:9440\n");
+        .replace("  listen: null\n", "  listen: 127.0.0.1:9440\n");
     let path = c.dir.path().join("n1-admin.yaml");
     std::fs::write(&path, conf).unwrap();
-    let (n1, log) = (c.ns[0].clone(), c.log(0));
-    c.procs[0] = Some(c.lab.spawn(
-        &n1,
-        "env",
-        &["RUST_LOG=info", LBD, "run", "-c", path.to_str().unwrap()],
-        Some(&log),
-    ));
+    let n1 = c.ns[0].clone();
+    c.start_with(0, &path);
     c.start(1);
     assert!(
         w.wait_sole_holder(0, Duration::from_secs(10)).is_some(),
