@@ -126,6 +126,19 @@ fn full_report_serializes_to_the_golden_json_and_back() {
     assert_eq!(back, full_report());
 }
 
+/// The table `lbd status` prints for the same report (the golden was
+/// rendered by the String-typed report of before: padding and all).
+#[test]
+fn full_report_renders_as_the_golden_table() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/status/report.txt");
+    let got = lbd::status::client::render_table(&full_report());
+    if std::env::var_os("LBD_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&golden, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).unwrap();
+    assert_eq!(got, want, "status table drifted from {}", golden.display());
+}
+
 #[test]
 fn every_vrrp_state_has_its_spec_name() {
     let names: Vec<String> = State::ALL

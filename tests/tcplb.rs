@@ -19,6 +19,19 @@ fn local(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// `lbd` with one listener on a free loopback port, and its address.
+async fn one_listener(
+    name: &str,
+    backends: &[&Backend],
+    balance: &str,
+    health: &str,
+    extra: &str,
+) -> (Lbd, std::net::SocketAddr) {
+    let addr = local(free_port());
+    let yaml = listener_yaml(name, addr, backends, balance, health, extra);
+    (Lbd::start(&tcplb_section(None, &[yaml])).await, addr)
+}
+
 fn https_health(pki: &Pki, interval: &str) -> String {
     format!(
         "{{ type: https, path: /healthz, interval: {interval}, timeout: 500ms, rise: 2, fall: 2, tls: {{ ca_file: {}, server_name: kubernetes }} }}",
@@ -42,20 +55,14 @@ async fn failing_healthz_marks_down_after_fall_and_returns_after_rise() {
     let b1 = https_backend("b1", &pki, false).await;
     let b2 = https_backend("b2", &pki, false).await;
     let b3 = https_backend("b3", &pki, false).await;
-    let port = free_port();
-    let lbd = Lbd::start(&tcplb_section(
-        None,
-        &[listener_yaml(
-            "api",
-            local(port),
-            &[&b1, &b2, &b3],
-            "roundrobin",
-            &https_health(&pki, "100ms"),
-            "",
-        )],
-    ))
+    let (lbd, addr) = one_listener(
+        "api",
+        &[&b1, &b2, &b3],
+        "roundrobin",
+        &https_health(&pki, "100ms"),
+        "",
+    )
     .await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     // All three serve at first.
     let mut seen = BTreeMap::new();
     for _ in 0..12 {
@@ -102,22 +109,16 @@ async fn failing_healthz_marks_down_after_fall_and_returns_after_rise() {
 async fn refused_backend_is_retried_and_all_down_closes_at_once() {
     let a = echo_backend("a", true).await;
     let b = echo_backend("b", true).await;
-    let port = free_port();
     // Checks every hour: after the first (passing) one, a dead backend still
     // counts as healthy, so only retry can save the client.
-    let lbd = Lbd::start(&tcplb_section(
-        None,
-        &[listener_yaml(
-            "t",
-            local(port),
-            &[&a, &b],
-            "roundrobin",
-            "{ type: tcp, interval: 1h }",
-            "      retries: 2\n",
-        )],
-    ))
+    let (lbd, addr) = one_listener(
+        "t",
+        &[&a, &b],
+        "roundrobin",
+        "{ type: tcp, interval: 1h }",
+        "      retries: 2\n",
+    )
     .await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     eventually(Duration::from_secs(3), "first checks", || async {
         lbd.status().await["tcplb"][0]["backends"][1]["last_check_latency_ms"].is_number()
     })
@@ -133,20 +134,15 @@ async fn refused_backend_is_retried_and_all_down_closes_at_once() {
     assert_eq!(st["tcplb"][0]["refused_no_backend"], 0);
 
     // Now with real checks: every backend down -> closed at once, counted.
-    let port2 = free_port();
     let c = echo_backend("c", true).await;
     c.stop();
-    let lbd2 = Lbd::start(&tcplb_section(
-        None,
-        &[listener_yaml(
-            "dead",
-            local(port2),
-            &[&c],
-            "roundrobin",
-            "{ type: tcp, interval: 100ms, rise: 1, fall: 1 }",
-            "",
-        )],
-    ))
+    let (lbd2, addr2) = one_listener(
+        "dead",
+        &[&c],
+        "roundrobin",
+        "{ type: tcp, interval: 100ms, rise: 1, fall: 1 }",
+        "",
+    )
     .await;
     eventually(Duration::from_secs(3), "c down", || async {
         lbd2.status().await["tcplb"][0]["backends"][0]["healthy"] == false
@@ -154,9 +150,7 @@ async fn refused_backend_is_retried_and_all_down_closes_at_once() {
     .await;
     for _ in 0..3 {
         let start = Instant::now();
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port2))
-            .await
-            .unwrap();
+        let mut s = tokio::net::TcpStream::connect(addr2).await.unwrap();
         let mut buf = [0u8; 1];
         let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
             .await
@@ -175,20 +169,14 @@ async fn refused_backend_is_retried_and_all_down_closes_at_once() {
 async fn leastconn_fills_the_emptiest_backend() {
     let a = echo_backend("a", true).await;
     let b = echo_backend("b", true).await;
-    let port = free_port();
-    let lbd = Lbd::start(&tcplb_section(
-        None,
-        &[listener_yaml(
-            "lc",
-            local(port),
-            &[&a, &b],
-            "leastconn",
-            "{ type: tcp, interval: 1h }",
-            "",
-        )],
-    ))
+    let (lbd, addr) = one_listener(
+        "lc",
+        &[&a, &b],
+        "leastconn",
+        "{ type: tcp, interval: 1h }",
+        "",
+    )
     .await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut held = Vec::new();
     let mut count = BTreeMap::new();
     for _ in 0..6 {
@@ -232,20 +220,14 @@ async fn source_balance_keeps_each_client_on_one_backend() {
         echo_backend("b", true).await,
         echo_backend("c", true).await,
     ];
-    let port = free_port();
-    let _lbd = Lbd::start(&tcplb_section(
-        None,
-        &[listener_yaml(
-            "src",
-            local(port),
-            &[&bs[0], &bs[1], &bs[2]],
-            "source",
-            "{ type: tcp, interval: 1h }",
-            "",
-        )],
-    ))
+    let (_lbd, addr) = one_listener(
+        "src",
+        &[&bs[0], &bs[1], &bs[2]],
+        "source",
+        "{ type: tcp, interval: 1h }",
+        "",
+    )
     .await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut per_backend = BTreeMap::new();
     for host in 1..=60u8 {
         let src = IpAddr::from([127, 0, 1, host]);
@@ -269,23 +251,16 @@ async fn source_balance_keeps_each_client_on_one_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_and_100mb_byte_exact_both_ways() {
     let e = echo_backend("e", false).await;
-    let port = free_port();
-    let _lbd = Lbd::start(&tcplb_section(
-        None,
-        &[listener_yaml(
-            "bulk",
-            local(port),
-            &[&e],
-            "roundrobin",
-            "{ type: tcp, interval: 1h }",
-            "",
-        )],
-    ))
+    let (_lbd, addr) = one_listener(
+        "bulk",
+        &[&e],
+        "roundrobin",
+        "{ type: tcp, interval: 1h }",
+        "",
+    )
     .await;
     const LEN: usize = 100 * 1024 * 1024;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut r, mut w) = s.split();
     // A pattern that catches reordering and loss, not just length.
     let pattern = |i: usize| ((i as u64).wrapping_mul(2654435761) >> 13) as u8;

@@ -454,6 +454,16 @@ mod tests {
             .unwrap()
     }
 
+    /// A balancer started with `cfg`, its registry, its shutdown token.
+    async fn started(cfg: &TcplbConfig) -> (Balancer, Registry, CancellationToken) {
+        let mut reg = Registry::default();
+        let shutdown = CancellationToken::new();
+        let bal = Balancer::start(Some(cfg), &mut reg, shutdown.clone())
+            .await
+            .unwrap();
+        (bal, reg, shutdown)
+    }
+
     fn running_of(b: &Balancer) -> Vec<(String, SocketAddr, Vec<SocketAddr>)> {
         b.running
             .values()
@@ -483,13 +493,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
-        let mut reg = Registry::default();
-        let shutdown = CancellationToken::new();
         let (a, b) = (free_addr(), free_addr());
         let first = section(vec![listener("a", a, &["127.0.0.1:1"])]);
-        let mut bal = Balancer::start(Some(&first), &mut reg, shutdown.clone())
-            .await
-            .unwrap();
+        let (mut bal, _reg, shutdown) = started(&first).await;
         let before = running_of(&bal);
 
         // `c` is bound by someone else; `b` would bind, and `a` changes.
@@ -535,13 +541,9 @@ mod tests {
 
     #[tokio::test]
     async fn unreadable_tls_material_refuses_the_reload_and_a_prepared_reload_can_be_dropped() {
-        let mut reg = Registry::default();
-        let shutdown = CancellationToken::new();
         let (a, b) = (free_addr(), free_addr());
         let first = section(vec![listener("a", a, &["127.0.0.1:1"])]);
-        let mut bal = Balancer::start(Some(&first), &mut reg, shutdown.clone())
-            .await
-            .unwrap();
+        let (mut bal, _reg, shutdown) = started(&first).await;
         let before = running_of(&bal);
 
         let mut https = listener("a", a, &["127.0.0.1:1"]);
@@ -611,6 +613,45 @@ mod tests {
             .unwrap();
         let expected: ListenerHealthMap = [("b".to_string(), true)].into();
         assert_eq!(*health.borrow(), expected);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn every_listener_and_backend_metric_is_exported() {
+        let cfg = section(vec![listener("api", free_addr(), &["127.0.0.1:1"])]);
+        let (_bal, reg, shutdown) = started(&cfg).await;
+        let scrape = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+            out
+        };
+        // The checks register their series from their own task.
+        let mut out = scrape();
+        for _ in 0..200 {
+            if out.contains("lbd_health_check_failures_total") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            out = scrape();
+        }
+        let l = "{listener=\"api\"}";
+        let b = "{listener=\"api\",backend=\"127.0.0.1:1\"}";
+        for line in [
+            format!("lbd_connections_active{l} 0"),
+            format!("lbd_connections_total{l} 0"),
+            format!("lbd_connections_refused_no_backend_total{l} 0"),
+            format!("lbd_connections_failed_total{l} 0"),
+            format!("lbd_received_bytes_total{l} 0"),
+            format!("lbd_sent_bytes_total{l} 0"),
+            format!("lbd_backend_connections_active{b} 0"),
+            format!("lbd_backend_connections_total{b} 0"),
+            format!("lbd_backend_connect_errors_total{b} 0"),
+            format!("lbd_backend_received_bytes_total{b} 0"),
+            format!("lbd_backend_sent_bytes_total{b} 0"),
+            "lbd_health_check_failures_total{listener=\"api\",backend=\"127.0.0.1:1\",reason=\"timeout\"}".to_string(),
+        ] {
+            assert!(out.contains(&line), "missing {line} in\n{out}");
+        }
         shutdown.cancel();
     }
 }

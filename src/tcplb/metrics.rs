@@ -46,88 +46,93 @@ fn encode_series<L: EncodeLabelSet>(
     Ok(())
 }
 
+type ListenerGetter = fn(&Listener) -> u64;
+type BackendGetter = fn(&Backend) -> u64;
+
+/// Name, help, type and value of each per-listener metric.
+const PER_LISTENER: [(&str, &str, MetricType, ListenerGetter); 6] = [
+    (
+        "lbd_connections_active",
+        "Sessions open now",
+        MetricType::Gauge,
+        |l| l.active.load(Relaxed),
+    ),
+    (
+        "lbd_connections",
+        "Connections accepted",
+        MetricType::Counter,
+        |l| l.total.load(Relaxed),
+    ),
+    (
+        "lbd_connections_refused_no_backend",
+        "Connections closed at once because no backend was healthy",
+        MetricType::Counter,
+        |l| l.refused_no_backend.load(Relaxed),
+    ),
+    (
+        "lbd_connections_failed",
+        "Connections closed because every backend tried failed to connect",
+        MetricType::Counter,
+        |l| l.connect_failures.load(Relaxed),
+    ),
+    (
+        "lbd_received_bytes",
+        "Bytes from clients to backends",
+        MetricType::Counter,
+        |l| l.bytes_in.load(Relaxed),
+    ),
+    (
+        "lbd_sent_bytes",
+        "Bytes from backends to clients",
+        MetricType::Counter,
+        |l| l.bytes_out.load(Relaxed),
+    ),
+];
+
+/// Name, help, type and value of each per-backend metric.
+const PER_BACKEND: [(&str, &str, MetricType, BackendGetter); 5] = [
+    (
+        "lbd_backend_connections_active",
+        "Sessions open now to this backend",
+        MetricType::Gauge,
+        |b| b.active.load(Relaxed),
+    ),
+    (
+        "lbd_backend_connections",
+        "Sessions made to this backend",
+        MetricType::Counter,
+        |b| b.total.load(Relaxed),
+    ),
+    (
+        "lbd_backend_connect_errors",
+        "Failed or timed-out connects to this backend",
+        MetricType::Counter,
+        |b| b.connect_errors.load(Relaxed),
+    ),
+    (
+        "lbd_backend_received_bytes",
+        "Bytes from clients to this backend",
+        MetricType::Counter,
+        |b| b.bytes_in.load(Relaxed),
+    ),
+    (
+        "lbd_backend_sent_bytes",
+        "Bytes from this backend to clients",
+        MetricType::Counter,
+        |b| b.bytes_out.load(Relaxed),
+    ),
+];
+
 impl Collector for TcplbCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let listeners = self.listeners.load_full();
-        type ListenerGetter = fn(&Listener) -> u64;
-        let per_listener: [(&str, &str, MetricType, ListenerGetter); 6] = [
-            (
-                "lbd_connections_active",
-                "Sessions open now",
-                MetricType::Gauge,
-                |l| l.active.load(Relaxed),
-            ),
-            (
-                "lbd_connections",
-                "Connections accepted",
-                MetricType::Counter,
-                |l| l.total.load(Relaxed),
-            ),
-            (
-                "lbd_connections_refused_no_backend",
-                "Connections closed at once because no backend was healthy",
-                MetricType::Counter,
-                |l| l.refused_no_backend.load(Relaxed),
-            ),
-            (
-                "lbd_connections_failed",
-                "Connections closed because every backend tried failed to connect",
-                MetricType::Counter,
-                |l| l.connect_failures.load(Relaxed),
-            ),
-            (
-                "lbd_received_bytes",
-                "Bytes from clients to backends",
-                MetricType::Counter,
-                |l| l.bytes_in.load(Relaxed),
-            ),
-            (
-                "lbd_sent_bytes",
-                "Bytes from backends to clients",
-                MetricType::Counter,
-                |l| l.bytes_out.load(Relaxed),
-            ),
-        ];
-        for (name, help, kind, get) in per_listener {
+        for (name, help, kind, get) in PER_LISTENER {
             let series = listeners
                 .iter()
                 .map(|l| ([("listener", l.name.as_str())], get(l)));
             encode_series(&mut encoder, (name, help, kind), series)?;
         }
-        type BackendGetter = fn(&Backend) -> u64;
-        let per_backend: [(&str, &str, MetricType, BackendGetter); 5] = [
-            (
-                "lbd_backend_connections_active",
-                "Sessions open now to this backend",
-                MetricType::Gauge,
-                |b| b.active.load(Relaxed),
-            ),
-            (
-                "lbd_backend_connections",
-                "Sessions made to this backend",
-                MetricType::Counter,
-                |b| b.total.load(Relaxed),
-            ),
-            (
-                "lbd_backend_connect_errors",
-                "Failed or timed-out connects to this backend",
-                MetricType::Counter,
-                |b| b.connect_errors.load(Relaxed),
-            ),
-            (
-                "lbd_backend_received_bytes",
-                "Bytes from clients to this backend",
-                MetricType::Counter,
-                |b| b.bytes_in.load(Relaxed),
-            ),
-            (
-                "lbd_backend_sent_bytes",
-                "Bytes from this backend to clients",
-                MetricType::Counter,
-                |b| b.bytes_out.load(Relaxed),
-            ),
-        ];
-        for (name, help, kind, get) in per_backend {
+        for (name, help, kind, get) in PER_BACKEND {
             let series: Vec<_> = listeners
                 .iter()
                 .flat_map(|l| {

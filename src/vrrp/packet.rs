@@ -404,41 +404,9 @@ impl VrrpPacket {
         if computed != got {
             return Err(DecodeError::Checksum { got, computed });
         }
-        let advert_interval = match version {
-            // Upper 4 bits are reserved: ignored on receipt (sec 5.2.6).
-            Version::V3 => u16::from_be_bytes([bytes[4], bytes[5]]) & MAX_ADVERT_INTERVAL_CS,
-            Version::V2 => u16::from(bytes[5]),
-        };
-        // A zero interval would make Master_Down_Interval the skew alone.
-        if advert_interval == 0 {
-            return Err(DecodeError::IntervalZero);
-        }
-        let auth = match version {
-            Version::V3 => Auth::None,
-            // RFC 3768 sec 5.3.6: 0 none; 1 and 2 were RFC 2338's simple
-            // text and IP AH. keepalived still speaks 1 (PASS); 2 is gone.
-            Version::V2 => match bytes[4] {
-                0 => Auth::None,
-                1 => {
-                    let mut data = [0u8; AUTH_DATA_LEN];
-                    data.copy_from_slice(&bytes[expected - AUTH_DATA_LEN..expected]);
-                    Auth::Password(data)
-                }
-                t => return Err(DecodeError::AuthType(t)),
-            },
-        };
-        let addresses = bytes[HEADER_LEN..HEADER_LEN + count * addr_len]
-            .chunks_exact(addr_len)
-            .map(|c| {
-                if v6 {
-                    let mut o = [0u8; 16];
-                    o.copy_from_slice(c);
-                    IpAddr::V6(Ipv6Addr::from(o))
-                } else {
-                    IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
-                }
-            })
-            .collect();
+        let advert_interval = decode_interval(version, bytes)?;
+        let auth = decode_auth(version, bytes)?;
+        let addresses = decode_addresses(&bytes[HEADER_LEN..HEADER_LEN + count * addr_len], v6);
         Ok(VrrpPacket {
             version,
             vrid,
@@ -559,6 +527,54 @@ impl VrrpPacket {
         out[6..8].copy_from_slice(&sum.to_be_bytes());
         out
     }
+}
+
+/// The advertisement interval field (v3 centiseconds, v2 seconds); RFC
+/// 5798 sec 5.2.6: the upper 4 bits of v3's are reserved, ignored.
+fn decode_interval(version: Version, bytes: &[u8]) -> Result<u16, DecodeError> {
+    let interval = match version {
+        Version::V3 => u16::from_be_bytes([bytes[4], bytes[5]]) & MAX_ADVERT_INTERVAL_CS,
+        Version::V2 => u16::from(bytes[5]),
+    };
+    // A zero interval would make Master_Down_Interval the skew alone.
+    if interval == 0 {
+        return Err(DecodeError::IntervalZero);
+    }
+    Ok(interval)
+}
+
+/// v2's auth type and data (the last 8 bytes of a length-checked packet).
+/// RFC 3768 sec 5.3.6: 0 none; 1 and 2 were RFC 2338's simple text and IP
+/// AH. keepalived still speaks 1 (PASS); 2 is gone.
+fn decode_auth(version: Version, bytes: &[u8]) -> Result<Auth, DecodeError> {
+    match version {
+        Version::V3 => Ok(Auth::None),
+        Version::V2 => match bytes[4] {
+            0 => Ok(Auth::None),
+            1 => {
+                let mut data = [0u8; AUTH_DATA_LEN];
+                data.copy_from_slice(&bytes[bytes.len() - AUTH_DATA_LEN..]);
+                Ok(Auth::Password(data))
+            }
+            t => Err(DecodeError::AuthType(t)),
+        },
+    }
+}
+
+/// The IPvX address list, 4 or 16 bytes each.
+fn decode_addresses(list: &[u8], v6: bool) -> Vec<IpAddr> {
+    let len = if v6 { 16 } else { 4 };
+    list.chunks_exact(len)
+        .map(|c| {
+            if v6 {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(c);
+                IpAddr::V6(Ipv6Addr::from(o))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+            }
+        })
+        .collect()
 }
 
 /// The checksum to put in bytes 6-7 of `msg` (whose own checksum field is
