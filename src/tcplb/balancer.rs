@@ -654,4 +654,50 @@ mod tests {
         }
         shutdown.cancel();
     }
+
+    /// A PEM CA certificate (self-signed, made here).
+    fn ca_pem(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_ca_file_restarts_only_that_listeners_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, ca_pem("first CA")).unwrap();
+        let mut https = listener("api", free_addr(), &["127.0.0.1:1"]);
+        https.health.kind = HealthKind::Https;
+        https.health.tls.ca_file = Some(ca.clone());
+        let tcp = listener("other", free_addr(), &["127.0.0.1:1"]);
+        let cfg = section(vec![https, tcp]);
+        let (mut bal, _reg, shutdown) = started(&cfg).await;
+        let probe_of = |b: &Balancer, name: &str| b.running[name].health.probe();
+        let (api_before, other_before) = (probe_of(&bal, "api"), probe_of(&bal, "other"));
+
+        // Same file, same config: nothing to do.
+        assert!(bal.prepare(Some(&cfg)).await.unwrap().is_noop());
+
+        // The CA file rotated, the config did not.
+        std::fs::write(&ca, ca_pem("second CA")).unwrap();
+        let p = bal.prepare(Some(&cfg)).await.unwrap();
+        assert_eq!(p.update.len(), 1);
+        assert_eq!(p.update[0].cfg.name, "api");
+        assert!(p.update[0].health.is_some() && !p.update[0].settings);
+        bal.commit(p);
+        assert!(!probe_of(&bal, "api").same_as(&api_before));
+        assert!(probe_of(&bal, "other").same_as(&other_before));
+        assert!(bal.prepare(Some(&cfg)).await.unwrap().is_noop());
+
+        // A CA file that no longer parses refuses the reload.
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let err = bal.prepare(Some(&cfg)).await.err().expect("refused");
+        assert!(err.to_string().starts_with("listener api: "), "{err}");
+        shutdown.cancel();
+    }
 }
