@@ -48,7 +48,7 @@ pub enum AppError {
     #[error("signals: {0}")]
     Signals(std::io::Error),
     #[error("{0}")]
-    KubeProxyConfig(#[from] crate::ipvs::kubeproxy_config::KubeProxyConfigError),
+    KubeProxyConfig(#[from] crate::config::kube_proxy::KubeProxyConfigError),
 }
 
 /// Loads the config file and, when it names one, the KubeProxyConfiguration
@@ -57,7 +57,7 @@ pub fn load_config(path: &Path) -> Result<Config, AppError> {
     let mut cfg = config::load(path)?;
     if let Some(p) = cfg.proxy.as_mut() {
         if let Some(kpc) = p.kube_proxy_config.clone() {
-            crate::ipvs::kubeproxy_config::load(&kpc, p)?;
+            crate::config::kube_proxy::load(&kpc, p)?;
         }
     }
     Ok(cfg)

@@ -1,4 +1,5 @@
 //! The config file: model, loading and validation.
+pub mod kube_proxy;
 mod model;
 mod parse;
 pub mod yaml;
