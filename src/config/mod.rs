@@ -5,4 +5,4 @@ mod parse;
 pub mod yaml;
 
 pub use model::*;
-pub use parse::{load, parse, parse_duration, ConfigError, Environment, Problem};
+pub use parse::{load, parse, parse_duration, ConfigError, DurationError, Environment, Problem};
