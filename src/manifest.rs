@@ -40,7 +40,7 @@ pub fn default_image() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{0}")]
-    Load(#[from] crate::app::AppError),
+    Config(#[from] crate::config::ConfigError),
     #[error("lbd manifest: {what}: {} is a relative path; a static pod can only mount absolute host paths", path.display())]
     RelativePath { what: String, path: PathBuf },
     #[error("lbd manifest: cannot resolve the config path {}: {source}", path.display())]
@@ -125,7 +125,7 @@ pub fn named_files(config: &Config) -> Vec<HostFile> {
 /// [`named_files`] plus the certificate, key and token files of the
 /// kubeconfig's current context. Reads the kubeconfig; relative paths in it
 /// are resolved against its directory, as kubectl and kube-proxy do.
-/// `config` is what `lbd run` loads ([`crate::app::load_config`]): a
+/// `config` is what `lbd run` loads ([`crate::config::load`]): a
 /// KubeProxyConfiguration's `clientConnection.kubeconfig` is already in
 /// `proxy.kubeconfig`.
 pub fn referenced_files(config: &Config) -> Result<Vec<HostFile>, ManifestError> {
@@ -520,7 +520,7 @@ pub fn to_yaml(pod: &Pod) -> Result<String, ManifestError> {
 /// config names, build the Pod, render it.
 pub fn render(config_path: &Path, image: &str) -> Result<String, ManifestError> {
     // Exactly what `lbd run` will read, KubeProxyConfiguration included.
-    let config = crate::app::load_config(config_path)?;
+    let config = crate::config::load(config_path)?;
     let absolute =
         std::path::absolute(config_path).map_err(|source| ManifestError::ConfigPath {
             path: config_path.to_path_buf(),

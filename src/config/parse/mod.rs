@@ -5,13 +5,13 @@
 //! section uses; each section is read in its own file, beside its defaults.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::error::{sort_by_position, ConfigError, Problem};
 use super::model::*;
 use super::yaml::{parse_document, Node, Pos, Value};
 
@@ -24,33 +24,6 @@ mod vrrp;
 pub use duration::{parse_duration, DurationError};
 use node_admin::default_admin;
 
-/// One thing wrong with a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub line: u64,
-    pub col: u64,
-    pub message: String,
-}
-
-/// Every problem found in one file, printed as `PATH:LINE:COL: message` lines.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub path: String,
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{}:{}:{}: {}", self.path, p.line, p.col, p.message)?;
-        }
-        Ok(())
-    }
-}
-
 /// Facts about the machine that defaults and checks depend on, passed in so
 /// parsing stays pure and testable.
 #[derive(Debug, Clone, Default)]
@@ -60,79 +33,105 @@ pub struct Environment {
     pub existing_files: Option<BTreeSet<PathBuf>>,
 }
 
-/// Reads and validates the file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        path: shown.clone(),
-        problems: vec![Problem {
-            line: 0,
-            col: 0,
-            message: format!("cannot read: {e}"),
-        }],
-    })?;
-    let env = Environment {
-        hostname: hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into()),
-        existing_files: None,
-    };
-    parse_with_file_check(&text, &shown, &env, |p| p.exists())
-}
-
 /// Validates `text` (named `path` in messages) without touching the disk.
+/// A KubeProxyConfiguration it names is not read: that is
+/// [`crate::config::load`]'s job.
 pub fn parse(text: &str, path: &str, env: &Environment) -> Result<Config, ConfigError> {
     let files = env.existing_files.clone();
-    parse_with_file_check(text, path, env, move |p| {
+    let reading = read(text, path, env, &move |p: &Path| {
         files.as_ref().is_none_or(|set| set.contains(p))
-    })
-}
-
-fn parse_with_file_check(
-    text: &str,
-    path: &str,
-    env: &Environment,
-    file_exists: impl Fn(&Path) -> bool,
-) -> Result<Config, ConfigError> {
-    let root = parse_document(text).map_err(|e| ConfigError {
-        path: path.to_string(),
-        problems: vec![Problem {
-            line: e.pos.line,
-            col: e.pos.col,
-            message: e.message,
-        }],
-    })?;
-    let mut cx = Cx {
-        problems: Vec::new(),
-        file_exists: &file_exists,
-    };
-    let config = cx.config(&root, env);
-    if cx.problems.is_empty() {
-        Ok(config)
-    } else {
-        cx.problems.sort_by_key(|p| (p.line, p.col));
-        Err(ConfigError {
+    });
+    match reading.config {
+        Some(config) if reading.problems.is_empty() => Ok(config),
+        _ => Err(ConfigError {
             path: path.to_string(),
-            problems: cx.problems,
-        })
+            problems: reading.problems,
+        }),
     }
 }
 
-struct Cx<'f> {
+/// lbd.yaml read as far as it goes.
+pub(super) struct Reading {
+    /// None when the text is not YAML; else the config, with defaults where
+    /// a value was wrong.
+    pub config: Option<Config>,
+    /// The KubeProxyConfiguration `proxy.kube_proxy_config` names, when
+    /// the file exists.
+    pub kube_proxy_config: Option<FileRef>,
+    /// Every problem, in the order of their position.
+    pub problems: Vec<Problem>,
+}
+
+/// A file lbd.yaml names, and where it names it.
+pub(super) struct FileRef {
+    pub path: PathBuf,
+    pub at: Pos,
+}
+
+/// Reads lbd.yaml's `text`, asking `file_exists` about the files it names.
+pub(super) fn read(
+    text: &str,
+    path: &str,
+    env: &Environment,
+    file_exists: &dyn Fn(&Path) -> bool,
+) -> Reading {
+    let root = match parse_document(text) {
+        Ok(root) => root,
+        Err(e) => {
+            return Reading {
+                config: None,
+                kube_proxy_config: None,
+                problems: vec![Problem::at(path, e.pos, e.message)],
+            }
+        }
+    };
+    let mut cx = Cx::new(path, file_exists);
+    let config = cx.config(&root, env);
+    Reading {
+        config: Some(config),
+        kube_proxy_config: cx.kube_proxy_config.take(),
+        problems: cx.into_problems(),
+    }
+}
+
+/// The reader of one file: collects every problem instead of stopping at
+/// the first.
+pub(super) struct Cx<'f> {
+    path: &'f str,
     problems: Vec<Problem>,
     file_exists: &'f dyn Fn(&Path) -> bool,
+    /// Set by the proxy section.
+    kube_proxy_config: Option<FileRef>,
+}
+
+impl<'f> Cx<'f> {
+    pub(super) fn new(path: &'f str, file_exists: &'f dyn Fn(&Path) -> bool) -> Self {
+        Cx {
+            path,
+            problems: Vec::new(),
+            file_exists,
+            kube_proxy_config: None,
+        }
+    }
+
+    /// Every problem found, in the order of their position.
+    pub(super) fn into_problems(self) -> Vec<Problem> {
+        let mut problems = self.problems;
+        sort_by_position(&mut problems);
+        problems
+    }
 }
 
 /// A mapping being read: remembers which keys were used so the rest can be
 /// reported as unknown.
-struct Obj<'n> {
-    pos: Pos,
+pub(super) struct Obj<'n> {
+    pub(super) pos: Pos,
     entries: &'n [(String, Pos, Node)],
     used: Vec<bool>,
 }
 
 impl<'n> Obj<'n> {
-    fn get(&mut self, key: &str) -> Option<&'n Node> {
+    pub(super) fn get(&mut self, key: &str) -> Option<&'n Node> {
         let i = self.entries.iter().position(|(k, _, _)| k == key)?;
         self.used[i] = true;
         let node = &self.entries[i].2;
@@ -145,15 +144,11 @@ impl<'n> Obj<'n> {
 }
 
 impl Cx<'_> {
-    fn err(&mut self, pos: Pos, message: impl Into<String>) {
-        self.problems.push(Problem {
-            line: pos.line,
-            col: pos.col,
-            message: message.into(),
-        });
+    pub(super) fn err(&mut self, pos: Pos, message: impl Into<String>) {
+        self.problems.push(Problem::at(self.path, pos, message));
     }
 
-    fn obj<'n>(&mut self, node: &'n Node, what: &str) -> Option<Obj<'n>> {
+    pub(super) fn obj<'n>(&mut self, node: &'n Node, what: &str) -> Option<Obj<'n>> {
         match &node.value {
             Value::Map(entries) => Some(Obj {
                 pos: node.pos,
@@ -185,7 +180,7 @@ impl Cx<'_> {
         }
     }
 
-    fn string(&mut self, node: &Node) -> Option<String> {
+    pub(super) fn string(&mut self, node: &Node) -> Option<String> {
         match &node.value {
             Value::Str(s) => Some(s.clone()),
             Value::Int(i) => Some(i.to_string()),
@@ -205,7 +200,7 @@ impl Cx<'_> {
         Some(s)
     }
 
-    fn boolean(&mut self, node: &Node) -> Option<bool> {
+    pub(super) fn boolean(&mut self, node: &Node) -> Option<bool> {
         match &node.value {
             Value::Bool(b) => Some(*b),
             other => {
@@ -306,7 +301,7 @@ impl Cx<'_> {
         None
     }
 
-    fn list<'n, T>(
+    pub(super) fn list<'n, T>(
         &mut self,
         node: &'n Node,
         what: &str,

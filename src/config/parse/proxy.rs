@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use super::super::model::{IpvsConfig, ProxyConfig, ProxyMode};
 use super::super::yaml::{Node, Value};
-use super::Cx;
+use super::{Cx, FileRef};
 
 const PROXY_KEYS: &[&str] = &[
     "mode",
@@ -56,9 +56,15 @@ impl Cx<'_> {
                 p.mode = m;
             }
         }
-        p.kube_proxy_config = o
-            .get("kube_proxy_config")
-            .and_then(|n| self.file(n, "proxy.kube_proxy_config"));
+        if let Some(n) = o.get("kube_proxy_config") {
+            p.kube_proxy_config = self.file(n, "proxy.kube_proxy_config");
+            // The loader reads it; a missing one is reported already.
+            self.kube_proxy_config = p
+                .kube_proxy_config
+                .clone()
+                .filter(|f| (self.file_exists)(f))
+                .map(|path| FileRef { path, at: n.pos });
+        }
         p.kubeconfig = o
             .get("kubeconfig")
             .and_then(|n| self.file(n, "proxy.kubeconfig"));
