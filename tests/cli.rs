@@ -10,6 +10,18 @@ fn lbd(args: &[&str]) -> std::process::Output {
     Command::new(lbd_bin()).args(args).output().unwrap()
 }
 
+/// Runs lbd, which must exit 1; what it printed on stderr.
+fn fails(args: &[&str]) -> String {
+    let out = lbd(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn check_exit_codes_and_positions() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,11 +56,8 @@ fn check_exit_codes_and_positions() {
     assert_eq!(err.lines().count(), 4, "{err}");
 
     // A file that cannot be read has no position to show.
-    let out = lbd(&["check", "-c", "/nonexistent/lbd.yaml"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
-        err,
+        fails(&["check", "-c", "/nonexistent/lbd.yaml"]),
         "/nonexistent/lbd.yaml: cannot read: No such file or directory (os error 2)\n"
     );
 }
@@ -120,10 +129,8 @@ fn check_merges_the_kube_proxy_configuration() {
         format!("proxy:\n  kube_proxy_config: {}\n", missing.display()),
     )
     .unwrap();
-    let out = lbd(&["check", "-c", cfg.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
+        fails(&["check", "-c", cfg.to_str().unwrap()]),
         format!(
             "{c}:2:22: proxy.kube_proxy_config: {} does not exist\n",
             missing.display()
@@ -134,10 +141,8 @@ fn check_merges_the_kube_proxy_configuration() {
         format!("proxy:\n  kube_proxy_config: {}\n", dir.path().display()),
     )
     .unwrap();
-    let out = lbd(&["check", "-c", cfg.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
+        fails(&["check", "-c", cfg.to_str().unwrap()]),
         format!(
             "{c}:2:22: proxy.kube_proxy_config: cannot read {}: Is a directory (os error 21)\n",
             dir.path().display()
@@ -164,10 +169,8 @@ fn status_dash_c_loads_the_merged_config() {
         ),
     )
     .unwrap();
-    let out = lbd(&["status", "-c", cfg.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
+        fails(&["status", "-c", cfg.to_str().unwrap()]),
         format!(
             "{}:4:21: metricsBindAddress: \"localhost\" is not IP:PORT\n",
             kpc.display()
@@ -175,9 +178,7 @@ fn status_dash_c_loads_the_merged_config() {
     );
 
     std::fs::write(&kpc, KPC).unwrap();
-    let out = lbd(&["status", "-c", cfg.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(&["status", "-c", cfg.to_str().unwrap()]);
     assert!(
         err.contains("lbd is not running") && err.contains(&socket.display().to_string()),
         "{err}"
