@@ -42,25 +42,11 @@ pub enum AppError {
     },
     #[error("signals: {0}")]
     Signals(std::io::Error),
-    #[error("{0}")]
-    KubeProxyConfig(#[from] crate::ipvs::kubeproxy_config::KubeProxyConfigError),
-}
-
-/// Loads the config file and, when it names one, the KubeProxyConfiguration
-/// whose fields fill the proxy section (as kube-proxy reads them).
-pub fn load_config(path: &Path) -> Result<Config, AppError> {
-    let mut cfg = config::load(path)?;
-    if let Some(p) = cfg.proxy.as_mut() {
-        if let Some(kpc) = p.kube_proxy_config.clone() {
-            crate::ipvs::kubeproxy_config::load(&kpc, p)?;
-        }
-    }
-    Ok(cfg)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
-    let cfg = load_config(&config_path)?;
+    let cfg = config::load(&config_path)?;
     // Handlers first: a SIGHUP that arrives right after READY=1 (systemd
     // may send one at once) must reload, not kill the process.
     let mut signals = Signals::install()?;
@@ -186,7 +172,7 @@ impl Daemon {
     /// All or nothing: every subsystem prepares (the balancer binds new
     /// sockets and reads TLS files) before any commits.
     async fn reload(&mut self, path: &Path) -> Result<(), AppError> {
-        let next = load_config(path)?;
+        let next = config::load(path)?;
         let tcplb = self.balancer.prepare(next.tcplb.as_ref()).await?;
         let vrrp = self.vrrp.prepare(next.vrrp.as_ref());
         self.balancer.commit(tcplb);
