@@ -1,3 +1,4 @@
 //! Shared test support.
 #![allow(dead_code)]
 pub mod apiserver;
+pub mod kube_cluster;
