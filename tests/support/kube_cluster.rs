@@ -51,7 +51,9 @@ fn find_or_build() -> Result<PathBuf, String> {
     }
     if std::env::var_os("LBD_IN_VM").is_some() {
         // Nothing is built inside the VM: the runner copies the host's.
-        return Err("no LBD_KUBE_BIN in the VM payload (run bench/kube-peers.sh on the host)".into());
+        return Err(
+            "no LBD_KUBE_BIN in the VM payload (run bench/kube-peers.sh on the host)".into(),
+        );
     }
     if std::env::var("LBD_KUBE_PEERS").as_deref() == Ok("skip") {
         return Err("LBD_KUBE_PEERS=skip".into());
