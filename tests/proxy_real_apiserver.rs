@@ -724,7 +724,9 @@ async fn apiserver_restart_keeps_the_table_and_catches_up() {
     let before = p.addresses();
     p.take_mutations();
 
+    let t = std::time::Instant::now();
     cluster.stop_apiserver();
+    eprintln!("apiserver stopped in {:?}", t.elapsed());
     let listings = p.listings();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(p.listings() >= listings + 2, "periodic syncs stopped");

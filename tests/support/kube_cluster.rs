@@ -423,10 +423,13 @@ impl KubeCluster {
         self.apiserver = Some(child);
     }
 
-    /// SIGTERM (graceful shutdown: watches are closed) and wait.
+    /// SIGTERM, then SIGKILL after 5 s. The graceful shutdown stops
+    /// listening at once but waits up to --request-timeout (60 s) for open
+    /// watches to end, and kube-rs keeps them open: kubelet would kill it
+    /// after 30 s; the test need not wait that long to see the same.
     pub fn stop_apiserver(&mut self) {
         if let Some(mut c) = self.apiserver.take() {
-            stop_child(&mut c, Duration::from_secs(30));
+            stop_child(&mut c, Duration::from_secs(5));
         }
     }
 

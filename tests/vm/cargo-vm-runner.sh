@@ -27,6 +27,8 @@ case $(basename "$bin") in
       args+=(-e LBD_KUBE_BIN=/payload/kube-bin)
     fi
     export VM_MEM=${VM_MEM:-3072}
+    # etcd + kube-apiserver start in ~85 s under TCG, more on a busy host.
+    VM_TIMEOUT=${VM_TIMEOUT:-900}
     export VM_EXTRA_BINS="${VM_EXTRA_BINS:-} ipset iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore"
     [ -d /usr/lib/x86_64-linux-gnu/xtables ] &&
       export VM_EXTRA_FILES="${VM_EXTRA_FILES:-} /usr/lib/x86_64-linux-gnu/xtables"
