@@ -20,11 +20,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::kube_cluster::{kube_binaries, ClusterOptions, KubeCluster};
+use support::kube_objects::{canonical_ipvsadm, ports, slice, Objects};
 
 const NODE: &str = "cp1";
 const NODE_IP: &str = "192.168.1.10";
@@ -49,26 +47,8 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `ipvsadm -Ln` as sorted groups: each virtual server line followed by
-/// its sorted real servers, counters and header dropped, blanks collapsed.
 fn ipvs_table() -> Vec<String> {
-    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-    for l in sh("ipvsadm -Ln").lines().skip(3) {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        match (f.first(), groups.last_mut()) {
-            (Some(&"->"), Some(g)) => g.1.push(format!("  {}", f[..f.len().min(4)].join(" "))),
-            (Some(_), _) => groups.push((f.join(" "), Vec::new())),
-            _ => {}
-        }
-    }
-    groups.sort();
-    groups
-        .into_iter()
-        .flat_map(|(vs, mut rs)| {
-            rs.sort();
-            std::iter::once(vs).chain(rs)
-        })
-        .collect()
+    canonical_ipvsadm(&sh("ipvsadm -Ln"))
 }
 
 fn kube_ipvs0() -> BTreeSet<String> {
@@ -86,77 +66,67 @@ fn kube_ipvs0() -> BTreeSet<String> {
         .collect()
 }
 
-async fn create<K>(api: &Api<K>, v: Value)
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let o: K = serde_json::from_value(v).unwrap();
-    api.create(&PostParams::default(), &o).await.unwrap();
+/// The node, and a few Services of the common types with their slices.
+async fn objects(o: &Objects) {
+    o.node(NODE, NODE_IP).await;
+    o.cluster_ip_service("web", "10.96.0.20", 80, &["10.244.1.1", "10.244.1.2"])
+        .await;
+    o.service(json!({"metadata": {"name": "np", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.21",
+                 "ports": ports(&[("http", "TCP", 80, 30080)])}}))
+        .await;
+    o.slice(slice(
+        "np",
+        "np-1",
+        "IPv4",
+        &[("http", "TCP", 80)],
+        &["10.244.2.1"],
+    ))
+    .await;
+    o.service(json!({"metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.22",
+                 "externalIPs": ["198.51.100.7"], "sessionAffinity": "ClientIP",
+                 "ports": ports(&[("http", "TCP", 80, 30081)])}}))
+        .await;
+    o.slice(slice(
+        "lb",
+        "lb-1",
+        "IPv4",
+        &[("http", "TCP", 80)],
+        &["10.244.3.1"],
+    ))
+    .await;
+    o.load_balancer_ip("lb", "203.0.113.10").await;
 }
 
-/// A node, and a few Services of the common types with their slices.
-async fn objects(client: kube::Client) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    create(&nodes, json!({"metadata": {"name": NODE}})).await;
-    nodes
-        .patch_status(
-            NODE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"addresses": [
-                {"type": "InternalIP", "address": NODE_IP},
-                {"type": "Hostname", "address": NODE}]}})),
-        )
-        .await
-        .unwrap();
-    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
-    for (name, spec, eps) in [
-        (
-            "web",
-            json!({"type": "ClusterIP", "clusterIP": "10.96.0.20",
-                   "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
-            vec!["10.244.1.1", "10.244.1.2"],
-        ),
-        (
-            "np",
-            json!({"type": "NodePort", "clusterIP": "10.96.0.21",
-                   "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}),
-            vec!["10.244.2.1"],
-        ),
-        (
-            "lb",
-            json!({"type": "LoadBalancer", "clusterIP": "10.96.0.22",
-                   "externalIPs": ["198.51.100.7"], "sessionAffinity": "ClientIP",
-                   "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30081}]}),
-            vec!["10.244.3.1"],
-        ),
-    ] {
-        create(
-            &svcs,
-            json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec}),
-        )
-        .await;
-        let endpoints: Vec<Value> = eps
-            .iter()
-            .map(|a| json!({"addresses": [a], "nodeName": "cp2", "conditions": {"ready": true}}))
-            .collect();
-        create(
-            &slices,
-            json!({"metadata": {"name": format!("{name}-1"), "namespace": "default",
-                                "labels": {"kubernetes.io/service-name": name}},
-                   "addressType": "IPv4",
-                   "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
-                   "endpoints": endpoints}),
+const BULK: usize = 100;
+
+async fn bulk(o: &Objects) {
+    for i in 0..BULK {
+        let ep = format!("10.244.9.{}", i + 1);
+        o.cluster_ip_service(
+            &format!("bulk-{i}"),
+            &format!("10.96.1.{}", i + 1),
+            80,
+            &[&ep],
         )
         .await;
     }
-    svcs.patch_status(
-        "lb",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}})),
-    )
-    .await
-    .unwrap();
+}
+
+/// The table without the bulk Services (10.96.1.0/24), for the log.
+fn named(table: &[String]) -> String {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for l in table {
+        if !l.starts_with(' ') {
+            skip = l.contains(" 10.96.1.");
+        }
+        if !skip {
+            out.push(l.as_str());
+        }
+    }
+    out.join("\n")
 }
 
 struct KubeProxy(Child);
@@ -279,16 +249,26 @@ async fn kube_proxy_and_lbd_program_the_same_services() {
         "ip link add node0 type dummy && ip addr add {NODE_IP}/24 dev node0 && ip link set node0 up"
     ));
     let t = Instant::now();
-    objects(cluster.client().await).await;
+    let o = Objects::new(cluster.client().await);
+    objects(&o).await;
     eprintln!("timing: objects created in {:?}", t.elapsed());
+    // How fast the API takes objects here (for sizing benchmarks): BULK
+    // more ClusterIP Services with one endpoint each, a slice each.
+    let t = Instant::now();
+    bulk(&o).await;
+    eprintln!(
+        "timing: {BULK} Services + {BULK} EndpointSlices created in {:?}",
+        t.elapsed()
+    );
+    let want_vs = 8 + BULK;
 
     // kube-proxy: 4 ClusterIPs (with `kubernetes`), 2 NodePorts, the
     // external IP and the load balancer IP.
     let t = Instant::now();
     let kp = start_kube_proxy(&cluster);
-    let kp_took = tokio::task::spawn_blocking(|| {
+    let kp_took = tokio::task::spawn_blocking(move || {
         settle("kube-proxy programmed", 300, || {
-            ipvs_table().iter().filter(|l| !l.starts_with(' ')).count() >= 8
+            ipvs_table().iter().filter(|l| !l.starts_with(' ')).count() >= want_vs
         })
     })
     .await
@@ -300,7 +280,7 @@ async fn kube_proxy_and_lbd_program_the_same_services() {
         t.elapsed(),
         kp_took
     );
-    eprintln!("kube-proxy ipvsadm -Ln:\n{}", kp_table.join("\n"));
+    eprintln!("kube-proxy ipvsadm -Ln:\n{}", named(&kp_table));
     eprintln!("kube-proxy kube-ipvs0: {kp_addrs:?}");
     drop(kp);
     // What a migration does: kube-proxy's own cleanup, then a clean table.
@@ -320,14 +300,14 @@ async fn kube_proxy_and_lbd_program_the_same_services() {
     assert!(ipvs_table().is_empty());
 
     let t = Instant::now();
-    let lbd_took = run_lbd_until_settled(&cluster, 8).await;
+    let lbd_took = run_lbd_until_settled(&cluster, want_vs).await;
     let lbd_table = ipvs_table();
     let lbd_addrs = kube_ipvs0();
     eprintln!(
         "timing: lbd settled in {:?} (table stable {lbd_took:?})",
         t.elapsed()
     );
-    eprintln!("lbd ipvsadm -Ln:\n{}", lbd_table.join("\n"));
+    eprintln!("lbd ipvsadm -Ln:\n{}", named(&lbd_table));
     eprintln!("lbd kube-ipvs0: {lbd_addrs:?}");
 
     let only_kp: Vec<&String> = kp_table.iter().filter(|l| !lbd_table.contains(l)).collect();

@@ -10,11 +10,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::{json, Value};
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
 use support::kube_cluster::{ClusterOptions, KubeCluster};
+use support::kube_objects::{canonical, endpoints, ports, slice, Objects};
 
 const NODE: &str = "cp1";
 const NODE_IP: &str = "192.168.1.10";
@@ -179,124 +178,6 @@ mod proxy {
     }
 }
 
-// ---- objects, written through the real API ----
-
-struct Objects {
-    services: Api<Service>,
-    slices: Api<EndpointSlice>,
-    nodes: Api<Node>,
-}
-
-impl Objects {
-    fn new(client: kube::Client) -> Objects {
-        Objects {
-            services: Api::namespaced(client.clone(), "default"),
-            slices: Api::namespaced(client.clone(), "default"),
-            nodes: Api::all(client),
-        }
-    }
-
-    async fn service(&self, v: Value) -> Service {
-        let s: Service = serde_json::from_value(v).unwrap();
-        self.services
-            .create(&PostParams::default(), &s)
-            .await
-            .unwrap_or_else(|e| panic!("create Service {:?}: {e}", s.metadata.name))
-    }
-
-    async fn slice(&self, v: Value) {
-        let s: EndpointSlice = serde_json::from_value(v).unwrap();
-        self.slices
-            .create(&PostParams::default(), &s)
-            .await
-            .unwrap_or_else(|e| panic!("create EndpointSlice {:?}: {e}", s.metadata.name));
-    }
-
-    async fn set_endpoints(&self, slice: &str, endpoints: Value) {
-        self.slices
-            .patch(
-                slice,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "endpoints": endpoints })),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn node(&self) {
-        let n: Node = serde_json::from_value(json!({"metadata": {"name": NODE}})).unwrap();
-        self.nodes.create(&PostParams::default(), &n).await.unwrap();
-        // Status is the kubelet's: written through the subresource.
-        self.nodes
-            .patch_status(
-                NODE,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"addresses": [
-                    {"type": "InternalIP", "address": NODE_IP},
-                    {"type": "Hostname", "address": NODE}]}})),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn delete_service(&self, name: &str) {
-        self.services
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
-    }
-}
-
-fn ports(list: &[(&str, &str, u16, u16)]) -> Value {
-    // (name, protocol, port, nodePort 0 = none)
-    Value::Array(
-        list.iter()
-            .map(|(name, proto, port, np)| {
-                let mut p = json!({"name": name, "protocol": proto, "port": port,
-                                   "targetPort": port + 8000});
-                if *np != 0 {
-                    p["nodePort"] = json!(np);
-                }
-                p
-            })
-            .collect(),
-    )
-}
-
-/// A slice of ready endpoints on another node, one port per service port
-/// (targetPort = port + 8000).
-fn slice(
-    svc: &str,
-    name: &str,
-    family: &str,
-    ports: &[(&str, &str, u16)],
-    addrs: &[&str],
-) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": svc,
-                                "endpointslice.kubernetes.io/managed-by": "lbd-test"}},
-        "addressType": family,
-        "ports": ports.iter().map(|(n, p, port)| json!({"name": n, "protocol": p, "port": port + 8000})).collect::<Vec<_>>(),
-        "endpoints": endpoints(addrs),
-    })
-}
-
-fn endpoints(addrs: &[&str]) -> Value {
-    Value::Array(
-        addrs
-            .iter()
-            .map(|a| json!({"addresses": [a], "nodeName": "cp2", "conditions": {"ready": true}}))
-            .collect(),
-    )
-}
-
-fn cluster_ip(name: &str, ip: &str, p: Value) -> Value {
-    json!({"metadata": {"name": name, "namespace": "default"},
-           "spec": {"type": "ClusterIP", "clusterIP": ip, "ports": p}})
-}
-
 async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !f() {
@@ -370,21 +251,9 @@ async fn every_service_type_from_the_real_apiserver() {
         return;
     };
     let o = Objects::new(cluster.client().await);
-    o.node().await;
-    o.service(cluster_ip(
-        "web",
-        "10.96.0.20",
-        ports(&[("http", "TCP", 80, 0)]),
-    ))
-    .await;
-    o.slice(slice(
-        "web",
-        "web-1",
-        "IPv4",
-        &[("http", "TCP", 80)],
-        &["10.244.1.1", "10.244.1.2"],
-    ))
-    .await;
+    o.node(NODE, NODE_IP).await;
+    o.cluster_ip_service("web", "10.96.0.20", 80, &["10.244.1.1", "10.244.1.2"])
+        .await;
     // NodePort, TCP and UDP, the ClusterIP allocated by the apiserver.
     let np = o
         .service(json!({"metadata": {"name": "dns", "namespace": "default"},
@@ -408,16 +277,7 @@ async fn every_service_type_from_the_real_apiserver() {
                  "externalIPs": ["198.51.100.7"], "sessionAffinity": "ClientIP",
                  "ports": ports(&[("https", "TCP", 443, 30443)])}}))
         .await;
-    o.services
-        .patch_status(
-            "lb",
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}}),
-            ),
-        )
-        .await
-        .unwrap();
+    o.load_balancer_ip("lb", "203.0.113.10").await;
     o.slice(slice(
         "lb",
         "lb-1",
@@ -496,49 +356,13 @@ async fn every_service_type_from_the_real_apiserver() {
     p.stop().await;
 }
 
-/// A table as sorted lines: each virtual server line followed by its
-/// sorted real server lines, virtual servers sorted; blanks collapsed, so
-/// expectations can be indented text and `ipvsadm -Ln` lines compare.
-fn canonical<S: AsRef<str>>(lines: impl IntoIterator<Item = S>) -> Vec<String> {
-    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-    for l in lines {
-        let l = l.as_ref().split_whitespace().collect::<Vec<_>>().join(" ");
-        if l.is_empty() {
-            continue;
-        }
-        match (l.starts_with("->"), groups.last_mut()) {
-            (true, Some(g)) => g.1.push(format!("  {l}")),
-            _ => groups.push((l.to_string(), Vec::new())),
-        }
-    }
-    groups.sort();
-    groups
-        .into_iter()
-        .flat_map(|(vs, mut rs)| {
-            rs.sort();
-            std::iter::once(vs).chain(rs)
-        })
-        .collect()
-}
-
 /// Two Services and the node, as most scenarios start.
 async fn two_services(o: &Objects) {
-    o.node().await;
-    for (name, ip, ep) in [
-        ("web", "10.96.0.20", "10.244.1.1"),
-        ("old", "10.96.0.21", "10.244.2.1"),
-    ] {
-        o.service(cluster_ip(name, ip, ports(&[("http", "TCP", 80, 0)])))
-            .await;
-        o.slice(slice(
-            name,
-            &format!("{name}-1"),
-            "IPv4",
-            &[("http", "TCP", 80)],
-            &[ep],
-        ))
+    o.node(NODE, NODE_IP).await;
+    o.cluster_ip_service("web", "10.96.0.20", 80, &["10.244.1.1"])
         .await;
-    }
+    o.cluster_ip_service("old", "10.96.0.21", 80, &["10.244.2.1"])
+        .await;
 }
 
 const TWO_SERVICES: &str = "TCP  10.96.0.1:443 rr
@@ -583,20 +407,8 @@ async fn watched_changes_reach_the_table() {
                {"addresses": ["10.244.1.2"], "conditions": {"ready": false, "serving": false}}]),
     )
     .await;
-    o.service(cluster_ip(
-        "api",
-        "10.96.0.22",
-        ports(&[("http", "TCP", 80, 0)]),
-    ))
-    .await;
-    o.slice(slice(
-        "api",
-        "api-1",
-        "IPv4",
-        &[("http", "TCP", 80)],
-        &["10.244.5.1"],
-    ))
-    .await;
+    o.cluster_ip_service("api", "10.96.0.22", 80, &["10.244.5.1"])
+        .await;
     o.delete_service("old").await;
     table_becomes(
         &p,

@@ -262,6 +262,7 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 /// apiserver stays up for the test's own writes.
 pub struct Gate {
     pub addr: SocketAddr,
+    upstream: Arc<Mutex<SocketAddr>>,
     cut: Arc<AtomicBool>,
     generation: Arc<Mutex<CancellationToken>>,
     stop: CancellationToken,
@@ -274,12 +275,14 @@ impl Gate {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gate = Gate {
             addr: listener.local_addr().unwrap(),
+            upstream: Arc::new(Mutex::new(upstream)),
             cut: Arc::default(),
             generation: Arc::new(Mutex::new(CancellationToken::new())),
             stop: CancellationToken::new(),
             relayed: Arc::default(),
         };
-        let (cut, generation, stop, relayed) = (
+        let (upstream, cut, generation, stop, relayed) = (
+            gate.upstream.clone(),
             gate.cut.clone(),
             gate.generation.clone(),
             gate.stop.clone(),
@@ -299,6 +302,7 @@ impl Gate {
                 }
                 relayed.fetch_add(1, Ordering::SeqCst);
                 let gen = generation.lock().unwrap().clone();
+                let upstream = *upstream.lock().unwrap();
                 tokio::spawn(async move {
                     let Ok(mut up) = TcpStream::connect(upstream).await else {
                         return;
@@ -390,10 +394,31 @@ impl KubeCluster {
         self.dir.path().join(format!("{name}.log"))
     }
 
-    /// Starts the apiserver (again) and waits for /readyz.
+    /// Starts the apiserver (again) and waits for /readyz. The first start
+    /// moves to another port if its free port was taken meanwhile.
     pub async fn start_apiserver(&mut self) {
         assert!(self.apiserver.is_none(), "apiserver already running");
         let started = Instant::now();
+        // A restart keeps its port: clients and the Gate know it.
+        let first = self.starts == 0;
+        for attempt in 1..=3 {
+            match self.try_start_apiserver(started).await {
+                Ok(child) => {
+                    self.last_start = started.elapsed();
+                    self.apiserver = Some(child);
+                    return;
+                }
+                Err(log) if first && attempt < 3 && port_taken(&log) => {
+                    self.apiserver_addr.set_port(free_port());
+                    *self.gate.upstream.lock().unwrap() = self.apiserver_addr;
+                }
+                Err(log) => panic!("kube-apiserver exited:\n{log}"),
+            }
+        }
+    }
+
+    /// One start: the running child, or the tail of its log if it exited.
+    async fn try_start_apiserver(&mut self, started: Instant) -> Result<Child, String> {
         let mut cmd = Command::new(self.bins.join("kube-apiserver"));
         cmd.args(self.apiserver_args());
         self.starts += 1;
@@ -405,11 +430,11 @@ impl KubeCluster {
             let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
             if let Ok(body) = client.request_text(req).await {
                 if body.trim() == "ok" {
-                    break;
+                    return Ok(child);
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("kube-apiserver exited ({status}):\n{}", tail(&log, 40));
+                return Err(format!("({status})\n{}", tail(&log, 40)));
             }
             assert!(
                 Instant::now() < deadline,
@@ -419,8 +444,6 @@ impl KubeCluster {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.last_start = started.elapsed();
-        self.apiserver = Some(child);
     }
 
     /// SIGTERM, then SIGKILL after 5 s. The graceful shutdown stops
@@ -575,7 +598,31 @@ impl Drop for KubeCluster {
     }
 }
 
+/// A listener of a child lost the race for its free port.
+fn port_taken(log: &str) -> bool {
+    log.contains("address already in use")
+}
+
+/// etcd on two free loopback ports (client, peer), healthy; tries other
+/// ports if one was taken meanwhile.
 fn start_etcd(bins: &Path, dir: &Path, timeout: Duration) -> (Child, SocketAddr) {
+    for attempt in 1..=3 {
+        match try_start_etcd(bins, dir, timeout) {
+            Ok(started) => return started,
+            Err(log) if attempt < 3 && port_taken(&log) => {
+                let _ = std::fs::remove_dir_all(dir.join("etcd"));
+            }
+            Err(log) => panic!("etcd exited:\n{log}"),
+        }
+    }
+    unreachable!("the last attempt panics")
+}
+
+fn try_start_etcd(
+    bins: &Path,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<(Child, SocketAddr), String> {
     let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let peer = format!("http://127.0.0.1:{}", free_port());
     let mut cmd = Command::new(bins.join("etcd"));
@@ -596,7 +643,7 @@ fn start_etcd(bins: &Path, dir: &Path, timeout: Duration) -> (Child, SocketAddr)
     let deadline = Instant::now() + timeout;
     while http_status(client, "/health") != Some(200) {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("etcd exited ({status}):\n{}", tail(&log, 30));
+            return Err(format!("({status})\n{}", tail(&log, 30)));
         }
         assert!(
             Instant::now() < deadline,
@@ -605,7 +652,7 @@ fn start_etcd(bins: &Path, dir: &Path, timeout: Duration) -> (Child, SocketAddr)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, client)
+    Ok((child, client))
 }
 
 pub async fn client_from_yaml(yaml: &str) -> kube::Client {

@@ -2,3 +2,4 @@
 #![allow(dead_code)]
 pub mod apiserver;
 pub mod kube_cluster;
+pub mod kube_objects;
