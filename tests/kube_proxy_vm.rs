@@ -99,7 +99,9 @@ async fn objects(o: &Objects) {
     o.load_balancer_ip("lb", "203.0.113.10").await;
 }
 
-const BULK: usize = 100;
+/// Bulk Services of one shape: a bigger table, and a figure for how fast
+/// the API takes objects in the VM (~3 a second: 200 in ~60-70 s).
+const BULK: usize = 20;
 
 async fn bulk(o: &Objects) {
     for i in 0..BULK {
