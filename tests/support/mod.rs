@@ -9,6 +9,9 @@
 //! - `netns`, `vrrp`, `keepalived`: network-namespace labs (root), VIP
 //!   watching and RFC 5798 timers, Debian's keepalived as a peer.
 //! - `apiserver`: an in-process Kubernetes API server (list/watch).
+//! - `kube_cluster`, `kube_objects`: real etcd + kube-apiserver on loopback
+//!   (Go-built peers; skipped where absent) and the objects the proxy tests
+//!   put through them.
 //!
 //! Each test file uses a part of it; the rest is dead code there.
 #![allow(dead_code)]
@@ -17,6 +20,8 @@ pub mod apiserver;
 pub mod backends;
 pub mod config;
 pub mod keepalived;
+pub mod kube_cluster;
+pub mod kube_objects;
 pub mod lbd;
 pub mod netns;
 pub mod pki;
