@@ -65,14 +65,32 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         proxy: daemon.proxy.clone(),
         reloads: reloads.record.clone(),
     };
+    let control = daemon.balancer.reporter();
     let admin = Arc::new(AdminState {
         report: Box::new(move || status.report()),
         registry: Arc::new(registry),
         ready: Default::default(),
+        drain_backend: Box::new(move |listener, backend, drain| {
+            control
+                .set_drained(listener, backend, drain)
+                .map_err(|e| e.to_string())
+        }),
     });
     serve_admin(&daemon.current.admin, admin.clone(), shutdown.clone()).await?;
 
-    admin.ready.store(true, Relaxed);
+    // Ready (`/readyz`) once every listener has checked its backends once:
+    // before that a backend's state is a guess.
+    let stopping = CancellationToken::new();
+    tokio::spawn({
+        let (admin, stopping) = (admin.clone(), stopping.clone());
+        let first_round = daemon.balancer.first_round();
+        async move {
+            tokio::select! {
+                _ = first_round => admin.ready.store(true, Relaxed),
+                _ = stopping.cancelled() => {}
+            }
+        }
+    });
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(config = %config_path.display(), "lbd running");
 
@@ -84,6 +102,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
     }
 
     tracing::info!("shutting down");
+    stopping.cancel();
     daemon.stop(&admin).await;
     shutdown.cancel();
     let _ = std::fs::remove_file(&daemon.current.admin.socket);
@@ -158,9 +177,12 @@ impl Daemon {
         let balancer = Balancer::start(cfg.tcplb.as_ref(), registry, shutdown.clone()).await?;
         let proxy: Arc<ArcSwap<Option<ProxyStatus>>> = Arc::new(ArcSwap::from_pointee(None));
         if let Some(p) = cfg.proxy.clone() {
-            start_proxy(p, &cfg.node.name, registry, proxy.clone(), shutdown);
+            start_proxy(p, &cfg.node.name, registry, proxy.clone(), shutdown.clone());
         }
         let vrrp = Vrrp::start(cfg.vrrp.as_ref(), vrrp_metrics, balancer.listener_health()).await;
+        // A VRRP peer whose adverts stop takes its node's backends down with
+        // it at once (issue 13), instead of after `fall` failed checks.
+        balancer.follow_vrrp_peers(crate::vrrp::peers::watch(vrrp.reporter(), shutdown));
         Ok(Daemon {
             current: cfg,
             balancer,

@@ -1,4 +1,5 @@
-//! The `lbd` command line (SPEC.md): run, check, status, manifest, version.
+//! The `lbd` command line (SPEC.md): run, check, status, backend, manifest,
+//! version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,12 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendAction {
+    Drain,
+    Enable,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -40,6 +47,22 @@ enum Command {
         /// Print the JSON object (for scripts).
         #[arg(long)]
         json: bool,
+        /// Config file whose admin.socket to use.
+        #[arg(short, long, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// Admin socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Take a backend out of rotation (drain: no new sessions, established
+    /// ones kept) or put it back (enable), at once.
+    Backend {
+        #[arg(value_enum)]
+        action: BackendAction,
+        /// Listener name, as in `lbd status`.
+        listener: String,
+        /// Backend ADDRESS:PORT, as in `lbd status`.
+        backend: String,
         /// Config file whose admin.socket to use.
         #[arg(short, long, conflicts_with = "socket")]
         config: Option<PathBuf>,
@@ -107,6 +130,27 @@ fn check_summary(c: &lbd::config::Config) -> String {
     }
 }
 
+/// The admin socket: `--socket`, else the one `-c CONFIG` names, else the
+/// default config's, else the default path. None (after saying why) when
+/// the named config does not load.
+fn admin_socket(socket: Option<PathBuf>, config: Option<PathBuf>) -> Option<PathBuf> {
+    match (socket, config) {
+        (Some(s), _) => Some(s),
+        (None, Some(c)) => match lbd::config::load(&c) {
+            Ok(cfg) => Some(cfg.admin.socket),
+            Err(e) => {
+                eprintln!("{e}");
+                None
+            }
+        },
+        (None, None) => Some(
+            lbd::config::load(std::path::Path::new(DEFAULT_CONFIG))
+                .map(|c| c.admin.socket)
+                .unwrap_or_else(|_| PathBuf::from("/run/lbd/lbd.sock")),
+        ),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -126,8 +170,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match lbd::config::load(&config) {
-            Ok(c) => {
+        Command::Check { config } => match lbd::config::load_with_warnings(&config) {
+            Ok((c, warnings)) => {
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok ({})", config.display(), check_summary(&c));
                 ExitCode::SUCCESS
             }
@@ -136,23 +183,41 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Backend {
+            action,
+            listener,
+            backend,
+            config,
+            socket,
+        } => {
+            let Some(socket) = admin_socket(socket, config) else {
+                return ExitCode::from(1);
+            };
+            let drain = matches!(action, BackendAction::Drain);
+            match runtime().block_on(lbd::status::backend_control::request(
+                &socket, drain, &listener, &backend,
+            )) {
+                Ok(a) if a.ok => {
+                    println!("{}", a.message);
+                    ExitCode::SUCCESS
+                }
+                Ok(a) => {
+                    eprintln!("lbd: refused: {}", a.message);
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Status {
             json,
             config,
             socket,
         } => {
-            let socket = match (socket, config) {
-                (Some(s), _) => s,
-                (None, Some(c)) => match lbd::config::load(&c) {
-                    Ok(cfg) => cfg.admin.socket,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(1);
-                    }
-                },
-                (None, None) => lbd::config::load(std::path::Path::new(DEFAULT_CONFIG))
-                    .map(|c| c.admin.socket)
-                    .unwrap_or_else(|_| PathBuf::from("/run/lbd/lbd.sock")),
+            let Some(socket) = admin_socket(socket, config) else {
+                return ExitCode::from(1);
             };
             match runtime().block_on(lbd::status::client::fetch(&socket)) {
                 Ok(report) => {

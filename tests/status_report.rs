@@ -77,6 +77,8 @@ fn full_report() -> StatusReport {
                     since_seconds: 40,
                     last_check_latency_ms: Some(3.5),
                     total_connections: 10,
+                    down_reason: None,
+                    drained: true,
                 },
                 BackendStatus {
                     address: "[fd00:db8::2]:6443".parse().unwrap(),
@@ -86,12 +88,18 @@ fn full_report() -> StatusReport {
                     since_seconds: 7,
                     last_check_latency_ms: None,
                     total_connections: 2,
+                    down_reason: Some(DownReason::Passive),
+                    drained: false,
                 },
             ],
             balance: Balance::LeastConn,
             total_connections: 12,
             refused_no_backend: 1,
             draining: false,
+            check: "https verified".into(),
+            hedged_connects: 4,
+            hedge_wins: 3,
+            hedge_delay_ms: 10.0,
         }],
         proxy: Some(ProxyStatus {
             mode: "ipvs".into(),
@@ -140,6 +148,21 @@ fn full_report_renders_as_the_golden_table() {
 }
 
 #[test]
+fn every_down_reason_has_its_name() {
+    let names: Vec<String> = DownReason::ALL
+        .iter()
+        .map(|r| {
+            serde_json::to_value(r)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["check", "passive", "hedge", "peer_gone"]);
+}
+
+#[test]
 fn every_vrrp_state_has_its_spec_name() {
     let names: Vec<String> = State::ALL
         .iter()
@@ -182,9 +205,26 @@ fn every_balance_and_track_target_reads_back() {
         "total_connections",
         "refused_no_backend",
         "draining",
+        "check",
+        "hedged_connects",
+        "hedge_wins",
+        "hedge_delay_ms",
     ] {
         old["tcplb"][0].as_object_mut().unwrap().remove(k);
     }
+    for k in ["down_reason", "drained"] {
+        old["tcplb"][0]["backends"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove(k);
+    }
     let r: StatusReport = serde_json::from_value(old).unwrap();
     assert_eq!(r.tcplb[0].balance, Balance::RoundRobin);
+    assert_eq!(
+        (
+            r.tcplb[0].backends[1].down_reason,
+            r.tcplb[0].backends[1].drained
+        ),
+        (None, false)
+    );
 }

@@ -15,6 +15,12 @@ use super::parse::{self, Environment, FileRef};
 /// Problems in both files are reported together, each at its own file's
 /// line and column.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_warnings(path).map(|(config, _)| config)
+}
+
+/// [`load`], and what is valid but worth telling the operator (`lbd
+/// check` prints it): a health check's TLS file that does not exist yet.
+pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<Problem>), ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(&shown, &e))?;
     let env = Environment {
@@ -25,6 +31,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     };
     let reading = parse::read(&text, &shown, &env, &|p: &Path| p.exists());
     let mut problems = reading.problems;
+    let warnings = reading.warnings;
     let Some(mut config) = reading.config else {
         return Err(ConfigError {
             path: shown,
@@ -37,7 +44,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         problems.extend(merge_kube_proxy_config(&kpc, &shown, proxy));
     }
     if problems.is_empty() {
-        Ok(config)
+        Ok((config, warnings))
     } else {
         Err(ConfigError {
             path: shown,

@@ -13,6 +13,6 @@ pub mod yaml;
 
 pub use error::{ConfigError, Problem};
 pub use kube_proxy::KubeProxyConfigError;
-pub use load::load;
+pub use load::{load, load_with_warnings};
 pub use model::*;
 pub use parse::{parse, parse_duration, DurationError, Environment};

@@ -3,6 +3,7 @@
 //! Produced by [`crate::config::parse`] from the YAML file (see SPEC.md);
 //! every subsystem reads only these types.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -125,6 +126,39 @@ pub struct ListenerConfig {
     pub on_backend_down: OnBackendDown,
     /// None: sessions may idle forever (kube watches live for hours).
     pub idle_timeout: Option<Duration>,
+    /// A second backend tried beside one whose SYN goes unanswered.
+    pub hedge: HedgeConfig,
+    /// One log line per session (haproxy's `option tcplog`).
+    pub session_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HedgeConfig {
+    pub enabled: bool,
+    /// The hedge delay is 4 x the p90 of recent connects, at least this...
+    pub min_delay: Duration,
+    /// ...and at most this.
+    pub max_delay: Duration,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        HedgeConfig {
+            enabled: true,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What real traffic may tell about a backend (haproxy's `observe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HealthObserve {
+    /// A refused, reset or timed-out connect marks the backend down at once
+    /// (`observe layer4` + `on-error mark-down`).
+    Layer4,
+    /// Only the checks decide.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -146,6 +180,13 @@ pub struct HealthConfig {
     /// Host header; default: the backend address.
     pub host: Option<String>,
     pub tls: TlsConfig,
+    pub observe: HealthObserve,
+    /// A backend on the node of a VRRP peer whose adverts stopped is marked
+    /// down at once.
+    pub vrrp_peer_down: bool,
+    /// VRRP peer address -> the address of its node's backends, where they
+    /// differ (VRRP on another network than the apiservers).
+    pub vrrp_peer_map: BTreeMap<IpAddr, IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,17 +79,31 @@ struct TlsClient {
     connector: TlsConnector,
     /// The files' bytes, to tell on reload whether any of them changed.
     files: TlsFiles,
+    /// TLS files named in the config that do not exist yet (a node before
+    /// `kubeadm init` writes /etc/kubernetes/pki): until they all appear the
+    /// check is a TCP connect plus a TLS handshake, with no HTTP request,
+    /// and verifies the server only if the CA is there already.
+    missing: Vec<PathBuf>,
 }
 
 impl Probe {
     /// Reads the TLS material (HTTPS checks): the step of a reload that can
-    /// fail, done before anything changes.
+    /// fail, done before anything changes. A TLS file that does not exist
+    /// (yet) is no error: see [`Probe::waiting_for`].
     pub fn new(cfg: &HealthConfig) -> Result<Self, TlsSetupError> {
         let tls = match cfg.kind {
             HealthKind::Https => {
-                let files = TlsFiles::read(&cfg.tls)?;
-                let connector = TlsConnector::from(Arc::new(files.client_config(&cfg.tls)?));
-                Some(TlsClient { connector, files })
+                let (files, missing) = TlsFiles::read(&cfg.tls)?;
+                let client = if missing.is_empty() {
+                    files.client_config(&cfg.tls)?
+                } else {
+                    files.handshake_config()?
+                };
+                Some(TlsClient {
+                    connector: TlsConnector::from(Arc::new(client)),
+                    files,
+                    missing,
+                })
             }
             HealthKind::Http | HealthKind::Tcp => None,
         };
@@ -100,6 +115,30 @@ impl Probe {
 
     pub fn config(&self) -> &HealthConfig {
         &self.cfg
+    }
+
+    /// The TLS files this check waits for (empty: it runs as configured).
+    pub fn waiting_for(&self) -> &[PathBuf] {
+        self.tls.as_ref().map_or(&[], |t| &t.missing[..])
+    }
+
+    /// What a check does now, for status: `tcp`, `http`, `https verified`,
+    /// `https (insecure_skip_verify)` or, while TLS files are missing,
+    /// `tls-handshake (waiting for FILE, ...)`.
+    pub fn mode(&self) -> String {
+        match (self.cfg.kind, &self.tls) {
+            (HealthKind::Tcp, _) => "tcp".into(),
+            (HealthKind::Http, _) => "http".into(),
+            (HealthKind::Https, Some(t)) if !t.missing.is_empty() => {
+                let files: Vec<String> =
+                    t.missing.iter().map(|p| p.display().to_string()).collect();
+                format!("tls-handshake (waiting for {})", files.join(", "))
+            }
+            (HealthKind::Https, _) if self.cfg.tls.insecure_skip_verify => {
+                "https (insecure_skip_verify)".into()
+            }
+            (HealthKind::Https, _) => "https verified".into(),
+        }
     }
 
     /// Same settings and same TLS files' contents: a reload leaves the
@@ -145,6 +184,10 @@ impl Probe {
                     .connect(name, tcp)
                     .await
                     .map_err(ProbeError::Tls)?;
+                if !tls.missing.is_empty() {
+                    // Bootstrap: the handshake is all that can be checked.
+                    return Ok(());
+                }
                 self.http_get(stream, addr).await
             }
             (HealthKind::Https, None) => Err(ProbeError::NoTlsConfig),
@@ -198,11 +241,16 @@ struct Pem {
 }
 
 impl Pem {
-    fn read(path: &std::path::Path) -> Result<Pem, TlsSetupError> {
-        let path = path.display().to_string();
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Pem { path, bytes }),
-            Err(source) => Err(TlsSetupError::Read { path, source }),
+    /// None: the file does not exist (yet).
+    fn read(path: &Path) -> Result<Option<Pem>, TlsSetupError> {
+        let shown = path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(Pem { path: shown, bytes })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TlsSetupError::Read {
+                path: shown,
+                source,
+            }),
         }
     }
 
@@ -211,6 +259,15 @@ impl Pem {
             path: self.path.clone(),
             message: e.to_string(),
         }
+    }
+
+    /// A CA bundle as a root store.
+    fn roots(&self) -> Result<RootCertStore, TlsSetupError> {
+        let mut roots = RootCertStore::empty();
+        for cert in self.certs()? {
+            roots.add(cert).map_err(|e| self.invalid(e))?;
+        }
+        Ok(roots)
     }
 
     fn certs(&self) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
@@ -228,8 +285,17 @@ impl Pem {
 }
 
 impl TlsFiles {
-    fn read(tls: &TlsConfig) -> Result<TlsFiles, TlsSetupError> {
-        let read = |p: &Option<std::path::PathBuf>| p.as_deref().map(Pem::read).transpose();
+    /// The files that exist, and the paths of those that do not.
+    fn read(tls: &TlsConfig) -> Result<(TlsFiles, Vec<PathBuf>), TlsSetupError> {
+        let mut missing = Vec::new();
+        let mut read = |p: &Option<PathBuf>| -> Result<Option<Pem>, TlsSetupError> {
+            let Some(p) = p else { return Ok(None) };
+            let pem = Pem::read(p)?;
+            if pem.is_none() {
+                missing.push(p.clone());
+            }
+            Ok(pem)
+        };
         // A CA is not used with insecure_skip_verify, so not read either.
         let ca = if tls.insecure_skip_verify {
             None
@@ -240,30 +306,50 @@ impl TlsFiles {
             (Some(_), Some(_)) => (read(&tls.cert_file)?, read(&tls.key_file)?),
             _ => (None, None),
         };
-        Ok(TlsFiles { ca, cert, key })
+        Ok((TlsFiles { ca, cert, key }, missing))
+    }
+
+    /// While files are missing: a client that checks what it can. The CA,
+    /// when present, verifies the server; without it any certificate is
+    /// accepted (the handshake itself is still checked). No client
+    /// certificate is offered.
+    fn handshake_config(&self) -> Result<ClientConfig, TlsSetupError> {
+        let builder = Self::builder()?;
+        Ok(match &self.ca {
+            Some(ca) => builder
+                .with_root_certificates(ca.roots()?)
+                .with_no_client_auth(),
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert::new()))
+                .with_no_client_auth(),
+        })
+    }
+
+    fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, TlsSetupError>
+    {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSetupError::Invalid {
+                path: String::new(),
+                message: e.to_string(),
+            })
     }
 
     /// The rustls client config for health checks (ring provider).
     fn client_config(&self, tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
         use rustls::pki_types::pem::PemObject;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsSetupError::Invalid {
-                path: String::new(),
-                message: e.to_string(),
-            })?;
+        let builder = Self::builder()?;
         let builder = if tls.insecure_skip_verify {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert { provider }))
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert::new()))
         } else {
-            let mut roots = RootCertStore::empty();
-            if let Some(ca) = &self.ca {
-                for cert in ca.certs()? {
-                    roots.add(cert).map_err(|e| ca.invalid(e))?;
-                }
-            }
+            let roots = match &self.ca {
+                Some(ca) => ca.roots()?,
+                None => RootCertStore::empty(),
+            };
             builder.with_root_certificates(roots)
         };
         Ok(match (&self.cert, &self.key) {
@@ -281,9 +367,16 @@ impl TlsFiles {
 }
 
 /// The rustls client config health checks use (ring provider), for tools
-/// that dial like a check does.
+/// that dial like a check does. Here a missing file is an error.
 pub fn client_config(tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
-    TlsFiles::read(tls)?.client_config(tls)
+    let (files, missing) = TlsFiles::read(tls)?;
+    if let Some(p) = missing.first() {
+        return Err(TlsSetupError::Read {
+            path: p.display().to_string(),
+            source: io::ErrorKind::NotFound.into(),
+        });
+    }
+    files.client_config(tls)
 }
 
 /// `insecure_skip_verify`: haproxy's `check-ssl verify none`. Signatures are
@@ -291,6 +384,14 @@ pub fn client_config(tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
 #[derive(Debug)]
 struct AcceptAnyCert {
     provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl AcceptAnyCert {
+    fn new() -> Self {
+        AcceptAnyCert {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
+    }
 }
 
 impl ServerCertVerifier for AcceptAnyCert {

@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::state::{ProbeFailure, ProbeOutcome};
+use super::state::{DownReason, ProbeFailure, ProbeOutcome};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
@@ -24,11 +24,19 @@ pub struct FailureLabels {
     pub reason: ProbeFailure,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DownLabels {
+    pub listener: String,
+    pub backend: String,
+    pub reason: DownReason,
+}
+
 #[derive(Clone)]
 pub struct HealthMetrics {
     up: Family<BackendLabels, Gauge>,
     latency: Family<BackendLabels, Histogram>,
     failures: Family<FailureLabels, Counter>,
+    marked_down: Family<DownLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -43,6 +51,7 @@ impl HealthMetrics {
             up: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             failures: Family::default(),
+            marked_down: Family::default(),
         };
         registry.register(
             "lbd_backend_up",
@@ -58,6 +67,11 @@ impl HealthMetrics {
             "lbd_health_check_failures",
             "Failed health checks by reason (connect, timeout, tls, http, status)",
             m.failures.clone(),
+        );
+        registry.register(
+            "lbd_backend_marked_down",
+            "Times the backend went down, by reason (check, passive, hedge, peer_gone)",
+            m.marked_down.clone(),
         );
         m
     }
@@ -82,14 +96,33 @@ impl HealthMetrics {
         }
     }
 
-    /// A backend starts being checked: its failure counters exist at 0 for
-    /// every reason from the start.
+    fn down_labels(listener: &str, addr: SocketAddr, reason: DownReason) -> DownLabels {
+        DownLabels {
+            listener: listener.to_string(),
+            backend: addr.to_string(),
+            reason,
+        }
+    }
+
+    /// A backend starts being checked: its failure and mark-down counters
+    /// exist at 0 for every reason from the start.
     pub(crate) fn track(&self, listener: &str, addr: SocketAddr) {
         for &reason in ProbeFailure::ALL {
             let _ = self
                 .failures
                 .get_or_create(&Self::failure_labels(listener, addr, reason));
         }
+        for &reason in DownReason::ALL {
+            let _ = self
+                .marked_down
+                .get_or_create(&Self::down_labels(listener, addr, reason));
+        }
+    }
+
+    pub(crate) fn marked_down(&self, listener: &str, addr: SocketAddr, reason: DownReason) {
+        self.marked_down
+            .get_or_create(&Self::down_labels(listener, addr, reason))
+            .inc();
     }
 
     pub(crate) fn observe(&self, listener: &str, addr: SocketAddr, outcome: &ProbeOutcome) {
@@ -125,6 +158,10 @@ impl HealthMetrics {
             self.failures
                 .remove(&Self::failure_labels(listener, addr, reason));
         }
+        for &reason in DownReason::ALL {
+            self.marked_down
+                .remove(&Self::down_labels(listener, addr, reason));
+        }
     }
 }
 
@@ -155,7 +192,15 @@ mod tests {
             },
         );
         m.set_up("api", addr, false);
+        m.marked_down("api", addr, DownReason::Passive);
         let out = scrape(&reg);
+        for r in DownReason::ALL {
+            let n = if *r == DownReason::Passive { 1 } else { 0 };
+            let line = format!(
+                "lbd_backend_marked_down_total{{listener=\"api\",backend=\"10.0.0.1:6443\",reason=\"{r}\"}} {n}"
+            );
+            assert!(out.contains(&line), "missing {line} in\n{out}");
+        }
         for r in ProbeFailure::ALL {
             let n = if *r == ProbeFailure::Tls { 1 } else { 0 };
             let line = format!(

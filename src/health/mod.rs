@@ -8,7 +8,7 @@ mod state;
 pub use check::{client_config, Probe, TlsSetupError};
 pub use metrics::HealthMetrics;
 pub use runner::{BackendDetail, HealthSnapshot, ListenerHealth};
-pub use state::{HealthState, ProbeFailure, ProbeOutcome};
+pub use state::{DownReason, HealthState, ProbeFailure, ProbeOutcome};
 
 /// Listener name -> has at least one usable backend: what the balancer
 /// publishes and VRRP's `track: - listener:` follows.

@@ -14,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::check::Probe;
 use super::metrics::HealthMetrics;
-use super::state::{HealthState, ProbeOutcome};
+use super::state::{DownReason, HealthState, ProbeOutcome};
+
+/// How often a check waiting for its TLS files looks for them: a stat per
+/// file, so an editor's write-then-rename is seen as well as a plain write.
+const FILE_POLL: Duration = Duration::from_millis(250);
 
 /// Which backends may be chosen, in config order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -42,6 +46,7 @@ pub struct BackendDetail {
     pub last_latency: Option<Duration>,
     pub checks: u64,
     pub failures: u64,
+    pub down_reason: Option<DownReason>,
 }
 
 /// The health of one listener's backends, shared with the balancer.
@@ -54,10 +59,13 @@ pub struct ListenerHealth {
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// The check running now, to tell on reload whether it changed.
     probe: std::sync::Mutex<Probe>,
+    /// Becomes true once every backend has had its first check (and stays).
+    first_round: watch::Sender<bool>,
 }
 
 enum Command {
-    Update(Vec<SocketAddr>, Probe),
+    Update(Vec<SocketAddr>, Box<Probe>),
+    MarkDown(SocketAddr, DownReason, String),
 }
 
 impl ListenerHealth {
@@ -71,6 +79,17 @@ impl ListenerHealth {
     /// Wakes on every flip (and on backend-set changes).
     pub fn subscribe(&self) -> watch::Receiver<Arc<HealthSnapshot>> {
         self.flips.subscribe()
+    }
+
+    /// True once every backend has been checked once (`/readyz`).
+    pub fn first_round(&self) -> watch::Receiver<bool> {
+        self.first_round.subscribe()
+    }
+
+    /// Traffic found `addr` dead: it is marked down at once (see
+    /// [`HealthState::mark_down`]); the next snapshot leaves it out.
+    pub fn mark_down(&self, addr: SocketAddr, reason: DownReason, message: String) {
+        let _ = self.commands.send(Command::MarkDown(addr, reason, message));
     }
 
     /// Starts checking `backends` of listener `name` with `probe` (built,
@@ -95,6 +114,7 @@ impl ListenerHealth {
             commands: tx,
             task: std::sync::Mutex::new(None),
             probe: std::sync::Mutex::new(probe.clone()),
+            first_round: watch::channel(false).0,
         });
         let task = tokio::spawn(aggregate(Arc::downgrade(&me), rx, metrics, shutdown));
         *me.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -109,10 +129,14 @@ impl ListenerHealth {
 
     /// Applies a reloaded listener: unchanged backends keep their state.
     pub fn update(&self, backends: &[SocketAddr], probe: Probe) {
-        *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = probe.clone();
+        self.set_probe(probe.clone());
         let _ = self
             .commands
-            .send(Command::Update(backends.to_vec(), probe));
+            .send(Command::Update(backends.to_vec(), Box::new(probe)));
+    }
+
+    fn set_probe(&self, probe: Probe) {
+        *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = probe;
     }
 
     pub fn stop(&self) {
@@ -146,12 +170,22 @@ struct Aggregator {
     /// reload changed its check.
     generation: u64,
     results: mpsc::Sender<ProbeResult>,
+    /// The check the probers run.
+    probe: Option<Probe>,
+    /// The last reason the TLS files that appeared could not be used.
+    bootstrap_error: Option<String>,
 }
 
 impl Aggregator {
     /// A new backend set or check: unchanged backends keep their state
     /// (with the new thresholds); every prober restarts with the new check.
     fn update(&mut self, backends: Vec<SocketAddr>, probe: Probe) {
+        if !probe.waiting_for().is_empty() {
+            tracing::warn!(listener = %self.name, check = %probe.mode(),
+                "TLS files missing: checking the TLS handshake only until they appear");
+        }
+        self.probe = Some(probe.clone());
+        self.bootstrap_error = None;
         let health = probe.config().clone();
         self.generation += 1;
         let mut next = BTreeMap::new();
@@ -205,17 +239,75 @@ impl Aggregator {
             return false;
         };
         self.metrics.observe(&self.name, addr, &outcome);
-        if !t.state.observe(&outcome) {
-            return false;
+        let flipped = t.state.observe(&outcome);
+        if flipped {
+            self.flipped(addr);
         }
+        flipped
+    }
+
+    /// Traffic found a backend dead; true when that flipped it.
+    fn mark_down(&mut self, addr: SocketAddr, reason: DownReason, message: String) -> bool {
+        let Some(t) = self.tracked.get_mut(&addr) else {
+            return false;
+        };
+        let flipped = t.state.mark_down(reason, message);
+        if flipped {
+            self.flipped(addr);
+        }
+        flipped
+    }
+
+    fn flipped(&mut self, addr: SocketAddr) {
+        let Some(t) = self.tracked.get_mut(&addr) else {
+            return;
+        };
         t.since = Instant::now();
+        let reason = t.state.down_reason;
+        if let Some(r) = reason {
+            self.metrics.marked_down(&self.name, addr, r);
+        }
         tracing::warn!(
             listener = %self.name, backend = %addr,
             state = if t.state.is_usable() { "UP" } else { "DOWN" },
+            reason = reason.map_or("", DownReason::as_str),
             error = t.state.last_error.as_deref().unwrap_or(""),
             "backend health changed"
         );
-        true
+    }
+
+    /// Whether every backend has had a check (the first round is over).
+    fn first_round_done(&self) -> bool {
+        self.tracked.values().all(|t| t.state.checks > 0)
+    }
+
+    /// While the check waits for TLS files: when they are all there, the
+    /// verified check takes over (backends keep their state). Returns the
+    /// new check for the owner to show.
+    fn look_for_tls_files(&mut self) -> Option<Probe> {
+        let probe = self.probe.as_ref()?;
+        if probe.waiting_for().is_empty() || !probe.waiting_for().iter().all(|p| p.exists()) {
+            return None;
+        }
+        match Probe::new(probe.config()) {
+            Ok(next) if next.waiting_for().is_empty() => {
+                tracing::info!(listener = %self.name, check = %next.mode(),
+                    "TLS files appeared: checks verify now");
+                self.update(self.order.clone(), next.clone());
+                Some(next)
+            }
+            // Gone again in between (an editor's rename): next time.
+            Ok(_) => None,
+            Err(e) => {
+                let e = e.to_string();
+                if self.bootstrap_error.as_deref() != Some(&e) {
+                    tracing::warn!(listener = %self.name, error = %e,
+                        "TLS files appeared but cannot be used yet; still checking the handshake only");
+                    self.bootstrap_error = Some(e);
+                }
+                None
+            }
+        }
     }
 
     /// Publishes the details and, when it changed, the snapshot.
@@ -270,16 +362,36 @@ async fn aggregate(
         tracked: BTreeMap::new(),
         generation: 0,
         results: results_tx,
+        probe: None,
+        bootstrap_error: None,
     };
+    let mut file_poll = tokio::time::interval(FILE_POLL);
+    file_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let waiting = agg
+            .probe
+            .as_ref()
+            .is_some_and(|p| !p.waiting_for().is_empty());
         let flipped = tokio::select! {
             _ = shutdown.cancelled() => return,
-            cmd = commands.recv() => {
-                let Some(Command::Update(backends, probe)) = cmd else { return };
-                agg.update(backends, probe);
-                true
-            }
+            cmd = commands.recv() => match cmd {
+                None => return,
+                Some(Command::Update(backends, probe)) => {
+                    agg.update(backends, *probe);
+                    true
+                }
+                Some(Command::MarkDown(addr, reason, message)) => agg.mark_down(addr, reason, message),
+            },
             Some(result) = results.recv() => agg.observe(result),
+            _ = file_poll.tick(), if waiting => match agg.look_for_tls_files() {
+                Some(next) => {
+                    if let Some(owner) = owner.upgrade() {
+                        owner.set_probe(next);
+                    }
+                    true
+                }
+                None => false,
+            },
         };
         let Some(owner) = owner.upgrade() else { return };
         if flipped {
@@ -287,6 +399,9 @@ async fn aggregate(
         } else {
             // Only the details changed.
             agg.publish_details(&owner);
+        }
+        if !*owner.first_round.borrow() && agg.first_round_done() {
+            owner.first_round.send_replace(true);
         }
     }
 }
@@ -305,6 +420,7 @@ fn details(order: &[SocketAddr], tracked: &BTreeMap<SocketAddr, Tracked>) -> Vec
                 last_latency: t.state.last_latency,
                 checks: t.state.checks,
                 failures: t.state.failures,
+                down_reason: t.state.down_reason,
             })
         })
         .collect()

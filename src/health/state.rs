@@ -1,5 +1,8 @@
 //! Health hysteresis (pure): a backend flips only after `rise` consecutive
-//! successes or `fall` consecutive failures, as haproxy's checks do.
+//! successes or `fall` consecutive failures, as haproxy's checks do. Real
+//! traffic can mark a backend down at once ([`HealthState::mark_down`]:
+//! haproxy's `observe layer4` + `on-error mark-down`); only `rise` passing
+//! checks bring it back.
 
 use std::time::Duration;
 
@@ -17,6 +20,23 @@ crate::label::label_enum! {
         Http => "http",
         /// An answer, with another status than expected.
         Status => "status",
+    }
+}
+
+crate::label::label_enum! {
+    /// Why a backend is down: the `down_reason` of status and the `reason`
+    /// label of `lbd_backend_marked_down_total`.
+    pub enum DownReason {
+        /// `fall` consecutive health checks failed.
+        Check => "check",
+        /// A client's connect to it was refused, reset or timed out
+        /// (`health.observe: layer4`).
+        Passive => "passive",
+        /// Its SYN went unanswered while another backend, tried beside it
+        /// after the hedge delay, connected.
+        Hedge => "hedge",
+        /// The VRRP peer on its node stopped advertising.
+        PeerGone => "peer_gone",
     }
 }
 
@@ -46,6 +66,8 @@ pub struct HealthState {
     pub last_latency: Option<Duration>,
     pub checks: u64,
     pub failures: u64,
+    /// Why it is down; None while usable.
+    pub down_reason: Option<DownReason>,
 }
 
 impl HealthState {
@@ -60,6 +82,7 @@ impl HealthState {
             last_latency: None,
             checks: 0,
             failures: 0,
+            down_reason: None,
         }
     }
 
@@ -88,6 +111,7 @@ impl HealthState {
                 }
                 if self.healthy == Some(true) {
                     self.last_error = None;
+                    self.down_reason = None;
                 }
             }
             ProbeOutcome::Down {
@@ -105,9 +129,28 @@ impl HealthState {
                     }
                     _ => {}
                 }
+                if self.healthy == Some(false) && self.down_reason.is_none() {
+                    self.down_reason = Some(DownReason::Check);
+                }
             }
         }
         before != self.is_usable()
+    }
+
+    /// Traffic (not a check) found the backend dead: down at once, whatever
+    /// `fall` says; `rise` passing checks from now on bring it back. A
+    /// backend already down restarts its `rise` count (it still fails real
+    /// traffic) but keeps the reason it went down for. Returns true when
+    /// the usable state flipped.
+    pub fn mark_down(&mut self, reason: DownReason, message: String) -> bool {
+        let before = self.is_usable();
+        self.consecutive_ok = 0;
+        if before {
+            self.healthy = Some(false);
+            self.down_reason = Some(reason);
+            self.last_error = Some(message);
+        }
+        before
     }
 
     /// Carries counters over when the check parameters change on reload, so
@@ -154,6 +197,44 @@ mod tests {
         assert!(s.observe(&up()));
         assert!(s.is_usable());
         assert_eq!(s.last_error, None);
+    }
+
+    #[test]
+    fn traffic_marks_down_at_once_and_rise_checks_bring_it_back() {
+        let mut s = HealthState::new(2, 3);
+        assert!(!s.observe(&up()));
+        assert!(s.mark_down(DownReason::Passive, "connect: refused".into()));
+        assert!(!s.is_usable());
+        assert_eq!(s.down_reason, Some(DownReason::Passive));
+        assert_eq!(s.last_error.as_deref(), Some("connect: refused"));
+        // Already down: no flip, the first reason stays, rise restarts.
+        assert!(!s.observe(&up()));
+        assert!(!s.mark_down(DownReason::Hedge, "unanswered".into()));
+        assert_eq!(s.down_reason, Some(DownReason::Passive));
+        assert!(
+            !s.observe(&up()),
+            "one check after the restart is not rise=2"
+        );
+        assert!(s.observe(&up()));
+        assert!(s.is_usable());
+        assert_eq!((s.down_reason, s.last_error.as_deref()), (None, None));
+        // A backend never checked yet goes down too.
+        let mut fresh = HealthState::new(1, 1);
+        assert!(fresh.mark_down(DownReason::PeerGone, "peer gone".into()));
+        assert_eq!(fresh.healthy, Some(false));
+        // Checks failing after a passive mark keep the passive reason.
+        assert!(!fresh.observe(&down()));
+        assert_eq!(fresh.down_reason, Some(DownReason::PeerGone));
+    }
+
+    #[test]
+    fn checks_say_why_they_marked_down() {
+        let mut s = HealthState::new(1, 2);
+        s.observe(&up());
+        s.observe(&down());
+        assert_eq!(s.down_reason, None);
+        assert!(s.observe(&down()));
+        assert_eq!(s.down_reason, Some(DownReason::Check));
     }
 
     #[test]

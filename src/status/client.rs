@@ -155,7 +155,7 @@ fn render_vrrp(out: &mut String, vrrp: &[VrrpInstanceStatus]) {
     }
 }
 
-/// Which backends are up, sessions, refusals.
+/// Which backends are up (and why not), sessions, refusals, the check.
 fn render_listeners(out: &mut String, tcplb: &[ListenerStatus]) {
     if !tcplb.is_empty() {
         let _ = writeln!(out, "\nLISTENERS");
@@ -174,11 +174,28 @@ fn render_listeners(out: &mut String, tcplb: &[ListenerStatus]) {
                 l.refused_no_backend,
                 if l.draining { ", DRAINING" } else { "" }
             );
+            if !l.check.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    check {}; {} hedged connects ({} won), hedge after {:.1}ms",
+                    l.check, l.hedged_connects, l.hedge_wins, l.hedge_delay_ms
+                );
+            }
             for b in &l.backends {
                 let latency = b
                     .last_check_latency_ms
                     .map(|m| format!("{m:.1}ms"))
                     .unwrap_or_else(|| "-".into());
+                // Why it is down (the reason, then the error) or that the
+                // operator drained it, at the end of the line.
+                let mut note = String::new();
+                if b.drained {
+                    note.push_str("DRAINED ");
+                }
+                if let (false, Some(r)) = (b.healthy, b.down_reason) {
+                    let _ = write!(note, "[{r}] ");
+                }
+                note.push_str(b.last_error.as_deref().unwrap_or(""));
                 let _ = writeln!(
                     out,
                     "    {:<4} {:<24} {:>5} active  check {:>8}  for {:>5}  {}",
@@ -187,7 +204,7 @@ fn render_listeners(out: &mut String, tcplb: &[ListenerStatus]) {
                     b.active_connections,
                     latency,
                     ago(b.since_seconds),
-                    b.last_error.as_deref().unwrap_or("")
+                    note.trim_end()
                 );
             }
         }

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Balance, TrackTarget};
+pub use crate::health::DownReason;
 use crate::vrrp::fsm::State;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +92,20 @@ pub struct ListenerStatus {
     /// Still draining after a reload removed it.
     #[serde(default)]
     pub draining: bool,
+    /// What a health check does now: `tcp`, `http`, `https verified`,
+    /// `https (insecure_skip_verify)`, or `tls-handshake (waiting for
+    /// FILE)` while its TLS files do not exist yet.
+    #[serde(default)]
+    pub check: String,
+    /// Connects that got a second backend beside an unanswered one, and
+    /// how many of those the second one won.
+    #[serde(default)]
+    pub hedged_connects: u64,
+    #[serde(default)]
+    pub hedge_wins: u64,
+    /// The delay after which a connect is hedged now.
+    #[serde(default)]
+    pub hedge_delay_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +121,15 @@ pub struct BackendStatus {
     pub last_check_latency_ms: Option<f64>,
     #[serde(default)]
     pub total_connections: u64,
+    /// Why it is down (`check`, `passive`, `hedge`, `peer_gone`); null
+    /// while healthy.
+    #[serde(default)]
+    pub down_reason: Option<DownReason>,
+    /// Taken out of rotation by `lbd backend drain`: no new sessions, the
+    /// established ones go on. Operator intent, not a fault: it does not
+    /// make the listener degraded.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,14 +17,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
+use super::backend_control::{self, DrainBackend};
 use super::report::StatusReport;
 
 /// What the admin endpoints read.
 pub struct AdminState {
     pub report: Box<dyn Fn() -> StatusReport + Send + Sync>,
     pub registry: Arc<Registry>,
-    /// Every listener bound and the first syncs done.
+    /// Every listener bound and checked once, the first syncs done.
     pub ready: AtomicBool,
+    /// `lbd backend drain|enable` (unix socket only).
+    pub drain_backend: Box<DrainBackend>,
 }
 
 fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -38,7 +41,12 @@ fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
 async fn handle(
     state: Arc<AdminState>,
     req: Request<Incoming>,
+    privileged: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let req = match backend_control::handle(&*state.drain_backend, req, privileged).await {
+        Ok(resp) => return Ok(resp),
+        Err(req) => req,
+    };
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -89,12 +97,13 @@ async fn handle(
     })
 }
 
-fn serve_conn<S>(state: Arc<AdminState>, io: S, shutdown: CancellationToken)
+/// `privileged`: the connection came over the unix socket (root-only).
+fn serve_conn<S>(state: Arc<AdminState>, io: S, privileged: bool, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let svc = service_fn(move |req| handle(state.clone(), req));
+        let svc = service_fn(move |req| handle(state.clone(), req, privileged));
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection(TokioIo::new(io), svc);
         tokio::select! {
@@ -139,6 +148,7 @@ pub async fn serve_unix(
     accept_loop(
         || async move { l.accept().await.map(|(s, _)| s) },
         "admin socket",
+        true,
         state,
         shutdown,
     )
@@ -150,6 +160,7 @@ pub async fn serve_tcp(listener: TcpListener, state: Arc<AdminState>, shutdown: 
     accept_loop(
         || async move { l.accept().await.map(|(s, _)| s) },
         "admin listen",
+        false,
         state,
         shutdown,
     )
@@ -160,6 +171,7 @@ pub async fn serve_tcp(listener: TcpListener, state: Arc<AdminState>, shutdown: 
 async fn accept_loop<S, F, Fut>(
     mut accept: F,
     what: &str,
+    privileged: bool,
     state: Arc<AdminState>,
     shutdown: CancellationToken,
 ) where
@@ -171,7 +183,7 @@ async fn accept_loop<S, F, Fut>(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             a = accept() => match a {
-                Ok(s) => serve_conn(state.clone(), s, shutdown.clone()),
+                Ok(s) => serve_conn(state.clone(), s, privileged, shutdown.clone()),
                 Err(e) => {
                     tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -5,8 +5,8 @@
 //! [`Balancer::drain`] on shutdown. Which listeners start, stay or retire is
 //! decided by the pure [`plan`].
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +17,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::CopyMode;
-use super::listener::{bind, Listener};
+use super::listener::{bind, DrainError, Listener};
 use super::metrics::TcplbCollector;
 use crate::config::{ListenerConfig, TcplbConfig};
-use crate::health::{HealthMetrics, ListenerHealth, ListenerHealthMap, Probe, TlsSetupError};
+use crate::health::{
+    DownReason, HealthMetrics, ListenerHealth, ListenerHealthMap, Probe, TlsSetupError,
+};
 use crate::status::{BackendStatus, ListenerStatus};
 
 /// How long sessions may drain when there is no `tcplb` section (a reload
@@ -336,6 +338,52 @@ impl Balancer {
         self.reporter().report()
     }
 
+    /// Resolves once every listener running now has checked each of its
+    /// backends once (`/readyz` waits for this).
+    pub fn first_round(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rounds: Vec<_> = self
+            .running
+            .values()
+            .map(|l| l.health.first_round())
+            .collect();
+        async move {
+            for mut r in rounds {
+                // An error: the listener is gone (reload, shutdown); nothing to wait for.
+                let _ = r.wait_for(|done| *done).await;
+            }
+        }
+    }
+
+    /// VRRP-informed health: whenever a peer joins `gone` (its adverts
+    /// stopped), the backends on that peer's address, or on the address
+    /// `health.vrrp_peer_map` maps it to, are marked down at once in every
+    /// listener with `health.vrrp_peer_down` (the default). They come back
+    /// with `rise` passing checks, as after any mark-down.
+    pub fn follow_vrrp_peers(&self, mut gone: watch::Receiver<BTreeSet<IpAddr>>) {
+        let listeners = self.collector.listeners.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut before = BTreeSet::new();
+            loop {
+                let now = gone.borrow_and_update().clone();
+                for peer in now.difference(&before) {
+                    for l in listeners
+                        .load()
+                        .iter()
+                        .filter(|l| !l.draining.load(Relaxed))
+                    {
+                        mark_peer_backends(l, *peer);
+                    }
+                }
+                before = now;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = gone.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
+
     /// Shutdown: every listener stops accepting, then sessions drain for
     /// at most the configured grace. Returns how many were cut.
     pub async fn drain(&self) -> u64 {
@@ -357,11 +405,46 @@ fn probe(cfg: &ListenerConfig) -> Result<Probe, BalancerError> {
     })
 }
 
-/// The listeners' status, read from their counters and health snapshots.
+/// Marks the backends of `l` on the node of VRRP peer `peer` down.
+fn mark_peer_backends(l: &Listener, peer: IpAddr) {
+    let cfg = l.config();
+    if !cfg.health.vrrp_peer_down {
+        return;
+    }
+    let ip = cfg.health.vrrp_peer_map.get(&peer).copied().unwrap_or(peer);
+    for b in l.backends().iter().filter(|b| b.addr.ip() == ip) {
+        tracing::warn!(listener = %l.name, backend = %b.addr, %peer,
+            "VRRP peer stopped advertising: its backend is marked down");
+        l.health.mark_down(
+            b.addr,
+            DownReason::PeerGone,
+            format!("VRRP peer {peer} stopped advertising"),
+        );
+    }
+}
+
+/// The listeners' status, read from their counters and health snapshots,
+/// and the operator's drain of a backend.
 #[derive(Clone)]
 pub struct BalancerReporter(TcplbCollector);
 
 impl BalancerReporter {
+    /// `lbd backend drain|enable LISTENER BACKEND`: see
+    /// [`Listener::set_drained`]. Returns whether it was drained before.
+    pub fn set_drained(
+        &self,
+        listener: &str,
+        backend: &str,
+        drained: bool,
+    ) -> Result<bool, DrainError> {
+        let listeners = self.0.listeners.load();
+        let l = listeners
+            .iter()
+            .find(|l| l.name == listener && !l.draining.load(Relaxed))
+            .ok_or_else(|| DrainError::NoListener(listener.to_string()))?;
+        l.set_drained(backend, drained)
+    }
+
     pub fn report(&self) -> Vec<ListenerStatus> {
         let now = tokio::time::Instant::now();
         self.0
@@ -393,17 +476,24 @@ fn listener_status(l: &Listener, now: tokio::time::Instant) -> ListenerStatus {
                     .and_then(|d| d.last_latency)
                     .map(|l| l.as_secs_f64() * 1000.0),
                 total_connections: b.total.load(Relaxed),
+                down_reason: d.and_then(|d| d.down_reason),
+                drained: b.drained.load(Relaxed),
             }
         })
         .collect();
+    let cfg = l.config();
     ListenerStatus {
         name: l.name.clone(),
         bind: l.bind,
         active_connections: l.active.load(Relaxed),
-        balance: l.config().balance,
+        balance: cfg.balance,
         total_connections: l.total.load(Relaxed),
         refused_no_backend: l.refused_no_backend.load(Relaxed),
         draining: l.draining.load(Relaxed),
+        check: l.health.probe().mode(),
+        hedged_connects: l.hedges.load(Relaxed),
+        hedge_wins: l.hedge_wins.load(Relaxed),
+        hedge_delay_ms: l.hedge_delay(&cfg).as_secs_f64() * 1000.0,
         backends,
     }
 }
@@ -429,12 +519,17 @@ mod tests {
                 fall: 1,
                 host: None,
                 tls: TlsConfig::default(),
+                observe: crate::config::HealthObserve::Layer4,
+                vrrp_peer_down: true,
+                vrrp_peer_map: Default::default(),
             },
             connect_timeout: Duration::from_secs(1),
             retries: 0,
             max_connections: 100,
             on_backend_down: OnBackendDown::Keep,
             idle_timeout: None,
+            hedge: Default::default(),
+            session_log: false,
         }
     }
 
@@ -546,20 +641,31 @@ mod tests {
         let (mut bal, _reg, shutdown) = started(&first).await;
         let before = running_of(&bal);
 
+        // A CA file that cannot be read (a directory) refuses the reload.
+        let dir = tempfile::tempdir().unwrap();
         let mut https = listener("a", a, &["127.0.0.1:1"]);
         https.health.kind = HealthKind::Https;
-        https.health.tls.ca_file = Some("/nonexistent/ca.crt".into());
+        https.health.tls.ca_file = Some(dir.path().to_path_buf());
         let err = bal
-            .prepare(Some(&section(vec![https])))
+            .prepare(Some(&section(vec![https.clone()])))
             .await
             .err()
             .expect("refused");
-        assert!(
-            err.to_string()
-                .starts_with("listener a: /nonexistent/ca.crt: "),
-            "{err}"
-        );
+        let shown = format!("listener a: {}: ", dir.path().display());
+        assert!(err.to_string().starts_with(&shown), "{err}");
         assert_eq!(running_of(&bal), before);
+
+        // One that does not exist yet is no error (bootstrap: kubeadm
+        // writes it later): the check waits for it.
+        https.health.tls.ca_file = Some("/nonexistent/ca.crt".into());
+        let waiting = bal.prepare(Some(&section(vec![https]))).await.unwrap();
+        assert_eq!(waiting.update.len(), 1);
+        let probe = waiting.update[0].health.as_ref().unwrap();
+        assert_eq!(
+            probe.mode(),
+            "tls-handshake (waiting for /nonexistent/ca.crt)"
+        );
+        drop(waiting);
 
         // The same config again: nothing to do.
         assert!(bal.prepare(Some(&first)).await.unwrap().is_noop());

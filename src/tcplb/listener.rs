@@ -1,6 +1,7 @@
-//! One listener: its socket, the accept loop, one task per session (backend
-//! choice with retries, then [`forward`](super::forward)), the graceful
-//! drain. Reads health snapshots, never writes them.
+//! One listener: its socket, the accept loop, one task per session
+//! ([`super::session`]), the graceful drain, the operator's drain of one
+//! backend. Reads health snapshots; sessions report what traffic found
+//! (passive health) through [`ListenerHealth::mark_down`].
 
 use std::collections::BTreeMap;
 use std::io;
@@ -10,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::forward::{forward, idle_watch, keepalive, CopyMode, Direction};
-use super::select::{select, Candidate, Pick};
+use super::forward::CopyMode;
+use super::hedge::ConnectTimes;
+use super::session::session;
 use crate::config::{ListenerConfig, OnBackendDown};
 use crate::health::ListenerHealth;
 
@@ -28,6 +30,9 @@ pub struct Backend {
     pub connect_errors: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// `lbd backend drain`: no new sessions; established ones go on. Lives
+    /// as long as the backend stays in the listener (reloads included).
+    pub drained: AtomicBool,
     /// Cancelled (and replaced) when the backend goes down and the listener
     /// says `on_backend_down: shutdown_sessions`.
     sessions: ArcSwap<CancellationToken>,
@@ -42,9 +47,24 @@ impl Backend {
             connect_errors: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            drained: AtomicBool::new(false),
             sessions: ArcSwap::from_pointee(CancellationToken::new()),
         }
     }
+
+    /// Cancelled when this backend's sessions must end.
+    pub(super) fn sessions_token(&self) -> Arc<CancellationToken> {
+        self.sessions.load_full()
+    }
+}
+
+/// Why `lbd backend drain|enable` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DrainError {
+    #[error("no listener {0:?}")]
+    NoListener(String),
+    #[error("listener {listener:?} has no backend {backend}")]
+    NoBackend { listener: String, backend: String },
 }
 
 /// A listener's live state, shared by its accept loop and its sessions.
@@ -61,16 +81,21 @@ pub struct Listener {
     pub connect_failures: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    sequence: AtomicU64,
+    pub(super) sequence: AtomicU64,
     limit: Arc<Semaphore>,
     limit_size: AtomicU64,
-    copy_mode: CopyMode,
+    pub(super) copy_mode: CopyMode,
     /// Cancelled to stop accepting (removal on reload, shutdown).
     stop_accepting: CancellationToken,
     /// Cancelled to end every session at once (after the drain grace).
-    kill_sessions: CancellationToken,
+    pub(super) kill_sessions: CancellationToken,
     sessions: TaskTracker,
     pub draining: AtomicBool,
+    /// Recent connect times, for the hedge delay.
+    pub(super) connect_times: ConnectTimes,
+    /// Hedged connects started, and those the hedge won.
+    pub hedges: AtomicU64,
+    pub hedge_wins: AtomicU64,
 }
 
 impl Listener {
@@ -106,6 +131,9 @@ impl Listener {
             kill_sessions: CancellationToken::new(),
             sessions: TaskTracker::new(),
             draining: AtomicBool::new(false),
+            connect_times: ConnectTimes::default(),
+            hedges: AtomicU64::new(0),
+            hedge_wins: AtomicU64::new(0),
             config: ArcSwap::from_pointee(cfg),
         });
         tokio::spawn(accept_loop(listener.clone(), socket));
@@ -160,6 +188,32 @@ impl Listener {
             });
         }
         self.config.store(Arc::new(cfg));
+    }
+
+    /// The delay after which a connect is hedged now.
+    pub fn hedge_delay(&self, cfg: &ListenerConfig) -> Duration {
+        self.connect_times
+            .delay(cfg.hedge.min_delay, cfg.hedge.max_delay)
+    }
+
+    /// `lbd backend drain|enable`: takes `backend` (as status shows it) out
+    /// of rotation or puts it back, at once. Returns whether it was drained
+    /// before.
+    pub fn set_drained(&self, backend: &str, drained: bool) -> Result<bool, DrainError> {
+        let backends = self.backends();
+        let b = backends
+            .iter()
+            .find(|b| b.addr.to_string() == backend || backend.parse() == Ok(b.addr))
+            .ok_or_else(|| DrainError::NoBackend {
+                listener: self.name.clone(),
+                backend: backend.to_string(),
+            })?;
+        let was = b.drained.swap(drained, Relaxed);
+        if was != drained {
+            tracing::warn!(listener = %self.name, backend = %b.addr,
+                state = if drained { "DRAINED" } else { "ENABLED" }, "backend drain changed by the operator");
+        }
+        Ok(was)
     }
 
     /// Stops accepting; established sessions go on until they end or `kill`.
@@ -239,100 +293,6 @@ async fn accept_loop(listener: Arc<Listener>, socket: TcpListener) {
         }
     }
     tracing::info!(listener = %listener.name, bind = %listener.bind, "stopped accepting");
-}
-
-async fn session(
-    listener: Arc<Listener>,
-    client: TcpStream,
-    peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
-) {
-    listener.total.fetch_add(1, Relaxed);
-    let cfg = listener.config();
-    let Some((backend, upstream)) = connect_backend(&listener, &cfg, peer).await else {
-        // Dropping the client socket closes it at once.
-        return;
-    };
-    keepalive(&client);
-    keepalive(&upstream);
-    backend.active.fetch_add(1, Relaxed);
-    backend.total.fetch_add(1, Relaxed);
-    listener.active.fetch_add(1, Relaxed);
-    let backend_down = backend.sessions.load_full();
-    let activity = AtomicU64::new(0);
-    let moved = |dir: Direction, n: u64| {
-        let (l, b) = match dir {
-            Direction::ToBackend => (&listener.bytes_in, &backend.bytes_in),
-            Direction::ToClient => (&listener.bytes_out, &backend.bytes_out),
-        };
-        l.fetch_add(n, Relaxed);
-        b.fetch_add(n, Relaxed);
-        activity.fetch_add(1, Relaxed);
-    };
-    let copy = forward(listener.copy_mode, client, upstream, moved);
-    let idle = idle_watch(cfg.idle_timeout, &activity);
-    tokio::select! {
-        _ = copy => {}
-        _ = idle => tracing::debug!(listener = %listener.name, %peer, "idle timeout"),
-        _ = backend_down.cancelled() => tracing::info!(listener = %listener.name, %peer, backend = %backend.addr, "session closed: backend down"),
-        _ = listener.kill_sessions.cancelled() => {}
-    }
-    backend.active.fetch_sub(1, Relaxed);
-    listener.active.fetch_sub(1, Relaxed);
-}
-
-/// Picks a backend and connects, trying others on failure up to `retries`.
-async fn connect_backend(
-    listener: &Listener,
-    cfg: &ListenerConfig,
-    peer: SocketAddr,
-) -> Option<(Arc<Backend>, TcpStream)> {
-    let snapshot = listener.health.snapshot();
-    let backends = listener.backends();
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    for attempt in 0..=cfg.retries {
-        let candidates: Vec<Candidate> = backends
-            .iter()
-            .map(|b| Candidate {
-                addr: b.addr,
-                // A backend new in this reload has no check yet: usable.
-                usable: snapshot
-                    .backends
-                    .iter()
-                    .find(|(a, _)| *a == b.addr)
-                    .is_none_or(|(_, up)| *up),
-                active: b.active.load(Relaxed),
-            })
-            .collect();
-        let pick = Pick {
-            client: peer.ip(),
-            sequence: listener.sequence.fetch_add(1, Relaxed),
-            random: (fastrand::u64(..), fastrand::u64(..)),
-        };
-        let Some(i) = select(cfg.balance, &candidates, &tried, pick) else {
-            if attempt == 0 {
-                listener.refused_no_backend.fetch_add(1, Relaxed);
-                tracing::debug!(listener = %listener.name, %peer, "no healthy backend: connection closed");
-            } else {
-                listener.connect_failures.fetch_add(1, Relaxed);
-            }
-            return None;
-        };
-        let backend = backends[i].clone();
-        match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(backend.addr)).await {
-            Ok(Ok(stream)) => return Some((backend, stream)),
-            Ok(Err(e)) => {
-                tracing::debug!(listener = %listener.name, backend = %backend.addr, error = %e, "connect failed");
-            }
-            Err(_) => {
-                tracing::debug!(listener = %listener.name, backend = %backend.addr, "connect timed out");
-            }
-        }
-        backend.connect_errors.fetch_add(1, Relaxed);
-        tried.push(backend.addr);
-    }
-    listener.connect_failures.fetch_add(1, Relaxed);
-    None
 }
 
 /// With `on_backend_down: shutdown_sessions`, ends the sessions of a backend

@@ -50,7 +50,7 @@ type ListenerGetter = fn(&Listener) -> u64;
 type BackendGetter = fn(&Backend) -> u64;
 
 /// Name, help, type and value of each per-listener metric.
-const PER_LISTENER: [(&str, &str, MetricType, ListenerGetter); 6] = [
+const PER_LISTENER: [(&str, &str, MetricType, ListenerGetter); 8] = [
     (
         "lbd_connections_active",
         "Sessions open now",
@@ -87,10 +87,22 @@ const PER_LISTENER: [(&str, &str, MetricType, ListenerGetter); 6] = [
         MetricType::Counter,
         |l| l.bytes_out.load(Relaxed),
     ),
+    (
+        "lbd_connect_hedges",
+        "Connects that got a second backend beside one whose SYN went unanswered",
+        MetricType::Counter,
+        |l| l.hedges.load(Relaxed),
+    ),
+    (
+        "lbd_connect_hedge_wins",
+        "Hedged connects the second backend won",
+        MetricType::Counter,
+        |l| l.hedge_wins.load(Relaxed),
+    ),
 ];
 
 /// Name, help, type and value of each per-backend metric.
-const PER_BACKEND: [(&str, &str, MetricType, BackendGetter); 5] = [
+const PER_BACKEND: [(&str, &str, MetricType, BackendGetter); 6] = [
     (
         "lbd_backend_connections_active",
         "Sessions open now to this backend",
@@ -120,6 +132,12 @@ const PER_BACKEND: [(&str, &str, MetricType, BackendGetter); 5] = [
         "Bytes from this backend to clients",
         MetricType::Counter,
         |b| b.bytes_out.load(Relaxed),
+    ),
+    (
+        "lbd_backend_drained",
+        "1 while the operator has drained the backend (lbd backend drain)",
+        MetricType::Gauge,
+        |b| u64::from(b.drained.load(Relaxed)),
     ),
 ];
 

@@ -2,17 +2,24 @@
 //!
 //! `balancer` is the lifecycle app.rs drives (start, prepare/commit reload,
 //! report, drain) around the pure `plan`; `listener` one listener's accept
-//! loop, sessions and drain; `forward` the duplex copy of one session;
-//! `select` the pure backend choice; `metrics` read at scrape time.
+//! loop and drain; `session` one client connection: `connect` (retries,
+//! hedging, passive health; `hedge` the pure delay), then `forward` (the
+//! duplex copy, each direction a `pump`); `select` the pure backend choice;
+//! `metrics` read at scrape time.
 mod balancer;
+mod connect;
 mod forward;
+pub mod hedge;
 mod listener;
 mod metrics;
+mod pump;
 pub mod select;
+mod session;
 
 pub use balancer::{
     plan, Balancer, BalancerError, BalancerReporter, ListenerPlan, PreparedBalancer,
 };
-pub use forward::CopyMode;
-pub use listener::{Backend, Listener};
+pub use forward::{CopyMode, Termination};
+pub use listener::{Backend, DrainError, Listener};
 pub use metrics::TcplbCollector;
+pub use session::SESSION_LOG_TARGET;

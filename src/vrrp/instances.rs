@@ -98,6 +98,11 @@ impl VrrpReporter {
     pub fn report(&self) -> Vec<VrrpInstanceStatus> {
         self.0.load().iter().map(|s| (**s.load()).clone()).collect()
     }
+
+    /// Each instance's status as published (by identity, for `peers`).
+    pub fn statuses(&self) -> Vec<Arc<VrrpInstanceStatus>> {
+        self.0.load().iter().map(|s| s.load_full()).collect()
+    }
 }
 
 struct RunningInstance {

@@ -15,6 +15,7 @@ pub mod driver;
 pub mod instances;
 pub mod metrics;
 pub mod net;
+pub mod peers;
 mod vip;
 
 pub use instances::{InstanceChange, PreparedVrrp, Vrrp, VrrpReporter};

@@ -60,6 +60,8 @@ pub(super) struct Reading {
     pub kube_proxy_config: Option<FileRef>,
     /// Every problem, in the order of their position.
     pub problems: Vec<Problem>,
+    /// What is valid but worth saying (a TLS file that does not exist yet).
+    pub warnings: Vec<Problem>,
 }
 
 /// A file lbd.yaml names, and where it names it.
@@ -82,15 +84,18 @@ pub(super) fn read(
                 config: None,
                 kube_proxy_config: None,
                 problems: vec![Problem::at(path, e.pos, e.message)],
+                warnings: Vec::new(),
             }
         }
     };
     let mut cx = Cx::new(path, file_exists);
     let config = cx.config(&root, env);
+    let warnings = std::mem::take(&mut cx.warnings);
     Reading {
         config: Some(config),
         kube_proxy_config: cx.kube_proxy_config.take(),
         problems: cx.into_problems(),
+        warnings,
     }
 }
 
@@ -102,6 +107,7 @@ pub(super) struct Cx<'f> {
     file_exists: &'f dyn Fn(&Path) -> bool,
     /// Set by the proxy section.
     kube_proxy_config: Option<FileRef>,
+    warnings: Vec<Problem>,
 }
 
 impl<'f> Cx<'f> {
@@ -111,6 +117,7 @@ impl<'f> Cx<'f> {
             problems: Vec::new(),
             file_exists,
             kube_proxy_config: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -341,6 +348,21 @@ impl Cx<'_> {
         let p = PathBuf::from(s);
         if !(self.file_exists)(&p) {
             self.err(node.pos, format!("{what}: {} does not exist", p.display()));
+        }
+        Some(p)
+    }
+
+    /// A file that may appear later (a CA that `kubeadm init` writes after
+    /// lbd started): missing is a warning saying what happens meanwhile.
+    fn file_or_later(&mut self, node: &Node, what: &str, meanwhile: &str) -> Option<PathBuf> {
+        let s = self.nonempty_string(node, what)?;
+        let p = PathBuf::from(s);
+        if !(self.file_exists)(&p) {
+            self.warnings.push(Problem::at(
+                self.path,
+                node.pos,
+                format!("{what}: {} does not exist yet; {meanwhile}", p.display()),
+            ));
         }
         Some(p)
     }
