@@ -110,7 +110,18 @@ where
 
 /// An HTTPS "apiserver": `/healthz` (200 or 500), `/whoami` (its id).
 pub async fn https_backend(id: &str, pki: &Pki, require_client_cert: bool) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    https_backend_at(id, pki, require_client_cert, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// [`https_backend`] listening on `addr` (in the calling thread's network
+/// namespace: see `support::nsrun`).
+pub async fn https_backend_at(
+    id: &str,
+    pki: &Pki,
+    require_client_cert: bool,
+    addr: SocketAddr,
+) -> Backend {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let b = new_backend(id, listener.local_addr().unwrap());
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config(require_client_cert));
     let (healthy, id) = (b.healthy.clone(), b.id.clone());
@@ -148,7 +159,12 @@ pub async fn https_backend(id: &str, pki: &Pki, require_client_cert: bool) -> Ba
 /// A plain TCP backend: sends its id line first when `greet`, then echoes
 /// every byte; on EOF from the client it shuts its write side (half-close).
 pub async fn echo_backend(id: &str, greet: bool) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    echo_backend_at(id, greet, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// [`echo_backend`] listening on `addr`.
+pub async fn echo_backend_at(id: &str, greet: bool, addr: SocketAddr) -> Backend {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let b = new_backend(id, listener.local_addr().unwrap());
     let id = b.id.clone();
     serve(listener, &b, move |mut tcp| {
@@ -161,6 +177,19 @@ pub async fn echo_backend(id: &str, greet: bool) -> Backend {
             let _ = tokio::io::copy(&mut r, &mut w).await;
             let _ = w.shutdown().await;
         }
+    });
+    b
+}
+
+/// A backend that accepts and resets every connection at once (SO_LINGER 0,
+/// then close), before reading or sending anything: a dying process, an
+/// accept queue overflowing with tcp_abort_on_overflow.
+pub async fn resetting_backend_at(id: &str, addr: SocketAddr) -> Backend {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let b = new_backend(id, listener.local_addr().unwrap());
+    serve(listener, &b, |tcp| async move {
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        drop(tcp);
     });
     b
 }

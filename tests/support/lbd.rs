@@ -32,12 +32,18 @@ impl Lbd {
     /// Writes `body` (a config without `admin:`) and starts `lbd run`;
     /// returns once the admin socket answers.
     pub async fn start(body: &str) -> Lbd {
+        Self::start_with(&[], body).await
+    }
+
+    /// [`Lbd::start`] with global options before `run` (`--log-format json`).
+    pub async fn start_with(options: &[&str], body: &str) -> Lbd {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("lbd.sock");
         let config = dir.path().join("lbd.yaml");
         std::fs::write(&config, format!("{body}\n{}", admin_section(&socket))).unwrap();
         let log = dir.path().join("lbd.log");
         let child = Command::new(lbd_bin())
+            .args(options)
             .args(["run", "-c"])
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -128,6 +134,70 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The real daemon inside a lab's namespace: its files in a temp dir (the
+/// admin socket works from the host: it is a file), the process in the lab.
+pub struct NsLbd {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    /// The lab's child index.
+    pub child: usize,
+}
+
+impl NsLbd {
+    /// Writes `body` (without `admin:`), starts `lbd run` in `ns`; returns
+    /// once the admin socket answers.
+    pub async fn start(lab: &mut super::netns::Lab, ns: &str, body: &str) -> NsLbd {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lbd.sock");
+        let config = dir.path().join("lbd.yaml");
+        let log = dir.path().join("lbd.log");
+        std::fs::write(&config, format!("{body}\n{}", admin_section(&socket))).unwrap();
+        let child = spawn_in_ns(lab, ns, &config, &log);
+        let me = NsLbd {
+            dir,
+            config,
+            socket,
+            log,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lbd::status::client::fetch(&me.socket).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "lbd did not start in {ns}:\n{}",
+                me.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        me
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let r = lbd::status::client::fetch(&self.socket)
+            .await
+            .unwrap_or_else(|e| panic!("status: {e}\n{}", self.logs()));
+        serde_json::to_value(r).unwrap()
+    }
+
+    /// Listener `listener`'s backend `addr` in the status.
+    pub async fn backend(&self, listener: usize, addr: &str) -> serde_json::Value {
+        let st = self.status().await;
+        st["tcplb"][listener]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["address"] == addr)
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend {addr} in {st}"))
     }
 }
 

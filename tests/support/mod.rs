@@ -8,6 +8,7 @@
 //!   balancer tests run against.
 //! - `netns`, `vrrp`, `keepalived`: network-namespace labs (root), VIP
 //!   watching and RFC 5798 timers, Debian's keepalived as a peer.
+//! - `nsrun`: async work (backends, clients) inside a lab's namespace.
 //! - `apiserver`: an in-process Kubernetes API server (list/watch).
 //! - `kube_cluster`, `kube_objects`: real etcd + kube-apiserver on loopback
 //!   (Go-built peers; skipped where absent) and the objects the proxy tests
@@ -24,5 +25,6 @@ pub mod kube_cluster;
 pub mod kube_objects;
 pub mod lbd;
 pub mod netns;
+pub mod nsrun;
 pub mod pki;
 pub mod vrrp;

@@ -1,0 +1,303 @@
+//! Dead backends skipped at once (issue 13), in network namespaces (root;
+//! skipped otherwise) against real TLS backends: lbd in one namespace, each
+//! backend in its own, on a bridge (10.216.0.0/24, inside the lab only).
+//!
+//! - a backend whose packets are dropped (an nftables rule in its own
+//!   namespace: the SYN is never answered) costs no client an error, nor
+//!   more than the hedge delay: a second backend is tried beside it;
+//! - a refused connect marks its backend down at once (long before `fall`
+//!   failed checks could), the client is served by another, and `rise`
+//!   checks bring it back;
+//! - a backend that resets connections before any data is marked down and
+//!   the client, who saw nothing yet, gets another backend.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::backends::*;
+use support::config::tcplb_section;
+use support::lbd::{eventually, NsLbd};
+
+use support::netns::{require_root, Lab};
+use support::nsrun::NsRuntime;
+use support::pki::Pki;
+
+/// lbd's namespace and three backend namespaces, each with its runtime.
+struct Stage {
+    lab: Lab,
+    lb: NsRuntime,
+    ns: Vec<String>,
+    rt: Vec<NsRuntime>,
+    pki: Arc<Pki>,
+}
+
+fn addr(i: usize) -> SocketAddr {
+    format!("10.216.0.{i}:6443").parse().unwrap()
+}
+
+const LISTEN: &str = "127.0.0.1:8443";
+
+impl Stage {
+    fn new() -> Stage {
+        let mut lab = Lab::new("tcplb");
+        let lb = lab.add_ns("lb");
+        lab.attach(&lb, "eth0", &["10.216.0.10/24"]);
+        let mut ns = Vec::new();
+        for i in 1..=3 {
+            let n = lab.add_ns(&format!("b{i}"));
+            lab.attach(&n, "eth0", &[&format!("10.216.0.{i}/24")]);
+            ns.push(n);
+        }
+        let rt = ns.iter().map(|n| NsRuntime::start(n)).collect();
+        Stage {
+            lb: NsRuntime::start(&lb),
+            lab,
+            ns,
+            rt,
+            pki: Arc::new(Pki::new()),
+        }
+    }
+
+    /// An HTTPS backend `b{i}` on 10.216.0.i:6443 in its namespace.
+    async fn https(&self, i: usize) -> Backend {
+        let pki = self.pki.clone();
+        self.rt[i - 1]
+            .run(async move { https_backend_at(&format!("b{i}"), &pki, false, addr(i)).await })
+            .await
+    }
+
+    /// `GET /whoami` through lbd, from lbd's namespace: (who, how long).
+    async fn whoami(&self) -> (Result<String, String>, Duration) {
+        let pki = self.pki.clone();
+        self.lb
+            .run(async move {
+                let start = Instant::now();
+                let r = https_get(&pki, LISTEN.parse().unwrap(), "/whoami")
+                    .await
+                    .and_then(|(st, who)| {
+                        if st == 200 {
+                            Ok(who)
+                        } else {
+                            Err(format!("HTTP {st}"))
+                        }
+                    });
+                (r, start.elapsed())
+            })
+            .await
+    }
+
+    fn listener(&self, health: &str, extra: &str) -> String {
+        let backends: Vec<String> = (1..=3).map(|i| addr(i).to_string()).collect();
+        tcplb_section(
+            None,
+            &[format!(
+                "    - name: api\n      bind: {LISTEN}\n      backends: [{}]\n      health: {health}\n      retries: 2\n{extra}",
+                backends.join(", ")
+            )],
+        )
+    }
+
+    fn https_health(&self, timing: &str) -> String {
+        format!(
+            "{{ type: https, {timing}, tls: {{ ca_file: {}, server_name: kubernetes }} }}",
+            self.pki.ca.display()
+        )
+    }
+}
+
+/// Waits until every backend has had its first check and is up.
+async fn all_checked_up(lbd: &NsLbd) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = lbd.status().await;
+        let up = st["tcplb"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["healthy"] == true && b["last_check_latency_ms"].is_number());
+        if up {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "first checks not all up: {st}\n{}",
+            lbd.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_whose_packets_are_dropped_is_skipped_within_the_hedge_bound() {
+    if !require_root("a_backend_whose_packets_are_dropped_is_skipped_within_the_hedge_bound") {
+        return;
+    }
+    let mut s = Stage::new();
+    let _backends = [s.https(1).await, s.https(2).await, s.https(3).await];
+    // Checks once an hour: after the first round only traffic can tell.
+    let body = s.listener(
+        &s.https_health("interval: 1h, timeout: 500ms, rise: 1, fall: 1"),
+        "      connect_timeout: 5s\n      hedge: { min_delay: 20ms, max_delay: 150ms }\n",
+    );
+    let lb = s.lb.ns.clone();
+    let lbd = NsLbd::start(&mut s.lab, &lb, &body).await;
+    all_checked_up(&lbd).await;
+    // Connect times seen, so the hedge delay follows them.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let (who, _) = s.whoami().await;
+        seen.insert(who.expect("before the drop"));
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // b2 drops everything to :6443: SYNs go unanswered (not refused).
+    for cmd in [
+        vec!["nft", "add", "table", "inet", "lbdtest"],
+        vec![
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "lbdtest",
+            "in",
+            "{ type filter hook input priority 0; }",
+        ],
+        vec![
+            "nft", "add", "rule", "inet", "lbdtest", "in", "tcp", "dport", "6443", "drop",
+        ],
+    ] {
+        let mut full = vec!["ip", "netns", "exec", &s.ns[1]];
+        full.extend(cmd);
+        support::netns::run(&full);
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..30 {
+        let (who, took) = s.whoami().await;
+        let who = who.unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", lbd.logs()));
+        assert_ne!(who, "b2", "an answer through a dropped backend");
+        slowest = slowest.max(took);
+    }
+    let st = lbd.status().await;
+    let l = &st["tcplb"][0];
+    let delay = l["hedge_delay_ms"].as_f64().unwrap();
+    println!("slowest request {slowest:?}, hedge delay now {delay} ms, status {l}");
+    assert!(l["hedged_connects"].as_u64().unwrap() >= 1, "{l}");
+    assert!(l["hedge_wins"].as_u64().unwrap() >= 1, "{l}");
+    assert!((20.0..=150.0).contains(&delay), "{delay}");
+    // Without the hedge the SYN is retried after 1 s and the connect gives
+    // up after 5 s; with it, one hedge delay (at most 150 ms) and a
+    // request on the other backend.
+    assert!(
+        slowest < Duration::from_millis(900),
+        "slowest request {slowest:?}"
+    );
+    let b2 = lbd.backend(0, &addr(2).to_string()).await;
+    assert_eq!(b2["healthy"], false, "{b2}");
+    assert_eq!(b2["down_reason"], "hedge", "{b2}");
+    // Marked down once: later clients no longer pay the delay.
+    assert_eq!(l["hedged_connects"], 1, "{l}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_marks_down_at_once_and_rise_brings_it_back() {
+    if !require_root("a_refused_connect_marks_down_at_once_and_rise_brings_it_back") {
+        return;
+    }
+    let mut s = Stage::new();
+    let b1 = s.https(1).await;
+    let _others = [s.https(2).await, s.https(3).await];
+    // fall 10 x 300 ms: the checks alone take 3 s to see it.
+    let body = s.listener(
+        &s.https_health("interval: 300ms, timeout: 300ms, rise: 2, fall: 10"),
+        "",
+    );
+    let lb = s.lb.ns.clone();
+    let lbd = NsLbd::start(&mut s.lab, &lb, &body).await;
+    all_checked_up(&lbd).await;
+
+    b1.stop(); // refuses from now on
+    let stopped = Instant::now();
+    let b1addr = addr(1).to_string();
+    let mut marked = None;
+    for i in 0..12 {
+        let (who, _) = s.whoami().await;
+        let who = who.unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", lbd.logs()));
+        assert_ne!(who, "b1");
+        if marked.is_none() && lbd.backend(0, &b1addr).await["healthy"] == false {
+            marked = Some(stopped.elapsed());
+        }
+    }
+    let marked = marked.expect("b1 never marked down");
+    let b = lbd.backend(0, &b1addr).await;
+    assert_eq!(b["down_reason"], "passive", "{b}");
+    assert!(b["last_error"].as_str().unwrap().contains("refused"), "{b}");
+    assert!(marked < Duration::from_secs(2), "marked after {marked:?}");
+
+    // Back: two passing checks (rise 2) bring it into rotation again.
+    let _b1 = s.https(1).await;
+    let back = Instant::now();
+    eventually(Duration::from_secs(5), "b1 up again", || async {
+        lbd.backend(0, &b1addr).await["healthy"] == true
+    })
+    .await;
+    let took = back.elapsed();
+    assert!(
+        took >= Duration::from_millis(250),
+        "up after {took:?}: one check, not rise 2"
+    );
+    let b = lbd.backend(0, &b1addr).await;
+    assert_eq!(b["down_reason"], serde_json::Value::Null, "{b}");
+    let mut served = false;
+    for _ in 0..6 {
+        served |= s.whoami().await.0.as_deref() == Ok("b1");
+    }
+    assert!(served, "b1 never chosen again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_resets_before_any_data_is_marked_down_and_the_client_served() {
+    if !require_root("a_backend_that_resets_before_any_data_is_marked_down_and_the_client_served") {
+        return;
+    }
+    let mut s = Stage::new();
+    let mut echo = Vec::new();
+    for i in 1..=3 {
+        echo.push(
+            s.rt[i - 1]
+                .run(async move { echo_backend_at(&format!("b{i}"), true, addr(i)).await })
+                .await,
+        );
+    }
+    // TCP checks once an hour: after the first round only traffic can tell.
+    let body = s.listener("{ type: tcp, interval: 1h, rise: 1, fall: 1 }", "");
+    let lb = s.lb.ns.clone();
+    let lbd = NsLbd::start(&mut s.lab, &lb, &body).await;
+    all_checked_up(&lbd).await;
+    // b1 starts resetting every connection at once.
+    echo.remove(0).stop();
+    let _resetting = s.rt[0]
+        .run(async { resetting_backend_at("b1", addr(1)).await })
+        .await;
+    for i in 0..9 {
+        // The client speaks second (the backends greet): nothing of it has
+        // gone to a backend when one resets.
+        let (who, _) =
+            s.lb.run(async { whoami_tcp(LISTEN.parse().unwrap(), None).await })
+                .await
+                .unwrap_or_else(|e| panic!("connection {i} failed: {e}\n{}", lbd.logs()));
+        assert_ne!(who, "b1");
+    }
+    let b = lbd.backend(0, &addr(1).to_string()).await;
+    assert_eq!(b["healthy"], false, "{b}");
+    assert_eq!(b["down_reason"], "passive", "{b}");
+    // The reset reaches lbd with the handshake (the connect fails) or
+    // just after it (the first read fails): either way, no byte had moved.
+    let e = b["last_error"].as_str().unwrap();
+    assert!(
+        e == "reset by the backend before any data" || e.contains("reset by peer"),
+        "{b}"
+    );
+}
