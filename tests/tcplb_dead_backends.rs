@@ -108,6 +108,23 @@ impl Stage {
     }
 }
 
+/// Waits until backend `i`'s port refuses: `Backend::stop` lets its
+/// accept task end on the namespace's own thread, a moment later.
+async fn refusing(s: &Stage, i: usize) {
+    let refused = s.rt[i - 1]
+        .run(async move {
+            for _ in 0..200 {
+                if let Err(e) = tokio::net::TcpStream::connect(addr(i)).await {
+                    return e.kind() == std::io::ErrorKind::ConnectionRefused;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            false
+        })
+        .await;
+    assert!(refused, "b{i} still accepting after stop");
+}
+
 /// Waits until every backend has had its first check and is up.
 async fn all_checked_up(lbd: &NsLbd) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -218,7 +235,8 @@ async fn a_refused_connect_marks_down_at_once_and_rise_brings_it_back() {
     let lbd = NsLbd::start(&mut s.lab, &lb, &body).await;
     all_checked_up(&lbd).await;
 
-    b1.stop(); // refuses from now on
+    b1.stop(); // refuses once its namespace's thread dropped the listener
+    refusing(&s, 1).await;
     let stopped = Instant::now();
     let b1addr = addr(1).to_string();
     let mut marked = None;
@@ -278,6 +296,7 @@ async fn a_backend_that_resets_before_any_data_is_marked_down_and_the_client_ser
     all_checked_up(&lbd).await;
     // b1 starts resetting every connection at once.
     echo.remove(0).stop();
+    refusing(&s, 1).await;
     let _resetting = s.rt[0]
         .run(async { resetting_backend_at("b1", addr(1)).await })
         .await;
