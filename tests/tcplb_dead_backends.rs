@@ -9,7 +9,10 @@
 //!   failed checks could), the client is served by another, and `rise`
 //!   checks bring it back;
 //! - a backend that resets connections before any data is marked down and
-//!   the client, who saw nothing yet, gets another backend.
+//!   the client, who saw nothing yet, gets another backend;
+//! - a VRRP master (Debian's keepalived) whose node goes dark (its adverts
+//!   dropped, no priority 0) has the backend on its address marked down
+//!   (peer_gone) by lbd, its backup, with no check and no traffic.
 
 mod support;
 
@@ -319,4 +322,127 @@ async fn a_backend_that_resets_before_any_data_is_marked_down_and_the_client_ser
         e == "reset by the backend before any data" || e.contains("reset by peer"),
         "{b}"
     );
+}
+
+/// Runs `nft` inside namespace `ns`.
+fn nft_in(ns: &str, args: &[&str]) {
+    let mut full = vec!["ip", "netns", "exec", ns, "nft"];
+    full.extend(args);
+    support::netns::run(&full);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
+    if !require_root("a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once") {
+        return;
+    }
+    if !support::keepalived::available() {
+        eprintln!("skipped: keepalived not installed (scripts/install-deps.sh)");
+        return;
+    }
+    let mut s = Stage::new();
+    let _backends = [s.https(1).await, s.https(2).await, s.https(3).await];
+    // keepalived on b1's node holds the VIP (priority 200, 100 ms adverts);
+    // lbd is its backup (priority 100).
+    let dir = tempfile::tempdir().unwrap();
+    let ka = support::keepalived::KaInstance {
+        interface: "eth0",
+        vrid: 51,
+        version: 3,
+        priority: 200,
+        advert_int: "0.1",
+        vips: &["10.216.0.100/24"],
+        auth_pass: None,
+        nopreempt: false,
+        unicast: None,
+    };
+    let b1ns = s.ns[0].clone();
+    let (_ka, ka_log) = support::keepalived::start(&mut s.lab, &b1ns, dir.path(), "ka", &ka);
+    // Checks once an hour and no traffic: only the VRRP signal can tell.
+    let vrrp = support::config::vrrp_section(&[support::config::VrrpInstanceYaml::new(
+        100,
+        "10.216.0.100/24",
+    )]);
+    let body = format!(
+        "{vrrp}{}",
+        s.listener(
+            &s.https_health("interval: 1h, timeout: 500ms, rise: 1, fall: 1"),
+            ""
+        )
+    );
+    let lb = s.lb.ns.clone();
+    let lbd = NsLbd::start(&mut s.lab, &lb, &body).await;
+    all_checked_up(&lbd).await;
+    eventually(
+        Duration::from_secs(10),
+        "keepalived master, lbd backup",
+        || async { lbd.status().await["vrrp"][0]["state"] == "BACKUP" },
+    )
+    .await;
+    assert!(
+        s.lab.has_addr(&b1ns, "10.216.0.100"),
+        "keepalived does not hold the VIP: {}",
+        std::fs::read_to_string(&ka_log).unwrap_or_default()
+    );
+
+    // b1's node goes dark: no adverts out, nothing to :6443 answered. No
+    // priority-0 advert (that would be a node leaving on purpose).
+    nft_in(&b1ns, &["add", "table", "inet", "lbdtest"]);
+    nft_in(
+        &b1ns,
+        &[
+            "add",
+            "chain",
+            "inet",
+            "lbdtest",
+            "out",
+            "{ type filter hook output priority 0; }",
+        ],
+    );
+    nft_in(
+        &b1ns,
+        &[
+            "add", "rule", "inet", "lbdtest", "out", "ip", "protocol", "vrrp", "drop",
+        ],
+    );
+    nft_in(
+        &b1ns,
+        &[
+            "add",
+            "chain",
+            "inet",
+            "lbdtest",
+            "in",
+            "{ type filter hook input priority 0; }",
+        ],
+    );
+    nft_in(
+        &b1ns,
+        &[
+            "add", "rule", "inet", "lbdtest", "in", "tcp", "dport", "6443", "drop",
+        ],
+    );
+    let dark = Instant::now();
+    let b1 = addr(1).to_string();
+    eventually(Duration::from_secs(3), "b1 marked down", || async {
+        lbd.backend(0, &b1).await["healthy"] == false
+    })
+    .await;
+    let took = dark.elapsed();
+    let b = lbd.backend(0, &b1).await;
+    assert_eq!(b["down_reason"], "peer_gone", "{b}\n{}", lbd.logs());
+    // Master down interval at 100 ms adverts: about 3 x 100 ms + skew.
+    assert!(took < Duration::from_millis(1500), "marked after {took:?}");
+    // (As soon as the master is seen silent: lbd takes the VIP over a skew
+    // time later.)
+    eventually(Duration::from_secs(2), "lbd takes over the VIP", || async {
+        lbd.status().await["vrrp"][0]["state"] == "MASTER"
+    })
+    .await;
+    // Only the dead peer's backend.
+    for i in [2, 3] {
+        assert_eq!(lbd.backend(0, &addr(i).to_string()).await["healthy"], true);
+    }
+    let (who, _) = s.whoami().await;
+    assert!(matches!(who.as_deref(), Ok("b2") | Ok("b3")), "{who:?}");
 }
