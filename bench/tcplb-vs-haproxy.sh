@@ -14,6 +14,11 @@
 # LBD        lbd binary (default: cargo build --release, target/release/lbd)
 # NICE       nice value for the whole benchmark (e.g. -10 as root) so that
 #            other work on the machine disturbs the figures less; default 0
+# RUNS       N > 1: N whole runs, then one table of the medians (each run's
+#            table and figures stay in /tmp/lbd-bench-runs.*); default 1
+# VS         haproxy: a second haproxy (same config) in lbd's column, to see
+#            the noise between two identical proxies (ratios should be 1.00);
+#            default lbd
 #
 # Needs (Debian): haproxy iperf3 wrk nginx-light (or nginx) openssl jq curl
 # util-linux (taskset). Run as root or as a user who may bind those ports.
@@ -21,6 +26,9 @@ set -euo pipefail
 
 DUR=${DUR:-10}
 PIN=${PIN:-0}
+RUNS=${RUNS:-1}
+VS=${VS:-lbd}
+[[ $VS == lbd || $VS == haproxy ]] || { echo "VS is lbd or haproxy" >&2; exit 2; }
 BASE=${BASE_PORT:-26440}
 here=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -39,6 +47,43 @@ fi
 if [[ ${NICE:-0} != 0 ]]; then renice -n "$NICE" -p $$ >/dev/null; fi # children inherit it
 T_START=$SECONDS # the build above is not counted
 
+# ---- RUNS > 1: the whole benchmark RUNS times, then the medians ---------------
+if ((RUNS > 1)); then
+    runs_dir=$(mktemp -d /tmp/lbd-bench-runs.XXXXXX)
+    for n in $(seq 1 "$RUNS"); do
+        echo "# run $n of $RUNS" >&2
+        RUNS=1 RESULTS_OUT=$runs_dir/run$n.vals LBD=$LBD "$0" >"$runs_dir/run$n.txt" ||
+            { echo "run $n failed (tables in $runs_dir)" >&2; exit 1; }
+    done
+    # "key value" lines, one file per run: the median of the numeric values.
+    cat "$runs_dir"/run*.vals | awk '
+        $2 ~ /^[0-9.]+$/ { v[$1] = v[$1] " " $2; next }
+        { if (!($1 in v)) v[$1] = "" }
+        END {
+            for (k in v) {
+                n = split(v[k], a, " ")
+                if (n == 0) { print k, "-"; continue }
+                for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
+                    if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+                print k, (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+        }' >"$runs_dir/median.vals"
+    echo "# medians of $RUNS runs (each run's table in $runs_dir)"
+    grep -h '^# machine\|^# haproxy' "$runs_dir/run1.txt"
+    # Each run's main figures: the spread behind the medians.
+    for n in $(seq 1 "$RUNS"); do
+        sort "$runs_dir/run$n.vals" | awk -v n="$n" '$1 ~ /^(lbd|ha)_(ka|nc|up|down)$/ { f = f " " $1 "=" $2 }
+            END { print "# run " n ":" f }'
+    done
+    REPLAY=$runs_dir/median.vals RUNS=1 VS=$VS LBD=$LBD "$0"
+    exit
+fi
+
+declare -A R
+if [[ -n ${REPLAY:-} ]]; then # RUNS > 1: the table of the medians only
+    while read -r k v; do R[$k]=$v; done <"$REPLAY"
+    RSS_LBD=${R[rss_lbd]} RSS_LBDU=${R[rss_lbdu]} RSS_HA=${R[rss_ha]}
+else # the run itself, down to the table (not indented: one long block)
 # ---- ports (all on 127.0.0.1) ----------------------------------------------
 NGX=($((BASE + 1)) $((BASE + 2)) $((BASE + 3))) # three TLS backends (one nginx)
 IPERF_DIRECT=$((BASE + 5))
@@ -46,10 +91,11 @@ IPERF_HA=$((BASE + 6))       # one iperf3 server per proxy: a health check of
 IPERF_LBD=$((BASE + 7))      # one proxy never lands in another proxy's test
 IPERF_LBDU=$((BASE + 8))
 HA_HTTPS=$((BASE + 10)) HA_IPERF=$((BASE + 11)) HA_STATS=$((BASE + 19))
+HA2_STATS=$((BASE + 29)) # VS=haproxy: the second haproxy, on lbd's ports
 LBD_HTTPS=$((BASE + 20)) LBD_IPERF=$((BASE + 21))
 LBDU_HTTPS=$((BASE + 30)) LBDU_IPERF=$((BASE + 31))
 for p in "${NGX[@]}" $IPERF_DIRECT $IPERF_HA $IPERF_LBD $IPERF_LBDU $HA_HTTPS $HA_IPERF \
-    $HA_STATS $LBD_HTTPS $LBD_IPERF $LBDU_HTTPS $LBDU_IPERF; do
+    $HA_STATS $HA2_STATS $LBD_HTTPS $LBD_IPERF $LBDU_HTTPS $LBDU_IPERF; do
     if [[ -n $(ss -Htln "sport = :$p") ]]; then
         echo "port $p is in use; set BASE_PORT" >&2
         exit 2
@@ -144,7 +190,8 @@ for p in $IPERF_DIRECT $IPERF_HA $IPERF_LBD $IPERF_LBDU; do
 done
 
 # ---- haproxy ---------------------------------------------------------------------
-cat >haproxy.cfg <<EOF
+haproxy_config() { # HTTPS_PORT IPERF_PORT IPERF_BACKEND STATS_PORT
+    cat <<EOF
 global
     nbthread $HA_THREADS
     maxconn $MAXCONN
@@ -157,7 +204,7 @@ defaults
     retries 2
     option redispatch
 listen https
-    bind 127.0.0.1:$HA_HTTPS
+    bind 127.0.0.1:$1
     balance roundrobin
     option httpchk GET /healthz
     http-check expect status 200
@@ -166,16 +213,18 @@ listen https
     server b2 127.0.0.1:${NGX[1]}
     server b3 127.0.0.1:${NGX[2]}
 listen iperf
-    bind 127.0.0.1:$HA_IPERF
+    bind 127.0.0.1:$2
     balance roundrobin
-    server i1 127.0.0.1:$IPERF_HA check inter 1s rise 2 fall 2
+    server i1 127.0.0.1:$3 check inter 1s rise 2 fall 2
 listen stats
     mode http
-    bind 127.0.0.1:$HA_STATS
+    bind 127.0.0.1:$4
     timeout client 5s
     stats enable
     stats uri /
 EOF
+}
+haproxy_config "$HA_HTTPS" "$HA_IPERF" "$IPERF_HA" "$HA_STATS" >haproxy.cfg
 haproxy -c -q -f haproxy.cfg
 "${PROXY_CPU[@]}" haproxy -db -f haproxy.cfg >haproxy.log 2>&1 &
 HA_PID=$!
@@ -215,7 +264,12 @@ EOF
 lbd_config lbd "$LBD_HTTPS" "$LBD_IPERF" "$IPERF_LBD" >lbd.yaml
 lbd_config lbdu "$LBDU_HTTPS" "$LBDU_IPERF" "$IPERF_LBDU" >lbdu.yaml
 "$LBD" check -c lbd.yaml >/dev/null
-RUST_LOG=warn "${PROXY_CPU[@]}" "$LBD" run -c lbd.yaml >lbd.log 2>&1 &
+if [[ $VS == haproxy ]]; then # lbd's column: a second haproxy
+    haproxy_config "$LBD_HTTPS" "$LBD_IPERF" "$IPERF_LBD" "$HA2_STATS" >haproxy2.cfg
+    "${PROXY_CPU[@]}" haproxy -db -f haproxy2.cfg >haproxy2.log 2>&1 &
+else
+    RUST_LOG=warn "${PROXY_CPU[@]}" "$LBD" run -c lbd.yaml >lbd.log 2>&1 &
+fi
 LBD_PID=$!
 PIDS+=($LBD_PID)
 LBD_COPY=userspace RUST_LOG=warn "${PROXY_CPU[@]}" "$LBD" run -c lbdu.yaml >lbdu.log 2>&1 &
@@ -225,15 +279,16 @@ PIDS+=($LBDU_PID)
 # ---- wait until every proxy sees all its backends up -------------------------
 lbd_up() { "$LBD" status --json --socket "$WORK/$1.sock" 2>/dev/null |
     jq '[.tcplb[].backends[] | select(.healthy)] | length' 2>/dev/null || echo 0; }
-ha_up() { curl -s --max-time 1 "http://127.0.0.1:$HA_STATS/;csv" 2>/dev/null |
+ha_up() { curl -s --max-time 1 "http://127.0.0.1:${1:-$HA_STATS}/;csv" 2>/dev/null |
     awk -F, '$2 ~ /^[bi][0-9]$/ && $18 == "UP"' | wc -l; }
+if [[ $VS == haproxy ]]; then first_up() { ha_up "$HA2_STATS"; }; else first_up() { lbd_up lbd; }; fi
 deadline=$((SECONDS + 20))
-until [[ $(lbd_up lbd) == 4 && $(lbd_up lbdu) == 4 && $(ha_up) == 4 ]]; do
+until [[ $(first_up) == 4 && $(lbd_up lbdu) == 4 && $(ha_up) == 4 ]]; do
     for pid in "${PIDS[@]}"; do
         kill -0 "$pid" 2>/dev/null || { echo "process $pid died at startup (logs in $WORK)" >&2; KEEP=1; exit 1; }
     done
     if ((SECONDS > deadline)); then
-        echo "proxies not ready after 20s: lbd=$(lbd_up lbd)/4 lbdu=$(lbd_up lbdu)/4 haproxy=$(ha_up)/4" >&2
+        echo "proxies not ready after 20s: $VS=$(first_up)/4 lbdu=$(lbd_up lbdu)/4 haproxy=$(ha_up)/4" >&2
         KEEP=1
         exit 1
     fi
@@ -295,7 +350,6 @@ wrkrun() {
 # ---- runs: for each test the proxies run back to back ------------------------
 echo "# machine: $(nproc) CPUs ($(awk -F: '/model name/ { print $2; exit }' /proc/cpuinfo | sed 's/^ //')), kernel $(uname -r), PIN=$PIN, DUR=${DUR}s, nice $(nice)"
 echo "# haproxy $(haproxy -v | awk 'NR == 1 { print $3 }') nbthread $HA_THREADS; lbd $("$LBD" version | head -1); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-declare -A R
 for dir in up down; do
     flag=()
     [[ $dir == down ]] && flag=(-R)
@@ -313,6 +367,11 @@ for kind in ka nc; do
     read -r R[direct_$kind] R[direct_${kind}_p99] R[direct_${kind}_err] _ < <(wrkrun "${NGX[0]}" "" "${hdr[@]}")
 done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [[ -n ${RESULTS_OUT:-} ]]; then # one run of RUNS > 1: the figures for the medians
+    for k in "${!R[@]}"; do echo "$k ${R[$k]}"; done >"$RESULTS_OUT"
+    printf 'rss_lbd %s\nrss_lbdu %s\nrss_ha %s\n' "$RSS_LBD" "$RSS_LBDU" "$RSS_HA" >>"$RESULTS_OUT"
+fi
+fi # REPLAY
 
 # ---- table ---------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -332,6 +391,7 @@ row() { # LABEL LBD HAPROXY TARGET_OP TARGET (TARGET_OP "abs<=" compares lbd its
     printf '| %-34s | %9s | %9s | %6s | %-13s | %-4s |\n' "$1" "$2" "$3" "$r" "$t" "$v"
 }
 echo
+[[ $VS == haproxy ]] && echo "VS=haproxy: the lbd column is a second haproxy (noise check; the targets do not apply)"
 echo "| figure                             |       lbd |   haproxy | ratio  | target        |      |"
 echo "|------------------------------------|-----------|-----------|--------|---------------|------|"
 row "TCP throughput client->server Gb/s" "${R[lbd_up]}" "${R[ha_up]}" ">=" 1.5
@@ -353,25 +413,28 @@ cpu_row() { # LABEL UNIT KEY CONVERTER
         "$h" "$($4 "$h" "${R[ha_$3]}")" "$2"
 }
 echo "Proxy CPU during each test (% of one core) and CPU per unit of work (lower is better):"
-echo "| test                  | lbd splice       | lbd userspace    | haproxy          | unit      |"
+if [[ $VS == haproxy ]]; then first=haproxy#2; else first="lbd splice"; fi
+printf '| test                  | %-16s | lbd userspace    | haproxy          | unit      |\n' "$first"
 echo "|-----------------------|------------------|------------------|------------------|-----------|"
 cpu_row "iperf3 client->server" "CPU s/GB" up per_gb
 cpu_row "iperf3 server->client" "CPU s/GB" down per_gb
 cpu_row "wrk keep-alive" "CPU us/req" ka per_req
 cpu_row "wrk Connection: close" "CPU us/conn" nc per_req
 echo
-echo "lbd copy mode (splice is the default; LBD_COPY=userspace):"
-echo "| figure                             |    splice | userspace | splice/userspace |"
-echo "|------------------------------------|-----------|-----------|------------------|"
-for f in "up:TCP throughput client->server Gb/s" "down:TCP throughput server->client Gb/s" \
-    "ka:HTTPS keep-alive req/s" "ka_p99:HTTPS keep-alive p99 ms" "nc:new TLS connections/s"; do
-    k=${f%%:*}
-    printf '| %-34s | %9s | %9s | %16s |\n' "${f#*:}" "${R[lbd_$k]}" "${R[lbdu_$k]}" "$(ratio "${R[lbd_$k]}" "${R[lbdu_$k]}")"
-done
-printf '| %-34s | %9s | %9s | %16s |\n' "idle RSS MB" "$RSS_LBD" "$RSS_LBDU" "$(ratio "$RSS_LBD" "$RSS_LBDU")"
-echo
+if [[ $VS == lbd ]]; then
+    echo "lbd copy mode (splice is the default; LBD_COPY=userspace):"
+    echo "| figure                             |    splice | userspace | splice/userspace |"
+    echo "|------------------------------------|-----------|-----------|------------------|"
+    for f in "up:TCP throughput client->server Gb/s" "down:TCP throughput server->client Gb/s" \
+        "ka:HTTPS keep-alive req/s" "ka_p99:HTTPS keep-alive p99 ms" "nc:new TLS connections/s"; do
+        k=${f%%:*}
+        printf '| %-34s | %9s | %9s | %16s |\n' "${f#*:}" "${R[lbd_$k]}" "${R[lbdu_$k]}" "$(ratio "${R[lbd_$k]}" "${R[lbdu_$k]}")"
+    done
+    printf '| %-34s | %9s | %9s | %16s |\n' "idle RSS MB" "$RSS_LBD" "$RSS_LBDU" "$(ratio "$RSS_LBD" "$RSS_LBDU")"
+    echo
+fi
 echo "No proxy (client straight to one backend), the ceiling on this machine:"
 echo "  iperf3 ${R[direct_up]} / ${R[direct_down]} (-R) Gb/s; keep-alive ${R[direct_ka]} req/s p99 ${R[direct_ka_p99]} ms; new TLS ${R[direct_nc]} conn/s"
 errs="haproxy ka=${R[ha_ka_err]} nc=${R[ha_nc_err]}; lbd ka=${R[lbd_ka_err]} nc=${R[lbd_nc_err]}; lbd-userspace ka=${R[lbdu_ka_err]} nc=${R[lbdu_nc_err]}"
 echo "wrk socket errors + non-2xx: $errs"
-echo "run time (without the build): $((SECONDS - T_START)) s"
+if [[ -z ${REPLAY:-} ]]; then echo "run time (without the build): $((SECONDS - T_START)) s"; fi
