@@ -41,6 +41,10 @@
 #             succeed (gap between the starts of two successful requests,
 #             minus the 10 ms probe period); ~0 when nobody noticed
 #   failed    requests that failed
+#   after-ok  failed requests started after the first request that succeeded
+#             once the VIP moved (the 100 ms node-down target: none)
+#   late      how long after the VIP moved the last failed request started
+#             (0: none after the move; the 1 s advert target: <= 300 ms)
 #   takeover  from the failure to the first sample with the VIP on another node
 #   split     samples in which two live nodes held the VIP at once (summed),
 #             and in brackets the longest such stretch (consecutive samples x
@@ -422,7 +426,8 @@ EOF
     wait "$probe_pid" || true
     awk -v t="$t_event" -v iv=$PROBE_INTERVAL_MS -v sms=$SAMPLE_MS -v stack="$stack" -v mode="$mode" -v n="$n" '
         $1 == "P" && $4 == "ok" { ok[++c] = $2 }
-        $1 == "P" && $4 == "fail" && $2 >= t { failed++ }
+        $1 == "P" && $4 == "fail" && $2 >= t { failed++; fail[failed] = $2 }
+        $1 == "P" && $4 == "ok" && moved && $2 >= moved && !first_ok { first_ok = $2 }
         $1 == "S" {
             live = 0; stale = 0
             k = split($3, h, ",")
@@ -441,7 +446,13 @@ EOF
             else if (stale_at_end) st = ">" (last - t)
             else if (last_stale) st = last_stale - t
             else st = 0
-            printf "%s %s %s ok %d %d %s %d %s %d\n", stack, mode, n, outage, failed, take, split_brain, st, split_ms
+            after_ok = 0; late = 0
+            for (j = 1; j <= failed; j++) {
+                if (first_ok && fail[j] > first_ok) after_ok++
+                if (moved && fail[j] - moved > late) late = fail[j] - moved
+            }
+            if (!moved) late = "-"
+            printf "%s %s %s ok %d %d %s %d %s %d %d %s\n", stack, mode, n, outage, failed, take, split_brain, st, split_ms, after_ok, late
         }' <(sort -n -k2,2 "$out") >>"$results"
     log "$(tail -n1 "$results")"
 }
@@ -469,16 +480,18 @@ stat3() { # values...: min/median/max
 echo
 echo "VRRP failover, client-visible ($(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), $RUNS runs each)"
 echo "figures in ms, min / median / max; target applies to lbd rows"
-printf '%-17s %-10s %-20s %-17s %-20s %-12s %-14s %s\n' stack mode outage failed takeover split stale target
+printf '%-17s %-10s %-20s %-17s %-9s %-9s %-20s %-12s %-14s %s\n' stack mode outage failed after-ok late takeover split stale target
 for mode in $MODES; do
     for stack in $STACKS; do
         mapfile -t rows < <(awk -v s="$stack" -v m="$mode" '$1 == s && $2 == m && $4 == "ok"' "$results")
         errors=$(awk -v s="$stack" -v m="$mode" '$1 == s && $2 == m && $4 == "error"' "$results" | wc -l)
         [[ ${#rows[@]} -gt 0 ]] || { printf '%-17s %-10s no completed run (%s errors)\n' "$stack" "$mode" "$errors"; continue; }
-        outages=() fails=() takes=() stales=() split=0 split_ms=0
+        outages=() fails=() takes=() stales=() split=0 split_ms=0 after_ok=0 late=0
         for r in "${rows[@]}"; do
-            read -r _ _ _ _ o f tk sb st sms <<<"$r"
+            read -r _ _ _ _ o f tk sb st sms ao lt <<<"$r"
             ((sms > split_ms)) && split_ms=$sms
+            after_ok=$((after_ok + ao))
+            [[ $lt != - ]] && ((lt > late)) && late=$lt
             outages+=("$o"); fails+=("$f"); [[ $tk != - ]] && takes+=("$tk")
             split=$((split + sb)); stales+=("$st")
         done
@@ -494,17 +507,30 @@ for mode in $MODES; do
         verdict="<= $limit ms"
         if [[ $stack == lbd-* ]]; then
             advert_ms=$(awk -v a="$ADVERT" 'BEGIN { printf "%d", a * 1000 }')
-            if ((worst <= limit && split_ms <= advert_ms && errors == 0)); then verdict+=" PASS"; else verdict+=" MISS"; fi
+            ok=1
+            ((worst <= limit && split_ms <= advert_ms && errors == 0)) || ok=0
+            # The issue's client-side targets, node down: at 100 ms adverts
+            # no failure after the first success; at 1 s none later than
+            # 300 ms after the VIP moved.
+            if [[ $mode == node-down && $ADVERT == 0.1 ]]; then
+                verdict+=", after-ok 0"
+                ((after_ok == 0)) || ok=0
+            elif [[ $mode == node-down ]]; then
+                verdict+=", late <= 300"
+                ((late <= 300)) || ok=0
+            fi
+            if ((ok)); then verdict+=" PASS"; else verdict+=" MISS"; fi
         fi
         stale_txt=-
         [[ $mode == node-down ]] && stale_txt=$(printf '%s\n' "${stales[@]}" | sort -n | tail -n1)
-        printf '%-17s %-10s %-20s %-17s %-20s %-12s %-14s %s\n' "$stack" "$mode" \
-            "$(stat3 "${outages[@]}")" "$(stat3 "${fails[@]}")" "$(stat3 "${takes[@]}")" \
+        printf '%-17s %-10s %-20s %-17s %-9s %-9s %-20s %-12s %-14s %s\n' "$stack" "$mode" \
+            "$(stat3 "${outages[@]}")" "$(stat3 "${fails[@]}")" "$after_ok" "$late" "$(stat3 "${takes[@]}")" \
             "$split [${split_ms}ms]" "$stale_txt" "$verdict"
         ((errors == 0)) || echo "   ($errors runs of $stack $mode could not start)"
     done
 done
 echo
+echo "after-ok: failed requests after the first success since the VIP moved (sum over runs); late: ms after the VIP moved of the last failed request (worst run)"
 echo "outage: longest gap between the starts of two successful requests, minus the 10 ms probe period"
 echo "split: samples with two live holders [longest stretch]; target: no stretch longer than one advert interval"
 echo "stale: ms after the failure until the dead node dropped the VIP (worst run; '>' = still held at the end)"
