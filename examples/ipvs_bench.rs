@@ -16,14 +16,14 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::ipvs::desired::ObjectKey;
-use lbd::ipvs::metrics::ProxyMetrics;
-use lbd::ipvs::nft::{Firewall, NftFirewall};
-use lbd::ipvs::sync::{
+use lbd::proxy::desired::ObjectKey;
+use lbd::proxy::engine::{
     DummyAddresses, EngineSettings, FakeAddresses, ProxyBackends, ServiceAddresses, ServiceInputs,
     Syncer,
 };
-use lbd::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
+use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
+use lbd::proxy::kernel::nft::{Firewall, NftFirewall};
+use lbd::proxy::metrics::ProxyMetrics;
 use serde_json::json;
 
 fn service(i: usize) -> Arc<Service> {
@@ -224,10 +224,10 @@ fn main() {
 
     // Where the time goes: the pure recompute alone.
     let t = Instant::now();
-    let d = lbd::ipvs::desired::compute(
+    let d = lbd::proxy::desired::compute(
         &services,
         &slices,
-        &lbd::ipvs::desired::DesiredParams {
+        &lbd::proxy::desired::DesiredParams {
             node_name: "bench",
             node_addresses: &[],
             node_port_addresses: &[],
@@ -236,8 +236,8 @@ fn main() {
     );
     let compute_ms = t.elapsed().as_secs_f64() * 1000.0;
     // The memoised recompute the syncs use, nothing changed.
-    let mut cache = lbd::ipvs::desired::DesiredCache::default();
-    let p = lbd::ipvs::desired::DesiredParams {
+    let mut cache = lbd::proxy::desired::DesiredCache::default();
+    let p = lbd::proxy::desired::DesiredParams {
         node_name: "bench",
         node_addresses: &[],
         node_port_addresses: &[],
@@ -248,12 +248,12 @@ fn main() {
     let again = cache.compute(&services, &slices, &p);
     let memo_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(*again, d);
-    let kernel = lbd::ipvs::plan::KernelState::from_listing(
+    let kernel = lbd::proxy::plan::KernelState::from_listing(
         backends_ipvs.list_services().unwrap(),
         Default::default(),
     );
     let t = Instant::now();
-    let pl = lbd::ipvs::plan::plan(
+    let pl = lbd::proxy::plan::plan(
         &d,
         &kernel,
         &mut Default::default(),
@@ -265,9 +265,9 @@ fn main() {
     // The nftables ruleset is rendered from the whole table whenever a
     // firewall is configured (not part of the syncs above).
     let t = Instant::now();
-    let ruleset = lbd::ipvs::nft::render(
+    let ruleset = lbd::proxy::kernel::nft::render(
         &d,
-        &lbd::ipvs::nft::NftParams {
+        &lbd::proxy::kernel::nft::NftParams {
             cluster_cidrs: &["10.128.0.0/9".parse().unwrap()],
             masquerade_all: false,
         },

@@ -543,16 +543,16 @@ fn start_proxy(
             );
         }
         ProxyMode::Ipvs => {
-            let metrics = crate::ipvs::metrics::ProxyMetrics::new();
+            let metrics = crate::proxy::metrics::ProxyMetrics::new();
             metrics.register_lbd(registry);
             let node = p
                 .hostname_override
                 .clone()
                 .unwrap_or_else(|| node.to_string());
-            match crate::ipvs::sync::ProxyBackends::kernel(&p) {
+            match crate::proxy::engine::ProxyBackends::kernel(&p) {
                 Ok(backends) => {
                     tokio::spawn(async move {
-                        let r = crate::ipvs::sync::run_proxy(
+                        let r = crate::proxy::engine::run_proxy(
                             p,
                             node,
                             backends,

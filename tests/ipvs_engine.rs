@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use lbd::ipvs::metrics::ProxyMetrics;
-use lbd::ipvs::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
-use lbd::ipvs::nft::FakeFirewall;
-use lbd::ipvs::server::ProxyHealth;
-use lbd::ipvs::sync::{Engine, EngineSettings, FakeAddresses, ProxyBackends};
-use lbd::ipvs::{FakeIpvs, IpvsCall};
+use lbd::proxy::engine::{Engine, EngineSettings, FakeAddresses, ProxyBackends};
+use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsCall};
+use lbd::proxy::kernel::nft::FakeFirewall;
+use lbd::proxy::metrics::ProxyMetrics;
+use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
+use lbd::proxy::server::ProxyHealth;
 use lbd::status::ProxyStatus;
 use serde_json::{json, Value};
 use support::apiserver::{Kind, TestApiServer};
@@ -459,7 +459,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_metrics_ports_speak_kube_proxy() {
-    use lbd::ipvs::server::{serve_healthz, serve_metrics};
+    use lbd::proxy::server::{serve_healthz, serve_metrics};
     let api = TestApiServer::start().await;
     api.apply(
         Kind::Service,

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use lbd::ipvs::metrics::ProxyMetrics;
-use lbd::ipvs::nft::{Firewall, NftFirewall};
-use lbd::ipvs::server::ProxyHealth;
-use lbd::ipvs::sync::{DummyAddresses, Engine, EngineSettings, ProxyBackends};
-use lbd::ipvs::NetlinkIpvs;
+use lbd::proxy::engine::{DummyAddresses, Engine, EngineSettings, ProxyBackends};
+use lbd::proxy::kernel::ipvs::NetlinkIpvs;
+use lbd::proxy::kernel::nft::{Firewall, NftFirewall};
+use lbd::proxy::metrics::ProxyMetrics;
+use lbd::proxy::server::ProxyHealth;
 use serde_json::{json, Value};
 use support::apiserver::{Kind, TestApiServer};
 use tokio_util::sync::CancellationToken;

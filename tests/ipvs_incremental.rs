@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::ipvs::desired::{self, DesiredCache, DesiredParams, ObjectKey};
-use lbd::ipvs::kube::ChangeTracker;
-use lbd::ipvs::metrics::ProxyMetrics;
-use lbd::ipvs::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
-use lbd::ipvs::nft::FakeFirewall;
-use lbd::ipvs::sync::{
+use lbd::proxy::desired::{self, DesiredCache, DesiredParams, ObjectKey};
+use lbd::proxy::engine::{
     EngineSettings, FakeAddresses, ProxyBackends, ServiceInputs, SyncOutcome, Syncer,
 };
-use lbd::ipvs::FakeIpvs;
+use lbd::proxy::kernel::ipvs::FakeIpvs;
+use lbd::proxy::kernel::nft::FakeFirewall;
+use lbd::proxy::kube::ChangeTracker;
+use lbd::proxy::metrics::ProxyMetrics;
+use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
 use serde_json::{json, Value};
 
 const NODE: &str = "cp1";

@@ -1,4 +1,4 @@
-//! NetlinkIpvs and sys::dummy against a real kernel with IPVS. These tests
+//! NetlinkIpvs and proxy::kernel::dummy against a real kernel with IPVS. These tests
 //! run only inside the VM (scripts/vm-test.sh sets LBD_IN_VM=1 there) and
 //! skip with a message elsewhere: this host's kernel has no IPVS.
 //!
@@ -14,11 +14,9 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lbd::ipvs::{
-    DestKey, FwdMethod, IpvsError, IpvsHandle, IpvsOp, NetlinkIpvs, Protocol, RealServer, Timeouts,
-    VirtualServer,
-};
-use lbd::sys::dummy::{self, DummyError, DummyLink, KUBE_IPVS0};
+use lbd::proxy::kernel::dummy::{self, DummyError, DummyLink, KUBE_IPVS0};
+use lbd::proxy::kernel::ipvs::{IpvsError, IpvsHandle, IpvsOp, NetlinkIpvs};
+use lbd::proxy::model::{DestKey, FwdMethod, Protocol, RealServer, Timeouts, VirtualServer};
 
 fn in_vm(test: &str) -> bool {
     if std::env::var("LBD_IN_VM").as_deref() == Ok("1") {

@@ -3,7 +3,6 @@
 #![allow(unsafe_code)]
 
 pub mod addr;
-pub mod dummy;
 pub mod fd;
 pub mod link;
 pub mod netns;

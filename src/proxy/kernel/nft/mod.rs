@@ -26,8 +26,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::desired::{DesiredState, DesiredVs, Scope, VsKind};
-use super::model::{Protocol, ServiceKey};
+use crate::proxy::desired::{DesiredState, DesiredVs, Scope, VsKind};
+use crate::proxy::model::{Protocol, ServiceKey};
 
 pub const TABLE: &str = "lbd-proxy";
 pub const FAMILY: &str = "inet";

@@ -345,7 +345,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvs::desired::{DesiredVs, VsKind};
+    use crate::proxy::desired::{DesiredVs, VsKind};
     use std::sync::Arc;
 
     fn vk(a: &str, port: u16, proto: Protocol) -> ServiceKey {

@@ -30,11 +30,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::desired::ServiceInputs;
 use super::desired::{self, DesiredCache, DesiredParams, ObjectKey};
-use super::handle::{IpvsError, IpvsHandle, IpvsOp};
+use super::kernel::ipvs::{IpvsError, IpvsHandle, IpvsOp};
+use super::kernel::nft::{self, Firewall, NftParams};
 use super::kube::{client_from_config, start_watchers, KubeError};
 use super::metrics::{OpLabels, ProxyMetrics};
 use super::model::Timeouts;
-use super::nft::{self, Firewall, NftParams};
 use super::plan::{plan, Change, DrainTracker, KernelState, PlanParams};
 use super::server::{self, ProxyHealth};
 use crate::config::{ProxyConfig, ProxyMode};
@@ -113,12 +113,12 @@ impl ServiceAddresses for FakeAddresses {
     }
 }
 
-/// kube-ipvs0 through `sys::dummy` (rtnetlink), driven from the sync's
+/// kube-ipvs0 through `kernel::dummy` (rtnetlink), driven from the sync's
 /// blocking thread by entering the runtime the link's connection runs on.
 pub struct DummyAddresses {
     rt: tokio::runtime::Handle,
     strict_arp: bool,
-    link: Mutex<Option<crate::sys::dummy::DummyLink>>,
+    link: Mutex<Option<super::kernel::dummy::DummyLink>>,
 }
 
 impl DummyAddresses {
@@ -131,8 +131,8 @@ impl DummyAddresses {
         }
     }
 
-    fn link(&self) -> Result<crate::sys::dummy::DummyLink, String> {
-        use crate::sys::dummy::{connect, DummyLink, KUBE_IPVS0};
+    fn link(&self) -> Result<super::kernel::dummy::DummyLink, String> {
+        use super::kernel::dummy::{connect, DummyLink, KUBE_IPVS0};
         // Handle::block_on cannot drive a current-thread runtime's I/O from
         // another thread: the rtnetlink connection would never run.
         if self.rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
@@ -155,7 +155,7 @@ impl DummyAddresses {
 
 impl ServiceAddresses for DummyAddresses {
     fn prepare(&self) -> Result<(), String> {
-        use crate::sys::dummy::{ensure_sysctls, kernel_release, proxy_sysctls};
+        use super::kernel::dummy::{ensure_sysctls, kernel_release, proxy_sysctls};
         self.link()?;
         let changed = ensure_sysctls(&proxy_sysctls(&kernel_release(), self.strict_arp))
             .map_err(|e| e.to_string())?;
@@ -224,7 +224,7 @@ impl ProxyBackends {
     /// rtnetlink, the nftables table through `nft`. Call inside the runtime.
     pub fn kernel(cfg: &ProxyConfig) -> Result<Self, ProxyError> {
         Ok(ProxyBackends {
-            ipvs: Arc::new(super::netlink::NetlinkIpvs::new()?),
+            ipvs: Arc::new(super::kernel::ipvs::netlink::NetlinkIpvs::new()?),
             addresses: Arc::new(DummyAddresses::new(cfg.ipvs.strict_arp)),
             firewall: Some(Arc::new(nft::NftFirewall::default())),
         })

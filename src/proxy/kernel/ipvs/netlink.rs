@@ -23,8 +23,8 @@ use super::genl::{
     dest_from_attrs, info_from_attrs, service_af, service_from_attrs, timeouts_from_attrs,
     IpvsAttr, IpvsMessage, ServiceEntry, AF_INET, AF_INET6,
 };
-use super::handle::{validate_dest, validate_service, IpvsError, IpvsHandle, IpvsOp};
-use super::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
+use super::{validate_dest, validate_service, IpvsError, IpvsHandle, IpvsOp};
+use crate::proxy::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
 
 /// A reply never takes this long from a local kernel; the bound only keeps a
 /// wedged socket from hanging the sync runner forever.
@@ -595,7 +595,7 @@ impl IpvsHandle for NetlinkIpvs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvs::model::Protocol;
+    use crate::proxy::model::Protocol;
     use std::net::IpAddr;
 
     fn ack(seq: u32, error: i32) -> Vec<u8> {

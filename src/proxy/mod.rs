@@ -1,0 +1,10 @@
+//! Service proxy: Kubernetes Services programmed into IPVS.
+
+pub mod desired;
+pub mod engine;
+pub mod kernel;
+pub mod kube;
+pub mod metrics;
+pub mod model;
+pub mod plan;
+pub mod server;
