@@ -17,12 +17,12 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lbd::proxy::desired::ObjectKey;
-use lbd::proxy::engine::{
-    DummyAddresses, EngineSettings, FakeAddresses, ProxyBackends, ServiceAddresses, ServiceInputs,
-    Syncer,
-};
+use lbd::proxy::engine::{EngineSettings, ServiceInputs, Syncer};
 use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
 use lbd::proxy::kernel::nft::{Firewall, NftFirewall};
+use lbd::proxy::kernel::{
+    AddressError, DummyAddresses, FakeAddresses, FakeSysctls, IpvsDataPlane, ServiceAddresses,
+};
 use lbd::proxy::metrics::ProxyMetrics;
 use serde_json::json;
 
@@ -77,22 +77,22 @@ impl TimedAddresses {
 }
 
 impl ServiceAddresses for TimedAddresses {
-    fn prepare(&self) -> Result<(), String> {
+    fn prepare(&self) -> Result<(), AddressError> {
         self.inner.prepare()
     }
-    fn list(&self) -> Result<std::collections::BTreeSet<std::net::IpAddr>, String> {
+    fn list(&self) -> Result<std::collections::BTreeSet<std::net::IpAddr>, AddressError> {
         self.time(|| self.inner.list())
     }
-    fn add(&self, addr: std::net::IpAddr) -> Result<(), String> {
+    fn add(&self, addr: std::net::IpAddr) -> Result<(), AddressError> {
         self.time(|| self.inner.add(addr))
     }
-    fn remove(&self, addr: std::net::IpAddr) -> Result<(), String> {
+    fn remove(&self, addr: std::net::IpAddr) -> Result<(), AddressError> {
         self.time(|| self.inner.remove(addr))
     }
-    fn add_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), String>> {
+    fn add_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), AddressError>> {
         self.time(|| self.inner.add_many(addrs))
     }
-    fn remove_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), String>> {
+    fn remove_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), AddressError>> {
         self.time(|| self.inner.remove_many(addrs))
     }
 }
@@ -128,7 +128,7 @@ fn main() {
     {
         "netlink" => (
             Arc::new(NetlinkIpvs::new().expect("IPVS netlink")),
-            Arc::new(DummyAddresses::new(false)),
+            Arc::new(DummyAddresses::new()),
         ),
         _ => (
             Arc::new(FakeIpvs::new()),
@@ -153,13 +153,16 @@ fn main() {
         sync_period: std::time::Duration::from_secs(30),
         drain_timeout: std::time::Duration::from_secs(60),
         timeouts: None,
+        strict_arp: false,
     };
     let backends_ipvs = ipvs.clone();
     let backends_addresses = addresses.clone();
-    let backends = ProxyBackends {
+    let backends = IpvsDataPlane {
         ipvs,
         addresses,
         firewall,
+        // The benchmark's host is not changed: sysctls are not its subject.
+        sysctls: Arc::new(FakeSysctls::default()),
     };
 
     let services: Vec<Arc<Service>> = (0..n).map(service).collect();

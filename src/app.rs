@@ -549,7 +549,7 @@ fn start_proxy(
                 .hostname_override
                 .clone()
                 .unwrap_or_else(|| node.to_string());
-            match crate::proxy::engine::ProxyBackends::kernel(&p) {
+            match crate::proxy::kernel::IpvsDataPlane::kernel() {
                 Ok(backends) => {
                     tokio::spawn(async move {
                         let r = crate::proxy::engine::run_proxy(

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use lbd::proxy::engine::{Engine, EngineSettings, FakeAddresses, ProxyBackends};
+use lbd::proxy::engine::{Engine, EngineSettings};
 use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsCall};
 use lbd::proxy::kernel::nft::FakeFirewall;
+use lbd::proxy::kernel::{FakeAddresses, FakeSysctls, IpvsDataPlane};
 use lbd::proxy::metrics::ProxyMetrics;
 use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
 use lbd::proxy::server::ProxyHealth;
@@ -57,6 +58,7 @@ fn settings() -> EngineSettings {
         sync_period: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(60),
         timeouts: None,
+        strict_arp: false,
     }
 }
 
@@ -106,10 +108,11 @@ async fn start(
     let health = ProxyHealth::new(Duration::from_secs(60));
     let engine = Engine {
         settings: s,
-        backends: ProxyBackends {
+        backends: IpvsDataPlane {
             ipvs: Arc::new(ipvs.clone()),
             addresses: Arc::new(addrs.clone()),
             firewall: Some(Arc::new(firewall.clone())),
+            sysctls: Arc::new(FakeSysctls::default()),
         },
         status: status.clone(),
         metrics: metrics.clone(),

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use lbd::proxy::engine::{DummyAddresses, Engine, EngineSettings, ProxyBackends};
+use lbd::proxy::engine::{Engine, EngineSettings};
 use lbd::proxy::kernel::ipvs::NetlinkIpvs;
 use lbd::proxy::kernel::nft::{Firewall, NftFirewall};
+use lbd::proxy::kernel::{DummyAddresses, IpvsDataPlane, ProcSysctls};
 use lbd::proxy::metrics::ProxyMetrics;
 use lbd::proxy::server::ProxyHealth;
 use serde_json::{json, Value};
@@ -285,6 +286,7 @@ fn settings() -> EngineSettings {
         // between the drain and the restart take in the emulated VM.
         drain_timeout: DRAIN,
         timeouts: None,
+        strict_arp: false,
     }
 }
 
@@ -299,10 +301,11 @@ async fn start(api: &TestApiServer, firewall: bool) -> Running {
     let status = Arc::new(ArcSwap::from_pointee(None));
     let engine = Engine {
         settings: settings(),
-        backends: ProxyBackends {
+        backends: IpvsDataPlane {
             ipvs: Arc::new(NetlinkIpvs::new().unwrap()),
-            addresses: Arc::new(DummyAddresses::new(false)),
+            addresses: Arc::new(DummyAddresses::new()),
             firewall: firewall.then(|| Arc::new(NftFirewall::default()) as Arc<dyn Firewall>),
+            sysctls: Arc::new(ProcSysctls),
         },
         status: status.clone(),
         metrics: ProxyMetrics::new(),

@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lbd::proxy::desired::{self, DesiredCache, DesiredParams, ObjectKey};
-use lbd::proxy::engine::{
-    EngineSettings, FakeAddresses, ProxyBackends, ServiceInputs, SyncOutcome, Syncer,
-};
+use lbd::proxy::engine::{EngineSettings, ServiceInputs, SyncOutcome, Syncer};
 use lbd::proxy::kernel::ipvs::FakeIpvs;
 use lbd::proxy::kernel::nft::FakeFirewall;
+use lbd::proxy::kernel::{FakeAddresses, FakeSysctls, IpvsDataPlane};
 use lbd::proxy::kube::ChangeTracker;
 use lbd::proxy::metrics::ProxyMetrics;
 use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
@@ -37,6 +36,7 @@ fn settings() -> EngineSettings {
         sync_period: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(60),
         timeouts: None,
+        strict_arp: false,
     }
 }
 
@@ -63,10 +63,11 @@ impl Proxy {
         let metrics = ProxyMetrics::new();
         let syncer = Syncer::new(
             settings(),
-            ProxyBackends {
+            IpvsDataPlane {
                 ipvs: Arc::new(ipvs.clone()),
                 addresses: Arc::new(addrs.clone()),
                 firewall: Some(Arc::new(fw.clone())),
+                sysctls: Arc::new(FakeSysctls::default()),
             },
             metrics.clone(),
         );
@@ -698,10 +699,11 @@ fn nft_ruleset_is_rendered_only_when_the_table_changed() {
     let ipvs = FakeIpvs::new();
     let mut syncer = Syncer::new(
         settings(),
-        ProxyBackends {
+        IpvsDataPlane {
             ipvs: Arc::new(ipvs.clone()),
             addresses: Arc::new(FakeAddresses::default()),
             firewall: Some(Arc::new(fw.clone())),
+            sysctls: Arc::new(FakeSysctls::default()),
         },
         ProxyMetrics::new(),
     );
@@ -765,10 +767,11 @@ fn nft_ruleset_is_rendered_only_when_the_table_changed() {
     let (sv, sl) = w.all();
     let mut from_scratch = Syncer::new(
         settings(),
-        ProxyBackends {
+        IpvsDataPlane {
             ipvs: Arc::new(FakeIpvs::new()),
             addresses: Arc::new(FakeAddresses::default()),
             firewall: Some(Arc::new(fresh.clone())),
+            sysctls: Arc::new(FakeSysctls::default()),
         },
         ProxyMetrics::new(),
     );

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use lbd::proxy::kernel::dummy::{self, DummyError, DummyLink, KUBE_IPVS0};
 use lbd::proxy::kernel::ipvs::{IpvsError, IpvsHandle, IpvsOp, NetlinkIpvs};
+use lbd::proxy::kernel::sysctl::{proxy_sysctls, ProcSysctls, Sysctls};
 use lbd::proxy::model::{DestKey, FwdMethod, Protocol, RealServer, Timeouts, VirtualServer};
 
 fn in_vm(test: &str) -> bool {
@@ -420,12 +421,12 @@ fn dummy_link_addresses_and_sysctls() {
     });
 
     // Sysctls: written once, then already right.
-    let want = dummy::proxy_sysctls(&dummy::kernel_release(), true);
-    let changed = dummy::ensure_sysctls(&want).unwrap();
+    let want = proxy_sysctls(&ProcSysctls.kernel_release(), true);
+    let changed = ProcSysctls.ensure(&want).unwrap();
     assert!(changed.contains(&"net.ipv4.vs.conntrack"), "{changed:?}");
-    assert!(dummy::ensure_sysctls(&want).unwrap().is_empty());
+    assert!(ProcSysctls.ensure(&want).unwrap().is_empty());
     for s in &want {
-        let v = std::fs::read_to_string(dummy::sysctl_path(s.name)).unwrap();
+        let v = lbd::sys::sysctl::read(s.name).unwrap();
         assert_eq!(v.trim(), s.value, "{}", s.name);
     }
 }

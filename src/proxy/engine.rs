@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -30,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::desired::ServiceInputs;
 use super::desired::{self, DesiredCache, DesiredParams, ObjectKey};
-use super::kernel::ipvs::{IpvsError, IpvsHandle, IpvsOp};
-use super::kernel::nft::{self, Firewall, NftParams};
+use super::kernel::ipvs::IpvsError;
+use super::kernel::nft::{self, NftParams};
+use super::kernel::{DataPlane, HostSettings, IpvsDataPlane, KernelError};
 use super::kube::{client_from_config, start_watchers, KubeError};
 use super::metrics::{OpLabels, ProxyMetrics};
 use super::model::Timeouts;
@@ -54,181 +55,10 @@ pub enum ProxyError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("kube-ipvs0: {0}")]
-    Addresses(String),
+    #[error("host setup: {0}")]
+    Prepare(#[source] KernelError),
     #[error("ipvs: {0}")]
     Ipvs(#[from] IpvsError),
-}
-
-/// The addresses lbd binds on kube-ipvs0 (a dummy link), so the kernel
-/// delivers service traffic locally where IPVS picks it up.
-pub trait ServiceAddresses: Send + Sync {
-    /// Creates the link and sets the sysctls if needed.
-    fn prepare(&self) -> Result<(), String>;
-    fn list(&self) -> Result<BTreeSet<IpAddr>, String>;
-    fn add(&self, addr: IpAddr) -> Result<(), String>;
-    fn remove(&self, addr: IpAddr) -> Result<(), String>;
-    /// Binds several, one result per address; the default calls `add`.
-    fn add_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
-        addrs.iter().map(|a| self.add(*a)).collect()
-    }
-    /// Unbinds several, one result per address; the default calls `remove`.
-    fn remove_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
-        addrs.iter().map(|a| self.remove(*a)).collect()
-    }
-}
-
-/// In-memory kube-ipvs0 for tests and for hosts without a dummy driver.
-#[derive(Debug, Clone, Default)]
-pub struct FakeAddresses {
-    pub addrs: Arc<Mutex<BTreeSet<IpAddr>>>,
-}
-
-impl FakeAddresses {
-    pub fn snapshot(&self) -> BTreeSet<IpAddr> {
-        self.addrs.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl ServiceAddresses for FakeAddresses {
-    fn prepare(&self) -> Result<(), String> {
-        Ok(())
-    }
-    fn list(&self) -> Result<BTreeSet<IpAddr>, String> {
-        Ok(self.snapshot())
-    }
-    fn add(&self, addr: IpAddr) -> Result<(), String> {
-        self.addrs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr);
-        Ok(())
-    }
-    fn remove(&self, addr: IpAddr) -> Result<(), String> {
-        self.addrs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&addr);
-        Ok(())
-    }
-}
-
-/// kube-ipvs0 through `kernel::dummy` (rtnetlink), driven from the sync's
-/// blocking thread by entering the runtime the link's connection runs on.
-pub struct DummyAddresses {
-    rt: tokio::runtime::Handle,
-    strict_arp: bool,
-    link: Mutex<Option<super::kernel::dummy::DummyLink>>,
-}
-
-impl DummyAddresses {
-    /// Must be called inside a multi-thread tokio runtime.
-    pub fn new(strict_arp: bool) -> Self {
-        DummyAddresses {
-            rt: tokio::runtime::Handle::current(),
-            strict_arp,
-            link: Mutex::new(None),
-        }
-    }
-
-    fn link(&self) -> Result<super::kernel::dummy::DummyLink, String> {
-        use super::kernel::dummy::{connect, DummyLink, KUBE_IPVS0};
-        // Handle::block_on cannot drive a current-thread runtime's I/O from
-        // another thread: the rtnetlink connection would never run.
-        if self.rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-            return Err("kube-ipvs0 needs a multi-thread tokio runtime".into());
-        }
-        let mut g = self.link.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = g.as_ref() {
-            return Ok(l.clone());
-        }
-        let _enter = self.rt.enter();
-        let handle = connect().map_err(|e| e.to_string())?;
-        let l = self
-            .rt
-            .block_on(DummyLink::ensure(handle, KUBE_IPVS0))
-            .map_err(|e| e.to_string())?;
-        *g = Some(l.clone());
-        Ok(l)
-    }
-}
-
-impl ServiceAddresses for DummyAddresses {
-    fn prepare(&self) -> Result<(), String> {
-        use super::kernel::dummy::{ensure_sysctls, kernel_release, proxy_sysctls};
-        self.link()?;
-        let changed = ensure_sysctls(&proxy_sysctls(&kernel_release(), self.strict_arp))
-            .map_err(|e| e.to_string())?;
-        if !changed.is_empty() {
-            tracing::info!(?changed, "proxy sysctls set");
-        }
-        Ok(())
-    }
-    fn list(&self) -> Result<BTreeSet<IpAddr>, String> {
-        let l = self.link()?;
-        let v = self.rt.block_on(l.addresses()).map_err(|e| e.to_string())?;
-        Ok(v.into_iter().collect())
-    }
-    fn add(&self, addr: IpAddr) -> Result<(), String> {
-        let l = self.link()?;
-        self.rt
-            .block_on(l.bind(addr))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-    fn remove(&self, addr: IpAddr) -> Result<(), String> {
-        let l = self.link()?;
-        self.rt
-            .block_on(l.unbind(addr))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-    fn add_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
-        self.change_many(addrs, true)
-    }
-    fn remove_many(&self, addrs: &[IpAddr]) -> Vec<Result<(), String>> {
-        self.change_many(addrs, false)
-    }
-}
-
-impl DummyAddresses {
-    /// Binds (or unbinds) `addrs` in one pipelined exchange, a result each.
-    fn change_many(&self, addrs: &[IpAddr], bind: bool) -> Vec<Result<(), String>> {
-        let l = match self.link() {
-            Ok(l) => l,
-            Err(e) => return addrs.iter().map(|_| Err(e.clone())).collect(),
-        };
-        let results = if bind {
-            self.rt.block_on(l.bind_many(addrs))
-        } else {
-            self.rt.block_on(l.unbind_many(addrs))
-        };
-        results
-            .into_iter()
-            .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
-            .collect()
-    }
-}
-
-/// The kernel-facing parts the engine drives.
-#[derive(Clone)]
-pub struct ProxyBackends {
-    pub ipvs: Arc<dyn IpvsHandle>,
-    pub addresses: Arc<dyn ServiceAddresses>,
-    /// None: no nftables table (masquerade left to someone else).
-    pub firewall: Option<Arc<dyn Firewall>>,
-}
-
-impl ProxyBackends {
-    /// The real kernel: IPVS over generic netlink, kube-ipvs0 over
-    /// rtnetlink, the nftables table through `nft`. Call inside the runtime.
-    pub fn kernel(cfg: &ProxyConfig) -> Result<Self, ProxyError> {
-        Ok(ProxyBackends {
-            ipvs: Arc::new(super::kernel::ipvs::netlink::NetlinkIpvs::new()?),
-            addresses: Arc::new(DummyAddresses::new(cfg.ipvs.strict_arp)),
-            firewall: Some(Arc::new(nft::NftFirewall::default())),
-        })
-    }
 }
 
 /// Settings of the engine, from [`ProxyConfig`].
@@ -245,9 +75,19 @@ pub struct EngineSettings {
     /// Longest a removed real server drains at weight 0.
     pub drain_timeout: Duration,
     pub timeouts: Option<Timeouts>,
+    /// arp_ignore=1 / arp_announce=2 (kube-proxy's ipvs.strictARP).
+    pub strict_arp: bool,
 }
 
 impl EngineSettings {
+    /// What the data plane applies to the host.
+    pub fn host(&self) -> HostSettings {
+        HostSettings {
+            strict_arp: self.strict_arp,
+            timeouts: self.timeouts,
+        }
+    }
+
     pub fn from_config(cfg: &ProxyConfig, node_name: &str) -> Self {
         let secs =
             |d: Option<Duration>| d.map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
@@ -280,6 +120,7 @@ impl EngineSettings {
             // kube-proxy's graceful termination gives up after 15 minutes.
             drain_timeout: Duration::from_secs(15 * 60),
             timeouts: (t != Timeouts::default()).then_some(t),
+            strict_arp: cfg.ipvs.strict_arp,
         }
     }
 }
@@ -319,7 +160,7 @@ pub struct SyncOutcome {
 /// listing, plan, apply. Keeps the state that lives between syncs.
 pub struct Syncer {
     settings: EngineSettings,
-    backends: ProxyBackends,
+    backends: IpvsDataPlane,
     metrics: ProxyMetrics,
     drains: DrainTracker,
     desired: DesiredCache,
@@ -347,7 +188,7 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn new(settings: EngineSettings, backends: ProxyBackends, metrics: ProxyMetrics) -> Self {
+    pub fn new(settings: EngineSettings, backends: IpvsDataPlane, metrics: ProxyMetrics) -> Self {
         Syncer {
             settings,
             backends,
@@ -483,18 +324,14 @@ impl Syncer {
         let list = self.kernel.is_none() || (scope.is_none() && self.last_full_due(now));
         let mut kernel = if list {
             // A failed listing programs nothing (no partial view).
-            let listing = match self.backends.ipvs.list_services() {
+            let listing = match self.backends.list() {
                 Ok(l) => l,
                 Err(e) => {
-                    fail(&mut out, "list_services", e.to_string());
-                    out.recheck_in = Some(self.settings.min_sync_period);
-                    return out;
-                }
-            };
-            let bound = match self.backends.addresses.list() {
-                Ok(b) => b,
-                Err(e) => {
-                    fail(&mut out, "list_addresses", e);
+                    let op = match e {
+                        KernelError::Addresses(_) => "list_addresses",
+                        _ => "list_services",
+                    };
+                    fail(&mut out, op, e.to_string());
                     out.recheck_in = Some(self.settings.min_sync_period);
                     return out;
                 }
@@ -502,7 +339,7 @@ impl Syncer {
             if scope.is_none() {
                 self.last_full = Some(now);
             }
-            KernelState::from_listing(listing, bound)
+            listing
         } else {
             let mut k = self.kernel.take().unwrap_or_default();
             for key in self.drains.services() {
@@ -553,9 +390,10 @@ impl Syncer {
         }
         out.changes = p.changes.len();
         out.draining = p.draining;
-        let results = apply_changes(&self.backends, &p.changes);
-        for (c, (op, r)) in p.changes.iter().zip(results) {
-            match r {
+        let results = self.backends.apply(&p.changes);
+        for (c, r) in p.changes.iter().zip(results) {
+            let op = c.op().as_str();
+            match r.map_err(|e| e.to_string()) {
                 Ok(()) => {
                     kernel.apply(c);
                     if let Change::DeleteVirtual(k) = c {
@@ -810,110 +648,6 @@ enum Inputs<'a> {
     Changed(&'a [ServiceInputs]),
 }
 
-/// Applies a plan in its order: address changes one by one, each run of
-/// IPVS changes as one batch (one result per change either way).
-fn apply_changes(
-    backends: &ProxyBackends,
-    changes: &[Change],
-) -> Vec<(&'static str, Result<(), String>)> {
-    let mut out = Vec::with_capacity(changes.len());
-    let mut i = 0;
-    while i < changes.len() {
-        // Runs of binds, of unbinds and of IPVS changes each go at once.
-        let binds = address_run(&changes[i..], true);
-        if !binds.is_empty() {
-            let rs = backends.addresses.add_many(&binds);
-            push_results(&mut out, "bind_address", binds.len(), rs);
-            i += binds.len();
-            continue;
-        }
-        let unbinds = address_run(&changes[i..], false);
-        if !unbinds.is_empty() {
-            let rs = backends.addresses.remove_many(&unbinds);
-            push_results(&mut out, "unbind_address", unbinds.len(), rs);
-            i += unbinds.len();
-            continue;
-        }
-        let run: Vec<IpvsOp<'_>> = changes[i..].iter().map_while(ipvs_op).collect();
-        if run.is_empty() {
-            // Unreachable: every change is an address or an IPVS one.
-            out.push(("apply", Err(format!("unknown change {:?}", changes[i]))));
-            i += 1;
-            continue;
-        }
-        let mut results = backends.ipvs.apply_batch(&run).into_iter();
-        for op in &run {
-            let r = results.next().unwrap_or_else(|| {
-                Err(IpvsError::Decode {
-                    op: op.name(),
-                    reason: "batch returned no result".into(),
-                })
-            });
-            out.push((
-                op.name(),
-                settle(backends, op, r).map_err(|e| e.to_string()),
-            ));
-        }
-        i += run.len();
-    }
-    out
-}
-
-/// The addresses of the binds (or unbinds) `changes` starts with.
-fn address_run(changes: &[Change], bind: bool) -> Vec<IpAddr> {
-    changes
-        .iter()
-        .map_while(|c| match (c, bind) {
-            (Change::BindAddress(a), true) | (Change::UnbindAddress(a), false) => Some(*a),
-            _ => None,
-        })
-        .collect()
-}
-
-/// One result per change of a run, even from a short batch answer.
-fn push_results(
-    out: &mut Vec<(&'static str, Result<(), String>)>,
-    op: &'static str,
-    n: usize,
-    results: Vec<Result<(), String>>,
-) {
-    let mut rs = results.into_iter();
-    for _ in 0..n {
-        let r = rs
-            .next()
-            .unwrap_or_else(|| Err(format!("{op}: batch returned no result")));
-        out.push((op, r));
-    }
-}
-
-fn ipvs_op(c: &Change) -> Option<IpvsOp<'_>> {
-    Some(match c {
-        Change::AddVirtual(vs) => IpvsOp::AddService(vs),
-        Change::UpdateVirtual(vs) => IpvsOp::UpdateService(vs),
-        Change::DeleteVirtual(k) => IpvsOp::DeleteService(k),
-        Change::AddReal(k, rs) => IpvsOp::AddDest(k, rs),
-        Change::UpdateReal(k, rs) => IpvsOp::UpdateDest(k, rs),
-        Change::DeleteReal(k, d) => IpvsOp::DeleteDest(k, d),
-        Change::BindAddress(_) | Change::UnbindAddress(_) => return None,
-    })
-}
-
-/// The engine's reading of one op's result: adding what exists makes it
-/// ours (someone added it between our listing and the add), deleting what
-/// is gone is done.
-fn settle(
-    backends: &ProxyBackends,
-    op: &IpvsOp<'_>,
-    r: Result<(), IpvsError>,
-) -> Result<(), IpvsError> {
-    match (op, r) {
-        (IpvsOp::AddService(vs), Err(e)) if e.is_exists() => backends.ipvs.update_service(vs),
-        (IpvsOp::AddDest(k, rs), Err(e)) if e.is_exists() => backends.ipvs.update_dest(k, rs),
-        (IpvsOp::DeleteService(_) | IpvsOp::DeleteDest(..), Err(e)) if e.is_not_found() => Ok(()),
-        (_, r) => r,
-    }
-}
-
 fn latency_since(rfc3339: &str, now: SystemTime) -> Option<f64> {
     let ts: k8s_openapi::jiff::Timestamp = rfc3339.parse().ok()?;
     let then = SystemTime::from(ts);
@@ -953,7 +687,7 @@ fn publish(status: &ArcSwap<Option<ProxyStatus>>, ready: bool, last: &LastSync) 
 /// Everything the engine needs besides the Kubernetes client.
 pub struct Engine {
     pub settings: EngineSettings,
-    pub backends: ProxyBackends,
+    pub backends: IpvsDataPlane,
     pub status: Arc<ArcSwap<Option<ProxyStatus>>>,
     pub metrics: ProxyMetrics,
     pub health: ProxyHealth,
@@ -973,16 +707,11 @@ impl Engine {
         publish(&status, false, &LastSync::default());
         {
             let b = backends.clone();
-            let t = settings.timeouts;
-            tokio::task::spawn_blocking(move || -> Result<(), ProxyError> {
-                b.addresses.prepare().map_err(ProxyError::Addresses)?;
-                if let Some(t) = t {
-                    b.ipvs.set_timeouts(&t)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| ProxyError::Addresses(e.to_string()))??;
+            let host = settings.host();
+            tokio::task::spawn_blocking(move || b.prepare(&host))
+                .await
+                .map_err(|e| ProxyError::Prepare(KernelError::Unexpected(e.to_string())))?
+                .map_err(ProxyError::Prepare)?;
         }
 
         let dirty = Arc::new(Notify::new());
@@ -1121,7 +850,7 @@ impl Engine {
 pub async fn run_proxy(
     cfg: ProxyConfig,
     node_name: String,
-    backends: ProxyBackends,
+    backends: IpvsDataPlane,
     status: Arc<ArcSwap<Option<ProxyStatus>>>,
     metrics: ProxyMetrics,
     shutdown: CancellationToken,

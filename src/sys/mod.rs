@@ -8,5 +8,6 @@ pub mod link;
 pub mod netns;
 pub mod packet;
 pub mod rlimit;
+pub mod rtnl;
 pub mod splice;
 pub mod sysctl;

@@ -1,7 +1,6 @@
-//! The service proxy's side of the host: the dummy link `kube-ipvs0` that
-//! holds every bound service address (so the kernel accepts packets for them
-//! and IPVS sees them in LOCAL_IN), and the sysctls kube-proxy's IPVS mode
-//! sets.
+//! The dummy link `kube-ipvs0` over rtnetlink: it holds every bound service
+//! address, so the kernel accepts packets for them and IPVS sees them in
+//! LOCAL_IN.
 //!
 //! Like kube-proxy, the link is created if missing, left DOWN (local routes
 //! for its addresses exist regardless, and a down NOARP link never answers
@@ -10,13 +9,14 @@
 //! IFA_F_NODAD so they are usable at once.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkDummy};
+
+use crate::sys::rtnl::{address_of, errno, is_link_local_v6};
 
 /// Most address requests in flight at once: every ack of them may sit in
 /// the socket's receive buffer at the same time (~1 KiB each).
@@ -40,28 +40,12 @@ pub enum DummyError {
     NotDummy(String),
     #[error("link {0} vanished while being created")]
     Vanished(String),
-    #[error("sysctl {name}: {source}")]
-    Sysctl {
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// A new rtnetlink connection whose driver runs on the current tokio runtime.
 /// Its socket lives in the caller's network namespace.
 pub fn connect() -> Result<Handle, DummyError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(DummyError::Connect)?;
-    tokio::spawn(conn);
-    Ok(handle)
-}
-
-/// The negative errno a netlink error carries, if it is one.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
+    crate::sys::rtnl::connect().map_err(DummyError::Connect)
 }
 
 /// The dummy link holding the service addresses.
@@ -157,13 +141,8 @@ impl DummyLink {
 
     /// Bind `addr` as a host route. Returns false if it was already bound.
     pub async fn bind(&self, addr: IpAddr) -> Result<bool, DummyError> {
-        let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        let mut req = self.handle.address().add(self.index, addr, prefix);
-        if addr.is_ipv6() {
-            req.message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
+        let prefix = crate::proxy::model::full_prefix(addr);
+        let req = crate::sys::rtnl::add_address(&self.handle, self.index, addr, prefix);
         match req.execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
@@ -242,177 +221,29 @@ impl DummyLink {
 }
 
 async fn find_link(handle: &Handle, name: &str) -> Result<Option<u32>, DummyError> {
-    let res = handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await;
-    match res {
-        Ok(Some(link)) => {
-            let is_dummy = link.attributes.iter().any(|a| match a {
-                LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| {
-                    matches!(
-                        i,
-                        netlink_packet_route::link::LinkInfo::Kind(
-                            netlink_packet_route::link::InfoKind::Dummy
-                        )
-                    )
-                }),
-                _ => false,
-            });
-            if !is_dummy {
-                return Err(DummyError::NotDummy(name.to_string()));
-            }
-            Ok(Some(link.header.index))
-        }
-        Ok(None) => Ok(None),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(source) => Err(DummyError::Netlink {
+    let link = crate::sys::rtnl::link_by_name(handle, name)
+        .await
+        .map_err(|source| DummyError::Netlink {
             op: "find link",
             target: name.to_string(),
             source,
+        })?;
+    let Some(link) = link else {
+        return Ok(None);
+    };
+    let is_dummy = link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| {
+            matches!(
+                i,
+                netlink_packet_route::link::LinkInfo::Kind(
+                    netlink_packet_route::link::InfoKind::Dummy
+                )
+            )
         }),
-    }
-}
-
-fn address_of(m: &AddressMessage) -> Option<IpAddr> {
-    // IPv4 carries the interface's own address in IFA_LOCAL (IFA_ADDRESS is
-    // the peer on point-to-point links); IPv6 only has IFA_ADDRESS.
-    let local = m.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(ip) => Some(*ip),
-        _ => None,
-    });
-    local.or_else(|| {
-        m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        })
-    })
-}
-
-fn is_link_local_v6(a: &IpAddr) -> bool {
-    matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
-}
-
-// ---------------------------------------------------------------- sysctls --
-
-/// One sysctl and the value the proxy needs, dotted name as in sysctl(8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sysctl {
-    pub name: &'static str,
-    pub value: &'static str,
-}
-
-/// What kube-proxy's IPVS mode sets (pkg/proxy/ipvs/proxier.go), pure:
-/// conntrack for masquerade, drop connections to removed real servers and
-/// their persistence templates instead of blackholing, forwarding; strict
-/// ARP makes the host answer ARP only for addresses on the asking interface
-/// (so kube-ipvs0's addresses are never announced). conn_reuse_mode=0 is
-/// only set on kernels before 5.9, where mode 1 stalled reused ports for a
-/// second (kubernetes#81775); later kernels keep their default.
-pub fn proxy_sysctls(kernel_release: &str, strict_arp: bool) -> Vec<Sysctl> {
-    let s = |name, value| Sysctl { name, value };
-    let mut out = vec![
-        s("net.ipv4.vs.conntrack", "1"),
-        s("net.ipv4.vs.expire_nodest_conn", "1"),
-        s("net.ipv4.vs.expire_quiescent_template", "1"),
-        s("net.ipv4.ip_forward", "1"),
-    ];
-    if kernel_before(kernel_release, (5, 9)) {
-        out.push(s("net.ipv4.vs.conn_reuse_mode", "0"));
-    }
-    if strict_arp {
-        out.push(s("net.ipv4.conf.all.arp_ignore", "1"));
-        out.push(s("net.ipv4.conf.all.arp_announce", "2"));
-    }
-    out
-}
-
-/// "6.1.0-56-cloud-amd64" < (5, 9)? An unparsable release counts as new.
-fn kernel_before(release: &str, (maj, min): (u32, u32)) -> bool {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(a), Some(b)) => (a, b) < (maj, min),
         _ => false,
+    });
+    if !is_dummy {
+        return Err(DummyError::NotDummy(name.to_string()));
     }
-}
-
-pub fn sysctl_path(name: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(name.replace('.', "/"))
-}
-
-/// Write the sysctls whose current value differs; returns the changed names.
-/// Reads and writes happen in the calling thread's network namespace.
-pub fn ensure_sysctls(list: &[Sysctl]) -> Result<Vec<&'static str>, DummyError> {
-    let mut changed = Vec::new();
-    for s in list {
-        let path = sysctl_path(s.name);
-        let err = |source| DummyError::Sysctl {
-            name: s.name.to_string(),
-            source,
-        };
-        let cur = std::fs::read_to_string(&path).map_err(err)?;
-        if cur.trim() != s.value {
-            std::fs::write(&path, s.value).map_err(err)?;
-            changed.push(s.name);
-        }
-    }
-    Ok(changed)
-}
-
-/// The running kernel's release (uname -r).
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conn_reuse_mode_only_on_old_kernels() {
-        let has = |rel| {
-            proxy_sysctls(rel, false)
-                .iter()
-                .any(|s| s.name == "net.ipv4.vs.conn_reuse_mode")
-        };
-        assert!(has("5.4.0-100-generic"));
-        assert!(!has("5.9.0"));
-        assert!(!has("6.1.0-56-cloud-amd64"));
-        assert!(!has("garbage"));
-    }
-
-    #[test]
-    fn strict_arp_adds_arp_sysctls() {
-        let names: Vec<_> = proxy_sysctls("6.1.0", true)
-            .iter()
-            .map(|s| s.name)
-            .collect();
-        assert!(names.contains(&"net.ipv4.conf.all.arp_ignore"));
-        assert!(names.contains(&"net.ipv4.conf.all.arp_announce"));
-        assert!(!proxy_sysctls("6.1.0", false)
-            .iter()
-            .any(|s| s.name.contains("arp")));
-    }
-
-    #[test]
-    fn sysctl_paths() {
-        assert_eq!(
-            sysctl_path("net.ipv4.vs.conntrack"),
-            PathBuf::from("/proc/sys/net/ipv4/vs/conntrack")
-        );
-    }
-
-    #[test]
-    fn link_local_is_not_ours() {
-        assert!(is_link_local_v6(&"fe80::1".parse().unwrap()));
-        assert!(!is_link_local_v6(&"fd00::1".parse().unwrap()));
-        assert!(!is_link_local_v6(&"10.0.0.1".parse().unwrap()));
-    }
+    Ok(Some(link.header.index))
 }

@@ -19,6 +19,7 @@ pub mod netlink;
 pub use fake::{FakeIpvs, IpvsCall};
 pub use netlink::NetlinkIpvs;
 
+use super::KernelOp;
 use crate::proxy::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
 
 /// What can go wrong talking to IPVS. `Exists` and `NotFound` are the
@@ -101,16 +102,21 @@ pub enum IpvsOp<'a> {
 }
 
 impl IpvsOp<'_> {
+    /// The kind of operation, as metrics count it.
+    pub fn op(&self) -> KernelOp {
+        match self {
+            IpvsOp::AddService(_) => KernelOp::AddService,
+            IpvsOp::UpdateService(_) => KernelOp::UpdateService,
+            IpvsOp::DeleteService(_) => KernelOp::DeleteService,
+            IpvsOp::AddDest(..) => KernelOp::AddDest,
+            IpvsOp::UpdateDest(..) => KernelOp::UpdateDest,
+            IpvsOp::DeleteDest(..) => KernelOp::DeleteDest,
+        }
+    }
+
     /// The name the single call has in errors and metrics.
     pub fn name(&self) -> &'static str {
-        match self {
-            IpvsOp::AddService(_) => "add_service",
-            IpvsOp::UpdateService(_) => "update_service",
-            IpvsOp::DeleteService(_) => "delete_service",
-            IpvsOp::AddDest(..) => "add_dest",
-            IpvsOp::UpdateDest(..) => "update_dest",
-            IpvsOp::DeleteDest(..) => "delete_dest",
-        }
+        self.op().as_str()
     }
 
     /// What the op changes, as errors name it.
