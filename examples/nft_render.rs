@@ -1,7 +1,7 @@
 //! Prints the nftables ruleset lbd renders for a small sample table.
-use lbd::proxy::desired::{DesiredState, DesiredVs, DestKey, ServiceKey, VirtualServer, VsKind};
 use lbd::proxy::kernel::nft::{render, NftParams};
 use lbd::proxy::model::Protocol;
+use lbd::proxy::model::{DesiredState, DesiredVs, DestKey, ServiceKey, VirtualServer, VsKind};
 
 fn main() {
     let mut d = DesiredState::default();

@@ -7,9 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::proxy::desired::{
-    compute, node_addresses, DesiredParams, DesiredState, DestKey, Protocol, ServiceKey, VsKind,
-};
+use lbd::proxy::desired::{compute, node_addresses, DesiredParams};
+use lbd::proxy::model::{DesiredState, DestKey, Protocol, ServiceKey, VsKind};
 use serde_json::{json, Value};
 
 fn svc(v: Value) -> Service {

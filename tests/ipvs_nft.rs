@@ -6,13 +6,14 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use lbd::proxy::desired::Scope;
-use lbd::proxy::desired::{DesiredState, DesiredVs, DestKey, ServiceKey, VirtualServer, VsKind};
 use lbd::proxy::kernel::nft::{
     render, render_element_changes, FakeFirewall, Firewall, NftFirewall, NftParams, SetTracker,
     TABLE,
 };
 use lbd::proxy::model::Protocol;
+use lbd::proxy::model::{
+    DesiredState, DesiredVs, DestKey, Scope, ServiceKey, VirtualServer, VsKind,
+};
 use serde_json::Value;
 
 #[allow(clippy::too_many_arguments)]

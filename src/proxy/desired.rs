@@ -8,83 +8,22 @@
 //! table and the same plan.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-/// Label that ties an EndpointSlice to its Service (discovery.k8s.io/v1).
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use super::endpoints::{port_endpoints, select, PortEndpoints, TrafficPolicy};
+use super::model::{
+    protocol_from_k8s, DesiredState, DesiredVs, ObjectKey, Protocol, Scope, ServiceInputs,
+    ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL,
+};
+
 /// kube-proxy's default for sessionAffinityConfig.clientIP.timeoutSeconds.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
-/// Weight of a serving real server; draining ones get 0.
-pub const DEFAULT_WEIGHT: u32 = 1;
-
-pub use super::model::{DestKey, Protocol, ServiceKey, VirtualServer};
-
-/// Kubernetes spelling of a Service protocol; absent means TCP.
-pub fn protocol_from_k8s(p: Option<&str>) -> Option<Protocol> {
-    match p.unwrap_or("TCP") {
-        "TCP" => Some(Protocol::Tcp),
-        "UDP" => Some(Protocol::Udp),
-        "SCTP" => Some(Protocol::Sctp),
-        _ => None,
-    }
-}
-
-/// Which kind of Service address a virtual server serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum VsKind {
-    ClusterIp,
-    ExternalIp,
-    LoadBalancer,
-    NodePort,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredVs {
-    /// The virtual server as the kernel should hold it.
-    pub vs: VirtualServer,
-    pub kind: VsKind,
-    /// `namespace/name:port-name`, for logs and metrics.
-    pub service: String,
-    /// The traffic policy of this address is Local (external or internal).
-    pub local_only: bool,
-    /// LoadBalancer only: allowed client ranges; empty = everyone.
-    pub source_ranges: Vec<IpNet>,
-    /// Real servers with their weight.
-    pub real_servers: BTreeMap<DestKey, u32>,
-}
-
-/// The whole table lbd wants in the kernel plus what goes on kube-ipvs0.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DesiredState {
-    /// Shared with the per-Service cache: a sync clones pointers, not tables.
-    pub virtual_servers: BTreeMap<ServiceKey, Arc<DesiredVs>>,
-    /// ClusterIPs, external IPs and LoadBalancer IPs bound on kube-ipvs0 so
-    /// the kernel delivers their packets locally, where IPVS picks them up.
-    pub bind_addresses: BTreeSet<IpAddr>,
-    /// Services that contributed at least one virtual server.
-    pub services: usize,
-}
-
-impl DesiredState {
-    pub fn real_server_count(&self) -> usize {
-        self.virtual_servers
-            .values()
-            .map(|v| v.real_servers.len())
-            .sum()
-    }
-
-    /// Every address used by a desired virtual server (bound or node ones).
-    pub fn addresses(&self) -> BTreeSet<IpAddr> {
-        self.virtual_servers.keys().map(|k| k.addr).collect()
-    }
-}
 
 /// Inputs besides the caches.
 #[derive(Debug, Clone)]
@@ -114,18 +53,6 @@ pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
     out
 }
 
-/// One endpoint address after merging the slices of a Service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct EndpointInfo {
-    ready: bool,
-    serving: bool,
-    terminating: bool,
-    local: bool,
-}
-
-/// Endpoints of one Service port: address:port -> conditions.
-type PortEndpoints = BTreeMap<DestKey, EndpointInfo>;
-
 /// Computes the full desired table. Services are taken in (namespace, name)
 /// order; slices are grouped by their service-name label.
 pub fn compute<S, E>(services: &[S], slices: &[E], params: &DesiredParams<'_>) -> DesiredState
@@ -141,73 +68,6 @@ where
         merge(&mut out, frag);
     }
     out
-}
-
-/// A Kubernetes object's identity within the cluster: a Service's, or an
-/// EndpointSlice's. Ordered like [`compute`] takes Services, so "first
-/// writer wins" means the same thing everywhere.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ObjectKey {
-    pub fn new(namespace: &str, name: &str) -> Self {
-        ObjectKey {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
-    }
-
-    pub fn of(meta: &ObjectMeta) -> Self {
-        ObjectKey::new(
-            meta.namespace.as_deref().unwrap_or(""),
-            meta.name.as_deref().unwrap_or(""),
-        )
-    }
-
-    /// The Service an EndpointSlice belongs to (its service-name label).
-    pub fn service_of(slice: &EndpointSlice) -> Option<Self> {
-        let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-        Some(ObjectKey::new(
-            slice.metadata.namespace.as_deref().unwrap_or(""),
-            name,
-        ))
-    }
-}
-
-impl std::fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The current inputs of one Service that changed: the Service itself
-/// (None: deleted or not yet created) and every slice labelled for it.
-#[derive(Debug, Clone)]
-pub struct ServiceInputs {
-    pub key: ObjectKey,
-    pub service: Option<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
-}
-
-/// What a set of Service changes can have changed in the table: the
-/// virtual servers and kube-ipvs0 addresses those Services wanted before or
-/// want now. Planning only these is enough when everything else already
-/// matches the kernel.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Scope {
-    pub virtual_servers: BTreeSet<ServiceKey>,
-    pub addresses: BTreeSet<IpAddr>,
-}
-
-impl Scope {
-    fn add(&mut self, frag: &DesiredState) {
-        self.virtual_servers
-            .extend(frag.virtual_servers.keys().copied());
-        self.addresses.extend(frag.bind_addresses.iter().copied());
-    }
 }
 
 /// The desired table kept between syncs and patched per Service: a
@@ -376,53 +236,11 @@ impl DesiredCache {
         mut scope: Option<&mut Scope>,
     ) {
         self.version += 1;
-        let old = self.entries.remove(key);
-        if let Some(old) = &old {
+        if let Some(old) = self.entries.remove(key) {
             if let Some(s) = scope.as_deref_mut() {
                 s.add(&old.frag);
             }
-            for vk in old.frag.virtual_servers.keys() {
-                let Some(claimants) = self.claims.get_mut(vk) else {
-                    // Its only claimant goes.
-                    self.table.virtual_servers.remove(vk);
-                    continue;
-                };
-                let Ok(pos) = claimants.binary_search(key) else {
-                    continue;
-                };
-                claimants.remove(pos);
-                match claimants.first() {
-                    None => {
-                        self.claims.remove(vk);
-                        self.table.virtual_servers.remove(vk);
-                    }
-                    Some(next) => {
-                        // The owner went: the next Service in order takes over.
-                        if pos == 0 {
-                            if let Some(nv) = self
-                                .entries
-                                .get(next)
-                                .and_then(|e| e.frag.virtual_servers.get(vk))
-                            {
-                                self.table.virtual_servers.insert(*vk, Arc::clone(nv));
-                            }
-                        }
-                        if claimants.len() == 1 {
-                            self.claims.remove(vk);
-                        }
-                    }
-                }
-            }
-            for a in &old.frag.bind_addresses {
-                if let Some(n) = self.bind_refs.get_mut(a) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.bind_refs.remove(a);
-                        self.table.bind_addresses.remove(a);
-                    }
-                }
-            }
-            self.table.services -= old.frag.services;
+            self.withdraw(key, &old.frag);
         }
         let Some((stamp, frag)) = new else {
             return;
@@ -430,6 +248,65 @@ impl DesiredCache {
         if let Some(s) = scope {
             s.add(&frag);
         }
+        self.claim(key, &frag);
+        self.entries.insert(
+            key.clone(),
+            CacheEntry {
+                stamp,
+                frag,
+                generation: self.generation,
+            },
+        );
+    }
+
+    /// Takes `key`'s old fragment out of the table: what only it wanted
+    /// goes, a virtual server it owned on a clash passes to the next
+    /// claimant, a shared address stays bound while others want it.
+    fn withdraw(&mut self, key: &ObjectKey, frag: &DesiredState) {
+        for vk in frag.virtual_servers.keys() {
+            let Some(claimants) = self.claims.get_mut(vk) else {
+                // Its only claimant goes.
+                self.table.virtual_servers.remove(vk);
+                continue;
+            };
+            let Ok(pos) = claimants.binary_search(key) else {
+                continue;
+            };
+            claimants.remove(pos);
+            let Some(next) = claimants.first() else {
+                self.claims.remove(vk);
+                self.table.virtual_servers.remove(vk);
+                continue;
+            };
+            // The owner went: the next Service in order takes over.
+            if pos == 0 {
+                if let Some(nv) = self
+                    .entries
+                    .get(next)
+                    .and_then(|e| e.frag.virtual_servers.get(vk))
+                {
+                    self.table.virtual_servers.insert(*vk, Arc::clone(nv));
+                }
+            }
+            if claimants.len() == 1 {
+                self.claims.remove(vk);
+            }
+        }
+        for a in &frag.bind_addresses {
+            if let Some(n) = self.bind_refs.get_mut(a) {
+                *n -= 1;
+                if *n == 0 {
+                    self.bind_refs.remove(a);
+                    self.table.bind_addresses.remove(a);
+                }
+            }
+        }
+        self.table.services -= frag.services;
+    }
+
+    /// Puts `key`'s new fragment in the table: a virtual server another
+    /// Service holds too becomes a clash, owned by the first in order.
+    fn claim(&mut self, key: &ObjectKey, frag: &DesiredState) {
         for (vk, v) in &frag.virtual_servers {
             if let Some(claimants) = self.claims.get_mut(vk) {
                 let pos = match claimants.binary_search(key) {
@@ -467,14 +344,6 @@ impl DesiredCache {
             self.table.bind_addresses.insert(*a);
         }
         self.table.services += frag.services;
-        self.entries.insert(
-            key.clone(),
-            CacheEntry {
-                stamp,
-                frag,
-                generation: self.generation,
-            },
-        );
     }
 }
 
@@ -585,6 +454,94 @@ fn merge(out: &mut DesiredState, frag: DesiredState) {
     out.services += frag.services;
 }
 
+/// What a Service's spec says about the addresses it is reachable on, read
+/// once for all its ports.
+struct ServiceAddresses {
+    cluster_ips: Vec<IpAddr>,
+    external_ips: Vec<IpAddr>,
+    lb_ips: Vec<IpAddr>,
+    has_node_port: bool,
+    /// sessionAffinity ClientIP: the persistence timeout.
+    persistent: Option<u32>,
+    external_policy: TrafficPolicy,
+    internal_policy: TrafficPolicy,
+    /// loadBalancerSourceRanges; empty = everyone.
+    source_ranges: Vec<IpNet>,
+}
+
+impl ServiceAddresses {
+    /// None for what kube-proxy's ShouldSkipService skips: no spec,
+    /// ExternalName, headless (None) or not yet allocated ("").
+    fn of(svc: &Service) -> Option<Self> {
+        let spec = svc.spec.as_ref()?;
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return None;
+        }
+        let parse_all = |v: Option<&Vec<String>>| -> Vec<IpAddr> {
+            v.into_iter()
+                .flatten()
+                .filter_map(|s| s.parse().ok())
+                .collect()
+        };
+        let cluster_ips = match spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
+            Some(ips) => parse_all(Some(ips)),
+            None => spec
+                .cluster_ip
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+        };
+        if cluster_ips.is_empty() {
+            return None;
+        }
+        let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
+        Some(ServiceAddresses {
+            cluster_ips,
+            external_ips: parse_all(spec.external_ips.as_ref()),
+            lb_ips: if is_lb {
+                lb_ingress_ips(svc)
+            } else {
+                Vec::new()
+            },
+            has_node_port: matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")),
+            persistent: (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+                spec.session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .and_then(|t| u32::try_from(t).ok())
+                    .filter(|t| *t > 0)
+                    .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+            }),
+            external_policy: TrafficPolicy::from_k8s(spec.external_traffic_policy.as_deref()),
+            internal_policy: TrafficPolicy::from_k8s(spec.internal_traffic_policy.as_deref()),
+            source_ranges: spec
+                .load_balancer_source_ranges
+                .iter()
+                .flatten()
+                .filter_map(|r| parse_net(r.trim()))
+                .collect(),
+        })
+    }
+}
+
+/// The LoadBalancer ingress IPs captured locally. With ipMode Proxy the
+/// load balancer sends to the node, not to the VIP, so kube-proxy does not
+/// capture the VIP.
+fn lb_ingress_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.as_deref().and_then(|s| s.parse().ok()))
+        .collect()
+}
+
+/// Adds one Service's virtual servers and bound addresses to `out`;
+/// false if it has none (skipped, or no port lbd proxies).
 fn add_service(
     out: &mut DesiredState,
     svc: &Service,
@@ -592,130 +549,47 @@ fn add_service(
     params: &DesiredParams<'_>,
     node_port_ips: &[IpAddr],
 ) -> bool {
-    let Some(spec) = svc.spec.as_ref() else {
+    let Some(addrs) = ServiceAddresses::of(svc) else {
         return false;
     };
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return false;
-    }
-    // Headless (None) or not yet allocated (""): nothing to proxy, as in
-    // kube-proxy's ShouldSkipService.
-    let mut cluster_ips: Vec<IpAddr> = Vec::new();
-    match spec.cluster_ips.as_ref().filter(|v| !v.is_empty()) {
-        Some(ips) => cluster_ips.extend(ips.iter().filter_map(|s| s.parse::<IpAddr>().ok())),
-        None => cluster_ips.extend(
-            spec.cluster_ip
-                .as_deref()
-                .and_then(|s| s.parse::<IpAddr>().ok()),
-        ),
-    }
-    if cluster_ips.is_empty() {
-        return false;
-    }
     let ns = svc.metadata.namespace.as_deref().unwrap_or("");
     let name = svc.metadata.name.as_deref().unwrap_or("");
-
-    let persistent_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-        spec.session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|t| *t > 0)
-            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-    });
-    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let source_ranges: Vec<IpNet> = spec
-        .load_balancer_source_ranges
-        .iter()
-        .flatten()
-        .filter_map(|r| parse_net(r.trim()))
-        .collect();
-
-    let external_ips: Vec<IpAddr> = spec
-        .external_ips
-        .iter()
-        .flatten()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
-    let lb_ips: Vec<IpAddr> = if is_lb {
-        svc.status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            // ipMode Proxy: the load balancer sends to the node, not to the
-            // VIP, so kube-proxy does not capture the VIP locally.
-            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-            .filter_map(|i| i.ip.as_deref().and_then(|s| s.parse().ok()))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let has_node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
-
     let mut added = false;
-    for port in spec.ports.iter().flatten() {
+    for port in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
         let Some(proto) = protocol_from_k8s(port.protocol.as_deref()) else {
             continue;
         };
-        let Ok(svc_port) = u16::try_from(port.port) else {
+        let Some(svc_port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
             continue;
         };
-        if svc_port == 0 {
-            continue;
-        }
-        let endpoints = port_endpoints(slices, port, proto, params.node_name);
-        let port_label = format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or(""));
-        let mut add = |addr: IpAddr, port_no: u16, kind: VsKind, local_only: bool| {
-            let mut vs = VirtualServer::new(addr, port_no, proto, params.scheduler);
-            vs.persistent = persistent_timeout;
-            let vs = DesiredVs {
-                vs,
-                kind,
-                service: port_label.clone(),
-                local_only,
-                source_ranges: if kind == VsKind::LoadBalancer {
-                    source_ranges.clone()
-                } else {
-                    Vec::new()
-                },
-                real_servers: select(&endpoints, addr, local_only),
-            };
-            // First writer wins on a clash (two Services claiming one
-            // external IP and port): deterministic since Services are sorted.
-            out.virtual_servers
-                .entry(ServiceKey {
-                    addr,
-                    port: port_no,
-                    protocol: proto,
-                })
-                .or_insert_with(|| Arc::new(vs));
+        let ctx = PortContext {
+            addrs: &addrs,
+            proto,
+            label: format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or("")),
+            endpoints: port_endpoints(slices, port, proto, params.node_name),
+            scheduler: params.scheduler,
         };
-        for ip in &cluster_ips {
-            add(*ip, svc_port, VsKind::ClusterIp, internal_local);
-            out.bind_addresses.insert(*ip);
+        for (ips, kind, policy) in [
+            (&addrs.cluster_ips, VsKind::ClusterIp, addrs.internal_policy),
+            (
+                &addrs.external_ips,
+                VsKind::ExternalIp,
+                addrs.external_policy,
+            ),
+            (&addrs.lb_ips, VsKind::LoadBalancer, addrs.external_policy),
+        ] {
+            for ip in ips {
+                ctx.add(out, *ip, svc_port, kind, policy);
+                out.bind_addresses.insert(*ip);
+            }
         }
-        for ip in &external_ips {
-            add(*ip, svc_port, VsKind::ExternalIp, external_local);
-            out.bind_addresses.insert(*ip);
-        }
-        for ip in &lb_ips {
-            add(*ip, svc_port, VsKind::LoadBalancer, external_local);
-            out.bind_addresses.insert(*ip);
-        }
-        if has_node_port {
-            if let Some(np) = port
-                .node_port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
-            {
-                for ip in node_port_ips {
-                    add(*ip, np, VsKind::NodePort, external_local);
-                }
+        let node_port = port
+            .node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0 && addrs.has_node_port);
+        if let Some(np) = node_port {
+            for ip in node_port_ips {
+                ctx.add(out, *ip, np, VsKind::NodePort, addrs.external_policy);
             }
         }
         added = true;
@@ -723,95 +597,53 @@ fn add_service(
     added
 }
 
+/// One Service port, as each of its virtual servers is built from it.
+struct PortContext<'a> {
+    addrs: &'a ServiceAddresses,
+    proto: Protocol,
+    /// `namespace/name:port-name`.
+    label: String,
+    endpoints: PortEndpoints,
+    scheduler: &'a str,
+}
+
+impl PortContext<'_> {
+    /// First writer wins on a clash (two Services claiming one external IP
+    /// and port): deterministic since Services are sorted.
+    fn add(
+        &self,
+        out: &mut DesiredState,
+        addr: IpAddr,
+        port: u16,
+        kind: VsKind,
+        policy: TrafficPolicy,
+    ) {
+        let key = ServiceKey {
+            addr,
+            port,
+            protocol: self.proto,
+        };
+        out.virtual_servers.entry(key).or_insert_with(|| {
+            let mut vs = VirtualServer::new(addr, port, self.proto, self.scheduler);
+            vs.persistent = self.addrs.persistent;
+            Arc::new(DesiredVs {
+                vs,
+                kind,
+                service: self.label.clone(),
+                local_only: policy == TrafficPolicy::Local,
+                source_ranges: if kind == VsKind::LoadBalancer {
+                    self.addrs.source_ranges.clone()
+                } else {
+                    Vec::new()
+                },
+                real_servers: select(&self.endpoints, addr, policy),
+            })
+        });
+    }
+}
+
 fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
-/// Merges every slice's endpoints for one Service port. The endpoint port
-/// is the slice port with the Service port's name (and protocol).
-fn port_endpoints(
-    slices: &[&EndpointSlice],
-    port: &ServicePort,
-    proto: Protocol,
-    node_name: &str,
-) -> PortEndpoints {
-    let want_name = port.name.as_deref().unwrap_or("");
-    let mut out = PortEndpoints::new();
-    for slice in slices {
-        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
-            continue; // FQDN slices are not proxied
-        }
-        let Some(ep_port) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| {
-                p.name.as_deref().unwrap_or("") == want_name
-                    && protocol_from_k8s(p.protocol.as_deref()) == Some(proto)
-            })
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-        else {
-            continue;
-        };
-        for ep in slice.endpoints.iter().flatten() {
-            let c = ep.conditions.as_ref();
-            // discovery.k8s.io/v1: nil ready/serving mean true, nil
-            // terminating means false.
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            let info = EndpointInfo {
-                ready: ready && !terminating,
-                serving,
-                terminating,
-                local: ep.node_name.as_deref() == Some(node_name),
-            };
-            for a in &ep.addresses {
-                let Ok(addr) = a.parse::<IpAddr>() else {
-                    continue;
-                };
-                let key = DestKey {
-                    addr,
-                    port: ep_port,
-                };
-                // An address listed twice (slices overlap while the
-                // controller moves endpoints) counts as ready if any copy is.
-                out.entry(key)
-                    .and_modify(|e| {
-                        e.ready |= info.ready;
-                        e.serving |= info.serving;
-                        e.terminating &= info.terminating;
-                        e.local |= info.local;
-                    })
-                    .or_insert(info);
-            }
-        }
-    }
-    out
-}
-
-/// Real servers for one virtual server: same family as the VIP, local ones
-/// only under a Local policy, ready ones, or serving+terminating ones when
-/// no ready one exists (KEP-1669 "ProxyTerminatingEndpoints").
-fn select(endpoints: &PortEndpoints, vip: IpAddr, local_only: bool) -> BTreeMap<DestKey, u32> {
-    let candidates = || {
-        endpoints
-            .iter()
-            .filter(move |(k, e)| k.addr.is_ipv4() == vip.is_ipv4() && (!local_only || e.local))
-    };
-    let ready: BTreeMap<DestKey, u32> = candidates()
-        .filter(|(_, e)| e.ready)
-        .map(|(k, _)| (*k, DEFAULT_WEIGHT))
-        .collect();
-    if !ready.is_empty() {
-        return ready;
-    }
-    candidates()
-        .filter(|(_, e)| e.serving && e.terminating)
-        .map(|(k, _)| (*k, DEFAULT_WEIGHT))
-        .collect()
 }

@@ -28,13 +28,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use super::desired::ServiceInputs;
-use super::desired::{self, DesiredCache, DesiredParams, ObjectKey};
+use super::desired::{self, DesiredCache, DesiredParams};
 use super::kernel::ipvs::IpvsError;
 use super::kernel::nft::{self, NftParams};
 use super::kernel::{DataPlane, HostSettings, IpvsDataPlane, KernelError};
 use super::kube::{client_from_config, start_watchers, KubeError};
 use super::metrics::{OpLabels, ProxyMetrics};
+use super::model::ObjectKey;
+pub use super::model::ServiceInputs;
 use super::model::Timeouts;
 use super::plan::{plan, Change, DrainTracker, KernelState, PlanParams};
 use super::server::{self, ProxyHealth};

@@ -1,6 +1,7 @@
 //! Service proxy: Kubernetes Services programmed into IPVS.
 
 pub mod desired;
+pub mod endpoints;
 pub mod engine;
 pub mod kernel;
 pub mod kube;

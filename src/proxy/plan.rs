@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use super::desired::{DesiredState, DesiredVs, Scope};
+use super::model::{DesiredState, DesiredVs, Scope};
 use super::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
 
 /// A virtual server as listed from the kernel, real servers with counters.
@@ -345,7 +345,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::desired::{DesiredVs, VsKind};
+    use crate::proxy::model::{DesiredVs, VsKind};
     use std::sync::Arc;
 
     fn vk(a: &str, port: u16, proto: Protocol) -> ServiceKey {

@@ -26,7 +26,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::proxy::desired::{DesiredState, DesiredVs, Scope, VsKind};
+use crate::proxy::model::{DesiredState, DesiredVs, Scope, VsKind};
 use crate::proxy::model::{Protocol, ServiceKey};
 
 pub const TABLE: &str = "lbd-proxy";
