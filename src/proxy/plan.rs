@@ -178,43 +178,149 @@ pub fn plan(
     params: &PlanParams<'_>,
     now: Instant,
 ) -> Plan {
-    let excluded = |a: &IpAddr| params.exclude_cidrs.iter().any(|n| n.contains(a));
-    // Any desired virtual server on this address (keys sort by address
-    // first, so this is one range lookup, not a set of every address).
-    let wanted_addr = |a: IpAddr| {
+    let owner = Ownership {
+        desired,
+        kernel,
+        params,
+    };
+    let mut b = Builder {
+        kernel,
+        drains,
+        params,
+        now,
+        binds: Vec::new(),
+        add_vs: Vec::new(),
+        add_rs: Vec::new(),
+        del_rs: Vec::new(),
+        del_vs: Vec::new(),
+        unbinds: Vec::new(),
+        still_draining: BTreeMap::new(),
+    };
+    match params.scope {
+        None => b.everything(desired, &owner),
+        Some(scope) => b.scoped(desired, scope, &owner),
+    }
+    b.finish()
+}
+
+/// Which of the kernel's objects are lbd's to change.
+struct Ownership<'a> {
+    desired: &'a DesiredState,
+    kernel: &'a KernelState,
+    params: &'a PlanParams<'a>,
+}
+
+impl Ownership<'_> {
+    fn excluded(&self, a: &IpAddr) -> bool {
+        self.params.exclude_cidrs.iter().any(|n| n.contains(a))
+    }
+
+    /// Any desired virtual server on this address (keys sort by address
+    /// first, so this is one range lookup, not a set of every address).
+    fn wanted_addr(&self, a: IpAddr) -> bool {
         let lo = ServiceKey {
             addr: a,
             port: 0,
             protocol: Protocol::Tcp,
         };
-        desired
+        self.desired
             .virtual_servers
             .range(lo..)
             .next()
             .is_some_and(|(k, _)| k.addr == a)
-    };
-    let ours = |k: &ServiceKey| {
-        desired.virtual_servers.contains_key(k)
-            || ((wanted_addr(k.addr)
-                || kernel.bound_addresses.contains(&k.addr)
-                || params.remembered.is_some_and(|r| r.contains(k))
-                || (params.node_port_ips.contains(&k.addr) && NODE_PORT_RANGE.contains(&k.port)))
-                && !excluded(&k.addr))
-    };
+    }
 
-    let mut binds = Vec::new();
-    let mut add_vs = Vec::new();
-    let mut add_rs = Vec::new();
-    let mut del_rs = Vec::new();
-    let mut del_vs = Vec::new();
-    let mut unbinds = Vec::new();
-    let mut still_draining: BTreeMap<(ServiceKey, DestKey), Instant> = BTreeMap::new();
+    /// A virtual server lbd may delete: one it wants, or one on an address
+    /// it wants or bound, one it wanted since start, or a NodePort on a
+    /// node address, never inside `exclude_cidrs`.
+    fn ours(&self, k: &ServiceKey) -> bool {
+        let p = self.params;
+        self.desired.virtual_servers.contains_key(k)
+            || ((self.wanted_addr(k.addr)
+                || self.kernel.bound_addresses.contains(&k.addr)
+                || p.remembered.is_some_and(|r| r.contains(k))
+                || (p.node_port_ips.contains(&k.addr) && NODE_PORT_RANGE.contains(&k.port)))
+                && !self.excluded(&k.addr))
+    }
+}
 
-    let mut plan_vs = |key: &ServiceKey, want: &DesiredVs| {
-        let have = kernel.virtual_servers.get(key);
+/// The plan being built, by kind of change (they are applied in this
+/// order: see [`Builder::finish`]).
+struct Builder<'a> {
+    kernel: &'a KernelState,
+    drains: &'a mut DrainTracker,
+    params: &'a PlanParams<'a>,
+    now: Instant,
+    binds: Vec<Change>,
+    add_vs: Vec<Change>,
+    add_rs: Vec<Change>,
+    del_rs: Vec<Change>,
+    del_vs: Vec<Change>,
+    unbinds: Vec<Change>,
+    still_draining: BTreeMap<(ServiceKey, DestKey), Instant>,
+}
+
+impl Builder<'_> {
+    /// Every desired and every kernel object.
+    fn everything(&mut self, desired: &DesiredState, owner: &Ownership<'_>) {
+        let kernel = self.kernel;
+        for a in desired.bind_addresses.difference(&kernel.bound_addresses) {
+            self.binds.push(Change::BindAddress(*a));
+        }
+        for (key, want) in &desired.virtual_servers {
+            self.virtual_server(key, want);
+        }
+        for key in kernel.virtual_servers.keys() {
+            if !desired.virtual_servers.contains_key(key) && owner.ours(key) {
+                self.del_vs.push(Change::DeleteVirtual(*key));
+            }
+        }
+        for a in kernel.bound_addresses.difference(&desired.bind_addresses) {
+            if !owner.excluded(a) {
+                self.unbinds.push(Change::UnbindAddress(*a));
+            }
+        }
+    }
+
+    /// The same decisions as [`Builder::everything`], for the scope's keys
+    /// only (in the same order, so a scoped plan is the full plan's
+    /// restriction).
+    fn scoped(&mut self, desired: &DesiredState, scope: &Scope, owner: &Ownership<'_>) {
+        let kernel = self.kernel;
+        for a in &scope.addresses {
+            if desired.bind_addresses.contains(a) && !kernel.bound_addresses.contains(a) {
+                self.binds.push(Change::BindAddress(*a));
+            }
+        }
+        for key in &scope.virtual_servers {
+            if let Some(want) = desired.virtual_servers.get(key) {
+                self.virtual_server(key, want);
+            }
+        }
+        for key in &scope.virtual_servers {
+            if kernel.virtual_servers.contains_key(key)
+                && !desired.virtual_servers.contains_key(key)
+                && owner.ours(key)
+            {
+                self.del_vs.push(Change::DeleteVirtual(*key));
+            }
+        }
+        for a in &scope.addresses {
+            if kernel.bound_addresses.contains(a)
+                && !desired.bind_addresses.contains(a)
+                && !owner.excluded(a)
+            {
+                self.unbinds.push(Change::UnbindAddress(*a));
+            }
+        }
+    }
+
+    /// One wanted virtual server and its real servers.
+    fn virtual_server(&mut self, key: &ServiceKey, want: &DesiredVs) {
+        let have = self.kernel.virtual_servers.get(key);
         match have {
-            None => add_vs.push(Change::AddVirtual(want.vs.clone())),
-            Some(h) if h.vs != want.vs => add_vs.push(Change::UpdateVirtual(want.vs.clone())),
+            None => self.add_vs.push(Change::AddVirtual(want.vs.clone())),
+            Some(h) if h.vs != want.vs => self.add_vs.push(Change::UpdateVirtual(want.vs.clone())),
             Some(_) => {}
         }
         let empty = BTreeMap::new();
@@ -222,123 +328,80 @@ pub fn plan(
         for (rs, weight) in &want.real_servers {
             let want_rs = RealServer::new(rs.addr, rs.port, *weight);
             match have_rs.get(rs) {
-                None => add_rs.push(Change::AddReal(*key, want_rs)),
+                None => self.add_rs.push(Change::AddReal(*key, want_rs)),
                 // Also brings back a real server we were draining.
                 Some(h) if !h.same_config(&want_rs) => {
-                    add_rs.push(Change::UpdateReal(*key, want_rs))
+                    self.add_rs.push(Change::UpdateReal(*key, want_rs))
                 }
                 Some(_) => {}
             }
         }
         for (rs, h) in have_rs {
-            if want.real_servers.contains_key(rs) {
-                continue;
-            }
-            // UDP has no connection end to wait for: an entry would only
-            // keep sending datagrams to a gone endpoint (kube-proxy deletes
-            // UDP real servers at once too).
-            if key.protocol == Protocol::Udp {
-                del_rs.push(Change::DeleteReal(*key, *rs));
-                continue;
-            }
-            let since = *drains.since.get(&(*key, *rs)).unwrap_or(&now);
-            if h.weight != 0 {
-                // Same configuration at weight 0; counters are not config.
-                let drained = RealServer {
-                    weight: 0,
-                    active_conns: 0,
-                    inactive_conns: 0,
-                    persist_conns: 0,
-                    ..h.clone()
-                };
-                del_rs.push(Change::UpdateReal(*key, drained));
-                still_draining.insert((*key, *rs), since);
-            } else if h.active_conns + h.inactive_conns == 0
-                || now.saturating_duration_since(since) >= params.drain_timeout
-            {
-                del_rs.push(Change::DeleteReal(*key, *rs));
-            } else {
-                still_draining.insert((*key, *rs), since);
-            }
-        }
-    };
-
-    match params.scope {
-        None => {
-            for a in desired.bind_addresses.difference(&kernel.bound_addresses) {
-                binds.push(Change::BindAddress(*a));
-            }
-            for (key, want) in &desired.virtual_servers {
-                plan_vs(key, want);
-            }
-            for key in kernel.virtual_servers.keys() {
-                if !desired.virtual_servers.contains_key(key) && ours(key) {
-                    del_vs.push(Change::DeleteVirtual(*key));
-                }
-            }
-            for a in kernel.bound_addresses.difference(&desired.bind_addresses) {
-                if !excluded(a) {
-                    unbinds.push(Change::UnbindAddress(*a));
-                }
-            }
-        }
-        // The same decisions as above, for the scope's keys only (in the
-        // same order, so a scoped plan is the full plan's restriction).
-        Some(scope) => {
-            for a in &scope.addresses {
-                if desired.bind_addresses.contains(a) && !kernel.bound_addresses.contains(a) {
-                    binds.push(Change::BindAddress(*a));
-                }
-            }
-            for key in &scope.virtual_servers {
-                if let Some(want) = desired.virtual_servers.get(key) {
-                    plan_vs(key, want);
-                }
-            }
-            for key in &scope.virtual_servers {
-                if kernel.virtual_servers.contains_key(key)
-                    && !desired.virtual_servers.contains_key(key)
-                    && ours(key)
-                {
-                    del_vs.push(Change::DeleteVirtual(*key));
-                }
-            }
-            for a in &scope.addresses {
-                if kernel.bound_addresses.contains(a)
-                    && !desired.bind_addresses.contains(a)
-                    && !excluded(a)
-                {
-                    unbinds.push(Change::UnbindAddress(*a));
-                }
+            if !want.real_servers.contains_key(rs) {
+                self.removed_real_server(key, rs, h);
             }
         }
     }
 
-    match params.scope {
-        None => drains.since = still_draining,
-        Some(scope) => {
-            drains
-                .since
-                .retain(|(k, _), _| !scope.virtual_servers.contains(k));
-            drains.since.extend(still_draining);
+    /// A real server no longer wanted: drained at weight 0 until IPVS shows
+    /// no connection or the drain bound passes, then deleted.
+    fn removed_real_server(&mut self, key: &ServiceKey, rs: &DestKey, h: &RealServer) {
+        // UDP has no connection end to wait for: an entry would only keep
+        // sending datagrams to a gone endpoint (kube-proxy deletes UDP real
+        // servers at once too).
+        if key.protocol == Protocol::Udp {
+            self.del_rs.push(Change::DeleteReal(*key, *rs));
+            return;
+        }
+        let since = *self.drains.since.get(&(*key, *rs)).unwrap_or(&self.now);
+        if h.weight != 0 {
+            // Same configuration at weight 0; counters are not config.
+            let drained = RealServer {
+                weight: 0,
+                active_conns: 0,
+                inactive_conns: 0,
+                persist_conns: 0,
+                ..h.clone()
+            };
+            self.del_rs.push(Change::UpdateReal(*key, drained));
+            self.still_draining.insert((*key, *rs), since);
+        } else if h.active_conns + h.inactive_conns == 0
+            || self.now.saturating_duration_since(since) >= self.params.drain_timeout
+        {
+            self.del_rs.push(Change::DeleteReal(*key, *rs));
+        } else {
+            self.still_draining.insert((*key, *rs), since);
         }
     }
-    let next_deadline = drains
-        .since
-        .values()
-        .map(|s| *s + params.drain_timeout)
-        .min();
 
-    let mut changes = binds;
-    changes.extend(add_vs);
-    changes.extend(add_rs);
-    changes.extend(del_rs);
-    changes.extend(del_vs);
-    changes.extend(unbinds);
-    Plan {
-        changes,
-        draining: drains.since.len(),
-        next_deadline,
+    /// The changes in their order, and the drains as if they were applied.
+    fn finish(self) -> Plan {
+        match self.params.scope {
+            None => self.drains.since = self.still_draining,
+            Some(scope) => {
+                self.drains
+                    .since
+                    .retain(|(k, _), _| !scope.virtual_servers.contains(k));
+                self.drains.since.extend(self.still_draining);
+            }
+        }
+        let next_deadline = self
+            .drains
+            .since
+            .values()
+            .map(|s| *s + self.params.drain_timeout)
+            .min();
+        let mut changes = self.binds;
+        changes.extend(self.add_vs);
+        changes.extend(self.add_rs);
+        changes.extend(self.del_rs);
+        changes.extend(self.del_vs);
+        changes.extend(self.unbinds);
+        Plan {
+            changes,
+            draining: self.drains.since.len(),
+            next_deadline,
+        }
     }
 }
 
