@@ -8,4 +8,5 @@ pub mod kube;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod schedule;
 pub mod server;
