@@ -16,14 +16,15 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::proxy::engine::{EngineSettings, ServiceInputs, Syncer};
+use lbd::proxy::driver::Syncer;
+use lbd::proxy::engine::EngineSettings;
 use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
 use lbd::proxy::kernel::nft::{Firewall, NftFirewall};
 use lbd::proxy::kernel::{
     AddressError, DummyAddresses, FakeAddresses, FakeSysctls, IpvsDataPlane, ServiceAddresses,
 };
 use lbd::proxy::metrics::ProxyMetrics;
-use lbd::proxy::model::ObjectKey;
+use lbd::proxy::model::{ObjectKey, ServiceInputs};
 use serde_json::json;
 
 fn service(i: usize) -> Arc<Service> {

@@ -17,7 +17,7 @@ use crate::config::ProxyMode;
 use crate::config::{self, Config, ListenerConfig};
 use crate::health::{HealthMetrics, ListenerHealth};
 use crate::status::server::{bind_unix, serve_tcp, serve_unix, AdminState};
-use crate::status::{BackendStatus, ConfigStatus, ListenerStatus, ProxyStatus, StatusReport};
+use crate::status::{BackendStatus, ConfigStatus, ListenerStatus, StatusReport};
 use crate::tcplb::{CopyMode, Listener, TcplbCollector};
 
 #[derive(Debug, thiserror::Error)]
@@ -301,7 +301,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         tcplb.apply(&t.listeners, grace).await?;
     }
 
-    let proxy_status: Arc<ArcSwap<Option<ProxyStatus>>> = Arc::new(ArcSwap::from_pointee(None));
+    let proxy_status = crate::proxy::report::ProxyReporter::default();
     if let Some(p) = cfg.proxy.clone() {
         start_proxy(
             p,
@@ -328,7 +328,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         let proxy_status = proxy_status.clone();
         move || {
             let mut r = build_report(&node_name, started, &collector, &reload_state, &path);
-            r.proxy = (**proxy_status.load()).clone();
+            r.proxy = proxy_status.report();
             r.vrrp = vrrp_reporter.report();
             r
         }
@@ -516,29 +516,18 @@ fn start_proxy(
     p: crate::config::ProxyConfig,
     node: &str,
     registry: &mut Registry,
-    status: Arc<ArcSwap<Option<ProxyStatus>>>,
+    status: crate::proxy::report::ProxyReporter,
     shutdown: CancellationToken,
 ) {
-    let failed = |status: &ArcSwap<Option<ProxyStatus>>, mode: &str, e: String| {
-        status.store(Arc::new(Some(ProxyStatus {
-            mode: mode.to_string(),
-            synced: false,
-            services: 0,
-            real_servers: 0,
-            last_sync_seconds_ago: None,
-            last_sync_duration_ms: None,
-            last_error: Some(e),
-        })));
-    };
+    use crate::status::ProxyDataPlane;
     match p.mode {
         ProxyMode::None => {}
         ProxyMode::Nftables => {
             tracing::error!(
                 "proxy mode nftables is not implemented: no Service rules are programmed"
             );
-            failed(
-                &status,
-                "nftables",
+            status.failed(
+                ProxyDataPlane::Nftables,
                 "mode nftables is not implemented; use ipvs".into(),
             );
         }
@@ -550,12 +539,12 @@ fn start_proxy(
                 .clone()
                 .unwrap_or_else(|| node.to_string());
             match crate::proxy::kernel::IpvsDataPlane::kernel() {
-                Ok(backends) => {
+                Ok(plane) => {
                     tokio::spawn(async move {
-                        let r = crate::proxy::engine::run_proxy(
+                        let r = crate::proxy::driver::run_proxy(
                             p,
                             node,
-                            backends,
+                            Box::new(plane),
                             status.clone(),
                             metrics,
                             shutdown,
@@ -563,13 +552,13 @@ fn start_proxy(
                         .await;
                         if let Err(e) = r {
                             tracing::error!(error = %e, "service proxy stopped");
-                            failed(&status, "ipvs", e.to_string());
+                            status.failed(ProxyDataPlane::Ipvs, e.to_string());
                         }
                     });
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "service proxy cannot start");
-                    failed(&status, "ipvs", e.to_string());
+                    status.failed(ProxyDataPlane::Ipvs, e.to_string());
                 }
             }
         }

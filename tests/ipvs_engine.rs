@@ -9,13 +9,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use lbd::proxy::engine::{Engine, EngineSettings};
+use lbd::proxy::driver::Runner;
+use lbd::proxy::engine::EngineSettings;
 use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsCall};
 use lbd::proxy::kernel::nft::FakeFirewall;
 use lbd::proxy::kernel::{FakeAddresses, FakeSysctls, IpvsDataPlane};
 use lbd::proxy::metrics::ProxyMetrics;
 use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
+use lbd::proxy::report::ProxyReporter;
 use lbd::proxy::server::ProxyHealth;
 use lbd::status::ProxyStatus;
 use serde_json::{json, Value};
@@ -63,7 +64,7 @@ fn settings() -> EngineSettings {
 }
 
 struct Running {
-    status: Arc<ArcSwap<Option<ProxyStatus>>>,
+    status: ProxyReporter,
     metrics: ProxyMetrics,
     health: ProxyHealth,
     stop: CancellationToken,
@@ -80,7 +81,7 @@ impl Running {
             .unwrap();
     }
     fn status(&self) -> Option<ProxyStatus> {
-        self.status.load().as_ref().clone()
+        self.status.report()
     }
 }
 
@@ -102,19 +103,19 @@ async fn start(
     addrs: &FakeAddresses,
     s: EngineSettings,
 ) -> Running {
-    let status = Arc::new(ArcSwap::from_pointee(None));
+    let status = ProxyReporter::default();
     let firewall = FakeFirewall::default();
     let metrics = ProxyMetrics::new();
     let health = ProxyHealth::new(Duration::from_secs(60));
-    let engine = Engine {
+    let engine = Runner {
         settings: s,
-        backends: IpvsDataPlane {
+        plane: Box::new(IpvsDataPlane {
             ipvs: Arc::new(ipvs.clone()),
             addresses: Arc::new(addrs.clone()),
             firewall: Some(Arc::new(firewall.clone())),
             sysctls: Arc::new(FakeSysctls::default()),
-        },
-        status: status.clone(),
+        }),
+        reporter: status.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
     };

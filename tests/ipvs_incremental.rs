@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lbd::proxy::desired::{self, DesiredCache, DesiredParams};
-use lbd::proxy::engine::{EngineSettings, ServiceInputs, SyncOutcome, Syncer};
+use lbd::proxy::driver::Syncer;
+use lbd::proxy::engine::{EngineSettings, SyncOutcome};
 use lbd::proxy::kernel::ipvs::FakeIpvs;
 use lbd::proxy::kernel::nft::FakeFirewall;
 use lbd::proxy::kernel::{FakeAddresses, FakeSysctls, IpvsDataPlane};
 use lbd::proxy::kube::ChangeTracker;
 use lbd::proxy::metrics::ProxyMetrics;
-use lbd::proxy::model::ObjectKey;
 use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
+use lbd::proxy::model::{ObjectKey, ServiceInputs};
 use serde_json::{json, Value};
 
 const NODE: &str = "cp1";

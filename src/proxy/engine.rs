@@ -1,69 +1,46 @@
-//! The sync runner: a bounded-frequency loop (kube-proxy's
-//! BoundedFrequencyRunner) that brings the desired table up to date, plans
-//! against the kernel and applies the minimal change.
+//! The proxy engine, sans-IO: fed the caches' contents and what the kernel
+//! holds, it returns the operations that bring the kernel to the desired
+//! table, and learns from their results. It never calls the kernel, the
+//! apiserver or a clock: the driver ([`super::driver::Syncer`]) carries
+//! each [`Step`] to a [`DataPlane`](super::kernel::DataPlane) and answers
+//! with a [`Reply`].
 //!
-//! Watch events only mark the proxy dirty, naming the Services they
-//! touched; a sync between full ones recomputes and plans only those
-//! ([`Syncer::sync_changed`]), so one endpoint change costs one Service, not
-//! the table. A full sync ([`Syncer::sync`]: every Service checked, every
-//! virtual server and address planned) runs first, after a relist, after a
-//! failure, when the node's addresses or the settings change, and once per
-//! `sync_period`, when it also lists the kernel and so repairs drift made
-//! by others ([`Syncer::wants_full`]). A sync runs at most once per
-//! `min_sync_period` and at least once per `sync_period`, and sooner while
-//! real servers drain or after a failed change. Nothing runs before the
-//! Services, EndpointSlices and Node caches have synced once.
+//! One sync, in steps:
+//! 1. [`Engine::start`]: the desired table is brought up to date, from every
+//!    Service (a full sync) or only the changed ones; then, if the kept
+//!    view of the kernel is gone or a listing is due, [`Step::ListAll`], else
+//!    [`Step::ListRealServers`] for virtual servers with draining real
+//!    servers (their connection counters decide the drain);
+//! 2. the plan against that view: [`Step::Apply`] with the changes, in order;
+//! 3. the nftables table: element changes for a changed-only sync, a whole
+//!    render otherwise, only when the table changed ([`Step::Firewall`]);
+//! 4. [`Step::Done`] with the [`SyncOutcome`].
+//!
+//! Between syncs the engine keeps the desired table (patched per Service),
+//! the kernel as of the end of the last sync (so a changed-only sync needs no
+//! listing; dropped after any failure), the drains in progress, the virtual
+//! servers wanted since start (ownership of stale NodePorts) and what the
+//! nftables sets hold.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::ArcSwap;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Client;
-use tokio::sync::Notify;
-use tokio::task::JoinSet;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::desired::{self, DesiredCache, DesiredParams};
-use super::kernel::ipvs::IpvsError;
-use super::kernel::nft::{self, NftParams};
-use super::kernel::{DataPlane, HostSettings, IpvsDataPlane, KernelError};
-use super::kube::{client_from_config, start_watchers, KubeError};
-use super::metrics::{OpLabels, ProxyMetrics};
-use super::model::ObjectKey;
-pub use super::model::ServiceInputs;
-use super::model::Timeouts;
-use super::plan::{plan, Change, DrainTracker, KernelState, PlanParams};
-use super::server::{self, ProxyHealth};
-use crate::config::{ProxyConfig, ProxyMode};
-use crate::status::ProxyStatus;
+use super::changes::ChangeCounter;
+use super::desired::{DesiredCache, DesiredParams};
+use super::kernel::nft::{self, NftDocument, NftParams, SetTracker};
+use super::kernel::{HostSettings, KernelError, KernelOp, OpCounts, RealServerListing};
+use super::model::{DesiredState, Scope, ServiceInputs, ServiceKey, Timeouts};
+use super::plan::{plan, Change, DrainTracker, KernelState, Plan, PlanParams};
+use super::schedule::ScheduleSettings;
+use crate::config::ProxyConfig;
 
-/// Annotation the EndpointSlice controller sets to when the change that
-/// produced this slice version happened (network programming latency).
-const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error(transparent)]
-    Kube(#[from] KubeError),
-    #[error("{what} {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("host setup: {0}")]
-    Prepare(#[source] KernelError),
-    #[error("ipvs: {0}")]
-    Ipvs(#[from] IpvsError),
-}
-
-/// Settings of the engine, from [`ProxyConfig`].
-#[derive(Debug, Clone)]
+/// Settings of the proxy, from [`ProxyConfig`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineSettings {
     pub node_name: String,
     pub scheduler: String,
@@ -81,14 +58,6 @@ pub struct EngineSettings {
 }
 
 impl EngineSettings {
-    /// What the data plane applies to the host.
-    pub fn host(&self) -> HostSettings {
-        HostSettings {
-            strict_arp: self.strict_arp,
-            timeouts: self.timeouts,
-        }
-    }
-
     pub fn from_config(cfg: &ProxyConfig, node_name: &str) -> Self {
         let secs =
             |d: Option<Duration>| d.map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
@@ -124,6 +93,39 @@ impl EngineSettings {
             strict_arp: cfg.ipvs.strict_arp,
         }
     }
+
+    /// What the data plane applies to the host.
+    pub fn host(&self) -> HostSettings {
+        HostSettings {
+            strict_arp: self.strict_arp,
+            timeouts: self.timeouts,
+        }
+    }
+
+    /// When to sync.
+    pub fn schedule(&self) -> ScheduleSettings {
+        ScheduleSettings {
+            min_sync_period: self.min_sync_period,
+            sync_period: self.sync_period,
+        }
+    }
+
+    /// The inputs of the desired table besides the caches.
+    pub fn desired_params<'a>(&'a self, node_addresses: &'a [IpAddr]) -> DesiredParams<'a> {
+        DesiredParams {
+            node_name: &self.node_name,
+            node_addresses,
+            node_port_addresses: &self.node_port_addresses,
+            scheduler: &self.scheduler,
+        }
+    }
+
+    fn nft_params(&self) -> NftParams<'_> {
+        NftParams {
+            cluster_cidrs: &self.cluster_cidrs,
+            masquerade_all: self.masquerade_all,
+        }
+    }
 }
 
 /// What one sync did.
@@ -136,15 +138,15 @@ pub struct SyncOutcome {
     pub failed: usize,
     pub draining: usize,
     pub first_error: Option<String>,
-    /// Sync again by then even if nothing changes (drains, retries).
+    /// Sync again by then even if nothing changes (drains).
     pub recheck_in: Option<Duration>,
     /// This sync listed the whole kernel.
     pub full: bool,
     /// This sync recomputed and planned every Service (not only the
     /// changed ones).
     pub all_services: bool,
-    /// A changed-only sync was refused because a full one is due
-    /// ([`Syncer::wants_full`]); nothing was done.
+    /// A changed-only sync was refused because a full one is due; nothing
+    /// was done.
     pub full_required: bool,
     /// The nftables ruleset was rendered (the table changed since the last
     /// good render).
@@ -153,234 +155,338 @@ pub struct SyncOutcome {
     /// (instead of a render).
     pub nft_element_changes: usize,
     /// From the start of the sync until the IPVS and kube-ipvs0 changes
-    /// were applied (the nftables table follows).
+    /// were applied (the nftables table follows). Set by the driver.
     pub ipvs_applied: Option<Duration>,
+    /// Operations that succeeded and failed, by kind (metrics).
+    pub ops: OpCounts,
+    /// Every failed operation with its error, in order (logs).
+    pub errors: Vec<(KernelOp, String)>,
+    /// Service and EndpointSlice changes this sync took in (kube-proxy's
+    /// change counters; 0 on the first sync).
+    pub service_changes: u64,
+    pub endpoint_changes: u64,
+    /// When the changes this sync programmed were triggered, for kube-proxy's
+    /// network programming latency; empty unless the sync succeeded.
+    pub programmed_triggers: Vec<SystemTime>,
 }
 
-/// The part of a sync that runs on a blocking thread: desired state, kernel
-/// listing, plan, apply. Keeps the state that lives between syncs.
-pub struct Syncer {
-    settings: EngineSettings,
-    backends: IpvsDataPlane,
-    metrics: ProxyMetrics,
-    drains: DrainTracker,
-    desired: DesiredCache,
-    /// The kernel as of the end of the last sync (listing + applied
-    /// changes); None forces a full listing.
-    kernel: Option<KernelState>,
-    last_full: Option<std::time::Instant>,
-    /// Virtual servers wanted since start (ownership of stale NodePorts).
-    remembered: BTreeSet<super::model::ServiceKey>,
+impl SyncOutcome {
+    /// Counts a failed operation and keeps its error.
+    pub fn fail(&mut self, op: KernelOp, e: &KernelError) {
+        self.failed += 1;
+        self.ops.failed(op);
+        let msg = e.to_string();
+        self.first_error.get_or_insert_with(|| msg.clone());
+        self.errors.push((op, msg));
+    }
+
+    /// The outcome of a changed-only sync refused because a full one is due.
+    pub fn full_required() -> Self {
+        SyncOutcome {
+            full_required: true,
+            recheck_in: Some(Duration::ZERO),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a sync recomputes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Inputs<'a> {
+    /// The whole caches: every Service is checked and planned.
+    All {
+        services: &'a [Arc<Service>],
+        slices: &'a [Arc<EndpointSlice>],
+    },
+    /// The Services that changed since the last sync.
+    Changed(&'a [ServiceInputs]),
+}
+
+/// What the engine asks of the kernel next.
+#[derive(Debug, PartialEq)]
+pub enum Step<'a> {
+    /// List everything the data plane holds: answer [`Reply::Listed`].
+    ListAll,
+    /// The real servers (with their counters) of these virtual servers:
+    /// answer [`Reply::RealServers`].
+    ListRealServers(Vec<ServiceKey>),
+    /// Apply these changes in order: answer [`Reply::Applied`], one result
+    /// per change.
+    Apply(&'a [Change]),
+    /// Apply this nftables document: answer [`Reply::Firewall`].
+    Firewall(NftDocument),
+    /// The sync is over.
+    Done(Box<SyncOutcome>),
+}
+
+/// The kernel's answer to a [`Step`].
+#[derive(Debug)]
+pub enum Reply {
+    Listed(Result<KernelState, KernelError>),
+    /// Per virtual server asked for, its real servers (None: it is gone).
+    RealServers(Result<RealServerListing, KernelError>),
+    Applied(Vec<Result<(), KernelError>>),
+    Firewall(Result<(), KernelError>),
+}
+
+/// What the nftables sets hold, as of the last document nft accepted.
+#[derive(Debug, Default)]
+struct FirewallState {
     /// Digest of the last ruleset nft accepted (the document itself is tens
     /// of MB at 10k Services: not worth keeping to compare against).
     last_ruleset: Option<u64>,
-    /// What our nftables sets hold since the last good document; None
-    /// forces a whole-table render.
-    nft_sets: Option<nft::SetTracker>,
-    /// `DesiredCache::version` the nftables table was last rendered from.
-    ruleset_version: Option<u64>,
-    /// Service -> its slices (name, resourceVersion, trigger time) last
-    /// seen, keyed by Service so a changed-only sync compares just the
-    /// changed Services' slices; a short list, not a map: a Service has one
-    /// slice or a few.
-    seen_slices: HashMap<ObjectKey, Vec<SeenSlice>>,
-    seen_services: HashMap<ObjectKey, String>,
-    first: bool,
+    /// Our sets' elements; None forces a whole-table render.
+    sets: Option<SetTracker>,
+    /// `DesiredCache::version` the table was last brought up to date with.
+    version: Option<u64>,
 }
 
-impl Syncer {
-    pub fn new(settings: EngineSettings, backends: IpvsDataPlane, metrics: ProxyMetrics) -> Self {
-        Syncer {
+impl FirewallState {
+    /// After a failure nothing is known of the table: render it whole.
+    fn forget(&mut self) {
+        *self = FirewallState::default();
+    }
+}
+
+/// Which document the firewall step sent.
+#[derive(Debug, Clone, Copy)]
+enum FirewallDoc {
+    Elements,
+    Replace { digest: u64 },
+}
+
+/// Where a sync in progress is.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Listing,
+    RealServers,
+    Applying,
+    Firewall(FirewallDoc),
+}
+
+/// A sync in progress.
+#[derive(Debug)]
+struct SyncState {
+    now: Instant,
+    phase: Phase,
+    /// None: every virtual server and address is planned.
+    scope: Option<Scope>,
+    node_port_ips: Vec<IpAddr>,
+    /// The kernel as read for this sync, updated with what was applied.
+    kernel: KernelState,
+    plan: Plan,
+    triggers: Vec<SystemTime>,
+    out: SyncOutcome,
+}
+
+/// The engine's state between syncs (see the module's doc).
+pub struct Engine {
+    settings: EngineSettings,
+    /// The data plane has an nftables table to keep.
+    firewall: bool,
+    desired: DesiredCache,
+    drains: DrainTracker,
+    /// The kernel as of the end of the last sync; None forces a listing.
+    kernel: Option<KernelState>,
+    /// Virtual servers wanted since start (ownership of stale NodePorts).
+    remembered: BTreeSet<ServiceKey>,
+    nft: FirewallState,
+    counter: ChangeCounter,
+    sync: Option<SyncState>,
+}
+
+impl Engine {
+    pub fn new(settings: EngineSettings, firewall: bool) -> Self {
+        Engine {
             settings,
-            backends,
-            metrics,
-            drains: DrainTracker::default(),
+            firewall,
             desired: DesiredCache::default(),
+            drains: DrainTracker::default(),
             kernel: None,
-            last_full: None,
             remembered: BTreeSet::new(),
-            last_ruleset: None,
-            nft_sets: None,
-            ruleset_version: None,
-            seen_slices: HashMap::new(),
-            seen_services: HashMap::new(),
-            first: true,
+            nft: FirewallState::default(),
+            counter: ChangeCounter::default(),
+            sync: None,
         }
     }
 
-    /// Whether the next sync must be a full one ([`Syncer::sync`]): first
-    /// sync, `sync_period` elapsed (drift repair by a kernel listing), the
-    /// last sync failed (the kept kernel view is dropped), or the node's
-    /// addresses or the settings changed (every NodePort can move).
-    pub fn wants_full(&self, node: Option<&Node>, now: std::time::Instant) -> bool {
-        let node_addrs = node.map(desired::node_addresses).unwrap_or_default();
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// New settings (a reload). The next sync must be a full one
+    /// ([`Engine::needs_full`] says so when the table's inputs changed; a
+    /// change of the plan's or the firewall's settings needs one too: the
+    /// caller's schedule asks for it).
+    pub fn set_settings(&mut self, settings: EngineSettings) {
+        if settings.nft_params() != self.settings.nft_params() {
+            // The rules themselves change: a whole render, whatever the
+            // table's version.
+            self.nft.forget();
+        }
+        self.settings = settings;
+    }
+
+    /// The desired table as of the last sync.
+    pub fn table(&self) -> &DesiredState {
+        self.desired.table()
+    }
+
+    /// Whether only a full sync will do, for the engine's own reasons: no
+    /// kept view of the kernel (first sync, or the last one failed), or the
+    /// node's addresses or the settings the table depends on changed
+    /// (every NodePort can move).
+    pub fn needs_full(&self, node_addresses: &[IpAddr]) -> bool {
         self.kernel.is_none()
-            || self.last_full_due(now)
-            || !self.desired.matches(&self.desired_params(&node_addrs))
+            || !self
+                .desired
+                .matches(&self.settings.desired_params(node_addresses))
     }
 
-    fn last_full_due(&self, now: std::time::Instant) -> bool {
-        self.last_full
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.settings.sync_period)
-    }
-
-    fn desired_params<'a>(&'a self, node_addrs: &'a [IpAddr]) -> DesiredParams<'a> {
-        DesiredParams {
-            node_name: &self.settings.node_name,
-            node_addresses: node_addrs,
-            node_port_addresses: &self.settings.node_port_addresses,
-            scheduler: &self.settings.scheduler,
-        }
-    }
-
-    /// One full sync from complete cache contents: every Service is checked
-    /// (unchanged ones keep their memoised part of the table) and every
-    /// virtual server and address planned. Lists the kernel when
-    /// [`Syncer::wants_full`] says so, else plans against the kept view.
-    pub fn sync(
-        &mut self,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-        node: Option<&Node>,
-        now: std::time::Instant,
-    ) -> SyncOutcome {
-        self.run(Inputs::All { services, slices }, node, now)
-    }
-
-    /// A sync of the given Services only (the ones whose Service or slices
-    /// changed since the last sync): their part of the table is recomputed
-    /// and only their virtual servers and addresses (plus any draining
-    /// ones) are planned, against the kernel view kept from the last sync.
-    /// Refused with `full_required` when [`Syncer::wants_full`] holds.
-    pub fn sync_changed(
-        &mut self,
-        changed: &[ServiceInputs],
-        node: Option<&Node>,
-        now: std::time::Instant,
-    ) -> SyncOutcome {
-        if self.wants_full(node, now) {
-            return SyncOutcome {
-                full_required: true,
-                recheck_in: Some(Duration::ZERO),
-                ..Default::default()
-            };
-        }
-        self.run(Inputs::Changed(changed), node, now)
-    }
-
-    fn run(
+    /// Starts a sync: brings the desired table up to date with `inputs` and
+    /// says what to read from the kernel. `list_kernel` asks a full sync to
+    /// list the kernel even with a kept view (the periodic drift repair).
+    /// A changed-only sync the engine cannot do ([`Engine::needs_full`]) is
+    /// refused at once with [`SyncOutcome::full_required`].
+    pub fn start(
         &mut self,
         inputs: Inputs<'_>,
-        node: Option<&Node>,
-        now: std::time::Instant,
-    ) -> SyncOutcome {
-        let started = std::time::Instant::now();
-        let node_addrs = node.map(desired::node_addresses).unwrap_or_default();
-        let dparams = DesiredParams {
-            node_name: &self.settings.node_name,
-            node_addresses: &node_addrs,
-            node_port_addresses: &self.settings.node_port_addresses,
-            scheduler: &self.settings.scheduler,
-        };
-        let np_ips = desired::node_port_ips(&dparams);
-        let mut scope = match inputs {
+        node_addresses: &[IpAddr],
+        list_kernel: bool,
+        now: Instant,
+    ) -> Step<'_> {
+        if matches!(inputs, Inputs::Changed(_)) && self.needs_full(node_addresses) {
+            return Step::Done(Box::new(SyncOutcome::full_required()));
+        }
+        let params = self.settings.desired_params(node_addresses);
+        let node_port_ips = super::desired::node_port_ips(&params);
+        let (scope, counted) = match inputs {
             Inputs::All { services, slices } => {
-                self.desired.compute(services, slices, &dparams);
-                None
+                self.desired.compute(services, slices, &params);
+                (None, self.counter.count_all(services, slices))
             }
-            Inputs::Changed(changed) => match self.desired.compute_changed(changed, &dparams) {
-                Some(s) => Some(s),
-                // sync_changed checked the parameters; should they differ
-                // anyway, nothing partial is programmed.
-                None => {
-                    return SyncOutcome {
-                        full_required: true,
-                        recheck_in: Some(Duration::ZERO),
-                        ..Default::default()
-                    }
-                }
+            Inputs::Changed(changed) => match self.desired.compute_changed(changed, &params) {
+                Some(s) => (Some(s), self.counter.count_changed(changed)),
+                // Checked above; should they differ anyway, nothing partial
+                // is programmed.
+                None => return Step::Done(Box::new(SyncOutcome::full_required())),
             },
         };
         let want = self.desired.table();
-        let mut out = SyncOutcome {
+        let out = SyncOutcome {
             services: want.services,
             virtual_servers: want.virtual_servers.len(),
             real_servers: want.real_server_count(),
             all_services: scope.is_none(),
+            service_changes: counted.services,
+            endpoint_changes: counted.endpoints,
             ..Default::default()
         };
-        let metrics = &self.metrics;
-        let fail = |out: &mut SyncOutcome, op: &'static str, e: String| {
-            out.failed += 1;
-            metrics.kernel_errors.get_or_create(&OpLabels { op }).inc();
-            tracing::warn!(op, error = %e, "proxy change failed");
-            out.first_error.get_or_insert(e);
-        };
+        let list = self.kernel.is_none() || (scope.is_none() && list_kernel);
+        self.sync = Some(SyncState {
+            now,
+            phase: Phase::Listing,
+            scope,
+            node_port_ips,
+            kernel: self.kernel.take().unwrap_or_default(),
+            plan: Plan::default(),
+            triggers: counted.triggers,
+            out,
+        });
+        if list {
+            return Step::ListAll;
+        }
+        // A changed-only (or unlisted full) sync plans against the kept
+        // view, refreshing only the virtual servers whose drains the
+        // connection counters decide.
+        let draining: Vec<ServiceKey> = self.drains.services().into_iter().collect();
+        if draining.is_empty() {
+            return self.plan_step();
+        }
+        if let Some(s) = self.sync.as_mut() {
+            s.phase = Phase::RealServers;
+        }
+        Step::ListRealServers(draining)
+    }
 
-        // A full listing happens once per sync_period (drift repair), on
-        // the first sync and after any failure; the syncs in between plan
-        // against the view kept from the last sync, refreshing only virtual
-        // servers with draining real servers, whose connection counters
-        // decide the drain.
-        let list = self.kernel.is_none() || (scope.is_none() && self.last_full_due(now));
-        let mut kernel = if list {
-            // A failed listing programs nothing (no partial view).
-            let listing = match self.backends.list() {
-                Ok(l) => l,
-                Err(e) => {
-                    let op = match e {
-                        KernelError::Addresses(_) => "list_addresses",
-                        _ => "list_services",
-                    };
-                    fail(&mut out, op, e.to_string());
-                    out.recheck_in = Some(self.settings.min_sync_period);
-                    return out;
+    /// Takes the kernel's answer to the last step and returns the next one.
+    pub fn resume(&mut self, reply: Reply) -> Step<'_> {
+        let Some(sync) = self.sync.as_mut() else {
+            return Step::Done(Box::default());
+        };
+        match (sync.phase, reply) {
+            (Phase::Listing, Reply::Listed(r)) => match r {
+                Ok(k) => {
+                    sync.kernel = k;
+                    sync.out.full = true;
+                    self.plan_step()
                 }
-            };
-            if scope.is_none() {
-                self.last_full = Some(now);
-            }
-            listing
-        } else {
-            let mut k = self.kernel.take().unwrap_or_default();
-            for key in self.drains.services() {
-                match self.backends.ipvs.list_dests(&key) {
-                    Ok(rs) => {
-                        if let Some(v) = k.virtual_servers.get_mut(&key) {
-                            v.real_servers = rs.into_iter().map(|r| (r.key(), r)).collect();
+                Err(e) => {
+                    // A failed listing programs nothing (no partial view).
+                    sync.out.fail(listing_op(&e), &e);
+                    self.done()
+                }
+            },
+            (Phase::RealServers, Reply::RealServers(r)) => match r {
+                Ok(listed) => {
+                    for (key, rs) in listed {
+                        match rs {
+                            Some(rs) => {
+                                if let Some(v) = sync.kernel.virtual_servers.get_mut(&key) {
+                                    v.real_servers = rs.into_iter().map(|r| (r.key(), r)).collect();
+                                }
+                            }
+                            None => {
+                                sync.kernel.virtual_servers.remove(&key);
+                            }
                         }
                     }
-                    Err(e) if e.is_not_found() => {
-                        k.virtual_servers.remove(&key);
-                    }
-                    Err(e) => {
-                        fail(&mut out, "list_dests", e.to_string());
-                        out.recheck_in = Some(self.settings.min_sync_period);
-                        return out;
-                    }
+                    self.plan_step()
                 }
+                Err(e) => {
+                    sync.out.fail(KernelOp::ListDests, &e);
+                    self.done()
+                }
+            },
+            (Phase::Applying, Reply::Applied(results)) => self.applied(results),
+            (Phase::Firewall(doc), Reply::Firewall(r)) => {
+                self.firewall_applied(doc, r);
+                self.done()
             }
-            k
+            // A reply to a step that was not asked: the driver's bug; the
+            // sync ends with nothing more applied and the view dropped.
+            (_, reply) => {
+                let e = KernelError::Unexpected(format!("{reply:?}"));
+                sync.out.fail(KernelOp::Apply, &e);
+                self.done()
+            }
+        }
+    }
+
+    /// Plans against the view read for this sync.
+    fn plan_step(&mut self) -> Step<'_> {
+        let Some(sync) = self.sync.as_mut() else {
+            return Step::Done(Box::default());
         };
-        out.full = list;
+        let want = self.desired.table();
         // Draining real servers are decided at every sync, whatever changed.
-        if let Some(s) = scope.as_mut() {
+        if let Some(s) = sync.scope.as_mut() {
             s.virtual_servers.extend(self.drains.services());
         }
         let p = plan(
             want,
-            &kernel,
+            &sync.kernel,
             &mut self.drains,
             &PlanParams {
                 exclude_cidrs: &self.settings.exclude_cidrs,
                 drain_timeout: self.settings.drain_timeout,
-                node_port_ips: &np_ips,
+                node_port_ips: &sync.node_port_ips,
                 remembered: Some(&self.remembered),
-                scope: scope.as_ref(),
+                scope: sync.scope.as_ref(),
             },
-            now,
+            sync.now,
         );
-        match &scope {
+        match &sync.scope {
             None => self.remembered.extend(want.virtual_servers.keys().copied()),
             Some(s) => self.remembered.extend(
                 s.virtual_servers
@@ -389,524 +495,418 @@ impl Syncer {
                     .copied(),
             ),
         }
-        out.changes = p.changes.len();
-        out.draining = p.draining;
-        let results = self.backends.apply(&p.changes);
-        for (c, r) in p.changes.iter().zip(results) {
-            let op = c.op().as_str();
-            match r.map_err(|e| e.to_string()) {
+        sync.out.changes = p.changes.len();
+        sync.out.draining = p.draining;
+        sync.plan = p;
+        sync.phase = Phase::Applying;
+        if sync.plan.changes.is_empty() {
+            return self.applied(Vec::new());
+        }
+        match self.sync.as_ref() {
+            Some(s) => Step::Apply(&s.plan.changes),
+            None => Step::Done(Box::default()),
+        }
+    }
+
+    /// Learns from the changes' results, then moves on to nftables.
+    fn applied(&mut self, results: Vec<Result<(), KernelError>>) -> Step<'_> {
+        let Some(sync) = self.sync.as_mut() else {
+            return Step::Done(Box::default());
+        };
+        let mut results = results.into_iter();
+        for c in &sync.plan.changes {
+            let op = c.op();
+            match results.next().unwrap_or(Err(KernelError::NoResult { op })) {
                 Ok(()) => {
-                    kernel.apply(c);
+                    sync.kernel.apply(c);
                     if let Change::DeleteVirtual(k) = c {
                         self.remembered.remove(k);
                     }
-                    metrics.kernel_changes.get_or_create(&OpLabels { op }).inc();
+                    sync.out.ops.ok(op);
                 }
-                Err(e) => fail(&mut out, op, e),
+                Err(e) => sync.out.fail(op, &e),
             }
         }
+        // After a failure the view is unreliable: the next sync lists.
+        if sync.out.failed == 0 {
+            self.kernel = Some(std::mem::take(&mut sync.kernel));
+        }
+        self.firewall_step()
+    }
 
-        out.ipvs_applied = Some(started.elapsed());
-        // After a failure the view is unreliable: list again next time.
-        self.kernel = (out.failed == 0).then_some(kernel);
-
-        // nftables: a changed-only sync changes only the sets' elements of
-        // its scope (the rules depend on the settings alone); anything else,
-        // or a change the tracker leaves to a replace, renders the whole
-        // table (O(table)), and only when the table changed since the last
-        // good render, so syncs that change nothing in it skip it.
-        let table_version = self.desired.version();
-        let fw = self
-            .backends
-            .firewall
-            .clone()
-            .filter(|_| self.ruleset_version != Some(table_version));
-        if let Some(fw) = fw {
-            let elements = match (&scope, self.nft_sets.as_mut()) {
-                (Some(s), Some(t)) => t.update(want, s),
-                _ => None,
-            };
-            match elements {
-                Some(ch) if ch.is_empty() => self.ruleset_version = Some(table_version),
-                Some(ch) => {
-                    out.nft_element_changes = ch.len();
-                    match fw.replace(&nft::render_element_changes(&ch)) {
-                        Ok(()) => {
-                            metrics.nft_applies.inc();
-                            self.ruleset_version = Some(table_version);
-                            // No longer what the kernel holds: the next
-                            // render replaces the table whatever it says.
-                            self.last_ruleset = None;
-                        }
-                        Err(e) => {
-                            metrics.nft_errors.inc();
-                            self.nft_sets = None;
-                            self.last_ruleset = None;
-                            self.ruleset_version = None;
-                            fail(&mut out, "nft_elements", e.to_string());
-                        }
-                    }
+    /// The nftables step: a changed-only sync changes only the sets'
+    /// elements of its scope (the rules depend on the settings alone);
+    /// anything else, or a change the tracker leaves to a replace, renders
+    /// the whole table (O(table)), and only when the table changed since the
+    /// last good render, so syncs that change nothing in it skip it.
+    fn firewall_step(&mut self) -> Step<'_> {
+        let version = self.desired.version();
+        let Some(sync) = self.sync.as_mut() else {
+            return Step::Done(Box::default());
+        };
+        if !self.firewall || self.nft.version == Some(version) {
+            return self.done();
+        }
+        let want = self.desired.table();
+        let elements = match (&sync.scope, self.nft.sets.as_mut()) {
+            (Some(s), Some(t)) => t.update(want, s),
+            _ => None,
+        };
+        match elements {
+            Some(ch) if ch.is_empty() => {
+                self.nft.version = Some(version);
+                self.done()
+            }
+            Some(ch) => {
+                sync.out.nft_element_changes = ch.len();
+                sync.phase = Phase::Firewall(FirewallDoc::Elements);
+                Step::Firewall(nft::render_element_changes(&ch))
+            }
+            None => {
+                sync.out.nft_rendered = true;
+                let doc = nft::render(want, &self.settings.nft_params());
+                let digest = nft::digest(&doc);
+                if self.nft.last_ruleset == Some(digest) {
+                    // What nft holds already.
+                    self.nft.version = Some(version);
+                    self.nft.sets = Some(SetTracker::of(want));
+                    return self.done();
                 }
-                None => {
-                    out.nft_rendered = true;
-                    let ruleset = nft::render(
-                        want,
-                        &NftParams {
-                            cluster_cidrs: &self.settings.cluster_cidrs,
-                            masquerade_all: self.settings.masquerade_all,
-                        },
-                    );
-                    let digest = nft::digest(&ruleset);
-                    let applied = if self.last_ruleset == Some(digest) {
-                        Ok(())
-                    } else {
-                        fw.replace(&ruleset).inspect(|_| {
-                            metrics.nft_applies.inc();
-                        })
-                    };
-                    match applied {
-                        Ok(()) => {
-                            self.last_ruleset = Some(digest);
-                            self.ruleset_version = Some(table_version);
-                            self.nft_sets = Some(nft::SetTracker::of(want));
-                        }
-                        Err(e) => {
-                            metrics.nft_errors.inc();
-                            self.last_ruleset = None;
-                            self.ruleset_version = None;
-                            self.nft_sets = None;
-                            fail(&mut out, "nft_replace", e.to_string());
-                        }
-                    }
-                }
+                sync.phase = Phase::Firewall(FirewallDoc::Replace { digest });
+                Step::Firewall(doc)
             }
         }
+    }
 
-        let ok = out.failed == 0;
-        match inputs {
-            Inputs::All { services, slices } => self.count_all(services, slices, ok),
-            Inputs::Changed(changed) => self.count_changed(changed, ok),
+    fn firewall_applied(&mut self, doc: FirewallDoc, r: Result<(), KernelError>) {
+        let Some(sync) = self.sync.as_mut() else {
+            return;
+        };
+        let op = match doc {
+            FirewallDoc::Elements => KernelOp::NftElements,
+            FirewallDoc::Replace { .. } => KernelOp::NftReplace,
+        };
+        if let Err(e) = r {
+            sync.out.fail(op, &e);
+            self.nft.forget();
+            return;
         }
+        sync.out.ops.ok(op);
+        self.nft.version = Some(self.desired.version());
+        match doc {
+            // No longer what the last render said: the next render replaces
+            // the table whatever its digest.
+            FirewallDoc::Elements => self.nft.last_ruleset = None,
+            FirewallDoc::Replace { digest } => {
+                self.nft.last_ruleset = Some(digest);
+                self.nft.sets = Some(SetTracker::of(self.desired.table()));
+            }
+        }
+    }
 
+    /// Ends the sync.
+    fn done(&mut self) -> Step<'_> {
+        let Some(sync) = self.sync.take() else {
+            return Step::Done(Box::default());
+        };
+        let SyncState {
+            now,
+            plan,
+            triggers,
+            mut out,
+            ..
+        } = sync;
+        if out.failed == 0 {
+            out.programmed_triggers = triggers;
+        }
         // Drains are decided from counters only a later listing shows.
-        let mut recheck =
-            (p.draining > 0).then_some(self.settings.min_sync_period.max(Duration::from_secs(1)));
-        if out.failed > 0 {
-            recheck = Some(self.settings.min_sync_period);
-        }
-        if let Some(d) = p.next_deadline {
+        let mut recheck = (plan.draining > 0)
+            .then_some(self.settings.min_sync_period.max(Duration::from_secs(1)));
+        if let Some(d) = plan.next_deadline {
             let until = d.saturating_duration_since(now);
             recheck = Some(recheck.map_or(until, |r| r.min(until)));
         }
         out.recheck_in = recheck;
-        self.metrics.virtual_servers.set(out.virtual_servers as i64);
-        self.metrics.real_servers.set(out.real_servers as i64);
-        self.metrics.services.set(out.services as i64);
-        self.metrics.draining_real_servers.set(out.draining as i64);
-        out
+        Step::Done(Box::new(out))
+    }
+}
+
+/// Which listing an error of [`Step::ListAll`] comes from.
+fn listing_op(e: &KernelError) -> KernelOp {
+    match e {
+        KernelError::Addresses(_) => KernelOp::ListAddresses,
+        _ => KernelOp::ListServices,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::driver::drive;
+    use crate::proxy::kernel::ipvs::IpvsCall;
+    use crate::proxy::kernel::{DataPlane, FakeKernel, ServiceAddresses};
+    use crate::proxy::model::{DestKey, ObjectKey, Protocol, RealServer, VirtualServer};
+    use serde_json::json;
+
+    fn settings() -> EngineSettings {
+        EngineSettings {
+            node_name: "cp1".into(),
+            scheduler: "rr".into(),
+            node_port_addresses: vec![],
+            exclude_cidrs: vec!["10.97.0.0/16".parse().unwrap()],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            masquerade_all: false,
+            min_sync_period: Duration::from_secs(1),
+            sync_period: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(60),
+            timeouts: None,
+            strict_arp: false,
+        }
     }
 
-    /// kube-proxy's change counters and network programming latency, from
-    /// resourceVersions and trigger times seen since the previous sync,
-    /// over every object (full sync).
-    fn count_all(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], ok: bool) {
-        let now = SystemTime::now();
-        let mut svc_changes = 0u64;
-        let mut seen = HashMap::with_capacity(services.len());
-        for s in services {
-            let key = ObjectKey::of(&s.metadata);
-            let rv = s.metadata.resource_version.clone().unwrap_or_default();
-            if self.seen_services.get(&key) != Some(&rv) {
-                svc_changes += 1;
-            }
-            seen.insert(key, rv);
-        }
-        svc_changes += self
-            .seen_services
-            .keys()
-            .filter(|k| !seen.contains_key(*k))
-            .count() as u64;
-        self.seen_services = seen;
-
-        // Slices no Service name points at are not proxied, nor counted.
-        let mut groups: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
-        for s in slices {
-            if let Some(k) = ObjectKey::service_of(s) {
-                groups.entry(k).or_default().push(s);
-            }
-        }
-        let gone: Vec<ObjectKey> = self
-            .seen_slices
-            .keys()
-            .filter(|k| !groups.contains_key(*k))
-            .cloned()
-            .collect();
-        let mut ep_changes = 0u64;
-        for k in gone {
-            ep_changes += self.count_slices(&k, &[], ok, now);
-        }
-        for (k, g) in groups {
-            ep_changes += self.count_slices(&k, &g, ok, now);
-        }
-        self.record_changes(svc_changes, ep_changes);
+    fn svc(name: &str, ip: &str) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+                "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                         "ports": [{"name": "http", "port": 80}]}}))
+            .unwrap(),
+        )
     }
 
-    /// The same counters over the changed Services only: every other
-    /// object is unchanged by construction of the dirty set.
-    fn count_changed(&mut self, changed: &[ServiceInputs], ok: bool) {
-        let now = SystemTime::now();
-        let (mut svc_changes, mut ep_changes) = (0u64, 0u64);
-        for c in changed {
-            let prev = match &c.service {
-                Some(s) => {
-                    let rv = s.metadata.resource_version.clone().unwrap_or_default();
-                    let same = self.seen_services.get(&c.key) == Some(&rv);
-                    if !same {
-                        self.seen_services.insert(c.key.clone(), rv);
-                    }
-                    !same
-                }
-                None => self.seen_services.remove(&c.key).is_some(),
-            };
-            svc_changes += u64::from(prev);
-            let slices: Vec<&EndpointSlice> = c.slices.iter().map(|s| &**s).collect();
-            ep_changes += self.count_slices(&c.key, &slices, ok, now);
-        }
-        self.record_changes(svc_changes, ep_changes);
-    }
-
-    /// Counts one Service's slices that are new, changed or gone since last
-    /// seen, and observes the programming latency of the changed ones.
-    fn count_slices(
-        &mut self,
-        svc: &ObjectKey,
-        slices: &[&EndpointSlice],
-        ok: bool,
-        now: SystemTime,
-    ) -> u64 {
-        let prev = self.seen_slices.remove(svc).unwrap_or_default();
-        let mut next = Vec::with_capacity(slices.len());
-        let mut changes = 0u64;
-        for s in slices {
-            let name = s.metadata.name.clone().unwrap_or_default();
-            let rv = s.metadata.resource_version.clone().unwrap_or_default();
-            let trig = s
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
-                .cloned();
-            let p = prev.iter().find(|p| p.name == name);
-            if p.map(|p| &p.rv) != Some(&rv) {
-                changes += 1;
-                // Only changes that happened while we ran: after a restart
-                // the old trigger times would measure our downtime.
-                if !self.first && ok && p.map(|p| &p.trigger) != Some(&trig) {
-                    if let Some(lat) = trig.as_deref().and_then(|t| latency_since(t, now)) {
-                        self.metrics.network_programming.observe(lat);
-                    }
-                }
-            }
-            next.push(SeenSlice {
-                name,
-                rv,
-                trigger: trig,
-            });
-        }
-        changes += prev
+    fn eps(svc: &str, rv: &str, addrs: &[&str]) -> Arc<EndpointSlice> {
+        let endpoints: Vec<_> = addrs
             .iter()
-            .filter(|p| !next.iter().any(|n| n.name == p.name))
-            .count() as u64;
-        if !next.is_empty() {
-            self.seen_slices.insert(svc.clone(), next);
-        }
-        changes
+            .map(|a| json!({"addresses": [a], "conditions": {"ready": true}}))
+            .collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("{svc}-1"), "namespace": "default",
+                             "resourceVersion": rv,
+                             "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+                "endpoints": endpoints}))
+            .unwrap(),
+        )
     }
 
-    fn record_changes(&mut self, svc_changes: u64, ep_changes: u64) {
-        if !self.first {
-            self.metrics.service_changes.inc_by(svc_changes);
-            self.metrics.endpoint_changes.inc_by(ep_changes);
-        }
-        self.first = false;
+    /// Three Services, two endpoints each.
+    fn world() -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+        let names = [("a", "10.96.0.1"), ("b", "10.96.0.2"), ("c", "10.96.0.3")];
+        (
+            names.iter().map(|(n, ip)| svc(n, ip)).collect(),
+            names
+                .iter()
+                .map(|(n, _)| eps(n, "1", &["10.244.1.1", "10.244.1.2"]))
+                .collect(),
+        )
     }
-}
 
-/// One slice of a Service as last counted.
-#[derive(Debug)]
-struct SeenSlice {
-    name: String,
-    rv: String,
-    trigger: Option<String>,
-}
-
-/// What a sync recomputes from.
-enum Inputs<'a> {
-    All {
-        services: &'a [Arc<Service>],
-        slices: &'a [Arc<EndpointSlice>],
-    },
-    Changed(&'a [ServiceInputs]),
-}
-
-fn latency_since(rfc3339: &str, now: SystemTime) -> Option<f64> {
-    let ts: k8s_openapi::jiff::Timestamp = rfc3339.parse().ok()?;
-    let then = SystemTime::from(ts);
-    now.duration_since(then).ok().map(|d| d.as_secs_f64())
-}
-
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// Last sync facts kept by the runner for the status snapshot.
-#[derive(Debug, Clone, Default)]
-struct LastSync {
-    at: Option<Instant>,
-    duration: Option<Duration>,
-    outcome: SyncOutcome,
-}
-
-fn publish(status: &ArcSwap<Option<ProxyStatus>>, ready: bool, last: &LastSync) {
-    let s = ProxyStatus {
-        mode: "ipvs".into(),
-        synced: ready && last.at.is_some() && last.outcome.failed == 0,
-        services: last.outcome.services as u64,
-        real_servers: last.outcome.real_servers as u64,
-        last_sync_seconds_ago: last.at.map(|t| t.elapsed().as_secs()),
-        last_sync_duration_ms: last.duration.map(|d| d.as_secs_f64() * 1000.0),
-        last_error: last.outcome.first_error.clone(),
-    };
-    let cur = status.load();
-    if cur.as_ref().as_ref() != Some(&s) {
-        status.store(Arc::new(Some(s)));
+    fn full(
+        e: &mut Engine,
+        plane: &dyn DataPlane,
+        w: &(Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>),
+        list: bool,
+        now: Instant,
+    ) -> SyncOutcome {
+        let inputs = Inputs::All {
+            services: &w.0,
+            slices: &w.1,
+        };
+        drive(e, plane, inputs, &[], list, now)
     }
-}
 
-/// Everything the engine needs besides the Kubernetes client.
-pub struct Engine {
-    pub settings: EngineSettings,
-    pub backends: IpvsDataPlane,
-    pub status: Arc<ArcSwap<Option<ProxyStatus>>>,
-    pub metrics: ProxyMetrics,
-    pub health: ProxyHealth,
-}
-
-impl Engine {
-    /// Runs watchers and the sync loop until `shutdown`. The kernel is left
-    /// as it is on exit (a restart adopts it).
-    pub async fn run(self, client: Client, shutdown: CancellationToken) -> Result<(), ProxyError> {
-        let Engine {
-            settings,
-            backends,
-            status,
-            metrics,
-            health,
-        } = self;
-        publish(&status, false, &LastSync::default());
-        {
-            let b = backends.clone();
-            let host = settings.host();
-            tokio::task::spawn_blocking(move || b.prepare(&host))
-                .await
-                .map_err(|e| ProxyError::Prepare(KernelError::Unexpected(e.to_string())))?
-                .map_err(ProxyError::Prepare)?;
+    fn key(a: &str) -> ServiceKey {
+        ServiceKey {
+            addr: a.parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
         }
-
-        let dirty = Arc::new(Notify::new());
-        let mut tasks = JoinSet::new();
-        let watched = start_watchers(
-            client,
-            &settings.node_name,
-            dirty.clone(),
-            shutdown.child_token(),
-            &mut tasks,
-        );
-        health.queued(SystemTime::now());
-        metrics
-            .last_queued_timestamp
-            .set(unix_seconds(SystemTime::now()));
-
-        // Nothing is programmed on partial data.
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = watched.caches.wait_until_ready() => if r.is_err() { return Ok(()) },
-        }
-        tracing::info!("proxy caches synced");
-
-        let min = settings.min_sync_period;
-        let max = settings.sync_period;
-        let mut syncer = Some(Syncer::new(settings, backends, metrics.clone()));
-        let mut last = LastSync::default();
-        let mut pending = true;
-        let mut recheck: Option<Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let now = Instant::now();
-            let allowed = last.at.map_or(now, |t| t + min);
-            let deadline = if pending {
-                allowed
-            } else {
-                let forced = last.at.map_or(now, |t| t + max);
-                recheck.map_or(forced, |r| r.min(forced)).max(allowed)
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = dirty.notified(), if !pending => {
-                    pending = true;
-                    health.queued(SystemTime::now());
-                    metrics.last_queued_timestamp.set(unix_seconds(SystemTime::now()));
-                    continue;
-                }
-                _ = tick.tick() => {
-                    publish(&status, true, &last);
-                    continue;
-                }
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-            let started = Instant::now();
-            let Some(mut s) = syncer.take() else { break };
-            let node = watched.caches.node.state().into_iter().next();
-            let std_now = started.into_std();
-            // Only the changed Services are read and synced, unless
-            // everything is due (relist, period, failure, node change).
-            let changed = watched.tracker().take();
-            let inputs = if changed.all || s.wants_full(node.as_deref(), std_now) {
-                None
-            } else {
-                Some(watched.inputs(&changed.services))
-            };
-            let (services, slices) = match inputs {
-                Some(_) => (Vec::new(), Vec::new()),
-                None => (
-                    watched.caches.services.state(),
-                    watched.caches.slices.state(),
-                ),
-            };
-            let joined = tokio::task::spawn_blocking(move || {
-                let o = match inputs {
-                    Some(changed) => s.sync_changed(&changed, node.as_deref(), std_now),
-                    None => s.sync(&services, &slices, node.as_deref(), std_now),
-                };
-                (s, o)
-            })
-            .await;
-            let (s, outcome) = match joined {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::error!(error = %e, "proxy sync task failed");
-                    break;
-                }
-            };
-            syncer = Some(s);
-            if outcome.full_required {
-                // Nothing was done (the checks above make this rare): go
-                // again at once with everything.
-                watched.tracker().mark_all();
-                pending = true;
-                continue;
-            }
-            let took = started.elapsed();
-            pending = false;
-            recheck = outcome.recheck_in.map(|d| Instant::now() + d);
-            metrics.syncs.inc();
-            metrics.sync_duration.observe(took.as_secs_f64());
-            if outcome.failed == 0 {
-                metrics
-                    .last_sync_timestamp
-                    .set(unix_seconds(SystemTime::now()));
-                health.updated(SystemTime::now());
-                metrics.synced.set(1);
-            } else {
-                metrics.sync_errors.inc();
-            }
-            tracing::debug!(
-                changes = outcome.changes,
-                failed = outcome.failed,
-                services = outcome.services,
-                real_servers = outcome.real_servers,
-                ms = took.as_secs_f64() * 1000.0,
-                "proxy sync"
-            );
-            last = LastSync {
-                at: Some(started),
-                duration: Some(took),
-                outcome,
-            };
-            publish(&status, true, &last);
-        }
-        tasks.shutdown().await;
-        Ok(())
     }
-}
 
-/// The entry point for `app.rs`: builds the client from `cfg`, starts the
-/// healthz and metrics servers when configured, and runs until `shutdown`.
-/// `metrics` is registered by the caller in lbd's admin registry if wanted
-/// (`ProxyMetrics::register_lbd`); the metrics_bind server gets its own
-/// registry with kube-proxy's names and lbd's.
-pub async fn run_proxy(
-    cfg: ProxyConfig,
-    node_name: String,
-    backends: IpvsDataPlane,
-    status: Arc<ArcSwap<Option<ProxyStatus>>>,
-    metrics: ProxyMetrics,
-    shutdown: CancellationToken,
-) -> Result<(), ProxyError> {
-    if cfg.mode != ProxyMode::Ipvs {
-        // nftables mode is not implemented by this engine; none: nothing.
-        return Ok(());
+    /// The keys of the virtual servers a mutation touches.
+    fn touched(c: &IpvsCall) -> Option<ServiceKey> {
+        match c {
+            IpvsCall::AddService(v) | IpvsCall::UpdateService(v) => Some(v.key()),
+            IpvsCall::DeleteService(k)
+            | IpvsCall::AddDest(k, _)
+            | IpvsCall::UpdateDest(k, _)
+            | IpvsCall::DeleteDest(k, _) => Some(*k),
+            _ => None,
+        }
     }
-    // Our own token: ending the engine stops our servers, not the daemon.
-    let shutdown = shutdown.child_token();
-    let settings = EngineSettings::from_config(&cfg, &node_name);
-    let health = ProxyHealth::new(settings.sync_period * 2);
-    let mut servers = JoinSet::new();
-    if let Some(addr) = cfg.healthz_bind {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                what: "healthz_bind",
-                addr,
-                source,
-            })?;
-        servers.spawn(server::serve_healthz(
-            l,
-            health.clone(),
-            shutdown.child_token(),
+
+    #[test]
+    fn a_restart_adopts_the_kernels_table_with_no_change() {
+        let k = FakeKernel::default();
+        let plane = k.plane();
+        let w = world();
+        let t0 = Instant::now();
+        let o = full(&mut Engine::new(settings(), true), &plane, &w, true, t0);
+        assert_eq!((o.failed, o.changes), (0, 3 + 3 * 2 + 3), "{o:?}");
+        // Connections live in the kernel meanwhile.
+        assert!(k.ipvs.set_conns(
+            &key("10.96.0.1"),
+            &DestKey {
+                addr: "10.244.1.1".parse().unwrap(),
+                port: 8080
+            },
+            5,
+            1
         ));
+        let table = k.ipvs.snapshot();
+        let (bound, sets) = (k.addresses.snapshot(), k.firewall.sets());
+        k.ipvs.take_mutations();
+
+        // lbd restarts: a new engine, the same kernel.
+        let mut e = Engine::new(settings(), true);
+        assert!(e.needs_full(&[]));
+        let o = full(&mut e, &plane, &w, true, t0 + Duration::from_secs(5));
+        assert_eq!((o.failed, o.changes), (0, 0), "{o:?}");
+        assert!(o.full && o.all_services);
+        assert_eq!(k.ipvs.take_mutations(), vec![]);
+        assert_eq!(k.ipvs.snapshot(), table);
+        assert_eq!(k.addresses.snapshot(), bound);
+        // nft does not know what our table holds: it is replaced once,
+        // atomically, with the same elements.
+        assert_eq!(k.firewall.sets(), sets);
     }
-    if let Some(addr) = cfg.metrics_bind {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                what: "metrics_bind",
-                addr,
-                source,
-            })?;
-        let mut reg = prometheus_client::registry::Registry::default();
-        metrics.register_kube_proxy(&mut reg);
-        metrics.register_lbd(&mut reg);
-        servers.spawn(server::serve_metrics(
-            l,
-            Arc::new(reg),
-            health.clone(),
-            shutdown.child_token(),
-        ));
+
+    #[test]
+    fn an_apiserver_outage_changes_nothing() {
+        // During an outage the caches keep their last content: the
+        // periodic full syncs see the same inputs and list the kernel.
+        let k = FakeKernel::default();
+        let plane = k.plane();
+        let w = world();
+        let mut e = Engine::new(settings(), true);
+        let t0 = Instant::now();
+        assert_eq!(full(&mut e, &plane, &w, true, t0).failed, 0);
+        k.ipvs.take_mutations();
+        let documents = k.firewall.applied.lock().unwrap().len();
+        for i in 1..=4 {
+            let o = full(&mut e, &plane, &w, true, t0 + Duration::from_secs(30 * i));
+            assert_eq!((o.failed, o.changes), (0, 0), "{o:?}");
+            assert!(o.full && !o.nft_rendered);
+            // Nothing counted as changed either.
+            assert_eq!((o.service_changes, o.endpoint_changes), (0, 0));
+        }
+        assert_eq!(k.ipvs.take_mutations(), vec![]);
+        assert_eq!(k.firewall.applied.lock().unwrap().len(), documents);
     }
-    let client = client_from_config(&cfg).await?;
-    let engine = Engine {
-        settings,
-        backends,
-        status,
-        metrics,
-        health,
-    };
-    let r = engine.run(client, shutdown.clone()).await;
-    shutdown.cancel();
-    servers.shutdown().await;
-    r
+
+    #[test]
+    fn only_owned_objects_are_touched() {
+        let k = FakeKernel::default();
+        // Another tool's virtual server, and one inside exclude_cidrs.
+        let foreign = VirtualServer::new("192.0.2.1".parse().unwrap(), 80, Protocol::Tcp, "wlc");
+        let rs = RealServer::new("192.0.2.2".parse().unwrap(), 80, 3);
+        k.ipvs.insert_foreign(foreign.clone(), vec![rs.clone()]);
+        let excluded = VirtualServer::new("10.97.0.5".parse().unwrap(), 80, Protocol::Tcp, "rr");
+        k.ipvs.insert_foreign(excluded.clone(), vec![]);
+        k.addresses.add("10.97.0.5".parse().unwrap()).unwrap();
+        // A stale one of ours (its address is bound on kube-ipvs0).
+        let stale = VirtualServer::new("10.96.0.99".parse().unwrap(), 80, Protocol::Tcp, "rr");
+        k.ipvs.insert_foreign(stale.clone(), vec![]);
+        k.addresses.add("10.96.0.99".parse().unwrap()).unwrap();
+        let plane = k.plane();
+        let mut e = Engine::new(settings(), true);
+        let t0 = Instant::now();
+        let mut w = world();
+        assert_eq!(full(&mut e, &plane, &w, true, t0).failed, 0);
+        // A Service goes, through a changed-only sync.
+        w.0.retain(|s| s.metadata.name.as_deref() != Some("c"));
+        let changed = [ServiceInputs {
+            key: ObjectKey::new("default", "c"),
+            service: None,
+            slices: vec![w.1[2].clone()],
+        }];
+        let o = drive(&mut e, &plane, Inputs::Changed(&changed), &[], false, t0);
+        // Its virtual server (real servers go with it) and its address.
+        assert_eq!((o.failed, o.changes), (0, 2), "{o:?}");
+        // Both syncs' calls.
+        let mutations = k.ipvs.take_mutations();
+        for c in &mutations {
+            let t = touched(c).unwrap();
+            assert!(t != foreign.key() && t != excluded.key(), "{c:?}");
+        }
+        assert!(mutations.contains(&IpvsCall::DeleteService(stale.key())));
+        let table = k.ipvs.snapshot();
+        assert!(table.contains(&(foreign, vec![rs])));
+        assert!(table.iter().any(|(v, _)| *v == excluded));
+        let bound = k.addresses.snapshot();
+        assert!(bound.contains(&"10.97.0.5".parse().unwrap()));
+        assert!(!bound.contains(&"10.96.0.99".parse().unwrap()));
+        assert!(!bound.contains(&"10.96.0.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_partial_failure_leaves_the_rest_applied_and_the_next_full_sync_converges() {
+        let k = FakeKernel::default();
+        let plane = k.plane();
+        let w = world();
+        let mut e = Engine::new(settings(), true);
+        let t0 = Instant::now();
+        // The first IPVS change (a's virtual server) fails: its two real
+        // servers fail behind it, everything else is applied.
+        k.ipvs.fail_next(libc::ENOMEM);
+        let o = full(&mut e, &plane, &w, true, t0);
+        assert_eq!((o.changes, o.failed), (12, 3), "{o:?}");
+        assert_eq!(o.ops.get(KernelOp::AddService), (2, 1));
+        assert_eq!(o.ops.get(KernelOp::AddDest), (4, 2));
+        assert_eq!(o.errors.len(), 3);
+        assert!(o.first_error.as_deref().unwrap().contains("add_service"));
+        assert!(o.programmed_triggers.is_empty());
+        let table = k.ipvs.snapshot();
+        assert_eq!(table.len(), 2);
+        assert!(table.iter().all(|(_, rs)| rs.len() == 2));
+        assert_eq!(k.addresses.snapshot().len(), 3);
+        // The view is gone: a changed-only sync is refused...
+        assert!(e.needs_full(&[]));
+        let step = e.start(Inputs::Changed(&[]), &[], false, t0);
+        assert!(matches!(step, Step::Done(o) if o.full_required));
+        // ... and the full one lists the kernel and adds only what is missing.
+        k.ipvs.take_mutations();
+        let o = full(&mut e, &plane, &w, false, t0 + Duration::from_secs(1));
+        assert_eq!((o.failed, o.changes), (0, 3), "{o:?}");
+        assert!(o.full);
+        assert_eq!(k.ipvs.take_mutations().len(), 3);
+        assert_eq!(k.ipvs.snapshot().len(), 3);
+    }
+
+    #[test]
+    fn a_changed_only_sync_reads_nothing_from_the_kernel() {
+        let k = FakeKernel::default();
+        let plane = k.plane();
+        let mut w = world();
+        let mut e = Engine::new(settings(), true);
+        let t0 = Instant::now();
+        assert_eq!(full(&mut e, &plane, &w, true, t0).failed, 0);
+        // b gains an endpoint.
+        w.1[1] = eps("b", "2", &["10.244.1.1", "10.244.1.2", "10.244.1.3"]);
+        let changed = [ServiceInputs {
+            key: ObjectKey::new("default", "b"),
+            service: Some(w.0[1].clone()),
+            slices: vec![w.1[1].clone()],
+        }];
+        let step = e.start(Inputs::Changed(&changed), &[], true, t0);
+        let want = [Change::AddReal(
+            key("10.96.0.2"),
+            RealServer::new("10.244.1.3".parse().unwrap(), 8080, 1),
+        )];
+        assert_eq!(step, Step::Apply(&want));
+        let step = e.resume(Reply::Applied(plane.apply(&want)));
+        let Step::Firewall(doc) = step else {
+            panic!("{step:?}");
+        };
+        // One hairpin element, not the table.
+        assert!(doc.as_str().contains(r#""add":{"element""#), "{doc}");
+        let step = e.resume(Reply::Firewall(plane.apply_firewall(&doc)));
+        let Step::Done(o) = step else {
+            panic!("{step:?}");
+        };
+        assert_eq!((o.failed, o.changes, o.nft_element_changes), (0, 1, 1));
+        assert!(!o.full && !o.all_services);
+        assert_eq!(o.endpoint_changes, 1);
+    }
 }

@@ -165,6 +165,22 @@ impl KernelOp {
         }
     }
 
+    /// A change to the IPVS table or kube-ipvs0 (what `kernel_changes`
+    /// counts).
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            KernelOp::AddService
+                | KernelOp::UpdateService
+                | KernelOp::DeleteService
+                | KernelOp::AddDest
+                | KernelOp::UpdateDest
+                | KernelOp::DeleteDest
+                | KernelOp::BindAddress
+                | KernelOp::UnbindAddress
+        )
+    }
+
     /// An nftables document (counted as nft applies, not kernel changes).
     pub fn is_nft(self) -> bool {
         matches!(self, KernelOp::NftElements | KernelOp::NftReplace)

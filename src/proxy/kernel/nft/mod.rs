@@ -37,7 +37,7 @@ pub const FAMILY: &str = "inet";
 /// so CNIs that know kube-proxy's mark keep working during a migration.
 pub const MASQ_MARK: u32 = 0x4000;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NftParams<'a> {
     /// Traffic from outside these ranges to a ClusterIP is masqueraded.
     pub cluster_cidrs: &'a [IpNet],
