@@ -13,7 +13,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ProxyMode;
 use crate::config::{self, Config, ListenerConfig};
 use crate::health::{HealthMetrics, ListenerHealth};
 use crate::status::server::{bind_unix, serve_tcp, serve_unix, AdminState};
@@ -49,6 +48,8 @@ pub enum AppError {
     Signals(std::io::Error),
     #[error("{0}")]
     KubeProxyConfig(#[from] crate::ipvs::kubeproxy_config::KubeProxyConfigError),
+    #[error("proxy: {0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 /// Loads the config file and, when it names one, the KubeProxyConfiguration
@@ -301,16 +302,13 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         tcplb.apply(&t.listeners, grace).await?;
     }
 
-    let proxy_status = crate::proxy::report::ProxyReporter::default();
-    if let Some(p) = cfg.proxy.clone() {
-        start_proxy(
-            p,
-            &cfg.node.name,
-            &mut registry,
-            proxy_status.clone(),
-            shutdown.clone(),
-        );
-    }
+    let mut proxy = crate::proxy::Proxy::start(
+        cfg.proxy.as_ref(),
+        &cfg.node.name,
+        &mut registry,
+        shutdown.clone(),
+    )
+    .await;
 
     let mut vrrp = crate::vrrp::driver::VrrpRunner::new(vrrp_metrics, track_rx);
     if let Some(v) = &cfg.vrrp {
@@ -325,7 +323,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         let collector = collector.clone();
         let reload_state = reload_state.clone();
         let path = config_path.display().to_string();
-        let proxy_status = proxy_status.clone();
+        let proxy_status = proxy.reporter();
         move || {
             let mut r = build_report(&node_name, started, &collector, &reload_state, &path);
             r.proxy = proxy_status.report();
@@ -358,7 +356,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         tokio::select! {
             _ = hup.recv() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                match reload(&config_path, &current, &mut tcplb, &mut vrrp).await {
+                match reload(&config_path, &current, &mut tcplb, &mut proxy, &mut vrrp).await {
                     Ok(()) => {
                         reloads_ok.inc();
                         reload_state.ok.fetch_add(1, Relaxed);
@@ -411,9 +409,13 @@ async fn reload(
     path: &Path,
     current: &ArcSwap<Config>,
     tcplb: &mut Tcplb,
+    proxy: &mut crate::proxy::Proxy,
     vrrp: &mut crate::vrrp::driver::VrrpRunner,
 ) -> Result<(), AppError> {
     let next = load_config(path)?;
+    // Checked before anything changes: a proxy change that cannot be made
+    // rejects the whole reload.
+    let proxy_reload = proxy.prepare(next.proxy.as_ref()).await?;
     let old = current.load_full();
     let grace = next
         .tcplb
@@ -425,9 +427,7 @@ async fn reload(
         .map(|t| t.listeners.clone())
         .unwrap_or_default();
     tcplb.apply(&wanted, grace).await?;
-    if old.proxy != next.proxy {
-        tracing::warn!("proxy section changed: takes effect on restart");
-    }
+    proxy.commit(proxy_reload).await;
     // Changed instances restart (releasing their VIP with priority 0).
     vrrp.apply(next.vrrp.as_ref().map_or(&[][..], |v| &v.instances[..]))
         .await;
@@ -507,60 +507,5 @@ fn build_report(
                 .unwrap_or_else(|p| p.into_inner())
                 .map(|t| t.elapsed().as_secs()),
         },
-    }
-}
-
-/// Starts the Service proxy. Its failures are logged and shown in status; they
-/// never take the VIP or the balancer down with them.
-fn start_proxy(
-    p: crate::config::ProxyConfig,
-    node: &str,
-    registry: &mut Registry,
-    status: crate::proxy::report::ProxyReporter,
-    shutdown: CancellationToken,
-) {
-    use crate::status::ProxyDataPlane;
-    match p.mode {
-        ProxyMode::None => {}
-        ProxyMode::Nftables => {
-            tracing::error!(
-                "proxy mode nftables is not implemented: no Service rules are programmed"
-            );
-            status.failed(
-                ProxyDataPlane::Nftables,
-                "mode nftables is not implemented; use ipvs".into(),
-            );
-        }
-        ProxyMode::Ipvs => {
-            let metrics = crate::proxy::metrics::ProxyMetrics::new();
-            metrics.register_lbd(registry);
-            let node = p
-                .hostname_override
-                .clone()
-                .unwrap_or_else(|| node.to_string());
-            match crate::proxy::kernel::IpvsDataPlane::kernel() {
-                Ok(plane) => {
-                    tokio::spawn(async move {
-                        let r = crate::proxy::driver::run_proxy(
-                            p,
-                            node,
-                            Box::new(plane),
-                            status.clone(),
-                            metrics,
-                            shutdown,
-                        )
-                        .await;
-                        if let Err(e) = r {
-                            tracing::error!(error = %e, "service proxy stopped");
-                            status.failed(ProxyDataPlane::Ipvs, e.to_string());
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "service proxy cannot start");
-                    status.failed(ProxyDataPlane::Ipvs, e.to_string());
-                }
-            }
-        }
     }
 }

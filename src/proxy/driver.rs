@@ -322,9 +322,9 @@ impl Runner {
             health,
         };
         queued(&lp.health, &lp.metrics);
-        lp.run(&mut updates, &shutdown).await;
+        let r = lp.run(&mut updates, &shutdown).await;
         tasks.shutdown().await;
-        Ok(())
+        r
     }
 }
 
@@ -339,34 +339,36 @@ struct SyncLoop {
 }
 
 impl SyncLoop {
+    /// Until `shutdown` (Ok) or until the loop cannot go on.
     async fn run(
         &mut self,
         updates: &mut mpsc::UnboundedReceiver<EngineSettings>,
         shutdown: &CancellationToken,
-    ) {
+    ) -> Result<(), ProxyError> {
         loop {
             let Some(s) = self.syncer.as_ref() else {
-                return;
+                return Err(ProxyError::Task("the syncer was lost".into()));
             };
-            let going = match s.schedule().decide(Instant::now()) {
-                Decision::Sync(kind) => self.sync(kind).await,
-                Decision::Wait(until) => self.wait(until, updates, shutdown).await,
-            };
-            if !going {
-                return;
+            match s.schedule().decide(Instant::now()) {
+                Decision::Sync(kind) => self.sync(kind).await?,
+                Decision::Wait(until) => {
+                    if !self.wait(until, updates, shutdown).await? {
+                        return Ok(());
+                    }
+                }
             }
         }
     }
 
-    /// Waits for the next event or deadline; false when the loop ends.
+    /// Waits for the next event or deadline; false on shutdown.
     async fn wait(
         &mut self,
         until: Option<Instant>,
         updates: &mut mpsc::UnboundedReceiver<EngineSettings>,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Result<bool, ProxyError> {
         let Some(s) = self.syncer.as_mut() else {
-            return false;
+            return Err(ProxyError::Task("the syncer was lost".into()));
         };
         let (ready, pending) = (s.schedule().ready(), s.schedule().pending());
         let sleep = async {
@@ -376,11 +378,11 @@ impl SyncLoop {
             }
         };
         tokio::select! {
-            _ = shutdown.cancelled() => return false,
+            _ = shutdown.cancelled() => return Ok(false),
             // Nothing is programmed on partial data.
             r = self.watched.caches.wait_until_ready(), if !ready => {
                 if r.is_err() {
-                    return false;
+                    return Err(ProxyError::Task("the watch stores closed".into()));
                 }
                 tracing::info!("proxy caches synced");
                 s.on(Instant::now(), Event::CachesReady);
@@ -395,13 +397,13 @@ impl SyncLoop {
             }
             _ = sleep => {}
         }
-        true
+        Ok(true)
     }
 
-    /// One sync on a blocking thread; false when the loop ends.
-    async fn sync(&mut self, kind: SyncKind) -> bool {
+    /// One sync on a blocking thread.
+    async fn sync(&mut self, kind: SyncKind) -> Result<(), ProxyError> {
         let Some(s) = self.syncer.take() else {
-            return false;
+            return Err(ProxyError::Task("the syncer was lost".into()));
         };
         let started = Instant::now();
         let node = self.watched.caches.node.state().into_iter().next();
@@ -426,19 +428,13 @@ impl SyncLoop {
             (s, o)
         })
         .await;
-        let (s, outcome) = match joined {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %e, "proxy sync task failed");
-                return false;
-            }
-        };
+        let (s, outcome) = joined.map_err(|e| ProxyError::Task(format!("sync: {e}")))?;
         self.syncer = Some(s);
         if outcome.full_required {
             // Nothing was done (the checks above make this rare): go again
             // at once with everything.
             self.watched.tracker().mark_all();
-            return true;
+            return Ok(());
         }
         let took = started.elapsed();
         if outcome.failed == 0 {
@@ -460,75 +456,6 @@ impl SyncLoop {
             failed: outcome.failed,
             first_error: outcome.first_error,
         });
-        true
+        Ok(())
     }
-}
-
-/// The entry point for `app.rs`: builds the client from `cfg`, starts the
-/// healthz and metrics servers when configured, and runs until `shutdown`.
-/// `metrics` is registered by the caller in lbd's admin registry if wanted
-/// (`ProxyMetrics::register_lbd`); the metrics_bind server gets its own
-/// registry with kube-proxy's names and lbd's.
-pub async fn run_proxy(
-    cfg: crate::config::ProxyConfig,
-    node_name: String,
-    plane: Box<dyn DataPlane>,
-    reporter: ProxyReporter,
-    metrics: ProxyMetrics,
-    shutdown: CancellationToken,
-) -> Result<(), ProxyError> {
-    use crate::config::ProxyMode;
-    if cfg.mode != ProxyMode::Ipvs {
-        // nftables mode is not implemented by this engine; none: nothing.
-        return Ok(());
-    }
-    // Our own token: ending the engine stops our servers, not the daemon.
-    let shutdown = shutdown.child_token();
-    let settings = EngineSettings::from_config(&cfg, &node_name);
-    let health = ProxyHealth::new(settings.sync_period * 2);
-    let mut servers = JoinSet::new();
-    if let Some(addr) = cfg.healthz_bind {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                what: "healthz_bind",
-                addr,
-                source,
-            })?;
-        servers.spawn(super::server::serve_healthz(
-            l,
-            health.clone(),
-            shutdown.child_token(),
-        ));
-    }
-    if let Some(addr) = cfg.metrics_bind {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                what: "metrics_bind",
-                addr,
-                source,
-            })?;
-        let mut reg = prometheus_client::registry::Registry::default();
-        metrics.register_kube_proxy(&mut reg);
-        metrics.register_lbd(&mut reg);
-        servers.spawn(super::server::serve_metrics(
-            l,
-            Arc::new(reg),
-            health.clone(),
-            shutdown.child_token(),
-        ));
-    }
-    let client = super::kube::client_from_config(&cfg).await?;
-    let runner = Runner {
-        settings,
-        plane,
-        reporter,
-        metrics,
-        health,
-    };
-    let r = runner.run(client, shutdown.clone()).await;
-    shutdown.cancel();
-    servers.shutdown().await;
-    r
 }

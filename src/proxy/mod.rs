@@ -11,10 +11,15 @@
 //! - `kernel`: the data planes and their narrow kernel traits, with fakes.
 //! - `kube`: the watchers; `driver`: the syncer and the async loop;
 //!   `report`: the status; `server`: healthz and metrics; `metrics`.
+//! - `control`: [`Proxy`], the entry points `app` calls (start, reload,
+//!   report).
 
 use std::net::SocketAddr;
 
+pub use control::{PlaneFactory, Proxy, ProxyReload};
+
 pub mod changes;
+pub mod control;
 pub mod desired;
 pub mod driver;
 pub mod endpoints;
@@ -45,4 +50,11 @@ pub enum ProxyError {
     Ipvs(#[from] kernel::ipvs::IpvsError),
     #[error("proxy task: {0}")]
     Task(String),
+    /// Switching the data plane in place would leave two owners of the
+    /// kernel's tables for a while, or flush them.
+    #[error("proxy mode {from} -> {to}: takes a restart of lbd, not a reload")]
+    ModeChange {
+        from: &'static str,
+        to: &'static str,
+    },
 }
