@@ -46,22 +46,8 @@ pub enum AppError {
     },
     #[error("signals: {0}")]
     Signals(std::io::Error),
-    #[error("{0}")]
-    KubeProxyConfig(#[from] crate::ipvs::kubeproxy_config::KubeProxyConfigError),
     #[error("proxy: {0}")]
     Proxy(#[from] crate::proxy::ProxyError),
-}
-
-/// Loads the config file and, when it names one, the KubeProxyConfiguration
-/// whose fields fill the proxy section (as kube-proxy reads them).
-pub fn load_config(path: &Path) -> Result<Config, AppError> {
-    let mut cfg = config::load(path)?;
-    if let Some(p) = cfg.proxy.as_mut() {
-        if let Some(kpc) = p.kube_proxy_config.clone() {
-            crate::ipvs::kubeproxy_config::load(&kpc, p)?;
-        }
-    }
-    Ok(cfg)
 }
 
 /// Listener name -> has at least one usable backend; what VRRP tracks.
@@ -247,7 +233,7 @@ struct ReloadState {
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
-    let cfg = load_config(&config_path)?;
+    let cfg = config::load(&config_path)?;
     // Handlers first: a SIGHUP that arrives right after READY=1 (systemd
     // may send one at once) must reload, not kill the process.
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
@@ -412,7 +398,7 @@ async fn reload(
     proxy: &mut crate::proxy::Proxy,
     vrrp: &mut crate::vrrp::driver::VrrpRunner,
 ) -> Result<(), AppError> {
-    let next = load_config(path)?;
+    let next = config::load(path)?;
     // Checked before anything changes: a proxy change that cannot be made
     // rejects the whole reload.
     let proxy_reload = proxy.prepare(next.proxy.as_ref()).await?;

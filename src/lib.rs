@@ -8,7 +8,6 @@
 pub mod app;
 pub mod config;
 pub mod health;
-pub mod ipvs;
 pub mod manifest;
 pub mod proxy;
 pub mod status;
