@@ -84,6 +84,7 @@ struct RunnerTask {
 struct Server {
     addr: SocketAddr,
     stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 /// A reload made ready by [`Proxy::prepare`]: nothing has changed yet, and
@@ -343,9 +344,9 @@ impl Proxy {
         addr: Option<SocketAddr>,
         stop: &CancellationToken,
     ) -> Server {
-        let server = server(&l, addr, stop);
-        tokio::spawn(serve_healthz(l, self.health.clone(), server.stop.clone()));
-        server
+        let (addr, stop) = server_identity(&l, addr, stop);
+        let task = tokio::spawn(serve_healthz(l, self.health.clone(), stop.clone()));
+        Server { addr, stop, task }
     }
 
     fn serve_metrics(
@@ -354,14 +355,14 @@ impl Proxy {
         addr: Option<SocketAddr>,
         stop: &CancellationToken,
     ) -> Server {
-        let server = server(&l, addr, stop);
-        tokio::spawn(serve_metrics(
+        let (addr, stop) = server_identity(&l, addr, stop);
+        let task = tokio::spawn(serve_metrics(
             l,
             self.registry.clone(),
             self.health.clone(),
-            server.stop.clone(),
+            stop.clone(),
         ));
-        server
+        Server { addr, stop, task }
     }
 
     async fn change(&mut self, c: Change) {
@@ -388,17 +389,17 @@ impl Proxy {
         self.health.set_timeout(c.settings.sync_period * 2);
         r.healthz = match c.healthz {
             Rebind::Keep => r.healthz,
-            Rebind::Off => stop_server(r.healthz),
+            Rebind::Off => stop_server(r.healthz).await,
             Rebind::To(l) => {
-                stop_server(r.healthz);
+                stop_server(r.healthz).await;
                 Some(self.serve_healthz(l, c.cfg.healthz_bind, &r.stop))
             }
         };
         r.metrics = match c.metrics {
             Rebind::Keep => r.metrics,
-            Rebind::Off => stop_server(r.metrics),
+            Rebind::Off => stop_server(r.metrics).await,
             Rebind::To(l) => {
-                stop_server(r.metrics);
+                stop_server(r.metrics).await;
                 Some(self.serve_metrics(l, c.cfg.metrics_bind, &r.stop))
             }
         };
@@ -416,20 +417,25 @@ impl Proxy {
     }
 }
 
-/// A server on `l`, known by the address the config asked for (so an
-/// unchanged config compares equal even where port 0 bound another).
-fn server(l: &TcpListener, addr: Option<SocketAddr>, stop: &CancellationToken) -> Server {
-    Server {
-        addr: addr
-            .or_else(|| l.local_addr().ok())
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-        stop: stop.child_token(),
-    }
+/// A server on `l` is known by the address the config asked for (so an
+/// unchanged config compares equal even where port 0 bound another), and
+/// stops with its own token, a child of its start's.
+fn server_identity(
+    l: &TcpListener,
+    addr: Option<SocketAddr>,
+    stop: &CancellationToken,
+) -> (SocketAddr, CancellationToken) {
+    let addr = addr
+        .or_else(|| l.local_addr().ok())
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    (addr, stop.child_token())
 }
 
-fn stop_server(s: Option<Server>) -> Option<Server> {
+/// Stops a server and waits until its listener is closed.
+async fn stop_server(s: Option<Server>) -> Option<Server> {
     if let Some(s) = s {
         s.stop.cancel();
+        let _ = s.task.await;
     }
     None
 }

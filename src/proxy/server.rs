@@ -127,6 +127,8 @@ where
 {
     loop {
         let (stream, _) = tokio::select! {
+            // A stopped server accepts nothing more, even what waits.
+            biased;
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
