@@ -81,6 +81,14 @@ struct RunnerTask {
     task: JoinHandle<()>,
 }
 
+#[derive(Clone, Copy)]
+enum ServerKind {
+    /// kube-proxy's healthz port: `/healthz`, `/livez`.
+    Healthz,
+    /// kube-proxy's metrics port: `/metrics`, `/healthz`, `/proxyMode`.
+    Metrics,
+}
+
 struct Server {
     addr: SocketAddr,
     stop: CancellationToken,
@@ -300,8 +308,8 @@ impl Proxy {
             settings,
             client,
             updates,
-            healthz: healthz.map(|l| self.serve_healthz(l, cfg.healthz_bind, &stop)),
-            metrics: metrics.map(|l| self.serve_metrics(l, cfg.metrics_bind, &stop)),
+            healthz: healthz.map(|l| self.serve(ServerKind::Healthz, l, cfg.healthz_bind, &stop)),
+            metrics: metrics.map(|l| self.serve(ServerKind::Metrics, l, cfg.metrics_bind, &stop)),
             runner,
             stop,
         })
@@ -338,30 +346,30 @@ impl Proxy {
         RunnerTask { stop: own, task }
     }
 
-    fn serve_healthz(
+    /// Serves `kind` on `l`, known by the address the config asked for
+    /// (so an unchanged config compares equal even where port 0 bound
+    /// another), stopping with its own child of `stop`.
+    fn serve(
         &self,
+        kind: ServerKind,
         l: TcpListener,
         addr: Option<SocketAddr>,
         stop: &CancellationToken,
     ) -> Server {
-        let (addr, stop) = server_identity(&l, addr, stop);
-        let task = tokio::spawn(serve_healthz(l, self.health.clone(), stop.clone()));
-        Server { addr, stop, task }
-    }
-
-    fn serve_metrics(
-        &self,
-        l: TcpListener,
-        addr: Option<SocketAddr>,
-        stop: &CancellationToken,
-    ) -> Server {
-        let (addr, stop) = server_identity(&l, addr, stop);
-        let task = tokio::spawn(serve_metrics(
-            l,
-            self.registry.clone(),
-            self.health.clone(),
-            stop.clone(),
-        ));
+        let addr = addr
+            .or_else(|| l.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let stop = stop.child_token();
+        let health = self.health.clone();
+        let task = match kind {
+            ServerKind::Healthz => tokio::spawn(serve_healthz(l, health, stop.clone())),
+            ServerKind::Metrics => tokio::spawn(serve_metrics(
+                l,
+                self.registry.clone(),
+                health,
+                stop.clone(),
+            )),
+        };
         Server { addr, stop, task }
     }
 
@@ -387,25 +395,47 @@ impl Proxy {
             None => {}
         }
         self.health.set_timeout(c.settings.sync_period * 2);
-        r.healthz = match c.healthz {
-            Rebind::Keep => r.healthz,
-            Rebind::Off => stop_server(r.healthz).await,
-            Rebind::To(l) => {
-                stop_server(r.healthz).await;
-                Some(self.serve_healthz(l, c.cfg.healthz_bind, &r.stop))
-            }
-        };
-        r.metrics = match c.metrics {
-            Rebind::Keep => r.metrics,
-            Rebind::Off => stop_server(r.metrics).await,
-            Rebind::To(l) => {
-                stop_server(r.metrics).await;
-                Some(self.serve_metrics(l, c.cfg.metrics_bind, &r.stop))
-            }
-        };
+        r.healthz = self
+            .rebound(
+                ServerKind::Healthz,
+                r.healthz,
+                c.healthz,
+                c.cfg.healthz_bind,
+                &r.stop,
+            )
+            .await;
+        r.metrics = self
+            .rebound(
+                ServerKind::Metrics,
+                r.metrics,
+                c.metrics,
+                c.cfg.metrics_bind,
+                &r.stop,
+            )
+            .await;
         r.cfg = c.cfg;
         r.settings = c.settings;
         self.running = Some(r);
+    }
+
+    /// The server `kind` after a reload: the old one kept, or stopped (and
+    /// its listener closed) before the new one serves.
+    async fn rebound(
+        &self,
+        kind: ServerKind,
+        old: Option<Server>,
+        rebind: Rebind,
+        addr: Option<SocketAddr>,
+        stop: &CancellationToken,
+    ) -> Option<Server> {
+        match rebind {
+            Rebind::Keep => old,
+            Rebind::Off => stop_server(old).await,
+            Rebind::To(l) => {
+                stop_server(old).await;
+                Some(self.serve(kind, l, addr, stop))
+            }
+        }
     }
 
     /// Stops what a start spawned (the kernel is left as it is).
@@ -415,20 +445,6 @@ impl Proxy {
             let _ = r.runner.task.await;
         }
     }
-}
-
-/// A server on `l` is known by the address the config asked for (so an
-/// unchanged config compares equal even where port 0 bound another), and
-/// stops with its own token, a child of its start's.
-fn server_identity(
-    l: &TcpListener,
-    addr: Option<SocketAddr>,
-    stop: &CancellationToken,
-) -> (SocketAddr, CancellationToken) {
-    let addr = addr
-        .or_else(|| l.local_addr().ok())
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    (addr, stop.child_token())
 }
 
 /// Stops a server and waits until its listener is closed.

@@ -462,39 +462,21 @@ mod tests {
         }
     }
 
-    /// Applies a plan to a kernel state the way the fake kernel would.
+    /// A plan with no drains in progress, now.
+    fn fresh(d: &DesiredState, k: &KernelState) -> Plan {
+        plan(
+            d,
+            k,
+            &mut DrainTracker::default(),
+            &params(),
+            Instant::now(),
+        )
+    }
+
+    /// Applies a plan to a kernel state the way the kernel would.
     fn apply(k: &mut KernelState, p: &Plan) {
         for c in &p.changes {
-            match c {
-                Change::BindAddress(a) => {
-                    k.bound_addresses.insert(*a);
-                }
-                Change::UnbindAddress(a) => {
-                    k.bound_addresses.remove(a);
-                }
-                Change::AddVirtual(v) | Change::UpdateVirtual(v) => {
-                    k.virtual_servers
-                        .entry(v.key())
-                        .or_insert_with(|| kvs(v.key(), &[]))
-                        .vs = v.clone();
-                }
-                Change::DeleteVirtual(v) => {
-                    k.virtual_servers.remove(v);
-                }
-                Change::AddReal(v, r) | Change::UpdateReal(v, r) => {
-                    let e = k
-                        .virtual_servers
-                        .get_mut(v)
-                        .unwrap()
-                        .real_servers
-                        .entry(r.key())
-                        .or_insert_with(|| r.clone());
-                    e.weight = r.weight;
-                }
-                Change::DeleteReal(v, r) => {
-                    k.virtual_servers.get_mut(v).unwrap().real_servers.remove(r);
-                }
-            }
+            k.apply(c);
         }
     }
 
@@ -505,6 +487,31 @@ mod tests {
             .insert(v, dvs(v, &[rk("10.244.0.1", 8080), rk("10.244.0.2", 8080)]));
         d.bind_addresses.insert("10.96.0.1".parse().unwrap());
         d
+    }
+
+    /// `one_service`, planned and applied to an empty kernel.
+    fn programmed() -> (DesiredState, KernelState, DrainTracker, Instant) {
+        let d = one_service();
+        let mut k = KernelState::default();
+        let mut t = DrainTracker::default();
+        let now = Instant::now();
+        let p0 = plan(&d, &k, &mut t, &params(), now);
+        apply(&mut k, &p0);
+        (d, k, t, now)
+    }
+
+    /// What `one_service` puts in the kernel, with these active
+    /// connections on its two real servers.
+    fn kernel_of_one_service(conns: [u32; 2]) -> KernelState {
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        let mut k = KernelState::default();
+        let rs = [
+            (rk("10.244.0.1", 8080), 1, conns[0]),
+            (rk("10.244.0.2", 8080), 1, conns[1]),
+        ];
+        k.virtual_servers.insert(v, kvs(v, &rs));
+        k.bound_addresses.insert(v.addr);
+        k
     }
 
     #[test]
@@ -546,37 +553,14 @@ mod tests {
         // After a restart (no flush) the kernel already holds our table with
         // live connections: nothing is re-added or reset.
         let d = one_service();
-        let v = vk("10.96.0.1", 80, Protocol::Tcp);
-        let mut k = KernelState::default();
-        k.virtual_servers.insert(
-            v,
-            kvs(
-                v,
-                &[
-                    (rk("10.244.0.1", 8080), 1, 5),
-                    (rk("10.244.0.2", 8080), 1, 3),
-                ],
-            ),
-        );
-        k.bound_addresses.insert("10.96.0.1".parse().unwrap());
-        let p = plan(
-            &d,
-            &k,
-            &mut DrainTracker::default(),
-            &params(),
-            Instant::now(),
-        );
+        let k = kernel_of_one_service([5, 3]);
+        let p = fresh(&d, &k);
         assert!(p.changes.is_empty(), "{:?}", p.changes);
     }
 
     #[test]
     fn one_endpoint_change_is_one_change() {
-        let mut d = one_service();
-        let mut k = KernelState::default();
-        let mut t = DrainTracker::default();
-        let now = Instant::now();
-        let p0 = plan(&d, &k, &mut t, &params(), now);
-        apply(&mut k, &p0);
+        let (mut d, k, mut t, now) = programmed();
         let v = vk("10.96.0.1", 80, Protocol::Tcp);
         Arc::make_mut(d.virtual_servers.get_mut(&v).unwrap())
             .real_servers
@@ -592,28 +576,11 @@ mod tests {
     fn scheduler_or_affinity_change_updates_in_place() {
         let mut d = one_service();
         let v = vk("10.96.0.1", 80, Protocol::Tcp);
-        let mut k = KernelState::default();
-        k.virtual_servers.insert(
-            v,
-            kvs(
-                v,
-                &[
-                    (rk("10.244.0.1", 8080), 1, 0),
-                    (rk("10.244.0.2", 8080), 1, 0),
-                ],
-            ),
-        );
-        k.bound_addresses.insert(v.addr);
+        let k = kernel_of_one_service([0, 0]);
         let mut s2 = vs(v);
         s2.persistent = Some(10800);
         Arc::make_mut(d.virtual_servers.get_mut(&v).unwrap()).vs = s2.clone();
-        let p = plan(
-            &d,
-            &k,
-            &mut DrainTracker::default(),
-            &params(),
-            Instant::now(),
-        );
+        let p = fresh(&d, &k);
         assert_eq!(p.changes, vec![Change::UpdateVirtual(s2)]);
     }
 
@@ -715,13 +682,7 @@ mod tests {
                 &[(rk("10.244.0.1", 53), 1, 0), (rk("10.244.0.9", 53), 1, 7)],
             ),
         );
-        let p = plan(
-            &d,
-            &k,
-            &mut DrainTracker::default(),
-            &params(),
-            Instant::now(),
-        );
+        let p = fresh(&d, &k);
         assert_eq!(p.changes, vec![Change::DeleteReal(v, rk("10.244.0.9", 53))]);
         assert_eq!(p.draining, 0);
     }
@@ -749,13 +710,7 @@ mod tests {
             vk("10.96.0.1", 81, Protocol::Tcp),
             kvs(vk("10.96.0.1", 81, Protocol::Tcp), &[]),
         );
-        let p = plan(
-            &d,
-            &k,
-            &mut DrainTracker::default(),
-            &params(),
-            Instant::now(),
-        );
+        let p = fresh(&d, &k);
         let deletes: Vec<&Change> = p
             .changes
             .iter()
@@ -808,12 +763,7 @@ mod tests {
 
     #[test]
     fn removed_service_is_deleted_and_unbound_after_everything_else() {
-        let mut d = one_service();
-        let mut k = KernelState::default();
-        let mut t = DrainTracker::default();
-        let now = Instant::now();
-        let p0 = plan(&d, &k, &mut t, &params(), now);
-        apply(&mut k, &p0);
+        let (mut d, k, mut t, now) = programmed();
         let v2 = vk("10.96.0.2", 53, Protocol::Udp);
         d.virtual_servers.clear();
         d.bind_addresses.clear();

@@ -143,15 +143,7 @@ impl DummyLink {
     pub async fn bind(&self, addr: IpAddr) -> Result<bool, DummyError> {
         let prefix = crate::proxy::model::full_prefix(addr);
         let req = crate::sys::rtnl::add_address(&self.handle, self.index, addr, prefix);
-        match req.execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
-            Err(source) => Err(DummyError::Netlink {
-                op: "bind address",
-                target: format!("{addr} on {}", self.name),
-                source,
-            }),
-        }
+        self.done(req.execute().await, libc::EEXIST, "bind address", addr)
     }
 
     /// Binds several addresses with up to [`PIPELINE`] requests in flight
@@ -208,11 +200,24 @@ impl DummyLink {
 
     /// RTM_DELADDR; false if the kernel has no such address.
     async fn delete(&self, msg: AddressMessage, addr: IpAddr) -> Result<bool, DummyError> {
-        match self.handle.address().del(msg).execute().await {
+        let r = self.handle.address().del(msg).execute().await;
+        self.done(r, libc::EADDRNOTAVAIL, "unbind address", addr)
+    }
+
+    /// An address request's answer: true if it changed something, false if
+    /// the kernel answered `already` (nothing to do).
+    fn done(
+        &self,
+        r: Result<(), rtnetlink::Error>,
+        already: i32,
+        op: &'static str,
+        addr: IpAddr,
+    ) -> Result<bool, DummyError> {
+        match r {
             Ok(()) => Ok(true),
-            Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(false),
+            Err(e) if errno(&e) == Some(already) => Ok(false),
             Err(source) => Err(DummyError::Netlink {
-                op: "unbind address",
+                op,
                 target: format!("{addr} on {}", self.name),
                 source,
             }),
