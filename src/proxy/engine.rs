@@ -57,6 +57,25 @@ pub struct EngineSettings {
     pub strict_arp: bool,
 }
 
+impl Default for EngineSettings {
+    /// kube-proxy's defaults, no node name.
+    fn default() -> Self {
+        EngineSettings {
+            node_name: String::new(),
+            scheduler: "rr".into(),
+            node_port_addresses: vec![],
+            exclude_cidrs: vec![],
+            cluster_cidrs: vec![],
+            masquerade_all: false,
+            min_sync_period: Duration::from_secs(1),
+            sync_period: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(15 * 60),
+            timeouts: None,
+            strict_arp: false,
+        }
+    }
+}
+
 impl EngineSettings {
     pub fn from_config(cfg: &ProxyConfig, node_name: &str) -> Self {
         let secs =
@@ -651,16 +670,10 @@ mod tests {
     fn settings() -> EngineSettings {
         EngineSettings {
             node_name: "cp1".into(),
-            scheduler: "rr".into(),
-            node_port_addresses: vec![],
             exclude_cidrs: vec!["10.97.0.0/16".parse().unwrap()],
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-            masquerade_all: false,
-            min_sync_period: Duration::from_secs(1),
-            sync_period: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(60),
-            timeouts: None,
-            strict_arp: false,
+            ..Default::default()
         }
     }
 

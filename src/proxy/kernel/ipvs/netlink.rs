@@ -508,17 +508,7 @@ impl IpvsHandle for NetlinkIpvs {
             match self.send_chunk(&mut conn, &buf, first, chunk.len()) {
                 Ok(acks) => {
                     for (&i, ack) in chunk.iter().zip(acks) {
-                        let op = &ops[i];
-                        results[i] = Some(match ack {
-                            Some(Ok(())) => Ok(()),
-                            Some(Err(errno)) => {
-                                Err(IpvsError::from_errno(op.name(), op.target(), errno))
-                            }
-                            None => Err(IpvsError::Decode {
-                                op: op.name(),
-                                reason: "no ack".into(),
-                            }),
-                        });
+                        results[i] = Some(ack_result(&ops[i], ack));
                     }
                 }
                 // The socket failed mid-batch: what the kernel did is
@@ -527,20 +517,7 @@ impl IpvsHandle for NetlinkIpvs {
                 Err(e) => {
                     for (i, r) in results.iter_mut().enumerate().skip(chunk[0]) {
                         if r.is_none() {
-                            let op = &ops[i];
-                            *r = Some(Err(match &e {
-                                TransactError::Errno(n) => {
-                                    IpvsError::from_errno(op.name(), op.target(), *n)
-                                }
-                                TransactError::Io(io) => IpvsError::Io(std::io::Error::new(
-                                    io.kind(),
-                                    format!("{} {}: batch aborted: {io}", op.name(), op.target()),
-                                )),
-                                TransactError::Decode(reason) => IpvsError::Decode {
-                                    op: op.name(),
-                                    reason: format!("batch aborted: {reason}"),
-                                },
-                            }));
+                            *r = Some(Err(aborted(&ops[i], &e)));
                         }
                     }
                     break;
@@ -589,6 +566,33 @@ impl IpvsHandle for NetlinkIpvs {
             op,
             reason: e.to_string(),
         })
+    }
+}
+
+/// One op's result from its ack in a batch.
+fn ack_result(op: &IpvsOp<'_>, ack: Option<Result<(), i32>>) -> Result<(), IpvsError> {
+    match ack {
+        Some(Ok(())) => Ok(()),
+        Some(Err(errno)) => Err(IpvsError::from_errno(op.name(), op.target(), errno)),
+        None => Err(IpvsError::Decode {
+            op: op.name(),
+            reason: "no ack".into(),
+        }),
+    }
+}
+
+/// The error of an op a failed batch never got to.
+fn aborted(op: &IpvsOp<'_>, e: &TransactError) -> IpvsError {
+    match e {
+        TransactError::Errno(n) => IpvsError::from_errno(op.name(), op.target(), *n),
+        TransactError::Io(io) => IpvsError::Io(std::io::Error::new(
+            io.kind(),
+            format!("{} {}: batch aborted: {io}", op.name(), op.target()),
+        )),
+        TransactError::Decode(reason) => IpvsError::Decode {
+            op: op.name(),
+            reason: format!("batch aborted: {reason}"),
+        },
     }
 }
 
