@@ -294,8 +294,18 @@ struct SyncState {
     /// The kernel as read for this sync, updated with what was applied.
     kernel: KernelState,
     plan: Plan,
-    triggers: Vec<SystemTime>,
+    /// The inputs, counted when the sync ends (after the plan's results
+    /// are gone: at 10k Services the two together raised the peak).
+    counting: Counting,
     out: SyncOutcome,
+}
+
+/// What the change counters count, once the sync is over (the inputs are
+/// shared pointers: a copy of the lists, not of the objects).
+#[derive(Debug)]
+enum Counting {
+    All(Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>),
+    Changed(Vec<ServiceInputs>),
 }
 
 /// The engine's state between syncs (see the module's doc).
@@ -379,13 +389,13 @@ impl Engine {
         }
         let params = self.settings.desired_params(node_addresses);
         let node_port_ips = super::desired::node_port_ips(&params);
-        let (scope, counted) = match inputs {
+        let (scope, counting) = match inputs {
             Inputs::All { services, slices } => {
                 self.desired.compute(services, slices, &params);
-                (None, self.counter.count_all(services, slices))
+                (None, Counting::All(services.to_vec(), slices.to_vec()))
             }
             Inputs::Changed(changed) => match self.desired.compute_changed(changed, &params) {
-                Some(s) => (Some(s), self.counter.count_changed(changed)),
+                Some(s) => (Some(s), Counting::Changed(changed.to_vec())),
                 // Checked above; should they differ anyway, nothing partial
                 // is programmed.
                 None => return Step::Done(Box::new(SyncOutcome::full_required())),
@@ -397,8 +407,6 @@ impl Engine {
             virtual_servers: want.virtual_servers.len(),
             real_servers: want.real_server_count(),
             all_services: scope.is_none(),
-            service_changes: counted.services,
-            endpoint_changes: counted.endpoints,
             ..Default::default()
         };
         let list = self.kernel.is_none() || (scope.is_none() && list_kernel);
@@ -409,7 +417,7 @@ impl Engine {
             node_port_ips,
             kernel: self.kernel.take().unwrap_or_default(),
             plan: Plan::default(),
-            triggers: counted.triggers,
+            counting,
             out,
         });
         if list {
@@ -631,12 +639,18 @@ impl Engine {
         let SyncState {
             now,
             plan,
-            triggers,
+            counting,
             mut out,
             ..
         } = sync;
+        let counted = match counting {
+            Counting::All(services, slices) => self.counter.count_all(&services, &slices),
+            Counting::Changed(changed) => self.counter.count_changed(&changed),
+        };
+        out.service_changes = counted.services;
+        out.endpoint_changes = counted.endpoints;
         if out.failed == 0 {
-            out.programmed_triggers = triggers;
+            out.programmed_triggers = counted.triggers;
         }
         // Drains are decided from counters only a later listing shows.
         let mut recheck = (plan.draining > 0)

@@ -28,21 +28,34 @@ pub use nft::{FakeFirewall, Firewall, NftDocument, NftError, NftFirewall};
 pub use plane::{FakeKernel, IpvsDataPlane};
 pub use sysctl::{FakeSysctls, ProcSysctls, SysctlError, Sysctls};
 
-/// What can go wrong programming a data plane.
+/// What can go wrong programming a data plane. Small (the large errors
+/// are boxed): a full sync at 10k Services holds one result per change.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error(transparent)]
-    Ipvs(#[from] ipvs::IpvsError),
+    Ipvs(Box<ipvs::IpvsError>),
     #[error("kube-ipvs0: {0}")]
     Addresses(#[from] AddressError),
     #[error(transparent)]
-    Nft(#[from] NftError),
+    Nft(Box<NftError>),
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
     #[error("{op}: the data plane returned no result")]
     NoResult { op: KernelOp },
     #[error("the data plane answered another step: {0}")]
     Unexpected(String),
+}
+
+impl From<ipvs::IpvsError> for KernelError {
+    fn from(e: ipvs::IpvsError) -> Self {
+        KernelError::Ipvs(Box::new(e))
+    }
+}
+
+impl From<NftError> for KernelError {
+    fn from(e: NftError) -> Self {
+        KernelError::Nft(Box::new(e))
+    }
 }
 
 /// Per virtual server asked for, its real servers with their counters
@@ -243,6 +256,11 @@ impl OpCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_result_per_change_stays_small() {
+        assert!(std::mem::size_of::<Result<(), KernelError>>() <= 32);
+    }
 
     #[test]
     fn every_op_is_listed_once_in_its_place() {
