@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 pub mod keepalived;
 pub mod netns;
+pub mod vm;
 pub mod vrrp;
