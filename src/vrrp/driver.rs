@@ -24,9 +24,9 @@ use crate::sys::packet::PacketSender;
 
 use super::fsm::{Action, Input, State, VirtualRouter, VirtualRouterParams};
 use super::metrics::{InstanceMetrics, VrrpMetrics};
-use super::net::VrrpSocket;
+use super::net::{inbound, Inbound, VrrpSocket};
 use super::packet::{gratuitous_arp_frame, unsolicited_na_frame};
-use super::packet::{LocalInstance, RxContext, VrrpPacket};
+use super::packet::{LocalInstance, VrrpPacket};
 
 /// Listener name -> has at least one healthy backend (what app.rs publishes).
 pub type ListenerHealthMap = BTreeMap<String, bool>;
@@ -393,30 +393,27 @@ impl Instance {
                 return None;
             }
         };
-        if pkt.src == self.sock.source() {
-            return None;
-        }
-        if !self.sock.accepts_from(pkt.src) {
-            self.m.dropped("not_a_peer");
-            return None;
-        }
-        let ctx = RxContext {
-            src: pkt.src,
-            dst: pkt.dst,
-            ttl_or_hop_limit: pkt.ttl,
-        };
         // Another group on the same link ends here as `vrid`: normal, but
         // counted.
-        let advert = match VrrpPacket::decode_for(&pkt.payload, &ctx, &self.local) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::trace!(instance = %self.cfg.name, from = %pkt.src, error = %e, "VRRP packet dropped");
-                self.m.dropped(e.reason().as_str());
-                return None;
+        match inbound(
+            &pkt,
+            self.sock.source(),
+            self.sock.unicast_peers(),
+            &self.local,
+        ) {
+            Inbound::Advert(src, advert) => {
+                self.m.received.inc();
+                Some((src, advert))
             }
-        };
-        self.m.received.inc();
-        Some((pkt.src, advert))
+            Inbound::Own => None,
+            dropped => {
+                if let Inbound::Invalid(e) = &dropped {
+                    tracing::trace!(instance = %self.cfg.name, from = %pkt.src, error = %e, "VRRP packet dropped");
+                }
+                self.m.dropped(dropped.drop_reason().unwrap_or("other"));
+                None
+            }
+        }
     }
 
     async fn on_net_event(&mut self, ev: NetEvent) {
