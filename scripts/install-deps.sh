@@ -13,6 +13,7 @@ PKGS=(
   haproxy iperf3 wrk nginx-light jq                   # benchmarks against haproxy
   qemu-system-x86 busybox-static                      # the IPVS VM harness
   rpm musl-tools systemd file binutils                # packages: .rpm checks, static musl build, unit verify
+  debootstrap                                         # packages: the bullseye userland (tests/packaging.sh)
 )
 missing=()
 for p in "${PKGS[@]}"; do
