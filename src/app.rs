@@ -47,20 +47,6 @@ pub enum AppError {
     },
     #[error("signals: {0}")]
     Signals(std::io::Error),
-    #[error("{0}")]
-    KubeProxyConfig(#[from] crate::ipvs::kubeproxy_config::KubeProxyConfigError),
-}
-
-/// Loads the config file and, when it names one, the KubeProxyConfiguration
-/// whose fields fill the proxy section (as kube-proxy reads them).
-pub fn load_config(path: &Path) -> Result<Config, AppError> {
-    let mut cfg = config::load(path)?;
-    if let Some(p) = cfg.proxy.as_mut() {
-        if let Some(kpc) = p.kube_proxy_config.clone() {
-            crate::ipvs::kubeproxy_config::load(&kpc, p)?;
-        }
-    }
-    Ok(cfg)
 }
 
 /// Listener name -> has at least one usable backend; what VRRP tracks.
@@ -246,7 +232,7 @@ struct ReloadState {
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
-    let cfg = load_config(&config_path)?;
+    let cfg = config::load(&config_path)?;
     // Handlers first: a SIGHUP that arrives right after READY=1 (systemd
     // may send one at once) must reload, not kill the process.
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
@@ -413,7 +399,7 @@ async fn reload(
     tcplb: &mut Tcplb,
     vrrp: &mut crate::vrrp::driver::VrrpRunner,
 ) -> Result<(), AppError> {
-    let next = load_config(path)?;
+    let next = config::load(path)?;
     let old = current.load_full();
     let grace = next
         .tcplb

@@ -84,6 +84,29 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
+/// What `lbd check` found in a valid config, in a few words.
+fn check_summary(c: &lbd::config::Config) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = &c.vrrp {
+        parts.push(format!("{} VRRP instance(s)", v.instances.len()));
+    }
+    if let Some(t) = &c.tcplb {
+        parts.push(format!("{} listener(s)", t.listeners.len()));
+    }
+    if let Some(p) = &c.proxy {
+        parts.push(format!("proxy mode {:?}", p.mode).to_lowercase());
+        // The loader merged it: say so, as its fields override the file's.
+        if let Some(kpc) = &p.kube_proxy_config {
+            parts.push(format!("KubeProxyConfiguration {} merged", kpc.display()));
+        }
+    }
+    if parts.is_empty() {
+        "admin only".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -103,27 +126,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match lbd::app::load_config(&config) {
+        Command::Check { config } => match lbd::config::load(&config) {
             Ok(c) => {
-                let mut parts = Vec::new();
-                if let Some(v) = &c.vrrp {
-                    parts.push(format!("{} VRRP instance(s)", v.instances.len()));
-                }
-                if let Some(t) = &c.tcplb {
-                    parts.push(format!("{} listener(s)", t.listeners.len()));
-                }
-                if let Some(p) = &c.proxy {
-                    parts.push(format!("proxy mode {:?}", p.mode).to_lowercase());
-                }
-                println!(
-                    "{}: ok ({})",
-                    config.display(),
-                    if parts.is_empty() {
-                        "admin only".into()
-                    } else {
-                        parts.join(", ")
-                    }
-                );
+                println!("{}: ok ({})", config.display(), check_summary(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => {

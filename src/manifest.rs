@@ -40,7 +40,7 @@ pub fn default_image() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{0}")]
-    Load(#[from] crate::app::AppError),
+    Config(#[from] crate::config::ConfigError),
     #[error("lbd manifest: {what}: {} is a relative path; a static pod can only mount absolute host paths", path.display())]
     RelativePath { what: String, path: PathBuf },
     #[error("lbd manifest: cannot resolve the config path {}: {source}", path.display())]
@@ -125,7 +125,7 @@ pub fn named_files(config: &Config) -> Vec<HostFile> {
 /// [`named_files`] plus the certificate, key and token files of the
 /// kubeconfig's current context. Reads the kubeconfig; relative paths in it
 /// are resolved against its directory, as kubectl and kube-proxy do.
-/// `config` is what `lbd run` loads ([`crate::app::load_config`]): a
+/// `config` is what `lbd run` loads ([`crate::config::load`]): a
 /// KubeProxyConfiguration's `clientConnection.kubeconfig` is already in
 /// `proxy.kubeconfig`.
 pub fn referenced_files(config: &Config) -> Result<Vec<HostFile>, ManifestError> {
@@ -229,6 +229,46 @@ pub fn static_pod(
     opts: &ManifestOptions,
     files: &[HostFile],
 ) -> Result<Pod, ManifestError> {
+    let vols = volumes(config, opts, files)?;
+    let container = container(config, &opts.image, vols.mounts);
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some("lbd".into()),
+            namespace: Some("kube-system".into()),
+            labels: Some(labels()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            host_network: Some(true),
+            dns_policy: Some("ClusterFirstWithHostNet".into()),
+            priority_class_name: Some("system-node-critical".into()),
+            // Static pods skip admission, so the priority is spelt out as
+            // kubeadm does for its own static pods.
+            priority: Some(2_000_001_000),
+            termination_grace_period_seconds: Some(termination_grace_seconds(config)),
+            security_context: Some(PodSecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            containers: vec![container],
+            volumes: Some(vols.volumes),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The host paths the pod mounts: the config at [`CONFIG_MOUNT`], the files
+/// it names (each once, read-only, at its own path), the admin socket's
+/// directory, and the kernel modules for IPVS.
+fn volumes(
+    config: &Config,
+    opts: &ManifestOptions,
+    files: &[HostFile],
+) -> Result<Volumes, ManifestError> {
     if !opts.config_path.is_absolute() {
         return Err(ManifestError::RelativePath {
             what: "the config file".into(),
@@ -290,20 +330,16 @@ pub fn static_pod(
         let m = Path::new("/lib/modules");
         vols.add("lib-modules", m, m, "Directory", true);
     }
+    Ok(vols)
+}
 
+/// The one container: `lbd run` on the mounted config, probed on the admin
+/// interface, with only the capabilities it needs.
+fn container(config: &Config, image: &str, mounts: Vec<VolumeMount>) -> Container {
     let (liveness, readiness) = probes(config);
-
-    // The pod must outlive the balancer's drain: shutdown_grace, plus a
-    // margin for giving up the VIP, and never below Kubernetes' default.
-    let grace = config
-        .tcplb
-        .as_ref()
-        .map_or(Duration::from_secs(30), |t| t.shutdown_grace);
-    let termination_grace = (grace.as_secs() + 5).max(30);
-
-    let container = Container {
+    Container {
         name: "lbd".into(),
-        image: Some(opts.image.clone()),
+        image: Some(image.to_string()),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec![
             "lbd".into(),
@@ -320,25 +356,34 @@ pub fn static_pod(
             ])),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            privileged: Some(false),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: Some(CAPABILITIES.iter().map(|c| c.to_string()).collect()),
-            }),
-            // Root, confined by the capability set: raw sockets and netlink
-            // check the capability against the user namespace's root.
-            run_as_user: Some(0),
-            run_as_non_root: Some(false),
-            read_only_root_filesystem: Some(true),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vols.mounts),
+        security_context: Some(security_context()),
+        volume_mounts: Some(mounts),
         ..Default::default()
-    };
+    }
+}
 
-    let labels = BTreeMap::from([
+/// [`CAPABILITIES`] and nothing else; no privilege escalation, a read-only
+/// root.
+fn security_context() -> SecurityContext {
+    SecurityContext {
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: Some(CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+        }),
+        // Root, confined by the capability set: raw sockets and netlink
+        // check the capability against the user namespace's root.
+        run_as_user: Some(0),
+        run_as_non_root: Some(false),
+        read_only_root_filesystem: Some(true),
+        ..Default::default()
+    }
+}
+
+/// kubeadm's labels for control-plane static pods, and the recommended ones.
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
         ("component".to_string(), "lbd".to_string()),
         ("tier".to_string(), "control-plane".to_string()),
         ("app.kubernetes.io/name".to_string(), "lbd".to_string()),
@@ -346,36 +391,17 @@ pub fn static_pod(
             "app.kubernetes.io/version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
-    ]);
+    ])
+}
 
-    Ok(Pod {
-        metadata: ObjectMeta {
-            name: Some("lbd".into()),
-            namespace: Some("kube-system".into()),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            host_network: Some(true),
-            dns_policy: Some("ClusterFirstWithHostNet".into()),
-            priority_class_name: Some("system-node-critical".into()),
-            // Static pods skip admission, so the priority is spelt out as
-            // kubeadm does for its own static pods.
-            priority: Some(2_000_001_000),
-            termination_grace_period_seconds: Some(termination_grace as i64),
-            security_context: Some(PodSecurityContext {
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            containers: vec![container],
-            volumes: Some(vols.volumes),
-            ..Default::default()
-        }),
-        status: None,
-    })
+/// The pod must outlive the balancer's drain: shutdown_grace, plus a margin
+/// for giving up the VIP, and never below Kubernetes' default.
+fn termination_grace_seconds(config: &Config) -> i64 {
+    let grace = config
+        .tcplb
+        .as_ref()
+        .map_or(Duration::from_secs(30), |t| t.shutdown_grace);
+    (grace.as_secs() + 5).max(30) as i64
 }
 
 /// Liveness on `/healthz` and readiness on `/readyz` of the admin listener;
@@ -520,7 +546,7 @@ pub fn to_yaml(pod: &Pod) -> Result<String, ManifestError> {
 /// config names, build the Pod, render it.
 pub fn render(config_path: &Path, image: &str) -> Result<String, ManifestError> {
     // Exactly what `lbd run` will read, KubeProxyConfiguration included.
-    let config = crate::app::load_config(config_path)?;
+    let config = crate::config::load(config_path)?;
     let absolute =
         std::path::absolute(config_path).map_err(|source| ManifestError::ConfigPath {
             path: config_path.to_path_buf(),

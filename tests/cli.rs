@@ -10,6 +10,18 @@ fn lbd(args: &[&str]) -> std::process::Output {
     Command::new(lbd_bin()).args(args).output().unwrap()
 }
 
+/// Runs lbd, which must exit 1; what it printed on stderr.
+fn fails(args: &[&str]) -> String {
+    let out = lbd(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn check_exit_codes_and_positions() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,10 +55,133 @@ fn check_exit_codes_and_positions() {
     }
     assert_eq!(err.lines().count(), 4, "{err}");
 
-    let out = lbd(&["check", "-c", "/nonexistent/lbd.yaml"]);
+    // A file that cannot be read has no position to show.
+    assert_eq!(
+        fails(&["check", "-c", "/nonexistent/lbd.yaml"]),
+        "/nonexistent/lbd.yaml: cannot read: No such file or directory (os error 2)\n"
+    );
+}
+
+const KPC: &str =
+    "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n";
+
+/// `lbd check` reads the KubeProxyConfiguration lbd.yaml names, as `lbd
+/// run` does, and says so; its problems are reported at their own file's
+/// line and column, after lbd.yaml's.
+#[test]
+fn check_merges_the_kube_proxy_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let kpc = dir.path().join("kube-proxy.yaml");
+    std::fs::write(&kpc, KPC).unwrap();
+    let cfg = dir.path().join("lbd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "proxy:\n  mode: none\n  kube_proxy_config: {}\n",
+            kpc.display()
+        ),
+    )
+    .unwrap();
+    let out = lbd(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{}: ok (proxy mode ipvs, KubeProxyConfiguration {} merged)\n",
+            cfg.display(),
+            kpc.display()
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    // Problems in both files, every one printed.
+    std::fs::write(
+        &kpc,
+        format!("{KPC}clusterCIDR: 10.244.0.0/99\nipvs:\n  syncPeriod: soon\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "proxy:\n  mode: none\n  kube_proxy_config: {}\n  masquerade_all: 1\n",
+            kpc.display()
+        ),
+    )
+    .unwrap();
+    let out = lbd(&["check", "-c", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
+    let (c, k) = (cfg.display(), kpc.display());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{c}:4:19: expected true or false, not an integer\n\
+             {k}:4:14: clusterCIDR: \"10.244.0.0/99\": invalid IP address syntax\n\
+             {k}:6:15: ipvs.syncPeriod: \"soon\" is not a duration\n"
+        )
+    );
+
+    // One that is not there, or cannot be read, is reported where lbd.yaml
+    // names it.
+    let missing = dir.path().join("nope.yaml");
+    std::fs::write(
+        &cfg,
+        format!("proxy:\n  kube_proxy_config: {}\n", missing.display()),
+    )
+    .unwrap();
+    assert_eq!(
+        fails(&["check", "-c", cfg.to_str().unwrap()]),
+        format!(
+            "{c}:2:22: proxy.kube_proxy_config: {} does not exist\n",
+            missing.display()
+        )
+    );
+    std::fs::write(
+        &cfg,
+        format!("proxy:\n  kube_proxy_config: {}\n", dir.path().display()),
+    )
+    .unwrap();
+    assert_eq!(
+        fails(&["check", "-c", cfg.to_str().unwrap()]),
+        format!(
+            "{c}:2:22: proxy.kube_proxy_config: cannot read {}: Is a directory (os error 21)\n",
+            dir.path().display()
+        )
+    );
+}
+
+/// `lbd status -c` loads the config as `lbd run` does, KubeProxyConfiguration
+/// included: a broken one is reported at its place; with a good one the
+/// client goes on to the admin socket the config names.
+#[test]
+fn status_dash_c_loads_the_merged_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let kpc = dir.path().join("kube-proxy.yaml");
+    std::fs::write(&kpc, format!("{KPC}metricsBindAddress: localhost\n")).unwrap();
+    let socket = dir.path().join("lbd.sock");
+    let cfg = dir.path().join("lbd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "proxy:\n  kube_proxy_config: {}\nadmin:\n  socket: {}\n",
+            kpc.display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        fails(&["status", "-c", cfg.to_str().unwrap()]),
+        format!(
+            "{}:4:21: metricsBindAddress: \"localhost\" is not IP:PORT\n",
+            kpc.display()
+        )
+    );
+
+    std::fs::write(&kpc, KPC).unwrap();
+    let err = fails(&["status", "-c", cfg.to_str().unwrap()]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("/nonexistent/lbd.yaml:0:0: cannot read")
+        err.contains("lbd is not running") && err.contains(&socket.display().to_string()),
+        "{err}"
     );
 }
 

@@ -298,3 +298,163 @@ fn mangled_configs_never_panic() {
         "mangling should mostly break the file ({errors})"
     );
 }
+
+const KUBEADM_KPC: &str = "\
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+clusterCIDR: 10.244.0.0/16
+healthzBindAddress: \"\"
+ipvs:
+  scheduler: wlc
+  syncPeriod: 1m0s
+  minSyncPeriod: 0s
+metricsBindAddress: 0.0.0.0:10249
+mode: ipvs
+";
+
+/// `load` is what `lbd run` sees: the KubeProxyConfiguration's fields
+/// override the proxy section's; what it leaves empty or zero, or does not
+/// say, stays as lbd.yaml has it.
+#[test]
+fn load_merges_the_kube_proxy_configuration_over_the_proxy_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let kpc = dir.path().join("kube-proxy.yaml");
+    std::fs::write(&kpc, KUBEADM_KPC).unwrap();
+    let cfg = dir.path().join("lbd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "proxy:\n  mode: nftables\n  kube_proxy_config: {}\n  cluster_cidr: 10.0.0.0/8\n  \
+             masquerade_all: true\n  healthz_bind: 127.0.0.1:10256\n  \
+             ipvs: {{scheduler: sh, min_sync_period: 2s, sync_period: 10s}}\n",
+            kpc.display()
+        ),
+    )
+    .unwrap();
+    let p = load(&cfg).unwrap_or_else(|e| panic!("{e}")).proxy.unwrap();
+    assert_eq!(p.kube_proxy_config.as_deref(), Some(kpc.as_path()));
+    // From the KubeProxyConfiguration.
+    assert_eq!(p.mode, ProxyMode::Ipvs);
+    assert_eq!(p.cluster_cidr, ["10.244.0.0/16".parse().unwrap()]);
+    assert_eq!(
+        p.kubeconfig,
+        Some(PathBuf::from("/var/lib/kube-proxy/kubeconfig.conf"))
+    );
+    assert_eq!(p.ipvs.scheduler, "wlc");
+    assert_eq!(p.ipvs.sync_period, Duration::from_secs(60));
+    assert_eq!(p.metrics_bind, Some("0.0.0.0:10249".parse().unwrap()));
+    // Empty, zero or absent there: lbd.yaml's.
+    assert_eq!(p.healthz_bind, Some("127.0.0.1:10256".parse().unwrap()));
+    assert_eq!(p.ipvs.min_sync_period, Duration::from_secs(2));
+    assert!(p.masquerade_all);
+
+    // `parse` is the pure part: it does not read the file.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let files = kpc.display().to_string();
+    let unmerged = parse(&text, "lbd.yaml", &env_with(&[&files]))
+        .unwrap()
+        .proxy
+        .unwrap();
+    assert_eq!(unmerged.mode, ProxyMode::Nftables);
+}
+
+#[test]
+fn load_reports_problems_of_both_files_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let kpc = dir.path().join("kube-proxy.yaml");
+    std::fs::write(
+        &kpc,
+        KUBEADM_KPC
+            .replace("mode: ipvs", "mode: userspace")
+            .replace("1m0s", "1 minute"),
+    )
+    .unwrap();
+    let cfg = dir.path().join("lbd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "proxy:\n  kube_proxy_config: {}\n  bogus: 1\nadmin: {{listen: nowhere}}\n",
+            kpc.display()
+        ),
+    )
+    .unwrap();
+    let e = load(&cfg).unwrap_err();
+    let (c, k) = (cfg.display().to_string(), kpc.display().to_string());
+    assert_eq!(e.path, c);
+    let got: Vec<(String, u64, u64)> = e
+        .problems
+        .iter()
+        .map(|p| (p.path.clone(), p.line, p.col))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (c.clone(), 3, 3),
+            (c.clone(), 4, 17),
+            (k.clone(), 9, 15),
+            (k.clone(), 12, 7),
+        ],
+        "{e}"
+    );
+    assert_eq!(e.to_string().lines().count(), 4, "{e}");
+    assert!(e.problems[3]
+        .message
+        .contains("\"userspace\" is not supported"));
+}
+
+#[test]
+fn load_without_a_file_says_so_without_a_position() {
+    let e = load(std::path::Path::new("/nonexistent/lbd.yaml")).unwrap_err();
+    assert_eq!(e.problems.len(), 1);
+    assert_eq!((e.problems[0].line, e.problems[0].col), (0, 0));
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/lbd.yaml: cannot read: "),
+        "{e}"
+    );
+}
+
+/// Mangled KubeProxyConfigurations give positioned problems, never a
+/// panic, and never half-apply.
+#[test]
+fn mangled_kube_proxy_configurations_never_panic() {
+    let base_cfg = parse("proxy: {}\n", "b.yaml", &env_with(&[]))
+        .unwrap()
+        .proxy
+        .unwrap();
+    let base = KUBEADM_KPC.as_bytes();
+    let mut rng = fastrand::Rng::with_seed(0x6b70);
+    let mut errors = 0;
+    for i in 0..2000 {
+        let mut bytes = base.to_vec();
+        match i % 3 {
+            0 => bytes.truncate(rng.usize(..bytes.len())),
+            1 => {
+                for _ in 0..rng.usize(1..6) {
+                    let at = rng.usize(..bytes.len());
+                    bytes[at] = b"{}[]:-,#'\"&*!|>%@ \n\t0a/."[rng.usize(..24)];
+                }
+            }
+            _ => {
+                let at = rng.usize(..bytes.len());
+                bytes.insert(at, rng.u8(..));
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let mut p = base_cfg.clone();
+        if let Err(problems) = kube_proxy::apply(&text, "k.yaml", &mut p) {
+            errors += 1;
+            assert!(!problems.is_empty());
+            assert_eq!(p, base_cfg, "a failed apply changed the config");
+            for pr in &problems {
+                assert!(pr.to_string().starts_with("k.yaml:"), "{pr}");
+            }
+        }
+    }
+    assert!(
+        errors > 500,
+        "mangling should often break the file ({errors})"
+    );
+}

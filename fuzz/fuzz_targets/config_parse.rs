@@ -1,4 +1,5 @@
-//! Any bytes as a config file: errors with positions, never a panic.
+//! Any bytes as a config file, and as the KubeProxyConfiguration it names:
+//! errors with positions, never a panic, never a half-applied merge.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +12,15 @@ fuzz_target!(|data: &[u8]| {
         };
         if let Err(e) = lbd::config::parse(text, "fuzz.yaml", &env) {
             assert!(!e.problems.is_empty());
+        }
+        let base = lbd::config::parse("proxy: {}\n", "base.yaml", &env)
+            .ok()
+            .and_then(|c| c.proxy)
+            .expect("the base config parses");
+        let mut proxy = base.clone();
+        if let Err(problems) = lbd::config::kube_proxy::apply(text, "kpc.yaml", &mut proxy) {
+            assert!(!problems.is_empty());
+            assert_eq!(proxy, base);
         }
     }
 });

@@ -1,7 +1,18 @@
 //! The config file: model, loading and validation.
+//!
+//! [`load`] is the one way the daemon and the command line read a config:
+//! lbd.yaml, then the KubeProxyConfiguration its `proxy.kube_proxy_config`
+//! names, merged into the proxy section. [`parse`] is the pure part, for
+//! text already in memory.
+mod error;
+pub mod kube_proxy;
+mod load;
 mod model;
 mod parse;
 pub mod yaml;
 
+pub use error::{ConfigError, Problem};
+pub use kube_proxy::KubeProxyConfigError;
+pub use load::load;
 pub use model::*;
-pub use parse::{load, parse, parse_duration, ConfigError, Environment, Problem};
+pub use parse::{parse, parse_duration, DurationError, Environment};

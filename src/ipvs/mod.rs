@@ -18,7 +18,6 @@ pub use netlink::NetlinkIpvs;
 // Engine side (ipvs-engine): desired state, plan, watches, sync.
 pub mod desired;
 pub mod kube;
-pub mod kubeproxy_config;
 pub mod metrics;
 pub mod nft;
 pub mod plan;

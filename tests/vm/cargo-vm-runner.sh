@@ -24,6 +24,26 @@ if [ -x "$lbd_bin" ] && grep -qF "$lbd_bin" "$bin"; then
   objcopy --strip-debug "$lbd_bin" "$d.lbd"
   args+=(-f "$d.lbd=$lbd_bin")
 fi
+# Test binaries named kube_*: the real etcd, kube-apiserver and kube-proxy
+# (bench/kube-peers.sh's cache, ~200 MB) go into the payload, with the
+# iptables and ipset that kube-proxy's ipvs mode runs, and more memory.
+# Without the binaries the tests skip inside the VM and say why.
+case $(basename "$bin") in
+  kube_*)
+    kb=${LBD_KUBE_BIN:-$("$here/../../bench/kube-peers.sh" --print 2>/dev/null || true)}
+    if [ -n "$kb" ] && [ -d "$kb" ]; then
+      mkdir "$d/kube-bin"
+      cp "$kb"/etcd "$kb"/etcdctl "$kb"/kube-apiserver "$kb"/kube-proxy "$d/kube-bin/"
+      args+=(-e LBD_KUBE_BIN=/payload/kube-bin)
+    fi
+    export VM_MEM=${VM_MEM:-3072}
+    # etcd + kube-apiserver start in ~85 s under TCG, more on a busy host.
+    VM_TIMEOUT=${VM_TIMEOUT:-900}
+    export VM_EXTRA_BINS="${VM_EXTRA_BINS:-} ipset iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore"
+    [ -d /usr/lib/x86_64-linux-gnu/xtables ] &&
+      export VM_EXTRA_FILES="${VM_EXTRA_FILES:-} /usr/lib/x86_64-linux-gnu/xtables"
+    ;;
+esac
 # A hung test must not eat CI's budget: 5 minutes per boot unless told.
 args+=(-t "${VM_TIMEOUT:-300}")
 for v in RUST_BACKTRACE RUST_LOG RUST_TEST_THREADS RUST_TEST_NOCAPTURE RUST_MIN_STACK LBD_VM_CAPTURE; do
