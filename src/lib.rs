@@ -8,6 +8,7 @@
 pub mod app;
 pub mod config;
 pub mod health;
+pub mod label;
 pub mod manifest;
 pub mod proxy;
 pub mod status;

@@ -17,6 +17,7 @@
 use std::net::SocketAddr;
 
 pub use control::{PlaneFactory, Proxy, ProxyReload};
+pub use report::ProxyReporter;
 
 pub mod changes;
 pub mod control;

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
-use super::report::StatusReport;
+use super::report::{ListenerStatus, ProxyStatus, StatusReport, VrrpInstanceStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -96,14 +96,24 @@ pub fn render_table(r: &StatusReport) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
-    if !r.vrrp.is_empty() {
+    render_vrrp(&mut out, &r.vrrp);
+    render_listeners(&mut out, &r.tcplb);
+    if let Some(p) = &r.proxy {
+        render_proxy(&mut out, p);
+    }
+    out
+}
+
+/// Who holds each VIP, failing tracks, the peers heard.
+fn render_vrrp(out: &mut String, vrrp: &[VrrpInstanceStatus]) {
+    if !vrrp.is_empty() {
         let _ = writeln!(out, "\nVRRP");
         let _ = writeln!(
             out,
             "  {:<16} {:<8} {:>4} {:<7} {:>9} {:<24} {:<18} {:>6} {:>6}",
             "INSTANCE", "IFACE", "VRID", "STATE", "PRIO", "VIPS", "MASTER", "SINCE", "TRANS"
         );
-        for v in &r.vrrp {
+        for v in vrrp {
             let prio = if v.priority == v.effective_priority {
                 v.priority.to_string()
             } else {
@@ -117,13 +127,22 @@ pub fn render_table(r: &StatusReport) -> String {
                 v.vrid,
                 v.state,
                 prio,
-                v.virtual_ips.join(","),
-                v.master.as_deref().unwrap_or("-"),
+                v.virtual_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                v.master.map_or_else(|| "-".to_string(), |m| m.to_string()),
                 ago(v.since_seconds),
                 v.transitions
             );
             for t in v.tracks.iter().filter(|t| t.failing) {
-                let _ = writeln!(out, "    track {} FAILING (weight {})", t.target, t.weight);
+                let _ = writeln!(
+                    out,
+                    "    track {} FAILING (weight {})",
+                    super::report::track_target_name(&t.target),
+                    t.weight
+                );
             }
             for p in &v.peers {
                 let _ = writeln!(
@@ -134,16 +153,20 @@ pub fn render_table(r: &StatusReport) -> String {
             }
         }
     }
-    if !r.tcplb.is_empty() {
+}
+
+/// Which backends are up, sessions, refusals.
+fn render_listeners(out: &mut String, tcplb: &[ListenerStatus]) {
+    if !tcplb.is_empty() {
         let _ = writeln!(out, "\nLISTENERS");
-        for l in &r.tcplb {
+        for l in tcplb {
             let up = l.backends.iter().filter(|b| b.healthy).count();
             let _ = writeln!(
                 out,
                 "  {} {} ({}) {}/{} backends up, {} active, {} total, {} refused (no backend){}",
                 l.name,
                 l.bind,
-                l.balance,
+                super::report::balance_name(l.balance),
                 up,
                 l.backends.len(),
                 l.active_connections,
@@ -169,25 +192,26 @@ pub fn render_table(r: &StatusReport) -> String {
             }
         }
     }
-    if let Some(p) = &r.proxy {
-        let _ = writeln!(out, "\nPROXY");
-        let _ = writeln!(
-            out,
-            "  mode {}  {}  {} services, {} real servers, last sync {} ago in {}",
-            p.mode,
-            if p.synced { "SYNCED" } else { "NOT SYNCED" },
-            p.services,
-            p.real_servers,
-            p.last_sync_seconds_ago
-                .map(ago)
-                .unwrap_or_else(|| "never".into()),
-            p.last_sync_duration_ms
-                .map(|d| format!("{d:.1}ms"))
-                .unwrap_or_else(|| "-".into()),
-        );
-        if let Some(e) = &p.last_error {
-            let _ = writeln!(out, "  last error: {e}");
-        }
+}
+
+/// Whether the proxy is in sync.
+fn render_proxy(out: &mut String, p: &ProxyStatus) {
+    let _ = writeln!(out, "\nPROXY");
+    let _ = writeln!(
+        out,
+        "  mode {}  {}  {} services, {} real servers, last sync {} ago in {}",
+        p.mode,
+        if p.synced { "SYNCED" } else { "NOT SYNCED" },
+        p.services,
+        p.real_servers,
+        p.last_sync_seconds_ago
+            .map(ago)
+            .unwrap_or_else(|| "never".into()),
+        p.last_sync_duration_ms
+            .map(|d| format!("{d:.1}ms"))
+            .unwrap_or_else(|| "-".into()),
+    );
+    if let Some(e) = &p.last_error {
+        let _ = writeln!(out, "  last error: {e}");
     }
-    out
 }

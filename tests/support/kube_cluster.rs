@@ -19,7 +19,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{SocketAddr, TcpStream as StdStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use super::lbd::free_port;
 
 /// The exit status of `bench/kube-peers.sh` when Go is missing.
 const SKIPPED: i32 = 3;
@@ -192,14 +194,6 @@ impl Pki {
             service_account_pub: dir.join("sa.pub"),
         }
     }
-}
-
-/// A port free on loopback now (the kernel picks it; we release it).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 /// Starts `cmd` with its output in `log`, killed with us if we die.

@@ -1,5 +1,6 @@
-//! One listener: accept loop, backend choice with retries, duplex copy with
-//! half-close, graceful drain. Reads health snapshots, never writes them.
+//! One listener: its socket, the accept loop, one task per session (backend
+//! choice with retries, then [`forward`](super::forward)), the graceful
+//! drain. Reads health snapshots, never writes them.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -9,35 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::forward::{forward, idle_watch, keepalive, CopyMode, Direction};
 use super::select::{select, Candidate, Pick};
 use crate::config::{ListenerConfig, OnBackendDown};
 use crate::health::ListenerHealth;
-
-/// How bytes are moved between the two legs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyMode {
-    /// splice(2) through a pipe: no copy to user space.
-    Splice,
-    /// tokio's copy through a user-space buffer (portable).
-    Userspace,
-}
-
-impl CopyMode {
-    /// splice unless `LBD_COPY=userspace` (kept for measurement, see bench/).
-    pub fn from_env() -> CopyMode {
-        match std::env::var("LBD_COPY").as_deref() {
-            Ok("userspace") => CopyMode::Userspace,
-            _ if cfg!(target_os = "linux") => CopyMode::Splice,
-            _ => CopyMode::Userspace,
-        }
-    }
-}
 
 /// Per-backend counters and the token that ends its sessions.
 pub struct Backend {
@@ -93,14 +74,14 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds the socket (so errors surface before READY=1) and starts
-    /// accepting.
-    pub async fn start(
+    /// Starts accepting on `socket` (bound by [`bind`] before anything
+    /// changed, so a bind error refuses the start or the reload).
+    pub fn start(
         cfg: ListenerConfig,
+        socket: TcpListener,
         health: Arc<ListenerHealth>,
         copy_mode: CopyMode,
-    ) -> io::Result<Arc<Listener>> {
-        let socket = bind(cfg.bind)?;
+    ) -> Arc<Listener> {
         let listener = Arc::new(Listener {
             name: cfg.name.clone(),
             bind: cfg.bind,
@@ -129,7 +110,7 @@ impl Listener {
         });
         tokio::spawn(accept_loop(listener.clone(), socket));
         tokio::spawn(watch_backend_down(listener.clone()));
-        Ok(listener)
+        listener
     }
 
     pub fn config(&self) -> Arc<ListenerConfig> {
@@ -205,7 +186,10 @@ impl Listener {
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// Binds and listens on `addr`, registered with the runtime: every step of
+/// starting a listener that can fail. Connections queue in the backlog
+/// until [`Listener::start`] accepts them.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -225,17 +209,10 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    Ok(socket.into())
+    TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(listener: Arc<Listener>, socket: std::net::TcpListener) {
-    let socket = match TcpListener::from_std(socket) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(listener = %listener.name, error = %e, "cannot register listener");
-            return;
-        }
-    };
+async fn accept_loop(listener: Arc<Listener>, socket: TcpListener) {
     loop {
         // At max_connections new clients wait in the kernel's backlog, as
         // with haproxy's maxconn, instead of being refused.
@@ -264,17 +241,6 @@ async fn accept_loop(listener: Arc<Listener>, socket: std::net::TcpListener) {
     tracing::info!(listener = %listener.name, bind = %listener.bind, "stopped accepting");
 }
 
-fn keepalive(stream: &TcpStream) {
-    let sock = SockRef::from(stream);
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
-    #[cfg(target_os = "linux")]
-    let ka = ka.with_retries(3);
-    let _ = sock.set_tcp_keepalive(&ka);
-    let _ = stream.set_nodelay(true);
-}
-
 async fn session(
     listener: Arc<Listener>,
     client: TcpStream,
@@ -293,9 +259,18 @@ async fn session(
     backend.total.fetch_add(1, Relaxed);
     listener.active.fetch_add(1, Relaxed);
     let backend_down = backend.sessions.load_full();
-    let last_activity = Arc::new(AtomicU64::new(0));
-    let copy = forward(&listener, &backend, client, upstream, last_activity.clone());
-    let idle = idle_watch(cfg.idle_timeout, last_activity);
+    let activity = AtomicU64::new(0);
+    let moved = |dir: Direction, n: u64| {
+        let (l, b) = match dir {
+            Direction::ToBackend => (&listener.bytes_in, &backend.bytes_in),
+            Direction::ToClient => (&listener.bytes_out, &backend.bytes_out),
+        };
+        l.fetch_add(n, Relaxed);
+        b.fetch_add(n, Relaxed);
+        activity.fetch_add(1, Relaxed);
+    };
+    let copy = forward(listener.copy_mode, client, upstream, moved);
+    let idle = idle_watch(cfg.idle_timeout, &activity);
     tokio::select! {
         _ = copy => {}
         _ = idle => tracing::debug!(listener = %listener.name, %peer, "idle timeout"),
@@ -358,93 +333,6 @@ async fn connect_backend(
     }
     listener.connect_failures.fetch_add(1, Relaxed);
     None
-}
-
-/// Copies both ways until both directions have seen EOF. A FIN in one
-/// direction is passed on as a FIN (shutdown of the write side) while the
-/// other direction keeps flowing.
-async fn forward(
-    listener: &Listener,
-    backend: &Backend,
-    client: TcpStream,
-    upstream: TcpStream,
-    last_activity: Arc<AtomicU64>,
-) {
-    let tick = || last_activity.fetch_add(1, Relaxed);
-    match listener.copy_mode {
-        CopyMode::Splice => {
-            let up = async {
-                let r = crate::sys::splice::splice_copy(&client, &upstream, |n| {
-                    listener.bytes_in.fetch_add(n as u64, Relaxed);
-                    backend.bytes_in.fetch_add(n as u64, Relaxed);
-                    tick();
-                })
-                .await;
-                let _ = SockRef::from(&upstream).shutdown(std::net::Shutdown::Write);
-                r
-            };
-            let down = async {
-                let r = crate::sys::splice::splice_copy(&upstream, &client, |n| {
-                    listener.bytes_out.fetch_add(n as u64, Relaxed);
-                    backend.bytes_out.fetch_add(n as u64, Relaxed);
-                    tick();
-                })
-                .await;
-                let _ = SockRef::from(&client).shutdown(std::net::Shutdown::Write);
-                r
-            };
-            // An error in one direction (reset) ends the session: the other
-            // side gets the close when the sockets drop.
-            let (up, down) = (std::pin::pin!(up), std::pin::pin!(down));
-            match futures::future::select(up, down).await {
-                futures::future::Either::Left((Ok(_), rest)) => {
-                    let _ = rest.await;
-                }
-                futures::future::Either::Right((Ok(_), rest)) => {
-                    let _ = rest.await;
-                }
-                _ => {}
-            }
-        }
-        CopyMode::Userspace => {
-            forward_userspace(listener, backend, client, upstream, &last_activity).await
-        }
-    }
-}
-
-async fn forward_userspace(
-    listener: &Listener,
-    backend: &Backend,
-    mut client: TcpStream,
-    mut upstream: TcpStream,
-    last_activity: &AtomicU64,
-) {
-    // copy_bidirectional shuts down each write side on EOF (half-close).
-    let r =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024)
-            .await;
-    if let Ok((a, b)) = r {
-        listener.bytes_in.fetch_add(a, Relaxed);
-        listener.bytes_out.fetch_add(b, Relaxed);
-        backend.bytes_in.fetch_add(a, Relaxed);
-        backend.bytes_out.fetch_add(b, Relaxed);
-    }
-    last_activity.fetch_add(1, Relaxed);
-}
-
-async fn idle_watch(timeout: Option<Duration>, activity: Arc<AtomicU64>) {
-    let Some(timeout) = timeout else {
-        return std::future::pending().await;
-    };
-    let mut seen = activity.load(Relaxed);
-    loop {
-        tokio::time::sleep(timeout).await;
-        let now = activity.load(Relaxed);
-        if now == seen {
-            return;
-        }
-        seen = now;
-    }
 }
 
 /// With `on_backend_down: shutdown_sessions`, ends the sessions of a backend

@@ -1,6 +1,5 @@
 //! VRRP test helpers: which namespaces hold a VIP, sampled continuously,
 //! with the longest time two of them held it at once (split brain).
-#![allow(dead_code)]
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,4 +152,20 @@ impl Drop for VipWatch {
             let _ = t.join();
         }
     }
+}
+
+/// Skew_Time as RFC 5798 section 6.1 defines it, from the advert interval
+/// (RFC 3768, v2: from one second): the tests' own oracle, not lbd's code.
+pub fn skew_time(version: u8, advert_interval: Duration, priority: u8) -> Duration {
+    let base = if version == 2 {
+        Duration::from_secs(1)
+    } else {
+        advert_interval
+    };
+    base * (256 - u32::from(priority)) / 256
+}
+
+/// Master_Down_Interval (RFC 5798 section 6.1): three intervals plus skew.
+pub fn master_down_interval(version: u8, advert_interval: Duration, priority: u8) -> Duration {
+    advert_interval * 3 + skew_time(version, advert_interval, priority)
 }

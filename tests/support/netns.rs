@@ -6,7 +6,6 @@
 //! still running in the namespaces are killed first, then the namespaces
 //! are deleted (which deletes their veths). Leftovers of a previous run
 //! whose process is gone are removed at start.
-#![allow(dead_code)]
 
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,6 +1,5 @@
 //! Running Debian's keepalived inside a test namespace, with its own config
 //! and pid files, VRRP subsystem only, logging to a file.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
