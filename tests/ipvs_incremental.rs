@@ -27,18 +27,11 @@ const NS: [&str; 2] = ["default", "kube-system"];
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
 fn settings() -> EngineSettings {
+    // kube-proxy's defaults (rr, 1 s / 30 s), a short drain bound.
     EngineSettings {
         node_name: NODE.into(),
-        scheduler: "rr".into(),
-        node_port_addresses: vec![],
-        exclude_cidrs: vec![],
-        cluster_cidrs: vec![],
-        masquerade_all: false,
-        min_sync_period: Duration::from_secs(1),
-        sync_period: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(60),
-        timeouts: None,
-        strict_arp: false,
+        ..Default::default()
     }
 }
 
