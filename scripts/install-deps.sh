@@ -14,6 +14,7 @@ PKGS=(
   qemu-system-x86 busybox-static                      # the IPVS VM harness
   iptables ipset                                      # real kube-proxy (ipvs) in the VM
   rpm musl-tools systemd file binutils                # packages: .rpm checks, static musl build, unit verify
+  debootstrap                                         # packages: the bullseye userland (tests/packaging.sh)
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -36,7 +36,7 @@ cargo test --all-targets --no-fail-fast 2>&1 | tee target/test-output.txt
 grep -q "test result" target/test-output.txt
 
 if [ -x scripts/vm-test.sh ] && [ "${LBD_SKIP_VM:-0}" != 1 ]; then
-  stage "real-kernel tests in the VM (IPVS)"
+  stage "real-kernel tests in the VM (IPVS; kernels 6.1 and 5.10)"
   scripts/vm-test.sh
 fi
 

@@ -102,7 +102,7 @@ fn full_report() -> StatusReport {
             hedge_delay_ms: 10.0,
         }],
         proxy: Some(ProxyStatus {
-            mode: "ipvs".into(),
+            mode: ProxyDataPlane::Ipvs,
             synced: true,
             services: 12,
             real_servers: 30,

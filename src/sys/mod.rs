@@ -3,11 +3,11 @@
 #![allow(unsafe_code)]
 
 pub mod addr;
-pub mod dummy;
 pub mod fd;
 pub mod link;
 pub mod netns;
 pub mod packet;
 pub mod rlimit;
+pub mod rtnl;
 pub mod splice;
 pub mod sysctl;

@@ -23,8 +23,8 @@ use crate::sys::link::{NetEvent, NetMonitor};
 
 use super::fsm::{Action, Input, State, VirtualRouter, VirtualRouterParams};
 use super::metrics::{InstanceMetrics, VrrpMetrics};
-use super::net::VrrpSocket;
-use super::packet::{DropReason, LocalInstance, RxContext, Version, VrrpPacket};
+use super::net::{inbound, Inbound, VrrpSocket};
+use super::packet::{DropReason, LocalInstance, Version, VrrpPacket};
 use super::track::{tracked_interfaces, TrackState};
 use super::vip::{Announcer, VipHolder};
 
@@ -427,30 +427,29 @@ impl Instance {
                 return None;
             }
         };
-        if pkt.src == self.sock.source() {
-            return None;
-        }
-        if !self.sock.accepts_from(pkt.src) {
-            self.m.dropped(DropReason::NotAPeer);
-            return None;
-        }
-        let ctx = RxContext {
-            src: pkt.src,
-            dst: pkt.dst,
-            ttl_or_hop_limit: pkt.ttl,
-        };
         // Another group on the same link ends here as `vrid`: normal, but
         // counted.
-        let advert = match VrrpPacket::decode_for(&pkt.payload, &ctx, &self.local) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::trace!(instance = %self.cfg.name, from = %pkt.src, error = %e, "VRRP packet dropped");
-                self.m.dropped(e.reason());
-                return None;
+        match inbound(
+            &pkt,
+            self.sock.source(),
+            self.sock.unicast_peers(),
+            &self.local,
+        ) {
+            Inbound::Advert(src, advert) => {
+                self.m.received.inc();
+                Some((src, advert))
             }
-        };
-        self.m.received.inc();
-        Some((pkt.src, advert))
+            Inbound::Own => None,
+            dropped => {
+                if let Inbound::Invalid(e) = &dropped {
+                    tracing::trace!(instance = %self.cfg.name, from = %pkt.src, error = %e, "VRRP packet dropped");
+                }
+                if let Some(reason) = dropped.drop_reason() {
+                    self.m.dropped(reason);
+                }
+                None
+            }
+        }
     }
 
     async fn on_net_event(&mut self, ev: NetEvent) {

@@ -13,6 +13,7 @@
 //! - `kube_cluster`, `kube_objects`: real etcd + kube-apiserver on loopback
 //!   (Go-built peers; skipped where absent) and the objects the proxy tests
 //!   put through them.
+//! - `vm`: whether the test runs inside the qemu VM (tests/vm/README.md).
 //!
 //! Each test file uses a part of it; the rest is dead code there.
 #![allow(dead_code)]
@@ -27,4 +28,5 @@ pub mod lbd;
 pub mod netns;
 pub mod nsrun;
 pub mod pki;
+pub mod vm;
 pub mod vrrp;
