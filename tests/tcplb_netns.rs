@@ -1,7 +1,8 @@
-//! Dead backends skipped at once (issue 13), in network namespaces (root;
-//! skipped otherwise) against real TLS backends: lbd in one namespace, each
-//! backend in its own, on a bridge (10.216.0.0/24, inside the lab only).
+//! The balancer in network namespaces (root; skipped otherwise) against
+//! real TLS backends: lbd in one namespace, each backend in its own, on a
+//! bridge (10.216.0.0/24, inside the lab only).
 //!
+//! Dead backends skipped at once (issue 13):
 //! - a backend whose packets are dropped (an nftables rule in its own
 //!   namespace: the SYN is never answered) costs no client an error, nor
 //!   more than the hedge delay: a second backend is tried beside it;
@@ -13,6 +14,10 @@
 //! - a VRRP master (Debian's keepalived) whose node goes dark (its adverts
 //!   dropped, no priority 0) has the backend on its address marked down
 //!   (peer_gone) by lbd, its backup, with no check and no traffic.
+//!
+//! Bootstrap (issue 15.1): lbd started before the cluster CA exists holds
+//! the VIP and balances over TLS-handshake checks; the CA written, the
+//! checks become verified HTTPS without a restart.
 
 mod support;
 
@@ -74,39 +79,55 @@ impl Stage {
 
     /// `GET /whoami` through lbd, from lbd's namespace: (who, how long).
     async fn whoami(&self) -> (Result<String, String>, Duration) {
+        self.whoami_via(&self.lb, LISTEN.parse().unwrap()).await
+    }
+
+    /// `GET /whoami` to `target`, from `rt`'s namespace.
+    async fn whoami_via(
+        &self,
+        rt: &NsRuntime,
+        target: SocketAddr,
+    ) -> (Result<String, String>, Duration) {
         let pki = self.pki.clone();
-        self.lb
-            .run(async move {
-                let start = Instant::now();
-                let r = https_get(&pki, LISTEN.parse().unwrap(), "/whoami")
-                    .await
-                    .and_then(|(st, who)| {
-                        if st == 200 {
-                            Ok(who)
-                        } else {
-                            Err(format!("HTTP {st}"))
-                        }
-                    });
-                (r, start.elapsed())
-            })
-            .await
+        rt.run(async move {
+            let start = Instant::now();
+            let r = https_get(&pki, target, "/whoami")
+                .await
+                .and_then(|(st, who)| {
+                    if st == 200 {
+                        Ok(who)
+                    } else {
+                        Err(format!("HTTP {st}"))
+                    }
+                });
+            (r, start.elapsed())
+        })
+        .await
     }
 
     fn listener(&self, health: &str, extra: &str) -> String {
+        self.listener_on(LISTEN, health, extra)
+    }
+
+    fn listener_on(&self, bind: &str, health: &str, extra: &str) -> String {
         let backends: Vec<String> = (1..=3).map(|i| addr(i).to_string()).collect();
         tcplb_section(
             None,
             &[format!(
-                "    - name: api\n      bind: {LISTEN}\n      backends: [{}]\n      health: {health}\n      retries: 2\n{extra}",
+                "    - name: api\n      bind: {bind}\n      backends: [{}]\n      health: {health}\n      retries: 2\n{extra}",
                 backends.join(", ")
             )],
         )
     }
 
     fn https_health(&self, timing: &str) -> String {
+        self.https_health_with_ca(timing, &self.pki.ca)
+    }
+
+    fn https_health_with_ca(&self, timing: &str, ca: &std::path::Path) -> String {
         format!(
             "{{ type: https, {timing}, tls: {{ ca_file: {}, server_name: kubernetes }} }}",
-            self.pki.ca.display()
+            ca.display()
         )
     }
 }
@@ -445,4 +466,90 @@ async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
     }
     let (who, _) = s.whoami().await;
     assert!(matches!(who.as_deref(), Ok("b2") | Ok("b3")), "{who:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_before_the_ca_exists_it_holds_the_vip_balances_then_verifies() {
+    if !require_root("started_before_the_ca_exists_it_holds_the_vip_balances_then_verifies") {
+        return;
+    }
+    let mut s = Stage::new();
+    let backends = [s.https(1).await, s.https(2).await, s.https(3).await];
+    // b3's /healthz fails: only a verified HTTPS check can see it.
+    backends[2]
+        .healthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    // A client on another node of the bridge: the VIP must be on the wire.
+    let client_ns = s.lab.add_ns("client");
+    s.lab.attach(&client_ns, "eth0", &["10.216.0.20/24"]);
+    let client = NsRuntime::start(&client_ns);
+
+    let pending = tempfile::tempdir().unwrap();
+    let ca = pending.path().join("ca.crt");
+    let vip: SocketAddr = "10.216.0.100:8443".parse().unwrap();
+    let vrrp = support::config::vrrp_section(&[support::config::VrrpInstanceYaml::new(
+        100,
+        "10.216.0.100/24",
+    )]);
+    let health = s.https_health_with_ca(
+        "path: /healthz, interval: 200ms, timeout: 500ms, rise: 1, fall: 1",
+        &ca,
+    );
+    let body = format!("{vrrp}{}", s.listener_on(&vip.to_string(), &health, ""));
+    let lb = s.lb.ns.clone();
+    let lbd = NsLbd::start(&mut s.lab, &lb, &body).await;
+    all_checked_up(&lbd).await;
+    eventually(Duration::from_secs(5), "lbd holds the VIP", || async {
+        lbd.status().await["vrrp"][0]["state"] == "MASTER"
+    })
+    .await;
+    assert!(s.lab.has_addr(&lb, "10.216.0.100"), "{}", s.lab.addrs(&lb));
+    let st = lbd.status().await;
+    let waiting = format!("tls-handshake (waiting for {})", ca.display());
+    assert_eq!(st["tcplb"][0]["check"], waiting.as_str(), "{st}");
+
+    // Balanced over all three (the handshake alone passes b3).
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..9 {
+        let (who, _) = s.whoami_via(&client, vip).await;
+        seen.insert(who.unwrap_or_else(|e| panic!("request {i}: {e}\n{}", lbd.logs())));
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // kubeadm writes the CA: a temp file renamed into place.
+    let tmp = pending.path().join("ca.crt.tmp");
+    std::fs::copy(&s.pki.ca, &tmp).unwrap();
+    std::fs::rename(&tmp, &ca).unwrap();
+    eventually(Duration::from_secs(5), "checks verified", || async {
+        lbd.status().await["tcplb"][0]["check"] == "https verified"
+    })
+    .await;
+    let b3 = addr(3).to_string();
+    eventually(
+        Duration::from_secs(5),
+        "b3 down by its /healthz",
+        || async { lbd.backend(0, &b3).await["healthy"] == false },
+    )
+    .await;
+    assert_eq!(
+        lbd.backend(0, &b3).await["last_error"],
+        "HTTP 500, expected 200"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        let (who, _) = s.whoami_via(&client, vip).await;
+        seen.insert(who.unwrap_or_else(|e| panic!("request {i} after: {e}\n{}", lbd.logs())));
+    }
+    assert_eq!(
+        seen,
+        ["b1".to_string(), "b2".to_string()].into(),
+        "{seen:?}"
+    );
+    // The same process, still master, all along.
+    assert!(
+        s.lab.child(lbd.child).try_wait().unwrap().is_none(),
+        "lbd exited"
+    );
+    assert_eq!(lbd.status().await["vrrp"][0]["state"], "MASTER");
+    assert!(s.lab.has_addr(&lb, "10.216.0.100"));
 }
