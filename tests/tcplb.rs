@@ -39,16 +39,6 @@ fn https_health(pki: &Pki, interval: &str) -> String {
     )
 }
 
-async fn backend_of(status: &serde_json::Value, listener: usize, addr: &str) -> serde_json::Value {
-    status["tcplb"][listener]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["address"] == addr)
-        .cloned()
-        .unwrap_or_else(|| panic!("no backend {addr} in {status}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_healthz_marks_down_after_fall_and_returns_after_rise() {
     let pki = Pki::new();
@@ -76,7 +66,7 @@ async fn failing_healthz_marks_down_after_fall_and_returns_after_rise() {
     let flipped_at = Instant::now();
     let b2addr = b2.addr.to_string();
     eventually(Duration::from_secs(3), "b2 marked down", || async {
-        backend_of(&lbd.status().await, 0, &b2addr).await["healthy"] == false
+        backend_of(&lbd.status().await, 0, &b2addr)["healthy"] == false
     })
     .await;
     let took = flipped_at.elapsed();
@@ -86,7 +76,7 @@ async fn failing_healthz_marks_down_after_fall_and_returns_after_rise() {
         "flipped after one failure ({took:?})"
     );
     let st = lbd.status().await;
-    let b2s = backend_of(&st, 0, &b2addr).await;
+    let b2s = backend_of(&st, 0, &b2addr);
     assert_eq!(b2s["last_error"], "HTTP 500, expected 200");
     for _ in 0..20 {
         let (_, who) = https_get(&pki, addr, "/whoami").await.unwrap();
@@ -95,7 +85,7 @@ async fn failing_healthz_marks_down_after_fall_and_returns_after_rise() {
 
     b2.healthy.store(true, Relaxed);
     eventually(Duration::from_secs(3), "b2 back up", || async {
-        backend_of(&lbd.status().await, 0, &b2addr).await["healthy"] == true
+        backend_of(&lbd.status().await, 0, &b2addr)["healthy"] == true
     })
     .await;
     let mut back = false;

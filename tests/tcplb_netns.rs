@@ -132,6 +132,46 @@ impl Stage {
     }
 }
 
+/// Runs `nft` inside namespace `ns`.
+fn nft_in(ns: &str, args: &[&str]) {
+    let mut full = vec!["ip", "netns", "exec", ns, "nft"];
+    full.extend(args);
+    support::netns::run(&full);
+}
+
+/// In `ns`, table `inet lbdtest` drops every packet to :6443: the SYNs of
+/// a node that is powered off or cut off, never answered (not refused).
+fn drop_api_port(ns: &str) {
+    nft_in(ns, &["add", "table", "inet", "lbdtest"]);
+    let chain = "{ type filter hook input priority 0; }";
+    nft_in(ns, &["add", "chain", "inet", "lbdtest", "in", chain]);
+    nft_in(
+        ns,
+        &[
+            "add", "rule", "inet", "lbdtest", "in", "tcp", "dport", "6443", "drop",
+        ],
+    );
+}
+
+/// The stage with an HTTPS backend in each backend namespace; None (the
+/// test skips) when not root.
+async fn https_stage(test: &str) -> Option<(Stage, [Backend; 3])> {
+    if !require_root(test) {
+        return None;
+    }
+    let s = Stage::new();
+    let backends = [s.https(1).await, s.https(2).await, s.https(3).await];
+    Some((s, backends))
+}
+
+/// `vrrp:` with lbd's one instance of the VIP 10.216.0.100 on eth0.
+fn vip_instance(priority: u8) -> String {
+    support::config::vrrp_section(&[support::config::VrrpInstanceYaml::new(
+        priority,
+        "10.216.0.100/24",
+    )])
+}
+
 /// Waits until backend `i`'s port refuses: `Backend::stop` lets its
 /// accept task end on the namespace's own thread, a moment later.
 async fn refusing(s: &Stage, i: usize) {
@@ -173,11 +213,11 @@ async fn all_checked_up(lbd: &NsLbd) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_whose_packets_are_dropped_is_skipped_within_the_hedge_bound() {
-    if !require_root("a_backend_whose_packets_are_dropped_is_skipped_within_the_hedge_bound") {
+    let Some((mut s, _backends)) =
+        https_stage("a_backend_whose_packets_are_dropped_is_skipped_within_the_hedge_bound").await
+    else {
         return;
-    }
-    let mut s = Stage::new();
-    let _backends = [s.https(1).await, s.https(2).await, s.https(3).await];
+    };
     // Checks once an hour: after the first round only traffic can tell.
     let body = s.listener(
         &s.https_health("interval: 1h, timeout: 500ms, rise: 1, fall: 1"),
@@ -195,25 +235,7 @@ async fn a_backend_whose_packets_are_dropped_is_skipped_within_the_hedge_bound()
     assert_eq!(seen.len(), 3, "{seen:?}");
 
     // b2 drops everything to :6443: SYNs go unanswered (not refused).
-    for cmd in [
-        vec!["nft", "add", "table", "inet", "lbdtest"],
-        vec![
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "lbdtest",
-            "in",
-            "{ type filter hook input priority 0; }",
-        ],
-        vec![
-            "nft", "add", "rule", "inet", "lbdtest", "in", "tcp", "dport", "6443", "drop",
-        ],
-    ] {
-        let mut full = vec!["ip", "netns", "exec", &s.ns[1]];
-        full.extend(cmd);
-        support::netns::run(&full);
-    }
+    drop_api_port(&s.ns[1]);
     let mut slowest = Duration::ZERO;
     for i in 0..30 {
         let (who, took) = s.whoami().await;
@@ -345,24 +367,17 @@ async fn a_backend_that_resets_before_any_data_is_marked_down_and_the_client_ser
     );
 }
 
-/// Runs `nft` inside namespace `ns`.
-fn nft_in(ns: &str, args: &[&str]) {
-    let mut full = vec!["ip", "netns", "exec", ns, "nft"];
-    full.extend(args);
-    support::netns::run(&full);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
-    if !require_root("a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once") {
+    let Some((mut s, _backends)) =
+        https_stage("a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once").await
+    else {
         return;
-    }
+    };
     if !support::keepalived::available() {
         eprintln!("skipped: keepalived not installed (scripts/install-deps.sh)");
         return;
     }
-    let mut s = Stage::new();
-    let _backends = [s.https(1).await, s.https(2).await, s.https(3).await];
     // keepalived on b1's node holds the VIP (priority 200, 100 ms adverts);
     // lbd is its backup (priority 100).
     let dir = tempfile::tempdir().unwrap();
@@ -380,10 +395,7 @@ async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
     let b1ns = s.ns[0].clone();
     let (_ka, ka_log) = support::keepalived::start(&mut s.lab, &b1ns, dir.path(), "ka", &ka);
     // Checks once an hour and no traffic: only the VRRP signal can tell.
-    let vrrp = support::config::vrrp_section(&[support::config::VrrpInstanceYaml::new(
-        100,
-        "10.216.0.100/24",
-    )]);
+    let vrrp = vip_instance(100);
     let body = format!(
         "{vrrp}{}",
         s.listener(
@@ -408,39 +420,13 @@ async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
 
     // b1's node goes dark: no adverts out, nothing to :6443 answered. No
     // priority-0 advert (that would be a node leaving on purpose).
-    nft_in(&b1ns, &["add", "table", "inet", "lbdtest"]);
-    nft_in(
-        &b1ns,
-        &[
-            "add",
-            "chain",
-            "inet",
-            "lbdtest",
-            "out",
-            "{ type filter hook output priority 0; }",
-        ],
-    );
+    drop_api_port(&b1ns);
+    let out = "{ type filter hook output priority 0; }";
+    nft_in(&b1ns, &["add", "chain", "inet", "lbdtest", "out", out]);
     nft_in(
         &b1ns,
         &[
             "add", "rule", "inet", "lbdtest", "out", "ip", "protocol", "vrrp", "drop",
-        ],
-    );
-    nft_in(
-        &b1ns,
-        &[
-            "add",
-            "chain",
-            "inet",
-            "lbdtest",
-            "in",
-            "{ type filter hook input priority 0; }",
-        ],
-    );
-    nft_in(
-        &b1ns,
-        &[
-            "add", "rule", "inet", "lbdtest", "in", "tcp", "dport", "6443", "drop",
         ],
     );
     let dark = Instant::now();
@@ -470,11 +456,11 @@ async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn started_before_the_ca_exists_it_holds_the_vip_balances_then_verifies() {
-    if !require_root("started_before_the_ca_exists_it_holds_the_vip_balances_then_verifies") {
+    let Some((mut s, backends)) =
+        https_stage("started_before_the_ca_exists_it_holds_the_vip_balances_then_verifies").await
+    else {
         return;
-    }
-    let mut s = Stage::new();
-    let backends = [s.https(1).await, s.https(2).await, s.https(3).await];
+    };
     // b3's /healthz fails: only a verified HTTPS check can see it.
     backends[2]
         .healthy
@@ -487,10 +473,7 @@ async fn started_before_the_ca_exists_it_holds_the_vip_balances_then_verifies() 
     let pending = tempfile::tempdir().unwrap();
     let ca = pending.path().join("ca.crt");
     let vip: SocketAddr = "10.216.0.100:8443".parse().unwrap();
-    let vrrp = support::config::vrrp_section(&[support::config::VrrpInstanceYaml::new(
-        100,
-        "10.216.0.100/24",
-    )]);
+    let vrrp = vip_instance(100);
     let health = s.https_health_with_ca(
         "path: /healthz, interval: 200ms, timeout: 500ms, rise: 1, fall: 1",
         &ca,

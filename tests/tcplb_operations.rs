@@ -29,16 +29,6 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn backend_of(status: &serde_json::Value, addr: &str) -> serde_json::Value {
-    status["tcplb"][0]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["address"] == addr)
-        .cloned()
-        .unwrap_or_else(|| panic!("no backend {addr} in {status}"))
-}
-
 /// The session log's JSON lines in lbd's log so far.
 fn session_lines(lbd: &Lbd) -> Vec<serde_json::Value> {
     lbd.logs()
@@ -210,7 +200,7 @@ async fn drain_keeps_established_sessions_stops_new_ones_and_enable_restores() {
     );
     ping(&mut kept, 1).await;
     let st = lbd.status().await;
-    let sa = backend_of(&st, &a.addr.to_string());
+    let sa = backend_of(&st, 0, &a.addr.to_string());
     assert_eq!(sa["drained"], true, "{sa}");
     assert_eq!(sa["healthy"], true, "drained is not down: {sa}");
     assert_eq!(sa["active_connections"], 1, "{sa}");
@@ -226,7 +216,7 @@ async fn drain_keeps_established_sessions_stops_new_ones_and_enable_restores() {
         BTreeSet::from(["b".to_string()])
     );
     assert_eq!(
-        backend_of(&lbd.status().await, &a.addr.to_string())["drained"],
+        backend_of(&lbd.status().await, 0, &a.addr.to_string())["drained"],
         true
     );
     ping(&mut kept, 2).await;
@@ -239,7 +229,7 @@ async fn drain_keeps_established_sessions_stops_new_ones_and_enable_restores() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(who_answers(addr, 4).await.len(), 2, "a back in rotation");
     assert_eq!(
-        backend_of(&lbd.status().await, &a.addr.to_string())["drained"],
+        backend_of(&lbd.status().await, 0, &a.addr.to_string())["drained"],
         false
     );
     ping(&mut kept, 3).await;
@@ -300,7 +290,7 @@ async fn bootstrap_check_waits_for_its_ca_then_verifies_without_a_restart() {
     assert_eq!(st["tcplb"][0]["check"], waiting.as_str(), "{st}");
     // The handshake alone passes b2; traffic is balanced over both.
     assert_eq!(
-        backend_of(&st, &b2.addr.to_string())["healthy"],
+        backend_of(&st, 0, &b2.addr.to_string())["healthy"],
         true,
         "{st}"
     );
@@ -323,13 +313,13 @@ async fn bootstrap_check_waits_for_its_ca_then_verifies_without_a_restart() {
     // Now /healthz counts: b2 goes down on its HTTP 500.
     let b2addr = b2.addr.to_string();
     eventually(Duration::from_secs(5), "b2 down by its healthz", || async {
-        backend_of(&lbd.status().await, &b2addr)["healthy"] == false
+        backend_of(&lbd.status().await, 0, &b2addr)["healthy"] == false
     })
     .await;
-    let sb = backend_of(&lbd.status().await, &b2addr);
+    let sb = backend_of(&lbd.status().await, 0, &b2addr);
     assert_eq!(sb["last_error"], "HTTP 500, expected 200", "{sb}");
     assert_eq!(
-        backend_of(&lbd.status().await, &b1.addr.to_string())["healthy"],
+        backend_of(&lbd.status().await, 0, &b1.addr.to_string())["healthy"],
         true
     );
     // The same process all along.

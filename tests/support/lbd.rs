@@ -121,6 +121,17 @@ impl Drop for Lbd {
     }
 }
 
+/// Listener `listener`'s backend `addr` in a status object.
+pub fn backend_of(status: &serde_json::Value, listener: usize, addr: &str) -> serde_json::Value {
+    status["tcplb"][listener]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr)
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {addr} in {status}"))
+}
+
 /// Polls `cond` every 20 ms until true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
 where
@@ -190,14 +201,7 @@ impl NsLbd {
 
     /// Listener `listener`'s backend `addr` in the status.
     pub async fn backend(&self, listener: usize, addr: &str) -> serde_json::Value {
-        let st = self.status().await;
-        st["tcplb"][listener]["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["address"] == addr)
-            .cloned()
-            .unwrap_or_else(|| panic!("no backend {addr} in {st}"))
+        backend_of(&self.status().await, listener, addr)
     }
 }
 
