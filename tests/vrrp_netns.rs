@@ -6,7 +6,7 @@ mod support;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use lbd::sys::addr::{AddOutcome, Netlink, LBD_ADDR_PROTO};
+use lbd::sys::addr::{AddOutcome, InstalledAddr, Netlink, LBD_ADDR_PROTO};
 use lbd::sys::link::{NetEvent, NetMonitor};
 use support::netns::{require_root, wait_for, Lab};
 
@@ -46,30 +46,34 @@ fn vip_is_tagged_renewed_and_expires_when_not_renewed() {
             let link = nl.link_by_name("eth0").await.unwrap();
             assert!(link.up && link.mac.is_some(), "{link:?}");
             let life = Duration::from_secs(2);
-            let v4 = nl
-                .add_vip(&link, "10.213.1.100/24".parse().unwrap(), life)
-                .await
-                .unwrap();
-            let v6 = nl
-                .add_vip(&link, "fd00:db8:1::100/64".parse().unwrap(), life)
-                .await
-                .unwrap();
-            let foreign = nl
-                .add_vip(&link, "10.213.1.200/24".parse().unwrap(), life)
-                .await
-                .unwrap();
+            let (v4net, v6net, other) = (
+                "10.213.1.100/24".parse().unwrap(),
+                "fd00:db8:1::100/64".parse().unwrap(),
+                "10.213.1.200/24".parse().unwrap(),
+            );
+            let installed = [
+                InstalledAddr::new(v4net, life),
+                InstalledAddr::new(v6net, life),
+                // A record of an address someone else holds (permanent)
+                // does not make it ours.
+                InstalledAddr::new(other, life),
+            ];
+            let v4 = nl.add_vip(&link, v4net, life, &installed).await.unwrap();
+            let v6 = nl.add_vip(&link, v6net, life, &installed).await.unwrap();
+            let foreign = nl.add_vip(&link, other, life, &installed).await.unwrap();
             // Removing an address we did not add is refused silently.
-            let removed_foreign = nl
-                .remove_vip(&link, "10.213.1.200".parse().unwrap())
-                .await
-                .unwrap();
+            let removed_foreign = nl.remove_vip(&link, other, &installed).await.unwrap();
             let src4 = nl.source_address(&link, false, false, &[]).await.unwrap();
             let list = nl.addresses(link.index).await.unwrap();
             let ours: Vec<_> = list
                 .iter()
-                .filter(|x| x.is_ours("eth0"))
+                .filter(|x| x.is_ours("eth0", &installed))
                 .map(|x| x.addr.addr())
                 .collect();
+            // IPv6 VIPs never become a source: deprecated from the start.
+            let v6_listed = list.iter().find(|x| x.addr == v6net).unwrap();
+            assert!(v6_listed.deprecated, "{v6_listed:?}");
+            assert_eq!(v6_listed.preferred_lft, Some(0));
             let _ = ns;
             (
                 v4,
@@ -142,7 +146,7 @@ fn renewal_keeps_vip_and_monitor_reports_removal_and_link_down() {
             let vip = "10.213.2.100/24".parse().unwrap();
             // Renewed every 500 ms for 3 s with a 2 s lifetime: must survive.
             for _ in 0..6 {
-                nl.add_vip(&link, vip, Duration::from_secs(2))
+                nl.add_vip(&link, vip, Duration::from_secs(2), &[])
                     .await
                     .unwrap();
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -607,8 +611,9 @@ fn listen_in(ns: &str, addr: &str) -> std::net::TcpListener {
 /// (both hear the lower priority at once; each waits its skew, so the
 /// other one never becomes master, not even for a moment, and its
 /// gratuitous ARPs never point clients at a node about to drop the VIP),
-/// and a notify command reports every state change as `CMD INSTANCE
-/// STATE`.
+/// and the notify commands report every state change as keepalived's do:
+/// `notify` as `CMD INSTANCE NAME STATE PRIORITY`, `notify_master` as
+/// written, before it.
 #[test]
 fn tracked_listener_without_backends_moves_the_vip() {
     if !require_root("tracked_listener_without_backends_moves_the_vip") {
@@ -618,7 +623,7 @@ fn tracked_listener_without_backends_moves_the_vip() {
     let notify_log = notify_dir.path().join("notify.log");
     let sc = Scenario {
         extra: format!(
-            "      track:\n        - listener: api\n          weight: -100\n      notify: \"echo >> {}\"\n",
+            "      track:\n        - listener: api\n          weight: -100\n      notify: \"echo >> {0}\"\n      notify_master: \"echo to-master >> {0}\"\n",
             notify_log.display()
         ),
         tcplb: "tcplb:\n  listeners:\n    - name: api\n      bind: 0.0.0.0:8443\n      backends: [127.0.0.1:7001]\n      health: { type: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }\n".to_string(),
@@ -679,16 +684,27 @@ fn tracked_listener_without_backends_moves_the_vip() {
     );
     // The notify command ran (asynchronously; all nodes append to the
     // same file): n2 became MASTER, n1 went BACKUP.
+    // n2 (priority 100) became MASTER; n1 went BACKUP with 150 - 100.
+    let want = [
+        "to-master",
+        "INSTANCE vip MASTER 100",
+        "INSTANCE vip BACKUP 50",
+    ];
     let seen = wait_for(Duration::from_secs(2), || {
         let after = notified(settled);
-        after.contains(&"vip MASTER".to_string()) && after.contains(&"vip BACKUP".to_string())
+        want.iter().all(|w| after.iter().any(|l| l == w))
     });
     let after = notified(settled);
     assert!(seen.is_some(), "notify log after convergence: {after:?}");
     assert_eq!(
         after.len(),
-        2,
+        3,
         "one master and one backup change: {after:?}"
+    );
+    let pos = |w: &str| after.iter().position(|l| l == w).unwrap();
+    assert!(
+        pos("to-master") < pos("INSTANCE vip MASTER 100"),
+        "notify_master runs before notify: {after:?}"
     );
     drop(backends);
 }

@@ -2,5 +2,6 @@
 pub mod client;
 mod report;
 pub mod server;
+pub mod vrrp_control;
 
 pub use report::*;

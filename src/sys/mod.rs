@@ -8,6 +8,7 @@ pub mod fd;
 pub mod link;
 pub mod netns;
 pub mod packet;
+pub mod process;
 pub mod rlimit;
 pub mod splice;
 pub mod sysctl;
