@@ -10,24 +10,6 @@ use lbd::sys::addr::{AddOutcome, InstalledAddr, Netlink, LBD_ADDR_PROTO};
 use lbd::sys::link::{NetEvent, NetMonitor};
 use support::netns::{require_root, wait_for, Lab};
 
-/// Runs `f` on a thread inside namespace `ns` with its own runtime.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = std::path::PathBuf::from(format!("/run/netns/{ns}"));
-    std::thread::spawn(move || {
-        lbd::sys::netns::enter(&path).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread in netns panicked")
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn vip_is_tagged_renewed_and_expires_when_not_renewed() {
     if !require_root("vip_is_tagged_renewed_and_expires_when_not_renewed") {
@@ -199,191 +181,9 @@ fn renewal_keeps_vip_and_monitor_reports_removal_and_link_down() {
 // ---------------------------------------------------------------------
 // Three `lbd run` nodes on a bridge.
 
-use std::path::PathBuf;
-use support::config::{admin_section, node_section, vrrp_section, VrrpInstanceYaml};
-use support::lbd::{lbd_bin, spawn_in_ns};
-use support::vrrp::{master_down_interval, skew_time, VipWatch};
-
-/// Per-instance settings of one test scenario.
-#[derive(Clone)]
-struct Scenario {
-    version: u8,
-    interval_ms: u64,
-    v6: bool,
-    preempt: bool,
-    unicast: bool,
-    vip_lifetime: Option<&'static str>,
-    auth_pass: Option<&'static str>,
-    /// Extra YAML lines appended to the instance (indented 6 spaces).
-    extra: String,
-    /// Whole `tcplb:` section, if any.
-    tcplb: String,
-}
-
-impl Default for Scenario {
-    fn default() -> Self {
-        Scenario {
-            version: 3,
-            interval_ms: 100,
-            v6: false,
-            preempt: true,
-            unicast: false,
-            vip_lifetime: None,
-            auth_pass: None,
-            extra: String::new(),
-            tcplb: String::new(),
-        }
-    }
-}
-
-struct Cluster {
-    lab: Lab,
-    dir: tempfile::TempDir,
-    ns: Vec<String>,
-    /// Lab child index of each node's lbd, if running.
-    procs: Vec<Option<usize>>,
-    net: u8,
-    sc: Scenario,
-    prios: Vec<u8>,
-}
-
-impl Cluster {
-    /// Three nodes 10.213.<net>.1-3 (fd00:db8:<net>::1-3), VIP .100.
-    fn new(net: u8, sc: Scenario, prios: &[u8]) -> Cluster {
-        let mut lab = Lab::new("vrrp");
-        let mut ns = Vec::new();
-        for i in 1..=prios.len() {
-            let n = lab.add_ns(&format!("n{i}"));
-            let v4 = format!("10.213.{net}.{i}/24");
-            let v6 = format!("fd00:db8:{net}::{i}/64");
-            lab.attach(&n, "eth0", &[&v4, &v6]);
-            ns.push(n);
-        }
-        // IPv6 link-local addresses need a moment (DAD) before they are
-        // usable as VRRP source.
-        if sc.v6 {
-            for n in &ns {
-                let ok = wait_for(Duration::from_secs(5), || {
-                    let a = lab.addrs(n);
-                    a.contains("fe80::") && !a.contains("tentative")
-                });
-                assert!(
-                    ok.is_some(),
-                    "no link-local address in {n}: {}",
-                    lab.addrs(n)
-                );
-            }
-        }
-        Cluster {
-            lab,
-            dir: tempfile::tempdir().unwrap(),
-            procs: vec![None; prios.len()],
-            ns,
-            net,
-            sc,
-            prios: prios.to_vec(),
-        }
-    }
-
-    fn vip(&self) -> IpAddr {
-        if self.sc.v6 {
-            format!("fd00:db8:{}::100", self.net).parse().unwrap()
-        } else {
-            format!("10.213.{}.100", self.net).parse().unwrap()
-        }
-    }
-
-    fn config(&self, i: usize) -> String {
-        let sc = &self.sc;
-        let net = self.net;
-        let vip = if sc.v6 {
-            format!("fd00:db8:{net}::100/64")
-        } else {
-            format!("10.213.{net}.100/24")
-        };
-        let mut inst = VrrpInstanceYaml::new(self.prios[i], &vip);
-        inst.version = sc.version;
-        inst.advert_interval = self.interval();
-        inst.preempt = Some(sc.preempt);
-        if sc.unicast {
-            inst.unicast_peers = (1..=self.prios.len())
-                .filter(|j| *j != i + 1)
-                .map(|j| {
-                    if sc.v6 {
-                        format!("fd00:db8:{net}::{j}")
-                    } else {
-                        format!("10.213.{net}.{j}")
-                    }
-                })
-                .collect();
-        }
-        inst.vip_lifetime = sc.vip_lifetime.map(str::to_string);
-        inst.auth_pass = sc.auth_pass.map(str::to_string);
-        inst.extra = sc.extra.clone();
-        let sock = self.dir.path().join(format!("n{}.sock", i + 1));
-        node_section(&format!("n{}", i + 1))
-            + &vrrp_section(&[inst])
-            + &sc.tcplb
-            + &admin_section(&sock)
-    }
-
-    fn log(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("n{}.log", i + 1))
-    }
-
-    fn start(&mut self, i: usize) {
-        let conf = self.dir.path().join(format!("n{}.yaml", i + 1));
-        std::fs::write(&conf, self.config(i)).unwrap();
-        self.start_with(i, &conf);
-    }
-
-    fn start_with(&mut self, i: usize, conf: &std::path::Path) {
-        let (ns, log) = (self.ns[i].clone(), self.log(i));
-        self.procs[i] = Some(spawn_in_ns(&mut self.lab, &ns, conf, &log));
-    }
-
-    fn start_all(&mut self) {
-        for i in 0..self.ns.len() {
-            self.start(i);
-        }
-    }
-
-    fn kill(&mut self, i: usize, sig: &str) {
-        let idx = self.procs[i].take().expect("node not running");
-        self.lab.signal(idx, sig);
-        let st = self.lab.wait_exit(idx, Duration::from_secs(5));
-        assert!(st.is_some(), "n{} did not exit on {sig}", i + 1);
-    }
-
-    fn watch(&self) -> VipWatch {
-        VipWatch::start(&self.ns, "eth0", self.vip())
-    }
-
-    fn logs(&self) -> String {
-        (0..self.ns.len())
-            .map(|i| {
-                format!(
-                    "--- n{} ---\n{}",
-                    i + 1,
-                    std::fs::read_to_string(self.log(i)).unwrap_or_default()
-                )
-            })
-            .collect()
-    }
-
-    /// Master_Down_Interval of node `i` as RFC 5798 section 6.1 defines it.
-    fn master_down(&self, i: usize) -> Duration {
-        master_down_interval(self.sc.version, self.interval(), self.prios[i])
-    }
-
-    fn skew(&self, i: usize) -> Duration {
-        skew_time(self.sc.version, self.interval(), self.prios[i])
-    }
-
-    fn interval(&self) -> Duration {
-        Duration::from_millis(self.sc.interval_ms)
-    }
-}
+use support::cluster::{Cluster, Scenario};
+use support::lbd::lbd_bin;
+use support::netns::{in_ns, listen_in, rt};
 
 /// Startup: exactly the highest priority node holds the VIP; then SIGKILL
 /// of it -> the next holds it within Master_Down_Interval (plus sampling
@@ -595,15 +395,6 @@ fn no_preemption_when_off() {
         return;
     }
     preemption(36, false);
-}
-
-/// Binds a TCP listener inside namespace `ns` (the socket belongs to the
-/// namespace it was created in); dropping it makes the backend go away.
-fn listen_in(ns: &str, addr: &str) -> std::net::TcpListener {
-    let addr = addr.to_string();
-    in_ns(ns, move || {
-        std::net::TcpListener::bind(addr).expect("bind backend")
-    })
 }
 
 /// A tracked tcplb listener losing its only backend lowers the master's

@@ -118,6 +118,9 @@ pub struct AddrInfo {
     pub deprecated: bool,
     /// IPv6 link-local (fe80::/10): where VRRPv3 over IPv6 sends from.
     pub link_local: bool,
+    /// When the kernel created it (hundredths of a second since boot): a
+    /// renewal keeps it, a delete and add changes it.
+    pub created_cs: Option<u32>,
     raw: AddressMessage,
 }
 
@@ -128,6 +131,7 @@ impl AddrInfo {
         let mut label = None;
         let mut proto = None;
         let mut lifetimes = (None, None);
+        let mut created_cs = None;
         let mut flags = AddressFlags::empty();
         let finite = |secs: u32| (secs != u32::MAX).then_some(secs);
         for attr in &msg.attributes {
@@ -137,7 +141,8 @@ impl AddrInfo {
                 AddressAttribute::Label(l) => label = Some(l.clone()),
                 AddressAttribute::Protocol(p) => proto = Some(u8::from(*p)),
                 AddressAttribute::CacheInfo(c) => {
-                    lifetimes = (finite(c.ifa_valid), finite(c.ifa_preferred))
+                    lifetimes = (finite(c.ifa_valid), finite(c.ifa_preferred));
+                    created_cs = Some(c.cstamp);
                 }
                 AddressAttribute::Flags(f) => flags = *f,
                 _ => {}
@@ -159,6 +164,7 @@ impl AddrInfo {
             tentative: flags.contains(AddressFlags::Tentative),
             deprecated: flags.contains(AddressFlags::Deprecated),
             link_local,
+            created_cs,
             raw: msg.clone(),
         })
     }
@@ -385,6 +391,7 @@ mod tests {
             tentative: false,
             deprecated: false,
             link_local: false,
+            created_cs: None,
             raw: AddressMessage::default(),
         }
     }

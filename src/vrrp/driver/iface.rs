@@ -38,10 +38,9 @@ impl Instance {
             self.iface.sock = None;
             self.iface.announcer = None;
         }
-        self.clear(Fault::LinkGone);
-        if link.up {
-            self.clear(Fault::LinkDown);
-        } else {
+        // New faults first, ended ones last: the router must not pass
+        // through Backup between two faults.
+        if !link.up {
             let detail = format!("{} is down or has no carrier", link.name);
             self.raise(Fault::LinkDown, detail);
         }
@@ -50,6 +49,10 @@ impl Instance {
             self.open_announcer(mac_changed);
         }
         self.resolve_source().await;
+        if link.up {
+            self.clear(Fault::LinkDown);
+        }
+        self.clear(Fault::LinkGone);
     }
 
     fn open_announcer(&mut self, mac_changed: bool) {
@@ -116,15 +119,18 @@ impl Instance {
         match &mut self.iface.sock {
             Some(s) if s.ifindex() == link.index => s.set_source(src),
             _ => match VrrpSocket::open(&link.name, link.index, src, &self.cfg.unicast_peers) {
-                Ok(s) => {
-                    self.iface.sock = Some(s);
-                    self.clear(Fault::SocketError);
-                }
+                Ok(s) => self.iface.sock = Some(s),
                 Err(e) => {
                     let detail = format!("cannot open the VRRP socket on {}: {e}", link.name);
                     self.raise(Fault::SocketError, detail);
                 }
             },
+        }
+        // Both sockets open (a link without a MAC has nothing to announce
+        // from, so no packet socket).
+        let has_mac = link.mac.is_some();
+        if self.iface.sock.is_some() && (self.iface.announcer.is_some() || !has_mac) {
+            self.clear(Fault::SocketError);
         }
         self.clear(Fault::NoSourceAddress);
         if changed {
