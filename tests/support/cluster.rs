@@ -220,6 +220,21 @@ impl Cluster {
         self.status(i)["vrrp"][0].clone()
     }
 
+    /// Like [`instance`](Self::instance), None while node `i` does not
+    /// answer (starting, stopped).
+    pub fn try_instance(&self, i: usize) -> Option<serde_json::Value> {
+        let sock = self.socket(i);
+        let out = super::netns::run_output(&[
+            lbd_bin(),
+            "status",
+            "--json",
+            "--socket",
+            sock.to_str().unwrap(),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(v["vrrp"][0].clone())
+    }
+
     /// Rewrites node `i`'s config (as `config(i)` with `edit` applied) and
     /// sends SIGHUP.
     pub fn reload(&mut self, i: usize, edit: impl Fn(String) -> String) {
@@ -256,4 +271,41 @@ pub fn worker_of(parent: u32) -> Option<u32> {
             std::fs::read_to_string(format!("/proc/{p}/comm"))
                 .is_ok_and(|c| c.trim() == lbd::supervisor::WORKER_NAME)
         })
+}
+
+/// SIGKILL of an `lbd run` supervisor and its worker at once (a node
+/// crash, the cgroup killed): both stopped first, so neither can react to
+/// the other's death. Returns the worker's PID, if there was one.
+pub fn kill_process_tree(supervisor: u32) -> Option<u32> {
+    let worker = worker_of(supervisor);
+    let pids: Vec<String> = worker
+        .into_iter()
+        .chain([supervisor])
+        .map(|p| p.to_string())
+        .collect();
+    for sig in ["-STOP", "-KILL"] {
+        let mut cmd = vec!["kill", sig];
+        cmd.extend(pids.iter().map(String::as_str));
+        run(&cmd);
+    }
+    worker
+}
+
+impl Cluster {
+    /// The whole process tree of node `i` dies at once
+    /// ([`kill_process_tree`]); waits until both are gone.
+    pub fn kill_tree(&mut self, i: usize) {
+        let worker = kill_process_tree(self.pid(i));
+        let idx = self.procs[i].take().unwrap();
+        let st = self.lab.wait_exit(idx, Duration::from_secs(5));
+        assert!(st.is_some(), "n{} did not die", i + 1);
+        if let Some(w) = worker {
+            let gone = wait_for(Duration::from_secs(5), || {
+                !std::path::Path::new(&format!("/proc/{w}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{w}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "))
+            });
+            assert!(gone.is_some(), "worker {w} survived SIGKILL");
+        }
+    }
 }
