@@ -17,9 +17,10 @@ use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, AdminConfig, Config, ProxyMode};
+use crate::config::{self, AdminConfig, Config};
+use crate::proxy::{Proxy, ProxyReporter};
 use crate::status::server::{bind_unix, serve_tcp, serve_unix, AdminState};
-use crate::status::{ConfigStatus, ProxyStatus, StatusReport};
+use crate::status::{ConfigStatus, StatusReport};
 use crate::tcplb::{Balancer, BalancerError, BalancerReporter};
 use crate::vrrp::metrics::VrrpMetrics;
 use crate::vrrp::state::StateDir;
@@ -43,6 +44,8 @@ pub enum AppError {
     },
     #[error("signals: {0}")]
     Signals(std::io::Error),
+    #[error("proxy: {0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -63,7 +66,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         path: config_path.display().to_string(),
         balancer: daemon.balancer.reporter(),
         vrrp: daemon.vrrp.reporter(),
-        proxy: daemon.proxy.clone(),
+        proxy: daemon.proxy.reporter(),
         reloads: reloads.record.clone(),
     };
     let admin = Arc::new(AdminState {
@@ -162,7 +165,7 @@ struct Daemon {
     current: Config,
     balancer: Balancer,
     vrrp: Vrrp,
-    proxy: Arc<ArcSwap<Option<ProxyStatus>>>,
+    proxy: Proxy,
 }
 
 impl Daemon {
@@ -175,10 +178,7 @@ impl Daemon {
     ) -> Result<Daemon, AppError> {
         let vrrp_metrics = VrrpMetrics::register(registry);
         let balancer = Balancer::start(cfg.tcplb.as_ref(), registry, shutdown.clone()).await?;
-        let proxy: Arc<ArcSwap<Option<ProxyStatus>>> = Arc::new(ArcSwap::from_pointee(None));
-        if let Some(p) = cfg.proxy.clone() {
-            start_proxy(p, &cfg.node.name, registry, proxy.clone(), shutdown);
-        }
+        let proxy = Proxy::start(cfg.proxy.as_ref(), &cfg.node.name, registry, shutdown).await;
         let state = StateDir::new(state_dir(&cfg));
         let vrrp = Vrrp::start(
             cfg.vrrp.as_ref(),
@@ -201,10 +201,9 @@ impl Daemon {
         let next = config::load(path)?;
         let tcplb = self.balancer.prepare(next.tcplb.as_ref()).await?;
         let vrrp = self.vrrp.prepare(next.vrrp.as_ref());
+        let proxy = self.proxy.prepare(next.proxy.as_ref()).await?;
         self.balancer.commit(tcplb);
-        if self.current.proxy != next.proxy {
-            tracing::warn!("proxy section changed: takes effect on restart");
-        }
+        self.proxy.commit(proxy).await;
         // Changed instances restart (releasing their VIP with priority 0).
         self.vrrp.commit(vrrp).await;
         if self.current.admin != next.admin {
@@ -310,7 +309,7 @@ struct StatusSource {
     path: String,
     balancer: BalancerReporter,
     vrrp: VrrpReporter,
-    proxy: Arc<ArcSwap<Option<ProxyStatus>>>,
+    proxy: ProxyReporter,
     reloads: Arc<ArcSwap<ReloadRecord>>,
 }
 
@@ -323,7 +322,7 @@ impl StatusSource {
             uptime_seconds: self.started.elapsed().as_secs(),
             vrrp: self.vrrp.report(),
             tcplb: self.balancer.report(),
-            proxy: (**self.proxy.load()).clone(),
+            proxy: self.proxy.report(),
             config: ConfigStatus {
                 path: self.path.clone(),
                 reloads_ok: reloads.ok,
@@ -331,72 +330,6 @@ impl StatusSource {
                 last_reload_error: reloads.last_error.clone(),
                 last_reload_seconds_ago: reloads.last_at.map(|t| t.elapsed().as_secs()),
             },
-        }
-    }
-}
-
-/// Starts the Service proxy. Its failures are logged and shown in status; they
-/// never take the VIP or the balancer down with them.
-fn start_proxy(
-    p: crate::config::ProxyConfig,
-    node: &str,
-    registry: &mut Registry,
-    status: Arc<ArcSwap<Option<ProxyStatus>>>,
-    shutdown: CancellationToken,
-) {
-    let failed = |status: &ArcSwap<Option<ProxyStatus>>, mode: &str, e: String| {
-        status.store(Arc::new(Some(ProxyStatus {
-            mode: mode.to_string(),
-            synced: false,
-            services: 0,
-            real_servers: 0,
-            last_sync_seconds_ago: None,
-            last_sync_duration_ms: None,
-            last_error: Some(e),
-        })));
-    };
-    match p.mode {
-        ProxyMode::None => {}
-        ProxyMode::Nftables => {
-            tracing::error!(
-                "proxy mode nftables is not implemented: no Service rules are programmed"
-            );
-            failed(
-                &status,
-                "nftables",
-                "mode nftables is not implemented; use ipvs".into(),
-            );
-        }
-        ProxyMode::Ipvs => {
-            let metrics = crate::ipvs::metrics::ProxyMetrics::new();
-            metrics.register_lbd(registry);
-            let node = p
-                .hostname_override
-                .clone()
-                .unwrap_or_else(|| node.to_string());
-            match crate::ipvs::sync::ProxyBackends::kernel(&p) {
-                Ok(backends) => {
-                    tokio::spawn(async move {
-                        let r = crate::ipvs::sync::run_proxy(
-                            p,
-                            node,
-                            backends,
-                            status.clone(),
-                            metrics,
-                            shutdown,
-                        )
-                        .await;
-                        if let Err(e) = r {
-                            tracing::error!(error = %e, "service proxy stopped");
-                            failed(&status, "ipvs", e.to_string());
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "service proxy cannot start");
-                    failed(&status, "ipvs", e.to_string());
-                }
-            }
         }
     }
 }

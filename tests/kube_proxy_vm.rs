@@ -190,12 +190,14 @@ fn settle(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
 /// lbd's engine on the real kernel (NetlinkIpvs, kube-ipvs0), no nftables:
 /// the one place here that touches the proxy's internals.
 async fn run_lbd_until_settled(cluster: &KubeCluster, want_vs: usize) -> Duration {
-    use lbd::ipvs::metrics::ProxyMetrics;
-    use lbd::ipvs::server::ProxyHealth;
-    use lbd::ipvs::sync::{DummyAddresses, Engine, EngineSettings, ProxyBackends};
-    use lbd::ipvs::NetlinkIpvs;
+    use lbd::proxy::driver::Runner;
+    use lbd::proxy::engine::EngineSettings;
+    use lbd::proxy::kernel::ipvs::NetlinkIpvs;
+    use lbd::proxy::kernel::{DummyAddresses, IpvsDataPlane, ProcSysctls};
+    use lbd::proxy::metrics::ProxyMetrics;
+    use lbd::proxy::server::ProxyHealth;
     use tokio_util::sync::CancellationToken;
-    let engine = Engine {
+    let engine = Runner {
         settings: EngineSettings {
             node_name: NODE.into(),
             scheduler: "rr".into(),
@@ -207,13 +209,15 @@ async fn run_lbd_until_settled(cluster: &KubeCluster, want_vs: usize) -> Duratio
             sync_period: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(60),
             timeouts: None,
+            strict_arp: false,
         },
-        backends: ProxyBackends {
+        plane: Box::new(IpvsDataPlane {
             ipvs: Arc::new(NetlinkIpvs::new().unwrap()),
-            addresses: Arc::new(DummyAddresses::new(false)),
+            addresses: Arc::new(DummyAddresses::new()),
             firewall: None,
-        },
-        status: Arc::new(arc_swap::ArcSwap::from_pointee(None)),
+            sysctls: Arc::new(ProcSysctls),
+        }),
+        reporter: Default::default(),
         metrics: ProxyMetrics::new(),
         health: ProxyHealth::new(Duration::from_secs(60)),
     };

@@ -26,19 +26,21 @@ mod proxy {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use arc_swap::ArcSwap;
-    use lbd::ipvs::metrics::ProxyMetrics;
-    use lbd::ipvs::server::ProxyHealth;
-    use lbd::ipvs::sync::{Engine, EngineSettings, FakeAddresses, ProxyBackends};
-    use lbd::ipvs::{FakeIpvs, FwdMethod, IpvsCall, Protocol};
-    use lbd::status::ProxyStatus;
+    use lbd::proxy::driver::Runner;
+    use lbd::proxy::engine::EngineSettings;
+    use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsCall};
+    use lbd::proxy::kernel::{FakeAddresses, FakeSysctls, IpvsDataPlane};
+    use lbd::proxy::metrics::ProxyMetrics;
+    use lbd::proxy::model::{FwdMethod, Protocol};
+    use lbd::proxy::report::ProxyReporter;
+    use lbd::proxy::server::ProxyHealth;
     use tokio::task::JoinHandle;
     use tokio_util::sync::CancellationToken;
 
     pub struct RunningProxy {
         ipvs: FakeIpvs,
         addrs: FakeAddresses,
-        status: Arc<ArcSwap<Option<ProxyStatus>>>,
+        status: ProxyReporter,
         stop: CancellationToken,
         task: JoinHandle<()>,
     }
@@ -55,8 +57,8 @@ mod proxy {
             .with_test_writer()
             .try_init();
         let (ipvs, addrs) = (FakeIpvs::new(), FakeAddresses::default());
-        let status = Arc::new(ArcSwap::from_pointee(None));
-        let engine = Engine {
+        let status = ProxyReporter::default();
+        let engine = Runner {
             settings: EngineSettings {
                 node_name: node.into(),
                 scheduler: "rr".into(),
@@ -68,13 +70,15 @@ mod proxy {
                 sync_period: Duration::from_millis(300),
                 drain_timeout: Duration::from_secs(60),
                 timeouts: None,
+                strict_arp: false,
             },
-            backends: ProxyBackends {
+            plane: Box::new(IpvsDataPlane {
                 ipvs: Arc::new(ipvs.clone()),
                 addresses: Arc::new(addrs.clone()),
                 firewall: None,
-            },
-            status: status.clone(),
+                sysctls: Arc::new(FakeSysctls::default()),
+            }),
+            reporter: status.clone(),
             metrics: ProxyMetrics::new(),
             health: ProxyHealth::new(Duration::from_secs(60)),
         };
@@ -154,11 +158,7 @@ mod proxy {
         }
 
         pub fn synced(&self) -> bool {
-            self.status
-                .load()
-                .as_ref()
-                .as_ref()
-                .is_some_and(|s| s.synced)
+            self.status.report().is_some_and(|s| s.synced)
         }
 
         pub async fn stop(self) {

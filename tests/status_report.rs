@@ -103,7 +103,7 @@ fn full_report() -> StatusReport {
             draining: false,
         }],
         proxy: Some(ProxyStatus {
-            mode: "ipvs".into(),
+            mode: ProxyDataPlane::Ipvs,
             synced: true,
             services: 12,
             real_servers: 30,

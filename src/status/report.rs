@@ -122,9 +122,26 @@ pub struct BackendStatus {
     pub total_connections: u64,
 }
 
+/// The data plane the Service proxy runs, as the status names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyDataPlane {
+    Ipvs,
+    Nftables,
+}
+
+impl std::fmt::Display for ProxyDataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProxyDataPlane::Ipvs => "ipvs",
+            ProxyDataPlane::Nftables => "nftables",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyStatus {
-    pub mode: String,
+    pub mode: ProxyDataPlane,
     pub synced: bool,
     pub services: u64,
     pub real_servers: u64,

@@ -126,8 +126,6 @@ pub struct AddrInfo {
 
 impl AddrInfo {
     fn from_message(msg: &AddressMessage) -> Option<AddrInfo> {
-        let mut local = None;
-        let mut address = None;
         let mut label = None;
         let mut proto = None;
         let mut lifetimes = (None, None);
@@ -136,8 +134,6 @@ impl AddrInfo {
         let finite = |secs: u32| (secs != u32::MAX).then_some(secs);
         for attr in &msg.attributes {
             match attr {
-                AddressAttribute::Local(a) => local = Some(*a),
-                AddressAttribute::Address(a) => address = Some(*a),
                 AddressAttribute::Label(l) => label = Some(l.clone()),
                 AddressAttribute::Protocol(p) => proto = Some(u8::from(*p)),
                 AddressAttribute::CacheInfo(c) => {
@@ -148,11 +144,9 @@ impl AddrInfo {
                 _ => {}
             }
         }
-        // IFA_LOCAL is the address itself on point-to-point links; IFA_ADDRESS
-        // is the peer there. Elsewhere both are equal.
-        let ip = local.or(address)?;
+        let ip = super::rtnl::address_of(msg)?;
         let addr = IpNet::new(ip, msg.header.prefix_len).ok()?;
-        let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        let link_local = super::rtnl::is_link_local_v6(&ip);
         Some(AddrInfo {
             ifindex: msg.header.index,
             addr,
@@ -221,29 +215,17 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a netlink socket in the caller's network namespace.
     pub fn connect() -> Result<Netlink, SysError> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle: super::rtnl::connect()?,
+        })
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<LinkInfo, SysError> {
-        let mut s = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match s.try_next().await {
-            Ok(Some(msg)) => {
-                LinkInfo::from_message(&msg).ok_or_else(|| SysError::NoSuchInterface(name.into()))
-            }
-            Ok(None) => Err(SysError::NoSuchInterface(name.into())),
-            // ENODEV comes back as an error message.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
-                Err(SysError::NoSuchInterface(name.into()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        super::rtnl::link_by_name(&self.handle, name)
+            .await?
+            .as_ref()
+            .and_then(LinkInfo::from_message)
+            .ok_or_else(|| SysError::NoSuchInterface(name.into()))
     }
 
     /// Every address of the given family on the interface.
@@ -278,11 +260,9 @@ impl Netlink {
         {
             return Ok(AddOutcome::Foreign);
         }
-        let mut req = self
-            .handle
-            .address()
-            .add(link.index, vip.addr(), vip.prefix_len())
-            .replace();
+        let mut req =
+            super::rtnl::add_address(&self.handle, link.index, vip.addr(), vip.prefix_len())
+                .replace();
         let msg = req.message_mut();
         let secs = lifetime_secs(lifetime);
         let mut ci = CacheInfo::default();
@@ -298,15 +278,11 @@ impl Netlink {
                     msg.attributes.push(AddressAttribute::Label(label));
                 }
             }
-            IpNet::V6(_) => {
-                // Deprecated from the start: a VIP must never become the
-                // source of this node's own connections (they would break
-                // when it moves). No duplicate address detection: usable at
-                // once, and VRRP itself decides who owns it.
-                ci.ifa_preferred = 0;
-                msg.attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
-            }
+            // Deprecated from the start: a VIP must never become the source
+            // of this node's own connections (they would break when it
+            // moves). rtnl::add_address already skips duplicate address
+            // detection.
+            IpNet::V6(_) => ci.ifa_preferred = 0,
         }
         msg.attributes.push(AddressAttribute::CacheInfo(ci));
         req.execute().await?;
@@ -338,10 +314,11 @@ impl Netlink {
             Ok(()) => Ok(true),
             // Gone meanwhile (expired, or removed by someone), or its link
             // went: fine.
-            Err(rtnetlink::Error::NetlinkError(e))
-                if [libc::EADDRNOTAVAIL, libc::ENOENT, libc::ENODEV]
-                    .iter()
-                    .any(|c| e.raw_code() == -c) =>
+            Err(e)
+                if matches!(
+                    super::rtnl::errno(&e),
+                    Some(libc::EADDRNOTAVAIL | libc::ENOENT | libc::ENODEV)
+                ) =>
             {
                 Ok(false)
             }

@@ -3,12 +3,12 @@
 #![allow(unsafe_code)]
 
 pub mod addr;
-pub mod dummy;
 pub mod fd;
 pub mod link;
 pub mod netns;
 pub mod packet;
 pub mod process;
 pub mod rlimit;
+pub mod rtnl;
 pub mod splice;
 pub mod sysctl;

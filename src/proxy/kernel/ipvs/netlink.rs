@@ -23,8 +23,8 @@ use super::genl::{
     dest_from_attrs, info_from_attrs, service_af, service_from_attrs, timeouts_from_attrs,
     IpvsAttr, IpvsMessage, ServiceEntry, AF_INET, AF_INET6,
 };
-use super::handle::{validate_dest, validate_service, IpvsError, IpvsHandle, IpvsOp};
-use super::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
+use super::{validate_dest, validate_service, IpvsError, IpvsHandle, IpvsOp};
+use crate::proxy::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
 
 /// A reply never takes this long from a local kernel; the bound only keeps a
 /// wedged socket from hanging the sync runner forever.
@@ -508,17 +508,7 @@ impl IpvsHandle for NetlinkIpvs {
             match self.send_chunk(&mut conn, &buf, first, chunk.len()) {
                 Ok(acks) => {
                     for (&i, ack) in chunk.iter().zip(acks) {
-                        let op = &ops[i];
-                        results[i] = Some(match ack {
-                            Some(Ok(())) => Ok(()),
-                            Some(Err(errno)) => {
-                                Err(IpvsError::from_errno(op.name(), op.target(), errno))
-                            }
-                            None => Err(IpvsError::Decode {
-                                op: op.name(),
-                                reason: "no ack".into(),
-                            }),
-                        });
+                        results[i] = Some(ack_result(&ops[i], ack));
                     }
                 }
                 // The socket failed mid-batch: what the kernel did is
@@ -527,20 +517,7 @@ impl IpvsHandle for NetlinkIpvs {
                 Err(e) => {
                     for (i, r) in results.iter_mut().enumerate().skip(chunk[0]) {
                         if r.is_none() {
-                            let op = &ops[i];
-                            *r = Some(Err(match &e {
-                                TransactError::Errno(n) => {
-                                    IpvsError::from_errno(op.name(), op.target(), *n)
-                                }
-                                TransactError::Io(io) => IpvsError::Io(std::io::Error::new(
-                                    io.kind(),
-                                    format!("{} {}: batch aborted: {io}", op.name(), op.target()),
-                                )),
-                                TransactError::Decode(reason) => IpvsError::Decode {
-                                    op: op.name(),
-                                    reason: format!("batch aborted: {reason}"),
-                                },
-                            }));
+                            *r = Some(Err(aborted(&ops[i], &e)));
                         }
                     }
                     break;
@@ -592,10 +569,37 @@ impl IpvsHandle for NetlinkIpvs {
     }
 }
 
+/// One op's result from its ack in a batch.
+fn ack_result(op: &IpvsOp<'_>, ack: Option<Result<(), i32>>) -> Result<(), IpvsError> {
+    match ack {
+        Some(Ok(())) => Ok(()),
+        Some(Err(errno)) => Err(IpvsError::from_errno(op.name(), op.target(), errno)),
+        None => Err(IpvsError::Decode {
+            op: op.name(),
+            reason: "no ack".into(),
+        }),
+    }
+}
+
+/// The error of an op a failed batch never got to.
+fn aborted(op: &IpvsOp<'_>, e: &TransactError) -> IpvsError {
+    match e {
+        TransactError::Errno(n) => IpvsError::from_errno(op.name(), op.target(), *n),
+        TransactError::Io(io) => IpvsError::Io(std::io::Error::new(
+            io.kind(),
+            format!("{} {}: batch aborted: {io}", op.name(), op.target()),
+        )),
+        TransactError::Decode(reason) => IpvsError::Decode {
+            op: op.name(),
+            reason: format!("batch aborted: {reason}"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvs::model::Protocol;
+    use crate::proxy::model::Protocol;
     use std::net::IpAddr;
 
     fn ack(seq: u32, error: i32) -> Vec<u8> {

@@ -32,7 +32,7 @@ pub use dest::DestAttr;
 pub use service::{SvcAttr, SvcFlags};
 pub use stats::StatsAttr;
 
-use super::model::{
+use crate::proxy::model::{
     full_prefix, DestKey, FwdMethod, IpvsInfo, Protocol, RealServer, ServiceFlags, ServiceKey,
     Timeouts, VirtualServer,
 };

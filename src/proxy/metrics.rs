@@ -7,17 +7,27 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::kernel::KernelOp;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     /// add_service, update_service, delete_service, add_dest, ...
-    pub op: &'static str,
+    pub op: KernelOp,
+}
+
+impl EncodeLabelValue for KernelOp {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -56,7 +66,7 @@ impl Default for ProxyMetrics {
 
 impl ProxyMetrics {
     pub fn new() -> Self {
-        ProxyMetrics {
+        let m = ProxyMetrics {
             // kube-proxy: ExponentialBuckets(0.001, 2, 15)
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             last_sync_timestamp: Gauge::default(),
@@ -78,7 +88,15 @@ impl ProxyMetrics {
             synced: Gauge::default(),
             nft_applies: Counter::default(),
             nft_errors: Counter::default(),
+        };
+        // Every op is exported from the start, at 0.
+        for op in KernelOp::ALL.into_iter().filter(|op| op.is_change()) {
+            let _ = m.kernel_changes.get_or_create(&OpLabels { op });
         }
+        for op in KernelOp::ALL {
+            let _ = m.kernel_errors.get_or_create(&OpLabels { op });
+        }
+        m
     }
 
     /// The names kube-proxy serves on its metrics port.
@@ -203,6 +221,8 @@ mod tests {
             "kubeproxy_sync_proxy_rules_endpoint_changes_total 1",
             "lbd_proxy_syncs_total 0",
             "lbd_proxy_real_servers 0",
+            "lbd_proxy_kernel_errors_total{op=\"list_services\"} 0",
+            "lbd_proxy_kernel_changes_total{op=\"add_dest\"} 0",
         ] {
             assert!(out.contains(name), "{name} missing in:\n{out}");
         }

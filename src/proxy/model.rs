@@ -1,13 +1,22 @@
-//! The IPVS table as lbd sees it: plain values shared by the desired state,
-//! the plan and the kernel handle. Pure: no I/O, no netlink types.
+//! Services and endpoints as lbd sees them, and the table they become:
+//! plain values shared by the desired state, the plan, the engine and the
+//! data planes. Pure: no I/O, no netlink types.
 //!
-//! Only what lbd programs is modelled: virtual servers keyed by
-//! (address, port, protocol) for TCP/UDP/SCTP. Firewall-mark services are
-//! never created by lbd, so the kernel handle does not report them (they are
+//! The table is the IPVS one, and the engine's vocabulary for every data
+//! plane: virtual servers keyed by (address, port, protocol) for
+//! TCP/UDP/SCTP, with their real servers. Firewall-mark services are never
+//! created by lbd, so the kernel handle does not report them (they are
 //! foreign by construction and therefore never touched).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Transport protocol of a virtual server (`IPVS_SVC_ATTR_PROTOCOL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -272,6 +281,141 @@ impl IpvsInfo {
             (self.version >> 8) & 0xff,
             self.version & 0xff
         )
+    }
+}
+
+// ----------------------------------------------- Services, as lbd sees them --
+
+/// Label that ties an EndpointSlice to its Service (discovery.k8s.io/v1).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Kubernetes spelling of a Service protocol; absent means TCP.
+pub fn protocol_from_k8s(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+/// A Kubernetes object's identity within the cluster: a Service's, or an
+/// EndpointSlice's. Ordered like `desired::compute` takes Services, so "first
+/// writer wins" means the same thing everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn of(meta: &ObjectMeta) -> Self {
+        ObjectKey::new(
+            meta.namespace.as_deref().unwrap_or(""),
+            meta.name.as_deref().unwrap_or(""),
+        )
+    }
+
+    /// The Service an EndpointSlice belongs to (its service-name label).
+    pub fn service_of(slice: &EndpointSlice) -> Option<Self> {
+        let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        Some(ObjectKey::new(
+            slice.metadata.namespace.as_deref().unwrap_or(""),
+            name,
+        ))
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The current inputs of one Service that changed: the Service itself
+/// (None: deleted or not yet created) and every slice labelled for it.
+#[derive(Debug, Clone)]
+pub struct ServiceInputs {
+    pub key: ObjectKey,
+    pub service: Option<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+}
+
+/// What a set of Service changes can have changed in the table: the
+/// virtual servers and kube-ipvs0 addresses those Services wanted before or
+/// want now. Planning only these is enough when everything else already
+/// matches the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub virtual_servers: BTreeSet<ServiceKey>,
+    pub addresses: BTreeSet<IpAddr>,
+}
+
+impl Scope {
+    /// What `frag` wants, added to the scope.
+    pub(crate) fn add(&mut self, frag: &DesiredState) {
+        self.virtual_servers
+            .extend(frag.virtual_servers.keys().copied());
+        self.addresses.extend(frag.bind_addresses.iter().copied());
+    }
+}
+
+// ------------------------------------------------- the table they become --
+
+/// Which kind of Service address a virtual server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VsKind {
+    ClusterIp,
+    ExternalIp,
+    LoadBalancer,
+    NodePort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredVs {
+    /// The virtual server as the kernel should hold it.
+    pub vs: VirtualServer,
+    pub kind: VsKind,
+    /// `namespace/name:port-name`, for logs and metrics.
+    pub service: String,
+    /// The traffic policy of this address is Local (external or internal).
+    pub local_only: bool,
+    /// LoadBalancer only: allowed client ranges; empty = everyone.
+    pub source_ranges: Vec<IpNet>,
+    /// Real servers with their weight.
+    pub real_servers: BTreeMap<DestKey, u32>,
+}
+
+/// The whole table lbd wants in the kernel plus what goes on kube-ipvs0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    /// Shared with the per-Service cache: a sync clones pointers, not tables.
+    pub virtual_servers: BTreeMap<ServiceKey, Arc<DesiredVs>>,
+    /// ClusterIPs, external IPs and LoadBalancer IPs bound on kube-ipvs0 so
+    /// the kernel delivers their packets locally, where IPVS picks them up.
+    pub bind_addresses: BTreeSet<IpAddr>,
+    /// Services that contributed at least one virtual server.
+    pub services: usize,
+}
+
+impl DesiredState {
+    pub fn real_server_count(&self) -> usize {
+        self.virtual_servers
+            .values()
+            .map(|v| v.real_servers.len())
+            .sum()
+    }
+
+    /// Every address used by a desired virtual server (bound or node ones).
+    pub fn addresses(&self) -> BTreeSet<IpAddr> {
+        self.virtual_servers.keys().map(|k| k.addr).collect()
     }
 }
 

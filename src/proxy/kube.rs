@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::desired::{ObjectKey, ServiceInputs};
+use super::model::{ObjectKey, ServiceInputs};
 use crate::config::ProxyConfig;
 
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use super::desired::{DesiredState, DesiredVs, Scope};
+use super::model::{DesiredState, DesiredVs, Scope};
 use super::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
 
 /// A virtual server as listed from the kernel, real servers with counters.
@@ -178,43 +178,149 @@ pub fn plan(
     params: &PlanParams<'_>,
     now: Instant,
 ) -> Plan {
-    let excluded = |a: &IpAddr| params.exclude_cidrs.iter().any(|n| n.contains(a));
-    // Any desired virtual server on this address (keys sort by address
-    // first, so this is one range lookup, not a set of every address).
-    let wanted_addr = |a: IpAddr| {
+    let owner = Ownership {
+        desired,
+        kernel,
+        params,
+    };
+    let mut b = Builder {
+        kernel,
+        drains,
+        params,
+        now,
+        binds: Vec::new(),
+        add_vs: Vec::new(),
+        add_rs: Vec::new(),
+        del_rs: Vec::new(),
+        del_vs: Vec::new(),
+        unbinds: Vec::new(),
+        still_draining: BTreeMap::new(),
+    };
+    match params.scope {
+        None => b.everything(desired, &owner),
+        Some(scope) => b.scoped(desired, scope, &owner),
+    }
+    b.finish()
+}
+
+/// Which of the kernel's objects are lbd's to change.
+struct Ownership<'a> {
+    desired: &'a DesiredState,
+    kernel: &'a KernelState,
+    params: &'a PlanParams<'a>,
+}
+
+impl Ownership<'_> {
+    fn excluded(&self, a: &IpAddr) -> bool {
+        self.params.exclude_cidrs.iter().any(|n| n.contains(a))
+    }
+
+    /// Any desired virtual server on this address (keys sort by address
+    /// first, so this is one range lookup, not a set of every address).
+    fn wanted_addr(&self, a: IpAddr) -> bool {
         let lo = ServiceKey {
             addr: a,
             port: 0,
             protocol: Protocol::Tcp,
         };
-        desired
+        self.desired
             .virtual_servers
             .range(lo..)
             .next()
             .is_some_and(|(k, _)| k.addr == a)
-    };
-    let ours = |k: &ServiceKey| {
-        desired.virtual_servers.contains_key(k)
-            || ((wanted_addr(k.addr)
-                || kernel.bound_addresses.contains(&k.addr)
-                || params.remembered.is_some_and(|r| r.contains(k))
-                || (params.node_port_ips.contains(&k.addr) && NODE_PORT_RANGE.contains(&k.port)))
-                && !excluded(&k.addr))
-    };
+    }
 
-    let mut binds = Vec::new();
-    let mut add_vs = Vec::new();
-    let mut add_rs = Vec::new();
-    let mut del_rs = Vec::new();
-    let mut del_vs = Vec::new();
-    let mut unbinds = Vec::new();
-    let mut still_draining: BTreeMap<(ServiceKey, DestKey), Instant> = BTreeMap::new();
+    /// A virtual server lbd may delete: one it wants, or one on an address
+    /// it wants or bound, one it wanted since start, or a NodePort on a
+    /// node address, never inside `exclude_cidrs`.
+    fn ours(&self, k: &ServiceKey) -> bool {
+        let p = self.params;
+        self.desired.virtual_servers.contains_key(k)
+            || ((self.wanted_addr(k.addr)
+                || self.kernel.bound_addresses.contains(&k.addr)
+                || p.remembered.is_some_and(|r| r.contains(k))
+                || (p.node_port_ips.contains(&k.addr) && NODE_PORT_RANGE.contains(&k.port)))
+                && !self.excluded(&k.addr))
+    }
+}
 
-    let mut plan_vs = |key: &ServiceKey, want: &DesiredVs| {
-        let have = kernel.virtual_servers.get(key);
+/// The plan being built, by kind of change (they are applied in this
+/// order: see [`Builder::finish`]).
+struct Builder<'a> {
+    kernel: &'a KernelState,
+    drains: &'a mut DrainTracker,
+    params: &'a PlanParams<'a>,
+    now: Instant,
+    binds: Vec<Change>,
+    add_vs: Vec<Change>,
+    add_rs: Vec<Change>,
+    del_rs: Vec<Change>,
+    del_vs: Vec<Change>,
+    unbinds: Vec<Change>,
+    still_draining: BTreeMap<(ServiceKey, DestKey), Instant>,
+}
+
+impl Builder<'_> {
+    /// Every desired and every kernel object.
+    fn everything(&mut self, desired: &DesiredState, owner: &Ownership<'_>) {
+        let kernel = self.kernel;
+        for a in desired.bind_addresses.difference(&kernel.bound_addresses) {
+            self.binds.push(Change::BindAddress(*a));
+        }
+        for (key, want) in &desired.virtual_servers {
+            self.virtual_server(key, want);
+        }
+        for key in kernel.virtual_servers.keys() {
+            if !desired.virtual_servers.contains_key(key) && owner.ours(key) {
+                self.del_vs.push(Change::DeleteVirtual(*key));
+            }
+        }
+        for a in kernel.bound_addresses.difference(&desired.bind_addresses) {
+            if !owner.excluded(a) {
+                self.unbinds.push(Change::UnbindAddress(*a));
+            }
+        }
+    }
+
+    /// The same decisions as [`Builder::everything`], for the scope's keys
+    /// only (in the same order, so a scoped plan is the full plan's
+    /// restriction).
+    fn scoped(&mut self, desired: &DesiredState, scope: &Scope, owner: &Ownership<'_>) {
+        let kernel = self.kernel;
+        for a in &scope.addresses {
+            if desired.bind_addresses.contains(a) && !kernel.bound_addresses.contains(a) {
+                self.binds.push(Change::BindAddress(*a));
+            }
+        }
+        for key in &scope.virtual_servers {
+            if let Some(want) = desired.virtual_servers.get(key) {
+                self.virtual_server(key, want);
+            }
+        }
+        for key in &scope.virtual_servers {
+            if kernel.virtual_servers.contains_key(key)
+                && !desired.virtual_servers.contains_key(key)
+                && owner.ours(key)
+            {
+                self.del_vs.push(Change::DeleteVirtual(*key));
+            }
+        }
+        for a in &scope.addresses {
+            if kernel.bound_addresses.contains(a)
+                && !desired.bind_addresses.contains(a)
+                && !owner.excluded(a)
+            {
+                self.unbinds.push(Change::UnbindAddress(*a));
+            }
+        }
+    }
+
+    /// One wanted virtual server and its real servers.
+    fn virtual_server(&mut self, key: &ServiceKey, want: &DesiredVs) {
+        let have = self.kernel.virtual_servers.get(key);
         match have {
-            None => add_vs.push(Change::AddVirtual(want.vs.clone())),
-            Some(h) if h.vs != want.vs => add_vs.push(Change::UpdateVirtual(want.vs.clone())),
+            None => self.add_vs.push(Change::AddVirtual(want.vs.clone())),
+            Some(h) if h.vs != want.vs => self.add_vs.push(Change::UpdateVirtual(want.vs.clone())),
             Some(_) => {}
         }
         let empty = BTreeMap::new();
@@ -222,130 +328,87 @@ pub fn plan(
         for (rs, weight) in &want.real_servers {
             let want_rs = RealServer::new(rs.addr, rs.port, *weight);
             match have_rs.get(rs) {
-                None => add_rs.push(Change::AddReal(*key, want_rs)),
+                None => self.add_rs.push(Change::AddReal(*key, want_rs)),
                 // Also brings back a real server we were draining.
                 Some(h) if !h.same_config(&want_rs) => {
-                    add_rs.push(Change::UpdateReal(*key, want_rs))
+                    self.add_rs.push(Change::UpdateReal(*key, want_rs))
                 }
                 Some(_) => {}
             }
         }
         for (rs, h) in have_rs {
-            if want.real_servers.contains_key(rs) {
-                continue;
-            }
-            // UDP has no connection end to wait for: an entry would only
-            // keep sending datagrams to a gone endpoint (kube-proxy deletes
-            // UDP real servers at once too).
-            if key.protocol == Protocol::Udp {
-                del_rs.push(Change::DeleteReal(*key, *rs));
-                continue;
-            }
-            let since = *drains.since.get(&(*key, *rs)).unwrap_or(&now);
-            if h.weight != 0 {
-                // Same configuration at weight 0; counters are not config.
-                let drained = RealServer {
-                    weight: 0,
-                    active_conns: 0,
-                    inactive_conns: 0,
-                    persist_conns: 0,
-                    ..h.clone()
-                };
-                del_rs.push(Change::UpdateReal(*key, drained));
-                still_draining.insert((*key, *rs), since);
-            } else if h.active_conns + h.inactive_conns == 0
-                || now.saturating_duration_since(since) >= params.drain_timeout
-            {
-                del_rs.push(Change::DeleteReal(*key, *rs));
-            } else {
-                still_draining.insert((*key, *rs), since);
-            }
-        }
-    };
-
-    match params.scope {
-        None => {
-            for a in desired.bind_addresses.difference(&kernel.bound_addresses) {
-                binds.push(Change::BindAddress(*a));
-            }
-            for (key, want) in &desired.virtual_servers {
-                plan_vs(key, want);
-            }
-            for key in kernel.virtual_servers.keys() {
-                if !desired.virtual_servers.contains_key(key) && ours(key) {
-                    del_vs.push(Change::DeleteVirtual(*key));
-                }
-            }
-            for a in kernel.bound_addresses.difference(&desired.bind_addresses) {
-                if !excluded(a) {
-                    unbinds.push(Change::UnbindAddress(*a));
-                }
-            }
-        }
-        // The same decisions as above, for the scope's keys only (in the
-        // same order, so a scoped plan is the full plan's restriction).
-        Some(scope) => {
-            for a in &scope.addresses {
-                if desired.bind_addresses.contains(a) && !kernel.bound_addresses.contains(a) {
-                    binds.push(Change::BindAddress(*a));
-                }
-            }
-            for key in &scope.virtual_servers {
-                if let Some(want) = desired.virtual_servers.get(key) {
-                    plan_vs(key, want);
-                }
-            }
-            for key in &scope.virtual_servers {
-                if kernel.virtual_servers.contains_key(key)
-                    && !desired.virtual_servers.contains_key(key)
-                    && ours(key)
-                {
-                    del_vs.push(Change::DeleteVirtual(*key));
-                }
-            }
-            for a in &scope.addresses {
-                if kernel.bound_addresses.contains(a)
-                    && !desired.bind_addresses.contains(a)
-                    && !excluded(a)
-                {
-                    unbinds.push(Change::UnbindAddress(*a));
-                }
+            if !want.real_servers.contains_key(rs) {
+                self.removed_real_server(key, rs, h);
             }
         }
     }
 
-    match params.scope {
-        None => drains.since = still_draining,
-        Some(scope) => {
-            drains
-                .since
-                .retain(|(k, _), _| !scope.virtual_servers.contains(k));
-            drains.since.extend(still_draining);
+    /// A real server no longer wanted: drained at weight 0 until IPVS shows
+    /// no connection or the drain bound passes, then deleted.
+    fn removed_real_server(&mut self, key: &ServiceKey, rs: &DestKey, h: &RealServer) {
+        // UDP has no connection end to wait for: an entry would only keep
+        // sending datagrams to a gone endpoint (kube-proxy deletes UDP real
+        // servers at once too).
+        if key.protocol == Protocol::Udp {
+            self.del_rs.push(Change::DeleteReal(*key, *rs));
+            return;
+        }
+        let since = *self.drains.since.get(&(*key, *rs)).unwrap_or(&self.now);
+        if h.weight != 0 {
+            // Same configuration at weight 0; counters are not config.
+            let drained = RealServer {
+                weight: 0,
+                active_conns: 0,
+                inactive_conns: 0,
+                persist_conns: 0,
+                ..h.clone()
+            };
+            self.del_rs.push(Change::UpdateReal(*key, drained));
+            self.still_draining.insert((*key, *rs), since);
+        } else if h.active_conns + h.inactive_conns == 0
+            || self.now.saturating_duration_since(since) >= self.params.drain_timeout
+        {
+            self.del_rs.push(Change::DeleteReal(*key, *rs));
+        } else {
+            self.still_draining.insert((*key, *rs), since);
         }
     }
-    let next_deadline = drains
-        .since
-        .values()
-        .map(|s| *s + params.drain_timeout)
-        .min();
 
-    let mut changes = binds;
-    changes.extend(add_vs);
-    changes.extend(add_rs);
-    changes.extend(del_rs);
-    changes.extend(del_vs);
-    changes.extend(unbinds);
-    Plan {
-        changes,
-        draining: drains.since.len(),
-        next_deadline,
+    /// The changes in their order, and the drains as if they were applied.
+    fn finish(self) -> Plan {
+        match self.params.scope {
+            None => self.drains.since = self.still_draining,
+            Some(scope) => {
+                self.drains
+                    .since
+                    .retain(|(k, _), _| !scope.virtual_servers.contains(k));
+                self.drains.since.extend(self.still_draining);
+            }
+        }
+        let next_deadline = self
+            .drains
+            .since
+            .values()
+            .map(|s| *s + self.params.drain_timeout)
+            .min();
+        let mut changes = self.binds;
+        changes.extend(self.add_vs);
+        changes.extend(self.add_rs);
+        changes.extend(self.del_rs);
+        changes.extend(self.del_vs);
+        changes.extend(self.unbinds);
+        Plan {
+            changes,
+            draining: self.drains.since.len(),
+            next_deadline,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvs::desired::{DesiredVs, VsKind};
+    use crate::proxy::model::{DesiredVs, VsKind};
     use std::sync::Arc;
 
     fn vk(a: &str, port: u16, proto: Protocol) -> ServiceKey {
@@ -399,39 +462,21 @@ mod tests {
         }
     }
 
-    /// Applies a plan to a kernel state the way the fake kernel would.
+    /// A plan with no drains in progress, now.
+    fn fresh(d: &DesiredState, k: &KernelState) -> Plan {
+        plan(
+            d,
+            k,
+            &mut DrainTracker::default(),
+            &params(),
+            Instant::now(),
+        )
+    }
+
+    /// Applies a plan to a kernel state the way the kernel would.
     fn apply(k: &mut KernelState, p: &Plan) {
         for c in &p.changes {
-            match c {
-                Change::BindAddress(a) => {
-                    k.bound_addresses.insert(*a);
-                }
-                Change::UnbindAddress(a) => {
-                    k.bound_addresses.remove(a);
-                }
-                Change::AddVirtual(v) | Change::UpdateVirtual(v) => {
-                    k.virtual_servers
-                        .entry(v.key())
-                        .or_insert_with(|| kvs(v.key(), &[]))
-                        .vs = v.clone();
-                }
-                Change::DeleteVirtual(v) => {
-                    k.virtual_servers.remove(v);
-                }
-                Change::AddReal(v, r) | Change::UpdateReal(v, r) => {
-                    let e = k
-                        .virtual_servers
-                        .get_mut(v)
-                        .unwrap()
-                        .real_servers
-                        .entry(r.key())
-                        .or_insert_with(|| r.clone());
-                    e.weight = r.weight;
-                }
-                Change::DeleteReal(v, r) => {
-                    k.virtual_servers.get_mut(v).unwrap().real_servers.remove(r);
-                }
-            }
+            k.apply(c);
         }
     }
 
@@ -442,6 +487,31 @@ mod tests {
             .insert(v, dvs(v, &[rk("10.244.0.1", 8080), rk("10.244.0.2", 8080)]));
         d.bind_addresses.insert("10.96.0.1".parse().unwrap());
         d
+    }
+
+    /// `one_service`, planned and applied to an empty kernel.
+    fn programmed() -> (DesiredState, KernelState, DrainTracker, Instant) {
+        let d = one_service();
+        let mut k = KernelState::default();
+        let mut t = DrainTracker::default();
+        let now = Instant::now();
+        let p0 = plan(&d, &k, &mut t, &params(), now);
+        apply(&mut k, &p0);
+        (d, k, t, now)
+    }
+
+    /// What `one_service` puts in the kernel, with these active
+    /// connections on its two real servers.
+    fn kernel_of_one_service(conns: [u32; 2]) -> KernelState {
+        let v = vk("10.96.0.1", 80, Protocol::Tcp);
+        let mut k = KernelState::default();
+        let rs = [
+            (rk("10.244.0.1", 8080), 1, conns[0]),
+            (rk("10.244.0.2", 8080), 1, conns[1]),
+        ];
+        k.virtual_servers.insert(v, kvs(v, &rs));
+        k.bound_addresses.insert(v.addr);
+        k
     }
 
     #[test]
@@ -483,37 +553,14 @@ mod tests {
         // After a restart (no flush) the kernel already holds our table with
         // live connections: nothing is re-added or reset.
         let d = one_service();
-        let v = vk("10.96.0.1", 80, Protocol::Tcp);
-        let mut k = KernelState::default();
-        k.virtual_servers.insert(
-            v,
-            kvs(
-                v,
-                &[
-                    (rk("10.244.0.1", 8080), 1, 5),
-                    (rk("10.244.0.2", 8080), 1, 3),
-                ],
-            ),
-        );
-        k.bound_addresses.insert("10.96.0.1".parse().unwrap());
-        let p = plan(
-            &d,
-            &k,
-            &mut DrainTracker::default(),
-            &params(),
-            Instant::now(),
-        );
+        let k = kernel_of_one_service([5, 3]);
+        let p = fresh(&d, &k);
         assert!(p.changes.is_empty(), "{:?}", p.changes);
     }
 
     #[test]
     fn one_endpoint_change_is_one_change() {
-        let mut d = one_service();
-        let mut k = KernelState::default();
-        let mut t = DrainTracker::default();
-        let now = Instant::now();
-        let p0 = plan(&d, &k, &mut t, &params(), now);
-        apply(&mut k, &p0);
+        let (mut d, k, mut t, now) = programmed();
         let v = vk("10.96.0.1", 80, Protocol::Tcp);
         Arc::make_mut(d.virtual_servers.get_mut(&v).unwrap())
             .real_servers
@@ -529,28 +576,11 @@ mod tests {
     fn scheduler_or_affinity_change_updates_in_place() {
         let mut d = one_service();
         let v = vk("10.96.0.1", 80, Protocol::Tcp);
-        let mut k = KernelState::default();
-        k.virtual_servers.insert(
-            v,
-            kvs(
-                v,
-                &[
-                    (rk("10.244.0.1", 8080), 1, 0),
-                    (rk("10.244.0.2", 8080), 1, 0),
-                ],
-            ),
-        );
-        k.bound_addresses.insert(v.addr);
+        let k = kernel_of_one_service([0, 0]);
         let mut s2 = vs(v);
         s2.persistent = Some(10800);
         Arc::make_mut(d.virtual_servers.get_mut(&v).unwrap()).vs = s2.clone();
-        let p = plan(
-            &d,
-            &k,
-            &mut DrainTracker::default(),
-            &params(),
-            Instant::now(),
-        );
+        let p = fresh(&d, &k);
         assert_eq!(p.changes, vec![Change::UpdateVirtual(s2)]);
     }
 
@@ -652,13 +682,7 @@ mod tests {
                 &[(rk("10.244.0.1", 53), 1, 0), (rk("10.244.0.9", 53), 1, 7)],
             ),
         );
-        let p = plan(
-            &d,
-            &k,
-            &mut DrainTracker::default(),
-            &params(),
-            Instant::now(),
-        );
+        let p = fresh(&d, &k);
         assert_eq!(p.changes, vec![Change::DeleteReal(v, rk("10.244.0.9", 53))]);
         assert_eq!(p.draining, 0);
     }
@@ -686,13 +710,7 @@ mod tests {
             vk("10.96.0.1", 81, Protocol::Tcp),
             kvs(vk("10.96.0.1", 81, Protocol::Tcp), &[]),
         );
-        let p = plan(
-            &d,
-            &k,
-            &mut DrainTracker::default(),
-            &params(),
-            Instant::now(),
-        );
+        let p = fresh(&d, &k);
         let deletes: Vec<&Change> = p
             .changes
             .iter()
@@ -745,12 +763,7 @@ mod tests {
 
     #[test]
     fn removed_service_is_deleted_and_unbound_after_everything_else() {
-        let mut d = one_service();
-        let mut k = KernelState::default();
-        let mut t = DrainTracker::default();
-        let now = Instant::now();
-        let p0 = plan(&d, &k, &mut t, &params(), now);
-        apply(&mut k, &p0);
+        let (mut d, k, mut t, now) = programmed();
         let v2 = vk("10.96.0.2", 53, Protocol::Udp);
         d.virtual_servers.clear();
         d.bind_addresses.clear();

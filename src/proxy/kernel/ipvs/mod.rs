@@ -1,5 +1,6 @@
-//! The narrow kernel interface of the service proxy, and its generic-netlink
-//! implementation. The in-memory fake lives beside it in `fake.rs`.
+//! IPVS: the narrow kernel interface of the service proxy ([`IpvsHandle`]),
+//! its generic-netlink codec (`genl`) and client (`netlink`), and the
+//! in-memory fake beside them (`fake`).
 //!
 //! Why synchronous: every call is one request and its ack (or one dump) on a
 //! local netlink socket, so each takes microseconds and never waits on the
@@ -11,7 +12,15 @@
 
 use std::net::IpAddr;
 
-use super::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
+pub mod fake;
+pub mod genl;
+pub mod netlink;
+
+pub use fake::{FakeIpvs, IpvsCall};
+pub use netlink::NetlinkIpvs;
+
+use super::KernelOp;
+use crate::proxy::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
 
 /// What can go wrong talking to IPVS. `Exists` and `NotFound` are the
 /// kernel's EEXIST and ESRCH/ENOENT, so the engine can tell "already done"
@@ -93,16 +102,21 @@ pub enum IpvsOp<'a> {
 }
 
 impl IpvsOp<'_> {
+    /// The kind of operation, as metrics count it.
+    pub fn op(&self) -> KernelOp {
+        match self {
+            IpvsOp::AddService(_) => KernelOp::AddService,
+            IpvsOp::UpdateService(_) => KernelOp::UpdateService,
+            IpvsOp::DeleteService(_) => KernelOp::DeleteService,
+            IpvsOp::AddDest(..) => KernelOp::AddDest,
+            IpvsOp::UpdateDest(..) => KernelOp::UpdateDest,
+            IpvsOp::DeleteDest(..) => KernelOp::DeleteDest,
+        }
+    }
+
     /// The name the single call has in errors and metrics.
     pub fn name(&self) -> &'static str {
-        match self {
-            IpvsOp::AddService(_) => "add_service",
-            IpvsOp::UpdateService(_) => "update_service",
-            IpvsOp::DeleteService(_) => "delete_service",
-            IpvsOp::AddDest(..) => "add_dest",
-            IpvsOp::UpdateDest(..) => "update_dest",
-            IpvsOp::DeleteDest(..) => "delete_dest",
-        }
+        self.op().as_str()
     }
 
     /// What the op changes, as errors name it.
@@ -174,7 +188,7 @@ pub trait IpvsHandle: Send + Sync {
 /// Checks the kernel also makes, done before sending so a bad request fails
 /// with a clear reason (and so the fake rejects exactly what the kernel does).
 pub(crate) fn validate_service(op: &'static str, vs: &VirtualServer) -> Result<(), IpvsError> {
-    let max = super::model::full_prefix(vs.addr);
+    let max = crate::proxy::model::full_prefix(vs.addr);
     let invalid = |reason: String| IpvsError::Invalid {
         op,
         target: vs.key().to_string(),
@@ -202,7 +216,7 @@ pub(crate) fn validate_dest(
     };
     // ip_vs_ctl.c: a destination of another address family is only allowed
     // for tunnelling.
-    if rs.addr.is_ipv4() != svc.addr.is_ipv4() && rs.fwd != super::model::FwdMethod::Tunnel {
+    if rs.addr.is_ipv4() != svc.addr.is_ipv4() && rs.fwd != crate::proxy::model::FwdMethod::Tunnel {
         return Err(invalid(
             "address family differs from the service (only tunnel mode allows it)",
         ));

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::handle::{validate_dest, validate_service, IpvsError, IpvsHandle};
-use super::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
+use super::{validate_dest, validate_service, IpvsError, IpvsHandle};
+use crate::proxy::model::{DestKey, IpvsInfo, RealServer, ServiceKey, Timeouts, VirtualServer};
 
 /// One call on the handle, with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,7 +296,7 @@ const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvs::model::{FwdMethod, Protocol};
+    use crate::proxy::model::{FwdMethod, Protocol};
 
     fn vs() -> VirtualServer {
         VirtualServer::new("10.96.0.1".parse().unwrap(), 443, Protocol::Tcp, "rr")

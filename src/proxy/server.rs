@@ -18,10 +18,11 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HealthState {
     last_updated: Option<SystemTime>,
     oldest_pending: Option<SystemTime>,
+    timeout: Duration,
 }
 
 /// kube-proxy's ProxierHealthServer: a sync queued and not done within
@@ -29,7 +30,6 @@ struct HealthState {
 #[derive(Debug, Clone)]
 pub struct ProxyHealth {
     state: Arc<Mutex<HealthState>>,
-    timeout: Duration,
 }
 
 /// What `/healthz` answers.
@@ -43,9 +43,17 @@ pub struct HealthReport {
 impl ProxyHealth {
     pub fn new(timeout: Duration) -> Self {
         ProxyHealth {
-            state: Arc::default(),
-            timeout,
+            state: Arc::new(Mutex::new(HealthState {
+                last_updated: None,
+                oldest_pending: None,
+                timeout,
+            })),
         }
+    }
+
+    /// A new timeout (a reload changed sync_period), for every clone.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.lock().timeout = timeout;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
@@ -68,7 +76,7 @@ impl ProxyHealth {
         let s = self.lock();
         let healthy = match s.oldest_pending {
             None => true,
-            Some(p) => now.duration_since(p).unwrap_or_default() < self.timeout,
+            Some(p) => now.duration_since(p).unwrap_or_default() < s.timeout,
         };
         HealthReport {
             healthy,
@@ -119,6 +127,8 @@ where
 {
     loop {
         let (stream, _) = tokio::select! {
+            // A stopped server accepts nothing more, even what waits.
+            biased;
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
