@@ -753,6 +753,21 @@ fn adopted_vips_are_kept_until_a_master_is_heard_or_renewed_on_takeover() {
             changed(State::Backup, State::Master)
         ]
     );
+    // With a finite lifetime the Backup renews them while it waits (the
+    // default lifetime is shorter than Master_Down_Interval), and stops
+    // when a master is heard.
+    let renewing = VirtualRouterParams {
+        vip_renew: Some(ms(100)),
+        ..params(100)
+    };
+    let mut a = VirtualRouter::new(renewing);
+    a.handle(ms(0), Input::Adopted);
+    let start = a.handle(ms(0), Input::Startup);
+    assert!(start.contains(&Action::RenewVips), "{start:?}");
+    assert_eq!(a.next_deadline(), Some(ms(100)));
+    assert_eq!(a.handle(ms(100), Input::Tick), vec![Action::RenewVips]);
+    assert_eq!(a.handle(ms(150), advert(9, 150)), vec![Action::RemoveVips]);
+    assert!(!a.handle(ms(200), Input::Tick).contains(&Action::RenewVips));
     // Only before the first Startup.
     r.handle(t + ms(1), Input::Shutdown);
     r.handle(t + ms(1), advert(9, 200));
@@ -1357,6 +1372,9 @@ fn random_input_sequences_keep_the_invariants() {
         let mut r = VirtualRouter::new(p.clone());
         let mut holding = false;
         let mut started = false;
+        // Adopted VIPs a Backup still keeps (and renews) at Startup, until
+        // it is master or lets them go.
+        let mut adopted = false;
         let mut now = Duration::ZERO;
         for _ in 0..2000 {
             now += ms(rng.u64(0..1500));
@@ -1397,6 +1415,7 @@ fn random_input_sequences_keep_the_invariants() {
             };
             if input == Input::Adopted && !started {
                 holding = true;
+                adopted = true;
             }
             started |= input == Input::Startup;
             let actions = r.handle(now, input.clone());
@@ -1417,16 +1436,18 @@ fn random_input_sequences_keep_the_invariants() {
                     Action::RemoveVips => {
                         assert!(holding, "seed {seed}: RemoveVips without VIPs");
                         holding = false;
+                        adopted = false;
                     }
                     Action::RenewVips => {
                         assert!(holding, "seed {seed}: RenewVips without VIPs");
                         let master = was_master || r.state() == State::Master;
-                        assert!(master, "seed {seed}: renewal outside Master");
+                        assert!(master || adopted, "seed {seed}: renewal outside Master");
                     }
                     Action::StateChanged { from, to } => {
                         assert_eq!(from, state, "seed {seed}");
                         assert_ne!(from, to);
                         state = to;
+                        adopted &= to == State::Backup;
                     }
                     Action::SendAdvert { priority: 0, .. } => {
                         assert!(

@@ -181,7 +181,7 @@ fn ipv6() {
 /// kernel (root, netns).
 #[test]
 fn ownership_on_the_host_kernel() {
-    if std::env::var("LBD_IN_VM").is_err()
+    if std::env::var("LBD_IN_VM").as_deref() != Ok("1")
         && support::netns::require_root("ownership_on_the_host_kernel")
     {
         ownership(73, "vrrp-uplink-015", false);

@@ -85,7 +85,12 @@ impl Instance {
     /// Installs (or renews, putting back any that went missing) every VIP;
     /// a refusal or someone else's copy is a fault (module doc of fsm).
     pub(super) async fn install_vips(&mut self, renew: bool) {
-        let vips = self.cfg.virtual_ips.clone();
+        // A Backup renews only the adopted VIPs it still holds, never adds.
+        let vips = if renew && self.router.state() != State::Master {
+            self.holder.installed().iter().map(|i| i.addr).collect()
+        } else {
+            self.cfg.virtual_ips.clone()
+        };
         self.install(&vips, renew).await;
     }
 

@@ -22,12 +22,20 @@ impl VirtualRouter {
         self.start_participating(now, out);
         // Adopted VIPs (module doc): until a master is heard, or we are one.
         if self.holds_vips && self.state != State::Master && self.leave_until.is_none() {
-            let wait = if self.state == State::Backup && !self.released {
+            let backup = self.state == State::Backup && !self.released;
+            let wait = if backup {
                 self.down_interval()
             } else {
                 leave_bound(self.params.advert_interval_cs)
             };
             self.leave_until = Some(now + wait);
+            // A Backup renews them while it waits for Master_Down_Interval:
+            // the default lifetime (three adverts) is shorter than that
+            // wait, and the restart already took its share of it.
+            if let Some(r) = self.params.vip_renew.filter(|_| backup) {
+                out.push(Action::RenewVips);
+                self.renew_at = Some(now + r);
+            }
         }
     }
 
@@ -317,6 +325,13 @@ impl VirtualRouter {
             self.drop_vips(out);
         }
         if self.state != State::Master {
+            // Adopted VIPs kept by a Backup (Startup above) stay renewed
+            // until this node is master or they go.
+            let adopted = self.state == State::Backup && self.holds_vips;
+            if adopted && self.leave_until.is_some() && due(self.renew_at) {
+                out.push(Action::RenewVips);
+                self.renew_at = self.params.vip_renew.map(|r| now + r);
+            }
             return;
         }
         // RFC 5798 sec 6.4.3: "If the Adver_Timer fires, then: Send an
