@@ -64,8 +64,8 @@ fn changed(from: State, to: State) -> Action {
 
 fn takeover(priority: u8, from: State) -> Vec<Action> {
     vec![
-        Action::AddVips,
         send(priority),
+        Action::AddVips,
         Action::SendGratuitous { refresh: false },
         changed(from, State::Master),
     ]
@@ -747,8 +747,8 @@ fn adopted_vips_are_kept_until_a_master_is_heard_or_renewed_on_takeover() {
     assert_eq!(
         r.handle(t, Input::Tick),
         vec![
-            Action::RenewVips,
             send(100),
+            Action::RenewVips,
             Action::SendGratuitous { refresh: false },
             changed(State::Backup, State::Master)
         ]

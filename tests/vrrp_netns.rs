@@ -346,7 +346,7 @@ fn preemption(net: u8, preempt: bool) {
         // What `lbd status --json` tells about it, from both sides.
         std::thread::sleep(Duration::from_millis(300));
         let status = |i: usize| -> serde_json::Value {
-            let sock = c.dir.path().join(format!("n{}.sock", i + 1));
+            let sock = c.socket(i);
             let out = support::netns::run(&[
                 lbd_bin(),
                 "status",

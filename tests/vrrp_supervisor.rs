@@ -119,7 +119,7 @@ fn a_killed_tree_restarted_adopts_its_vip_and_one_left_dead_expires() {
         c.logs()
     );
     std::thread::sleep(Duration::from_millis(500));
-    let state_file = c.dir.path().join("vrrp-eth0-51-ipv4.json");
+    let state_file = c.run_dir(0).join("vrrp-eth0-51-ipv4.json");
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
     assert_eq!(record["master"], true, "{record}");
@@ -306,11 +306,20 @@ fn release_and_resume_through_the_admin_socket() {
     );
     // Across a restart (the state file keeps it): never master meanwhile.
     c.kill(0, "TERM");
+    let state_file = c.run_dir(0).join("vrrp-eth0-51-ipv4.json");
+    let record = std::fs::read_to_string(&state_file).unwrap_or_default();
+    assert!(record.contains("\"released\": true"), "{record}");
     c.start(0);
-    eventually_sync(Duration::from_secs(5), "n1 back, released", || {
+    let back = wait_for(Duration::from_secs(10), || {
         c.try_instance(0)
             .is_some_and(|st| st["state"] == "BACKUP" && st["released"] == true)
     });
+    assert!(
+        back.is_some(),
+        "n1 not back released: {:?}\n{}",
+        c.try_instance(0),
+        c.logs()
+    );
     std::thread::sleep(c.master_down(0) * 2);
     assert_eq!(w.holders(), vec![1], "{}", c.logs());
     // Resumed: n1 preempts n2.

@@ -131,7 +131,7 @@ impl Cluster {
         inst.auth_pass = sc.auth_pass.map(str::to_string);
         inst.extra = sc.extra.clone();
         inst.interface = sc.ifname.clone();
-        let sock = self.dir.path().join(format!("n{}.sock", i + 1));
+        let sock = self.socket(i);
         node_section(&format!("n{}", i + 1))
             + &vrrp_section(&[inst])
             + &sc.tcplb
@@ -198,8 +198,18 @@ impl Cluster {
 
 impl Cluster {
     /// Node `i`'s admin socket.
+    /// Node `i`'s admin socket, in a directory of its own: lbd keeps its
+    /// VRRP state files beside it, and two nodes sharing one would read
+    /// each other's.
     pub fn socket(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("n{}.sock", i + 1))
+        self.run_dir(i).join("lbd.sock")
+    }
+
+    /// Node `i`'s runtime directory (its /run/lbd): socket, state files.
+    pub fn run_dir(&self, i: usize) -> PathBuf {
+        let d = self.dir.path().join(format!("n{}", i + 1));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     /// `lbd status --json` of node `i`.

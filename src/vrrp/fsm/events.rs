@@ -380,18 +380,21 @@ impl VirtualRouter {
     /// Solicited-Node multicast address and send an Unsolicited ND
     /// Neighbor Advertisement for each IPv6 address, Set the Adver_Timer to
     /// Advertisement_Interval, Transition to the Master state." The VIPs go
-    /// on the interface first so the traffic the ARPs attract is accepted
-    /// (still held after leaving a moment ago: renewed instead).
+    /// on the interface before the ARPs so the traffic they attract is
+    /// accepted (still held after leaving a moment ago: renewed instead).
     fn become_master(&mut self, now: Duration, out: &mut Vec<Action>) {
         self.master_down_at = None;
         self.leave_until = None;
+        // The advert first, as the RFC orders it: it stops the other
+        // backups' timers, and adding the VIPs (a netlink round trip, slow
+        // under load) must not delay it past their skew (a second master).
+        self.send_advert(now, out);
         if self.holds_vips {
             out.push(Action::RenewVips);
         } else {
             out.push(Action::AddVips);
             self.holds_vips = true;
         }
-        self.send_advert(now, out);
         out.push(Action::SendGratuitous { refresh: false });
         self.garp_at = self.params.garp_refresh.map(|r| now + r);
         self.garp_burst_at = self.params.garp_master_delay.map(|d| now + d);
