@@ -21,7 +21,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-DEFAULT_5_10="guest_vm ipvs_vm"
+DEFAULT_5_10="guest_vm ipvs_vm vrrp_vm"
 all=$(cd tests && ls *_vm.rs | sed 's/\.rs$//' | tr '\n' ' ')
 kernels=${VM_KERNELS:-6.1 5.10}
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$root/tests/vm/cargo-vm-runner.sh"

@@ -23,6 +23,7 @@ use crate::status::server::{bind_unix, serve_tcp, serve_unix, AdminState};
 use crate::status::{ConfigStatus, StatusReport};
 use crate::tcplb::{Balancer, BalancerError, BalancerReporter};
 use crate::vrrp::metrics::VrrpMetrics;
+use crate::vrrp::state::StateDir;
 use crate::vrrp::{Vrrp, VrrpReporter};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
                 .set_drained(listener, backend, drain)
                 .map_err(|e| e.to_string())
         }),
+        vrrp: daemon.vrrp.control(),
     });
     serve_admin(&daemon.current.admin, admin.clone(), shutdown.clone()).await?;
 
@@ -110,6 +112,23 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
     shutdown.cancel();
     let _ = std::fs::remove_file(&daemon.current.admin.socket);
     Ok(())
+}
+
+/// Set by the supervisor for its worker: the runtime directory it hands
+/// over from when the worker dies.
+pub const STATE_DIR_ENV: &str = "LBD_STATE_DIR";
+
+/// lbd's runtime directory, where VRRP keeps its state files: the one the
+/// supervisor names, else the admin socket's directory (/run/lbd).
+pub fn state_dir(cfg: &Config) -> PathBuf {
+    if let Some(d) = std::env::var_os(STATE_DIR_ENV) {
+        return PathBuf::from(d);
+    }
+    cfg.admin
+        .socket
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("/run/lbd"), Path::to_path_buf)
 }
 
 fn raise_open_file_limit() {
@@ -185,7 +204,14 @@ impl Daemon {
             shutdown.clone(),
         )
         .await;
-        let vrrp = Vrrp::start(cfg.vrrp.as_ref(), vrrp_metrics, balancer.listener_health()).await;
+        let state = StateDir::new(state_dir(&cfg));
+        let vrrp = Vrrp::start(
+            cfg.vrrp.as_ref(),
+            vrrp_metrics,
+            balancer.listener_health(),
+            Some(state),
+        )
+        .await;
         // A VRRP peer whose adverts stop takes its node's backends down with
         // it at once (issue 13), instead of after `fall` failed checks.
         balancer.follow_vrrp_peers(crate::vrrp::peers::watch(vrrp.reporter(), shutdown));

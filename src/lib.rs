@@ -12,6 +12,7 @@ pub mod label;
 pub mod manifest;
 pub mod proxy;
 pub mod status;
+pub mod supervisor;
 pub mod sys;
 pub mod tcplb;
 pub mod vrrp;

@@ -1,5 +1,5 @@
-//! The `lbd` command line (SPEC.md): run, check, status, backend, manifest,
-//! version.
+//! The `lbd` command line (SPEC.md): run, check, status, backend, vrrp,
+//! manifest, version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +70,11 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Maintenance of the VRRP instances: give up the VIP, take part again.
+    Vrrp {
+        #[command(subcommand)]
+        action: VrrpCommand,
+    },
     /// Print the static-pod manifest (YAML) for this config.
     Manifest {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -80,6 +85,72 @@ enum Command {
     },
     /// Version, git commit, build target.
     Version,
+}
+
+#[derive(Subcommand)]
+enum VrrpCommand {
+    /// Give up the VIP (priority 0: a backup takes over at once) and stay
+    /// backup until resumed, across reloads and restarts.
+    Release(VrrpTarget),
+    /// Take part in the election again.
+    Resume(VrrpTarget),
+}
+
+#[derive(clap::Args)]
+struct VrrpTarget {
+    /// The instance; none: every instance.
+    instance: Option<String>,
+    /// Config file whose admin.socket to use.
+    #[arg(short, long, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// Admin socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+/// The admin socket named by `--socket`, by the config's `admin.socket`,
+/// or the default config's (else /run/lbd/lbd.sock).
+fn admin_socket(socket: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    match (socket, config) {
+        (Some(s), _) => Ok(s),
+        (None, Some(c)) => lbd::config::load(&c)
+            .map(|cfg| cfg.admin.socket)
+            .map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }),
+        (None, None) => Ok(lbd::config::load(std::path::Path::new(DEFAULT_CONFIG))
+            .map(|c| c.admin.socket)
+            .unwrap_or_else(|_| PathBuf::from("/run/lbd/lbd.sock"))),
+    }
+}
+
+/// `lbd vrrp release|resume`: 0 done, 1 refused or unreachable.
+fn vrrp_command(action: VrrpCommand) -> ExitCode {
+    use lbd::status::vrrp_control::{render, send, VrrpAnswer};
+    use lbd::vrrp::Verb;
+    let (verb, t) = match action {
+        VrrpCommand::Release(t) => (Verb::Release, t),
+        VrrpCommand::Resume(t) => (Verb::Resume, t),
+    };
+    let socket = match admin_socket(t.socket, t.config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match runtime().block_on(send(&socket, verb, t.instance.as_deref())) {
+        Ok(VrrpAnswer::Done(r)) => {
+            print!("{}", render(verb, &r));
+            ExitCode::SUCCESS
+        }
+        Ok(VrrpAnswer::Refused(why)) => {
+            eprintln!("lbd vrrp {}: refused: {why}", verb.as_str());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -130,27 +201,6 @@ fn check_summary(c: &lbd::config::Config) -> String {
     }
 }
 
-/// The admin socket: `--socket`, else the one `-c CONFIG` names, else the
-/// default config's, else the default path. None (after saying why) when
-/// the named config does not load.
-fn admin_socket(socket: Option<PathBuf>, config: Option<PathBuf>) -> Option<PathBuf> {
-    match (socket, config) {
-        (Some(s), _) => Some(s),
-        (None, Some(c)) => match lbd::config::load(&c) {
-            Ok(cfg) => Some(cfg.admin.socket),
-            Err(e) => {
-                eprintln!("{e}");
-                None
-            }
-        },
-        (None, None) => Some(
-            lbd::config::load(std::path::Path::new(DEFAULT_CONFIG))
-                .map(|c| c.admin.socket)
-                .unwrap_or_else(|_| PathBuf::from("/run/lbd/lbd.sock")),
-        ),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -161,7 +211,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => {
+            // `lbd run` supervises a worker that is `lbd run` again
+            // (src/supervisor.rs).
+            let worker = lbd::supervisor::take_worker_role();
             init_logging(cli.log_format);
+            if !worker {
+                return ExitCode::from(lbd::supervisor::run(&config));
+            }
             match runtime().block_on(lbd::app::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -190,8 +246,9 @@ fn main() -> ExitCode {
             config,
             socket,
         } => {
-            let Some(socket) = admin_socket(socket, config) else {
-                return ExitCode::from(1);
+            let socket = match admin_socket(socket, config) {
+                Ok(s) => s,
+                Err(code) => return code,
             };
             let drain = matches!(action, BackendAction::Drain);
             match runtime().block_on(lbd::status::backend_control::request(
@@ -211,13 +268,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Vrrp { action } => vrrp_command(action),
         Command::Status {
             json,
             config,
             socket,
         } => {
-            let Some(socket) = admin_socket(socket, config) else {
-                return ExitCode::from(1);
+            let socket = match admin_socket(socket, config) {
+                Ok(s) => s,
+                Err(code) => return code,
             };
             match runtime().block_on(lbd::status::client::fetch(&socket)) {
                 Ok(report) => {

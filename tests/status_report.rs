@@ -7,7 +7,7 @@ use std::path::Path;
 
 use lbd::config::{Balance, TrackTarget};
 use lbd::status::*;
-use lbd::vrrp::fsm::State;
+use lbd::vrrp::fsm::{Fault, State};
 
 fn full_report() -> StatusReport {
     StatusReport {
@@ -46,6 +46,8 @@ fn full_report() -> StatusReport {
                         failing: false,
                     },
                 ],
+                faults: Vec::new(),
+                released: false,
             },
             VrrpInstanceStatus {
                 name: "v6".into(),
@@ -62,6 +64,13 @@ fn full_report() -> StatusReport {
                 advert_interval_ms: 100,
                 peers: Vec::new(),
                 tracks: Vec::new(),
+                faults: vec![VrrpFaultStatus {
+                    reason: Fault::VipForeign,
+                    detail:
+                        "fd00:db8::100/64 configured on eth1 by someone else (lbd never touches it)"
+                            .into(),
+                }],
+                released: true,
             },
         ],
         tcplb: vec![ListenerStatus {

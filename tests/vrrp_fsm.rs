@@ -34,6 +34,7 @@ fn params(priority: u8) -> VirtualRouterParams {
         garp_refresh: None,
         immediate_preempt: false,
         garp_master_delay: None,
+        vip_renew: None,
     }
 }
 
@@ -63,8 +64,8 @@ fn changed(from: State, to: State) -> Action {
 
 fn takeover(priority: u8, from: State) -> Vec<Action> {
     vec![
-        Action::AddVips,
         send(priority),
+        Action::AddVips,
         Action::SendGratuitous { refresh: false },
         changed(from, State::Master),
     ]
@@ -408,22 +409,42 @@ fn shutdown_in_backup_goes_to_initialize_without_sending() {
 
 // ------------------------------------------------------- RFC 6.4.3 -------
 
+/// Make before break: priority 0 at once, the VIPs until the successor's
+/// first advert (the backup that took over after its skew time).
 #[test]
-fn master_shutdown_sends_priority_zero_and_removes_vips() {
+fn master_shutdown_sends_priority_zero_and_keeps_vips_until_a_successor_advertises() {
     let (mut r, t) = master(params(100));
     assert_eq!(
         r.handle(t + ms(10), Input::Shutdown),
-        vec![
-            send(0),
-            Action::RemoveVips,
-            changed(State::Master, State::Initialize)
-        ]
+        vec![send(0), changed(State::Master, State::Initialize)]
+    );
+    assert!(r.holds_vips());
+    // Waiting at most two intervals.
+    assert_eq!(r.next_deadline(), Some(t + ms(10) + ms(2000)));
+    assert_eq!(r.master(), None);
+    // A priority 0 from someone else is no successor.
+    assert!(r.handle(t + ms(20), advert(9, 0)).is_empty());
+    assert_eq!(
+        r.handle(t + ms(400), advert(9, 90)),
+        vec![Action::RemoveVips]
+    );
+    assert!(!r.holds_vips());
+    assert_eq!(r.next_deadline(), None);
+    // It can start again.
+    r.handle(t + ms(500), Input::Startup);
+    assert_eq!(r.state(), State::Backup);
+}
+
+#[test]
+fn a_leaving_master_without_successor_lets_go_after_two_intervals() {
+    let (mut r, t) = master(params(100));
+    r.handle(t, Input::Shutdown);
+    assert!(r.handle(t + ms(1999), Input::Tick).is_empty());
+    assert_eq!(
+        r.handle(t + ms(2000), Input::Tick),
+        vec![Action::RemoveVips]
     );
     assert_eq!(r.next_deadline(), None);
-    assert_eq!(r.master(), None);
-    // It can start again.
-    r.handle(t + ms(20), Input::Startup);
-    assert_eq!(r.state(), State::Backup);
 }
 
 #[test]
@@ -466,11 +487,15 @@ fn equal_priority_is_won_by_the_higher_primary_address() {
     let reassert = vec![send(100), Action::SendGratuitous { refresh: false }];
     assert_eq!(r.handle(t + ms(100), advert(2, 100)), reassert);
     assert_eq!(r.state(), State::Master);
-    // A lower priority from a higher address: we stay too.
-    assert_eq!(r.handle(t + ms(200), advert(9, 99)), reassert);
+    // A lower priority from a higher address: we stay too, and reassert
+    // again once our interval has passed since the last time.
+    assert!(r.handle(t + ms(200), advert(9, 99)).is_empty());
+    let later = t + ms(1150);
+    let due = r.handle(later, advert(9, 99));
+    assert!(due.ends_with(&reassert), "{due:?}");
     // 10.0.0.9 with our priority is higher: we step down.
     assert_eq!(
-        r.handle(t + ms(300), advert(9, 100)),
+        r.handle(later + ms(300), advert(9, 100)),
         vec![Action::RemoveVips, changed(State::Master, State::Backup)]
     );
 }
@@ -593,6 +618,217 @@ fn startup_with_the_interface_down_is_fault() {
     assert_eq!(r.state(), State::Backup);
 }
 
+/// A VIP the kernel refuses (or someone else holds) while master: the link
+/// still works, so the master leaves as on shutdown (priority 0, VIPs kept
+/// until the successor advertises) and stays in Fault until the cause
+/// goes; then Backup as at startup.
+#[test]
+fn a_vip_fault_hands_over_with_priority_zero_and_recovers() {
+    use lbd::vrrp::fsm::Fault;
+    let (mut r, t) = master(params(100));
+    let fault = Input::Fault {
+        reason: Fault::VipForeign,
+    };
+    assert_eq!(
+        r.handle(t + ms(10), fault.clone()),
+        vec![send(0), changed(State::Master, State::Fault)]
+    );
+    assert!(r.holds_vips());
+    assert_eq!(
+        r.handle(t + ms(90), advert(9, 90)),
+        vec![Action::RemoveVips]
+    );
+    // Again: nothing new. Another fault on top: still Fault.
+    assert!(r.handle(t + ms(100), fault).is_empty());
+    let link = Input::Fault {
+        reason: Fault::LinkDown,
+    };
+    assert!(r.handle(t + ms(110), link).is_empty());
+    let over = |reason| Input::Recovered { reason };
+    assert!(r.handle(t + ms(200), over(Fault::VipForeign)).is_empty());
+    assert_eq!(r.state(), State::Fault);
+    assert_eq!(
+        r.handle(t + ms(300), over(Fault::LinkDown)),
+        vec![changed(State::Fault, State::Backup)]
+    );
+    assert!(r.faults().is_empty());
+    assert_eq!(
+        r.next_deadline(),
+        Some(t + ms(300) + master_down_interval(Version::V3, 100, 100))
+    );
+}
+
+/// A fault that takes the link (down, deleted, no source address) drops
+/// the VIPs at once and sends nothing: no successor could be heard.
+#[test]
+fn a_link_fault_drops_the_vips_at_once_even_while_leaving() {
+    use lbd::vrrp::fsm::Fault;
+    let (mut r, t) = master(params(100));
+    r.handle(t, Input::Shutdown);
+    assert!(r.holds_vips());
+    assert_eq!(
+        r.handle(
+            t + ms(5),
+            Input::Fault {
+                reason: Fault::LinkGone
+            }
+        ),
+        vec![Action::RemoveVips]
+    );
+    let (mut r, t) = master(params(100));
+    assert_eq!(
+        r.handle(
+            t + ms(5),
+            Input::Fault {
+                reason: Fault::NoSourceAddress
+            }
+        ),
+        vec![Action::RemoveVips, changed(State::Master, State::Fault)]
+    );
+}
+
+/// `lbd vrrp release`: a master leaves with priority 0 and stays Backup
+/// with priority 0 and no Master_Down_Timer, whatever it hears, until
+/// resumed; then it preempts a lower master as a backup would.
+#[test]
+fn release_gives_the_vip_up_until_resumed() {
+    let (mut r, t) = master(VirtualRouterParams {
+        immediate_preempt: true,
+        ..params(150)
+    });
+    assert_eq!(
+        r.handle(t + ms(10), Input::Release),
+        vec![send(0), changed(State::Master, State::Backup)]
+    );
+    assert!(r.released());
+    assert_eq!(r.effective_priority(), 0);
+    assert_eq!(
+        r.handle(t + ms(80), advert(9, 100)),
+        vec![Action::RemoveVips]
+    );
+    assert_eq!(r.next_deadline(), None);
+    // The master leaving too: still nobody's turn here.
+    assert!(r.handle(t + ms(500), advert(9, 0)).is_empty());
+    assert!(r.handle(t + ms(60_000), Input::Tick).is_empty());
+    assert_eq!(r.state(), State::Backup);
+    // Released twice changes nothing; tracking does not bring it back.
+    assert!(r.handle(t + ms(60_001), Input::Release).is_empty());
+    r.handle(t + ms(60_002), Input::TrackChanged { weight: 10 });
+    assert_eq!(r.effective_priority(), 0);
+    // Resumed: the timer runs again; a lower master is preempted.
+    let back = t + ms(61_000);
+    assert!(r.handle(back, Input::Resume).is_empty());
+    assert!(!r.released());
+    assert_eq!(r.effective_priority(), 160);
+    assert!(r.next_deadline().is_some());
+    r.handle(back + ms(100), advert(9, 100));
+    let at = r.next_deadline().unwrap();
+    assert_eq!(at, back + ms(100) + skew_time(Version::V3, 160, 100));
+    assert_eq!(r.handle(at, Input::Tick), takeover(160, State::Backup));
+}
+
+/// VIPs a killed predecessor left: a Backup keeps them until it hears a
+/// master (then they go at once), or becomes master itself after
+/// Master_Down_Interval and renews them, with no gap.
+#[test]
+fn adopted_vips_are_kept_until_a_master_is_heard_or_renewed_on_takeover() {
+    let mut r = VirtualRouter::new(params(100));
+    assert!(r.handle(ms(0), Input::Adopted).is_empty());
+    r.handle(ms(0), Input::Startup);
+    assert!(r.holds_vips());
+    assert_eq!(r.handle(ms(300), advert(9, 150)), vec![Action::RemoveVips]);
+    assert_eq!(r.state(), State::Backup);
+
+    let mut r = VirtualRouter::new(params(100));
+    r.handle(ms(0), Input::Adopted);
+    r.handle(ms(0), Input::Startup);
+    let t = r.next_deadline().unwrap();
+    assert_eq!(t, master_down_interval(Version::V3, 100, 100));
+    assert_eq!(
+        r.handle(t, Input::Tick),
+        vec![
+            send(100),
+            Action::RenewVips,
+            Action::SendGratuitous { refresh: false },
+            changed(State::Backup, State::Master)
+        ]
+    );
+    // With a finite lifetime the Backup renews them while it waits (the
+    // default lifetime is shorter than Master_Down_Interval), and stops
+    // when a master is heard.
+    let renewing = VirtualRouterParams {
+        vip_renew: Some(ms(100)),
+        ..params(100)
+    };
+    let mut a = VirtualRouter::new(renewing);
+    a.handle(ms(0), Input::Adopted);
+    let start = a.handle(ms(0), Input::Startup);
+    assert!(start.contains(&Action::RenewVips), "{start:?}");
+    assert_eq!(a.next_deadline(), Some(ms(100)));
+    assert_eq!(a.handle(ms(100), Input::Tick), vec![Action::RenewVips]);
+    assert_eq!(a.handle(ms(150), advert(9, 150)), vec![Action::RemoveVips]);
+    assert!(!a.handle(ms(200), Input::Tick).contains(&Action::RenewVips));
+    // Only before the first Startup.
+    r.handle(t + ms(1), Input::Shutdown);
+    r.handle(t + ms(1), advert(9, 200));
+    assert!(r.handle(t + ms(2), Input::Adopted).is_empty());
+    assert!(!r.holds_vips());
+}
+
+/// A reload in place: no state change, no priority 0; a master advertises
+/// what changed at once and keeps advertising at the new interval.
+#[test]
+fn reconfigure_applies_in_place() {
+    let (mut r, t) = master(params(100));
+    let now = t + ms(250);
+    let p = VirtualRouterParams {
+        priority: 120,
+        advert_interval_cs: 10,
+        preempt: false,
+        ..params(100)
+    };
+    assert_eq!(
+        r.handle(now, Input::Reconfigure { params: p.clone() }),
+        vec![Action::SendAdvert {
+            priority: 120,
+            advert_interval_cs: 10
+        }]
+    );
+    assert_eq!(r.state(), State::Master);
+    assert_eq!(r.next_deadline(), Some(now + ms(100)));
+    // Nothing peers see changed: nothing sent.
+    let quiet = VirtualRouterParams {
+        garp_master_delay: Some(ms(5000)),
+        ..p
+    };
+    assert!(r
+        .handle(now + ms(1), Input::Reconfigure { params: quiet })
+        .is_empty());
+    // A backup just takes the new values.
+    let mut b = started(params(100));
+    b.handle(ms(10), Input::Reconfigure { params: params(50) });
+    assert_eq!((b.state(), b.effective_priority()), (State::Backup, 50));
+}
+
+#[test]
+fn vips_are_renewed_while_master_only() {
+    let (mut r, t) = master(VirtualRouterParams {
+        vip_renew: Some(ms(1000)),
+        ..params(100)
+    });
+    let mut renewals = Vec::new();
+    let end = t + ms(3500);
+    while let Some(d) = r.next_deadline().filter(|d| *d <= end) {
+        if r.handle(d, Input::Tick).contains(&Action::RenewVips) {
+            renewals.push(d - t);
+        }
+    }
+    assert_eq!(renewals, vec![ms(1000), ms(2000), ms(3000)]);
+    r.handle(end, advert(9, 200));
+    let d = r.next_deadline().unwrap();
+    assert!(!r.handle(d, Input::Tick).contains(&Action::RenewVips));
+}
+
 // ---------------------------------------------------- status getters -----
 
 #[test]
@@ -671,14 +907,50 @@ fn peers_transitions_and_since_are_kept() {
         .contains_key(&IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + 199))));
 }
 
+/// Inputs and timers in the order they happened: an advert that arrived
+/// at (or before) the deadline resets the timer; one that arrived after it
+/// comes after the takeover the deadline caused (the driver passes each
+/// packet's receive time, so how late it read it does not matter).
 #[test]
-fn a_late_advert_still_counts_as_proof_of_a_live_master() {
+fn adverts_and_timers_are_handled_in_the_order_they_happened() {
     let mut r = started(params(100));
     r.handle(ms(500), advert(9, 200));
     let deadline = r.next_deadline().unwrap();
-    // The driver reads the next advert only after the deadline passed.
-    assert!(r.handle(deadline + ms(5), advert(9, 200)).is_empty());
+    assert!(r.handle(deadline, advert(9, 200)).is_empty());
     assert_eq!(r.state(), State::Backup);
+    let deadline = r.next_deadline().unwrap();
+    let late = r.handle(deadline + ms(5), advert(9, 200));
+    assert_eq!(
+        late,
+        [
+            takeover(100, State::Backup),
+            vec![Action::RemoveVips, changed(State::Master, State::Backup)]
+        ]
+        .concat()
+    );
+}
+
+/// A flood of priority 0 or lower-priority adverts must not make the
+/// master flood the link: answers at most every tenth of an interval (10
+/// ms minimum), reassertion (advert and gratuitous burst) once an interval.
+#[test]
+fn answers_to_a_flood_are_rate_limited() {
+    let (mut r, t) = master(params(100));
+    let (mut adverts, mut bursts) = (0, 0);
+    // 50k packets a second for one second, half priority 0, half lower.
+    for i in 0..50_000u64 {
+        let prio = if i % 2 == 0 { 0 } else { 50 };
+        for a in r.handle(t + Duration::from_micros(20 * i), advert(9, prio)) {
+            match a {
+                Action::SendAdvert { .. } => adverts += 1,
+                Action::SendGratuitous { refresh: false } => bursts += 1,
+                _ => {}
+            }
+        }
+    }
+    assert!(adverts <= 12, "{adverts} adverts");
+    assert!(bursts <= 3, "{bursts} bursts");
+    assert_eq!(r.state(), State::Master);
 }
 
 // ------------------------------------------------- simulated LAN ---------
@@ -1034,6 +1306,10 @@ fn params_and_local_instance_from_config() {
         garp_refresh: Some(Duration::ZERO),
         garp_master_delay: Some(Duration::ZERO),
         notify: None,
+        notify_master: None,
+        notify_backup: None,
+        notify_fault: None,
+        notify_stop: None,
         vip_lifetime: ms(60_000),
     };
     let p = VirtualRouterParams::from_config(&cfg, ip(1));
@@ -1069,11 +1345,16 @@ fn params_and_local_instance_from_config() {
 
 /// Random input sequences (fixed seeds) keep the invariants the driver
 /// relies on: VIPs are added only when not held and removed only when held,
-/// and held exactly while Master; a StateChanged starts from the state the
-/// machine was in; no timer is left due after `handle`; a timer runs exactly
-/// in Backup and Master; priority 0 is sent only when a master shuts down.
+/// and held while Master and otherwise only while a deadline for letting
+/// them go runs (make before break, adoption); a StateChanged starts from
+/// the state the machine was in; no timer is left due after `handle`; a
+/// timer runs in Backup (unless released) and Master; priority 0 is sent
+/// only by a master leaving on purpose (shutdown, release, a fault that
+/// leaves the link usable); renewals only while Master; nothing is sent in
+/// Fault or Init but that priority 0.
 #[test]
 fn random_input_sequences_keep_the_invariants() {
+    use lbd::vrrp::fsm::Fault;
     for seed in 0..200u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let p = VirtualRouterParams {
@@ -1085,14 +1366,20 @@ fn random_input_sequences_keep_the_invariants() {
             garp_refresh: [None, Some(ms(700))][rng.usize(..2)],
             immediate_preempt: rng.bool(),
             garp_master_delay: [None, Some(ms(5000))][rng.usize(..2)],
+            vip_renew: [None, Some(ms(1000))][rng.usize(..2)],
             ..params(0)
         };
-        let mut r = VirtualRouter::new(p);
+        let mut r = VirtualRouter::new(p.clone());
         let mut holding = false;
+        let mut started = false;
+        // Adopted VIPs a Backup still keeps (and renews) at Startup, until
+        // it is master or lets them go.
+        let mut adopted = false;
         let mut now = Duration::ZERO;
         for _ in 0..2000 {
             now += ms(rng.u64(0..1500));
-            let input = match rng.u8(..10) {
+            let fault = Fault::ALL[rng.usize(..Fault::ALL.len())];
+            let input = match rng.u8(..16) {
                 0 => Input::Startup,
                 1 => Input::Shutdown,
                 2 => Input::InterfaceUp,
@@ -1101,6 +1388,18 @@ fn random_input_sequences_keep_the_invariants() {
                     weight: rng.i32(-300..300),
                 },
                 5 | 6 => Input::Tick,
+                7 => Input::Fault { reason: fault },
+                8 => Input::Recovered { reason: fault },
+                9 => Input::Release,
+                10 => Input::Resume,
+                11 => Input::Reconfigure {
+                    params: VirtualRouterParams {
+                        priority: rng.u8(1..=254),
+                        advert_interval_cs: [10u16, 100, 300][rng.usize(..3)],
+                        ..p.clone()
+                    },
+                },
+                12 => Input::Adopted,
                 _ => Input::Advert {
                     src: ip(rng.u8(1..10)),
                     priority: rng.u8(..),
@@ -1109,9 +1408,26 @@ fn random_input_sequences_keep_the_invariants() {
                 },
             };
             let before = r.state();
-            let shutting_master = before == State::Master && input == Input::Shutdown;
+            let leaving_input = match &input {
+                Input::Shutdown | Input::Release => true,
+                Input::Fault { reason } => reason.can_advertise() && !r.faults().contains(reason),
+                _ => false,
+            };
+            if input == Input::Adopted && !started {
+                holding = true;
+                adopted = true;
+            }
+            started |= input == Input::Startup;
+            let actions = r.handle(now, input.clone());
+            // Master before, or on a timer due before the input.
+            let was_master = before == State::Master
+                || actions.contains(&Action::StateChanged {
+                    from: State::Backup,
+                    to: State::Master,
+                });
+            let leaving = leaving_input && was_master;
             let mut state = before;
-            for a in r.handle(now, input.clone()) {
+            for a in actions {
                 match a {
                     Action::AddVips => {
                         assert!(!holding, "seed {seed}: AddVips twice");
@@ -1120,31 +1436,68 @@ fn random_input_sequences_keep_the_invariants() {
                     Action::RemoveVips => {
                         assert!(holding, "seed {seed}: RemoveVips without VIPs");
                         holding = false;
+                        adopted = false;
+                    }
+                    Action::RenewVips => {
+                        assert!(holding, "seed {seed}: RenewVips without VIPs");
+                        let master = was_master || r.state() == State::Master;
+                        assert!(master || adopted, "seed {seed}: renewal outside Master");
                     }
                     Action::StateChanged { from, to } => {
                         assert_eq!(from, state, "seed {seed}");
                         assert_ne!(from, to);
                         state = to;
+                        adopted &= to == State::Backup;
                     }
                     Action::SendAdvert { priority: 0, .. } => {
-                        assert!(shutting_master, "seed {seed}: priority 0 on {input:?}")
+                        assert!(
+                            leaving,
+                            "seed {seed}: priority 0 on {input:?} in {before:?}"
+                        )
                     }
-                    Action::SendAdvert { priority, .. } => {
-                        assert_eq!(priority, r.effective_priority())
+                    Action::SendAdvert { .. } | Action::SendGratuitous { .. } => {
+                        // Becoming master announces before its StateChanged;
+                        // a master may send a due advert and step down.
+                        let master = was_master || r.state() == State::Master;
+                        assert!(master, "seed {seed}: {a:?} outside Master on {input:?}");
+                        if matches!(a, Action::SendGratuitous { .. }) {
+                            assert!(holding, "seed {seed}");
+                        }
                     }
-                    Action::SendGratuitous { .. } => assert!(holding),
                 }
             }
             assert_eq!(state, r.state(), "seed {seed}");
-            assert_eq!(holding, r.state() == State::Master, "seed {seed}");
-            match r.next_deadline() {
-                Some(d) => {
-                    assert!(d > now, "seed {seed}: timer left due");
-                    assert!(matches!(r.state(), State::Backup | State::Master));
-                }
-                None => assert!(matches!(r.state(), State::Initialize | State::Fault)),
+            assert_eq!(holding, r.holds_vips(), "seed {seed}");
+            if r.state() == State::Master {
+                assert!(holding, "seed {seed}: Master without VIPs");
+                assert!(!r.released() && r.faults().is_empty(), "seed {seed}");
             }
-            assert!((1..=254).contains(&r.effective_priority()));
+            if r.state() == State::Fault {
+                assert!(!r.faults().is_empty(), "seed {seed}: Fault without a fault");
+            }
+            match r.next_deadline() {
+                Some(d) => assert!(d > now, "seed {seed}: timer left due"),
+                None => {
+                    assert!(
+                        !holding || r.state() == State::Master || !started,
+                        "seed {seed}: VIPs held forever"
+                    );
+                    assert!(
+                        matches!(r.state(), State::Initialize | State::Fault)
+                            || (r.state() == State::Backup && r.released()),
+                        "seed {seed}: no timer in {:?}",
+                        r.state()
+                    );
+                }
+            }
+            if holding && r.state() != State::Master && started {
+                assert!(
+                    r.next_deadline().is_some(),
+                    "seed {seed}: held without a deadline"
+                );
+            }
+            let ep = r.effective_priority();
+            assert!((1..=254).contains(&ep) || (ep == 0 && r.released()));
         }
     }
 }

@@ -169,6 +169,14 @@ impl Mixed {
         master_down_interval(self.version, self.interval(), prio)
     }
 
+    /// SIGKILL of lbd's supervisor and worker at once.
+    fn kill_lbd_tree(&mut self, i: usize) {
+        support::cluster::kill_process_tree(self.lab.child(i).id());
+        self.lab
+            .wait_exit(i, Duration::from_secs(5))
+            .expect("lbd exit");
+    }
+
     /// keepalived must not have rejected anything lbd sent.
     fn assert_keepalived_accepted_us(&self) {
         let log = std::fs::read_to_string(self.dir.path().join("ka.log")).unwrap_or_default();
@@ -202,11 +210,10 @@ fn lbd_master_keepalived_backup(net: u8, version: u8) {
     );
     std::thread::sleep(m.interval() * 5);
     assert_eq!(w.holders(), vec![0], "{}", m.logs());
+    // The whole process tree at once (supervisor and worker): nobody sends
+    // priority 0, keepalived waits out its Master_Down_Interval.
     let i = m.lbd.take().unwrap();
-    m.lab.signal(i, "KILL");
-    m.lab
-        .wait_exit(i, Duration::from_secs(5))
-        .expect("lbd exit");
+    m.kill_lbd_tree(i);
     let took = support::netns::wait_for(Duration::from_secs(10), || w.holders().contains(&1))
         .unwrap_or_else(|| {
             panic!(
@@ -216,7 +223,7 @@ fn lbd_master_keepalived_backup(net: u8, version: u8) {
             )
         });
     let md = m.master_down(100);
-    eprintln!("[v{version}] lbd SIGKILL -> keepalived holds VIP after {took:?} (MDI {md:?})");
+    eprintln!("[v{version}] lbd's process tree SIGKILLed -> keepalived holds VIP after {took:?} (MDI {md:?})");
     assert!(
         took <= md + Duration::from_millis(300),
         "{took:?} > {md:?}\n{}",
@@ -294,6 +301,68 @@ fn keepalived_master_lbd_backup(net: u8, version: u8) {
         "split brain {dual:?}\n{}",
         m.logs()
     );
+}
+
+/// Crash handover against keepalived: SIGKILL of lbd's worker alone (a
+/// panic, an OOM kill): lbd's supervisor sends priority 0 from the state
+/// file, keepalived takes over after its skew time (not its
+/// Master_Down_Interval), and lbd's VIP goes as soon as keepalived
+/// advertises. Then the new worker takes the VIP back (higher priority).
+#[test]
+fn v3_lbd_worker_killed_keepalived_takes_over_within_skew() {
+    if skip("v3_lbd_worker_killed_keepalived_takes_over_within_skew") {
+        return;
+    }
+    let mut m = Mixed::new(45, 3, 150, 100);
+    let w = m.watch();
+    m.start_ka();
+    m.start_lbd();
+    assert!(
+        w.wait_sole_holder(0, Duration::from_secs(10)).is_some(),
+        "lbd never sole master: {:?}\n{}",
+        w.holders(),
+        m.logs()
+    );
+    std::thread::sleep(m.interval() * 5);
+    w.take_max_dual();
+    w.take_max_none();
+    let sup = m.lab.child(m.lbd.unwrap()).id();
+    let worker = support::cluster::worker_of(sup).expect("lbd's worker");
+    support::netns::run(&["kill", "-KILL", &worker.to_string()]);
+    let took = support::netns::wait_for(Duration::from_secs(5), || w.holders().contains(&1))
+        .unwrap_or_else(|| {
+            panic!(
+                "keepalived never took over: {:?}\n{}",
+                w.holders(),
+                m.logs()
+            )
+        });
+    let skew = support::vrrp::skew_time(3, m.interval(), 100);
+    let gone = support::netns::wait_for(Duration::from_secs(5), || w.holders() == vec![1])
+        .unwrap_or_else(|| panic!("lbd's VIP stayed: {:?}\n{}", w.holders(), m.logs()));
+    let dual = w.take_max_dual();
+    eprintln!("[kai 45] lbd worker SIGKILLed: keepalived holds the VIP after {took:?} (skew {skew:?}); two holders for {dual:?}");
+    assert!(
+        took <= skew + m.interval() + Duration::from_millis(150),
+        "{took:?}: keepalived waited out its Master_Down_Interval\n{}",
+        m.logs()
+    );
+    assert!(
+        dual <= m.interval() + Duration::from_millis(60),
+        "split brain {dual:?} (gone {gone:?} after takeover)\n{}",
+        m.logs()
+    );
+    let back = w
+        .wait_sole_holder(0, Duration::from_secs(15))
+        .unwrap_or_else(|| {
+            panic!(
+                "the new worker did not preempt: {:?}\n{}",
+                w.holders(),
+                m.logs()
+            )
+        });
+    eprintln!("[kai 45] the supervisor's new worker holds the VIP again after {back:?}");
+    m.assert_keepalived_accepted_us();
 }
 
 #[test]

@@ -6,27 +6,9 @@ mod support;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use lbd::sys::addr::{AddOutcome, Netlink, LBD_ADDR_PROTO};
+use lbd::sys::addr::{AddOutcome, InstalledAddr, Netlink, LBD_ADDR_PROTO};
 use lbd::sys::link::{NetEvent, NetMonitor};
 use support::netns::{require_root, wait_for, Lab};
-
-/// Runs `f` on a thread inside namespace `ns` with its own runtime.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = std::path::PathBuf::from(format!("/run/netns/{ns}"));
-    std::thread::spawn(move || {
-        lbd::sys::netns::enter(&path).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread in netns panicked")
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn vip_is_tagged_renewed_and_expires_when_not_renewed() {
@@ -46,30 +28,34 @@ fn vip_is_tagged_renewed_and_expires_when_not_renewed() {
             let link = nl.link_by_name("eth0").await.unwrap();
             assert!(link.up && link.mac.is_some(), "{link:?}");
             let life = Duration::from_secs(2);
-            let v4 = nl
-                .add_vip(&link, "10.213.1.100/24".parse().unwrap(), life)
-                .await
-                .unwrap();
-            let v6 = nl
-                .add_vip(&link, "fd00:db8:1::100/64".parse().unwrap(), life)
-                .await
-                .unwrap();
-            let foreign = nl
-                .add_vip(&link, "10.213.1.200/24".parse().unwrap(), life)
-                .await
-                .unwrap();
+            let (v4net, v6net, other) = (
+                "10.213.1.100/24".parse().unwrap(),
+                "fd00:db8:1::100/64".parse().unwrap(),
+                "10.213.1.200/24".parse().unwrap(),
+            );
+            let installed = [
+                InstalledAddr::new(v4net, life),
+                InstalledAddr::new(v6net, life),
+                // A record of an address someone else holds (permanent)
+                // does not make it ours.
+                InstalledAddr::new(other, life),
+            ];
+            let v4 = nl.add_vip(&link, v4net, life, &installed).await.unwrap();
+            let v6 = nl.add_vip(&link, v6net, life, &installed).await.unwrap();
+            let foreign = nl.add_vip(&link, other, life, &installed).await.unwrap();
             // Removing an address we did not add is refused silently.
-            let removed_foreign = nl
-                .remove_vip(&link, "10.213.1.200".parse().unwrap())
-                .await
-                .unwrap();
+            let removed_foreign = nl.remove_vip(&link, other, &installed).await.unwrap();
             let src4 = nl.source_address(&link, false, false, &[]).await.unwrap();
             let list = nl.addresses(link.index).await.unwrap();
             let ours: Vec<_> = list
                 .iter()
-                .filter(|x| x.is_ours("eth0"))
+                .filter(|x| x.is_ours("eth0", &installed))
                 .map(|x| x.addr.addr())
                 .collect();
+            // IPv6 VIPs never become a source: deprecated from the start.
+            let v6_listed = list.iter().find(|x| x.addr == v6net).unwrap();
+            assert!(v6_listed.deprecated, "{v6_listed:?}");
+            assert_eq!(v6_listed.preferred_lft, Some(0));
             let _ = ns;
             (
                 v4,
@@ -142,7 +128,7 @@ fn renewal_keeps_vip_and_monitor_reports_removal_and_link_down() {
             let vip = "10.213.2.100/24".parse().unwrap();
             // Renewed every 500 ms for 3 s with a 2 s lifetime: must survive.
             for _ in 0..6 {
-                nl.add_vip(&link, vip, Duration::from_secs(2))
+                nl.add_vip(&link, vip, Duration::from_secs(2), &[])
                     .await
                     .unwrap();
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -195,191 +181,9 @@ fn renewal_keeps_vip_and_monitor_reports_removal_and_link_down() {
 // ---------------------------------------------------------------------
 // Three `lbd run` nodes on a bridge.
 
-use std::path::PathBuf;
-use support::config::{admin_section, node_section, vrrp_section, VrrpInstanceYaml};
-use support::lbd::{lbd_bin, spawn_in_ns};
-use support::vrrp::{master_down_interval, skew_time, VipWatch};
-
-/// Per-instance settings of one test scenario.
-#[derive(Clone)]
-struct Scenario {
-    version: u8,
-    interval_ms: u64,
-    v6: bool,
-    preempt: bool,
-    unicast: bool,
-    vip_lifetime: Option<&'static str>,
-    auth_pass: Option<&'static str>,
-    /// Extra YAML lines appended to the instance (indented 6 spaces).
-    extra: String,
-    /// Whole `tcplb:` section, if any.
-    tcplb: String,
-}
-
-impl Default for Scenario {
-    fn default() -> Self {
-        Scenario {
-            version: 3,
-            interval_ms: 100,
-            v6: false,
-            preempt: true,
-            unicast: false,
-            vip_lifetime: None,
-            auth_pass: None,
-            extra: String::new(),
-            tcplb: String::new(),
-        }
-    }
-}
-
-struct Cluster {
-    lab: Lab,
-    dir: tempfile::TempDir,
-    ns: Vec<String>,
-    /// Lab child index of each node's lbd, if running.
-    procs: Vec<Option<usize>>,
-    net: u8,
-    sc: Scenario,
-    prios: Vec<u8>,
-}
-
-impl Cluster {
-    /// Three nodes 10.213.<net>.1-3 (fd00:db8:<net>::1-3), VIP .100.
-    fn new(net: u8, sc: Scenario, prios: &[u8]) -> Cluster {
-        let mut lab = Lab::new("vrrp");
-        let mut ns = Vec::new();
-        for i in 1..=prios.len() {
-            let n = lab.add_ns(&format!("n{i}"));
-            let v4 = format!("10.213.{net}.{i}/24");
-            let v6 = format!("fd00:db8:{net}::{i}/64");
-            lab.attach(&n, "eth0", &[&v4, &v6]);
-            ns.push(n);
-        }
-        // IPv6 link-local addresses need a moment (DAD) before they are
-        // usable as VRRP source.
-        if sc.v6 {
-            for n in &ns {
-                let ok = wait_for(Duration::from_secs(5), || {
-                    let a = lab.addrs(n);
-                    a.contains("fe80::") && !a.contains("tentative")
-                });
-                assert!(
-                    ok.is_some(),
-                    "no link-local address in {n}: {}",
-                    lab.addrs(n)
-                );
-            }
-        }
-        Cluster {
-            lab,
-            dir: tempfile::tempdir().unwrap(),
-            procs: vec![None; prios.len()],
-            ns,
-            net,
-            sc,
-            prios: prios.to_vec(),
-        }
-    }
-
-    fn vip(&self) -> IpAddr {
-        if self.sc.v6 {
-            format!("fd00:db8:{}::100", self.net).parse().unwrap()
-        } else {
-            format!("10.213.{}.100", self.net).parse().unwrap()
-        }
-    }
-
-    fn config(&self, i: usize) -> String {
-        let sc = &self.sc;
-        let net = self.net;
-        let vip = if sc.v6 {
-            format!("fd00:db8:{net}::100/64")
-        } else {
-            format!("10.213.{net}.100/24")
-        };
-        let mut inst = VrrpInstanceYaml::new(self.prios[i], &vip);
-        inst.version = sc.version;
-        inst.advert_interval = self.interval();
-        inst.preempt = Some(sc.preempt);
-        if sc.unicast {
-            inst.unicast_peers = (1..=self.prios.len())
-                .filter(|j| *j != i + 1)
-                .map(|j| {
-                    if sc.v6 {
-                        format!("fd00:db8:{net}::{j}")
-                    } else {
-                        format!("10.213.{net}.{j}")
-                    }
-                })
-                .collect();
-        }
-        inst.vip_lifetime = sc.vip_lifetime.map(str::to_string);
-        inst.auth_pass = sc.auth_pass.map(str::to_string);
-        inst.extra = sc.extra.clone();
-        let sock = self.dir.path().join(format!("n{}.sock", i + 1));
-        node_section(&format!("n{}", i + 1))
-            + &vrrp_section(&[inst])
-            + &sc.tcplb
-            + &admin_section(&sock)
-    }
-
-    fn log(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("n{}.log", i + 1))
-    }
-
-    fn start(&mut self, i: usize) {
-        let conf = self.dir.path().join(format!("n{}.yaml", i + 1));
-        std::fs::write(&conf, self.config(i)).unwrap();
-        self.start_with(i, &conf);
-    }
-
-    fn start_with(&mut self, i: usize, conf: &std::path::Path) {
-        let (ns, log) = (self.ns[i].clone(), self.log(i));
-        self.procs[i] = Some(spawn_in_ns(&mut self.lab, &ns, conf, &log));
-    }
-
-    fn start_all(&mut self) {
-        for i in 0..self.ns.len() {
-            self.start(i);
-        }
-    }
-
-    fn kill(&mut self, i: usize, sig: &str) {
-        let idx = self.procs[i].take().expect("node not running");
-        self.lab.signal(idx, sig);
-        let st = self.lab.wait_exit(idx, Duration::from_secs(5));
-        assert!(st.is_some(), "n{} did not exit on {sig}", i + 1);
-    }
-
-    fn watch(&self) -> VipWatch {
-        VipWatch::start(&self.ns, "eth0", self.vip())
-    }
-
-    fn logs(&self) -> String {
-        (0..self.ns.len())
-            .map(|i| {
-                format!(
-                    "--- n{} ---\n{}",
-                    i + 1,
-                    std::fs::read_to_string(self.log(i)).unwrap_or_default()
-                )
-            })
-            .collect()
-    }
-
-    /// Master_Down_Interval of node `i` as RFC 5798 section 6.1 defines it.
-    fn master_down(&self, i: usize) -> Duration {
-        master_down_interval(self.sc.version, self.interval(), self.prios[i])
-    }
-
-    fn skew(&self, i: usize) -> Duration {
-        skew_time(self.sc.version, self.interval(), self.prios[i])
-    }
-
-    fn interval(&self) -> Duration {
-        Duration::from_millis(self.sc.interval_ms)
-    }
-}
+use support::cluster::{Cluster, Scenario};
+use support::lbd::lbd_bin;
+use support::netns::{in_ns, listen_in, rt};
 
 /// Startup: exactly the highest priority node holds the VIP; then SIGKILL
 /// of it -> the next holds it within Master_Down_Interval (plus sampling
@@ -405,14 +209,15 @@ fn failover_scenario(net: u8, sc: Scenario) {
         "split brain {dual:?} at startup"
     );
 
-    // Crash of the master: lbd is gone but n1's VIP stays until its
-    // lifetime runs out (nobody renews it). n2 must hold it within
+    // Crash of the master's whole process tree (supervisor and worker at
+    // once: nobody sends priority 0): n1's VIP stays until its lifetime
+    // runs out (nobody renews it). n2 must hold it within
     // Master_Down_Interval regardless.
-    c.kill(0, "KILL");
+    c.kill_tree(0);
     let took = wait_for(Duration::from_secs(10), || w.holders().contains(&1))
         .unwrap_or_else(|| panic!("n2 never took over: {:?}\n{}", w.holders(), c.logs()));
     let md = c.master_down(1);
-    eprintln!("[net {net}] SIGKILL of master: n2 holds the VIP after {took:?} (Master_Down_Interval {md:?})");
+    eprintln!("[net {net}] SIGKILL of the master's process tree: n2 holds the VIP after {took:?} (Master_Down_Interval {md:?})");
     assert!(
         took <= md + Duration::from_millis(250),
         "takeover {took:?} slower than Master_Down_Interval {md:?} + 250 ms\n{}",
@@ -541,7 +346,7 @@ fn preemption(net: u8, preempt: bool) {
         // What `lbd status --json` tells about it, from both sides.
         std::thread::sleep(Duration::from_millis(300));
         let status = |i: usize| -> serde_json::Value {
-            let sock = c.dir.path().join(format!("n{}.sock", i + 1));
+            let sock = c.socket(i);
             let out = support::netns::run(&[
                 lbd_bin(),
                 "status",
@@ -593,22 +398,14 @@ fn no_preemption_when_off() {
     preemption(36, false);
 }
 
-/// Binds a TCP listener inside namespace `ns` (the socket belongs to the
-/// namespace it was created in); dropping it makes the backend go away.
-fn listen_in(ns: &str, addr: &str) -> std::net::TcpListener {
-    let addr = addr.to_string();
-    in_ns(ns, move || {
-        std::net::TcpListener::bind(addr).expect("bind backend")
-    })
-}
-
 /// A tracked tcplb listener losing its only backend lowers the master's
 /// priority below both backups': the VIP moves to the higher backup only
 /// (both hear the lower priority at once; each waits its skew, so the
 /// other one never becomes master, not even for a moment, and its
 /// gratuitous ARPs never point clients at a node about to drop the VIP),
-/// and a notify command reports every state change as `CMD INSTANCE
-/// STATE`.
+/// and the notify commands report every state change as keepalived's do:
+/// `notify` as `CMD INSTANCE NAME STATE PRIORITY`, `notify_master` as
+/// written, before it.
 #[test]
 fn tracked_listener_without_backends_moves_the_vip() {
     if !require_root("tracked_listener_without_backends_moves_the_vip") {
@@ -618,7 +415,7 @@ fn tracked_listener_without_backends_moves_the_vip() {
     let notify_log = notify_dir.path().join("notify.log");
     let sc = Scenario {
         extra: format!(
-            "      track:\n        - listener: api\n          weight: -100\n      notify: \"echo >> {}\"\n",
+            "      track:\n        - listener: api\n          weight: -100\n      notify: \"echo >> {0}\"\n      notify_master: \"echo to-master >> {0}\"\n",
             notify_log.display()
         ),
         tcplb: "tcplb:\n  listeners:\n    - name: api\n      bind: 0.0.0.0:8443\n      backends: [127.0.0.1:7001]\n      health: { type: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }\n".to_string(),
@@ -679,16 +476,27 @@ fn tracked_listener_without_backends_moves_the_vip() {
     );
     // The notify command ran (asynchronously; all nodes append to the
     // same file): n2 became MASTER, n1 went BACKUP.
+    // n2 (priority 100) became MASTER; n1 went BACKUP with 150 - 100.
+    let want = [
+        "to-master",
+        "INSTANCE vip MASTER 100",
+        "INSTANCE vip BACKUP 50",
+    ];
     let seen = wait_for(Duration::from_secs(2), || {
         let after = notified(settled);
-        after.contains(&"vip MASTER".to_string()) && after.contains(&"vip BACKUP".to_string())
+        want.iter().all(|w| after.iter().any(|l| l == w))
     });
     let after = notified(settled);
     assert!(seen.is_some(), "notify log after convergence: {after:?}");
     assert_eq!(
         after.len(),
-        2,
+        3,
         "one master and one backup change: {after:?}"
+    );
+    let pos = |w: &str| after.iter().position(|l| l == w).unwrap();
+    assert!(
+        pos("to-master") < pos("INSTANCE vip MASTER 100"),
+        "notify_master runs before notify: {after:?}"
     );
     drop(backends);
 }

@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
         nl.serialize(&mut buf);
     }
     // The genl payload alone: first byte picks the command.
-    let Some((&cmd, rest)) = data.split_first() else { return };
+    let Some((&cmd, rest)) = data.split_first() else {
+        return;
+    };
     let hdr = GenlHeader { cmd, version: 1 };
     if let Ok(msg) = IpvsMessage::parse_with_param(rest, hdr) {
         let mut buf = vec![0u8; msg.buffer_len()];

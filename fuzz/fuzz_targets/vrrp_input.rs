@@ -2,12 +2,17 @@
 //! through `net::parse_ipv4` (IPv4: the raw socket gives the IP header) or
 //! as the IPv6 socket hands it over (payload, hop limit, source), then
 //! `net::inbound` (own address, unicast peers, the codec and this
-//! instance's checks), then the state machine with link, tracking and
-//! time inputs in between. Properties: no panic, and after every step the
-//! actions agree with the state: VIPs are held exactly while MASTER, every
-//! state change is reported once with the right `from`, a priority-0
-//! advert only comes with leaving MASTER, nothing is sent in FAULT or INIT,
-//! and BACKUP and MASTER always have a timer running.
+//! instance's checks), then the state machine at the packet's receive
+//! time (never before the last input: the driver's clock), with link,
+//! fault, tracking, release/resume, reload (Reconfigure) and time inputs
+//! in between. Properties: no panic, and after every step the actions agree
+//! with the state: VIPs are added only when not held, removed and renewed
+//! only when held, always held while MASTER and otherwise only while a
+//! deadline to let them go runs; every state change is reported once with
+//! the right `from`; a priority-0 advert only comes with a master leaving
+//! on purpose (shutdown, release, a fault that leaves the link usable);
+//! FAULT always has a fault; BACKUP (unless released) and MASTER always
+//! have a timer running.
 //!
 //! Input: 4 bytes of instance settings, then records `[op, len, len bytes]`.
 #![no_main]
@@ -15,7 +20,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use lbd::vrrp::fsm::{Action, Input, State, VirtualRouter, VirtualRouterParams};
+use lbd::vrrp::fsm::{Action, Fault, Input, State, VirtualRouter, VirtualRouterParams};
 use lbd::vrrp::net::{inbound, parse_ipv4, Inbound, Received};
 use lbd::vrrp::packet::{Auth, LocalInstance, Version, MULTICAST_V6};
 use libfuzzer_sys::fuzz_target;
@@ -27,11 +32,15 @@ const PEER_B: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
 
 struct Instance {
     router: VirtualRouter,
+    params: VirtualRouterParams,
     local: LocalInstance,
     own: IpAddr,
     peers: Vec<IpAddr>,
     now: Duration,
     holds_vips: bool,
+    started: bool,
+    /// The time of the last input (the driver's clock never goes back).
+    fed: Duration,
 }
 
 impl Instance {
@@ -83,6 +92,7 @@ impl Instance {
             garp_refresh: (flags & 128 != 0).then(|| Duration::from_secs(2)),
             immediate_preempt: flags & 64 == 0,
             garp_master_delay: Some(Duration::from_secs(5)),
+            vip_renew: Some(Duration::from_secs(1)),
         };
         let local = LocalInstance {
             version,
@@ -91,12 +101,15 @@ impl Instance {
             advert_interval_cs,
         };
         Instance {
-            router: VirtualRouter::new(params),
+            router: VirtualRouter::new(params.clone()),
+            params,
             local,
             own,
             peers,
             now: Duration::ZERO,
             holds_vips: false,
+            started: false,
+            fed: Duration::ZERO,
         }
     }
 
@@ -114,8 +127,27 @@ impl Instance {
     }
 
     fn handle(&mut self, input: Input) {
+        assert!(self.now >= self.fed, "the clock went back");
+        self.fed = self.now;
         let before = self.router.state();
+        let leaving_input = match &input {
+            Input::Shutdown | Input::Release => true,
+            Input::Fault { reason } => {
+                reason.can_advertise() && !self.router.faults().contains(reason)
+            }
+            _ => false,
+        };
+        if input == Input::Adopted && !self.started {
+            self.holds_vips = true;
+        }
+        self.started |= input == Input::Startup;
         let actions = self.router.handle(self.now, input.clone());
+        let was_master = before == State::Master
+            || actions.contains(&Action::StateChanged {
+                from: State::Backup,
+                to: State::Master,
+            });
+        let after = self.router.state();
         let mut state = before;
         for a in &actions {
             match a {
@@ -130,58 +162,79 @@ impl Instance {
                     );
                     self.holds_vips = false;
                 }
+                Action::RenewVips => {
+                    assert!(self.holds_vips, "RenewVips without VIPs: {input:?}");
+                    assert!(
+                        was_master || after == State::Master,
+                        "renewal outside MASTER"
+                    );
+                }
                 Action::StateChanged { from, to } => {
                     assert_eq!(*from, state, "{input:?} -> {actions:?}");
                     assert_ne!(from, to, "{input:?} -> {actions:?}");
                     state = *to;
                 }
                 Action::SendAdvert { priority: 0, .. } => {
-                    assert_eq!(
-                        before,
-                        State::Master,
-                        "priority 0 advert: {input:?} -> {actions:?}"
+                    assert!(
+                        leaving_input && was_master,
+                        "priority 0 advert: {input:?} in {before:?} -> {actions:?}"
                     );
                 }
-                Action::SendAdvert { .. } | Action::SendGratuitous { .. } => {}
+                Action::SendAdvert { .. } | Action::SendGratuitous { .. } => {
+                    assert!(
+                        was_master || after == State::Master,
+                        "sent outside MASTER: {input:?} -> {actions:?}"
+                    );
+                }
             }
         }
-        let after = self.router.state();
         assert_eq!(
             state, after,
             "unreported state change: {input:?} -> {actions:?}"
         );
         assert_eq!(
             self.holds_vips,
-            after == State::Master,
+            self.router.holds_vips(),
             "{input:?} -> {actions:?}"
         );
-        if matches!(after, State::Fault | State::Initialize) && !matches!(input, Input::Shutdown) {
-            assert!(
-                !actions.iter().any(|a| matches!(
-                    a,
-                    Action::SendAdvert { .. } | Action::SendGratuitous { .. }
-                )),
-                "sent in {after:?}: {input:?} -> {actions:?}"
-            );
+        if after == State::Master {
+            assert!(self.holds_vips, "MASTER without VIPs: {input:?}");
         }
-        if matches!(after, State::Backup | State::Master) {
-            let next = self.router.next_deadline();
+        if after == State::Fault {
+            assert!(!self.router.faults().is_empty(), "FAULT without a fault");
+        }
+        let next = self.router.next_deadline();
+        if let Some(t) = next {
+            assert!(t > self.now, "timer left due: {input:?}");
+        }
+        if after == State::Master || (after == State::Backup && !self.router.released()) {
             assert!(next.is_some(), "{after:?} with no timer: {input:?}");
+        }
+        if self.holds_vips && after != State::Master && self.started {
+            assert!(next.is_some(), "VIPs held with no deadline: {input:?}");
         }
     }
 
-    /// What the driver does with one received packet.
-    fn receive(&mut self, pkt: &Received) {
+    /// What the driver does with one received packet: `age` is how long
+    /// before now the kernel got it; the router's clock never goes back.
+    fn receive(&mut self, pkt: &Received, age: Duration) {
         match inbound(pkt, self.own, &self.peers, &self.local) {
             Inbound::Advert(src, p) => {
                 assert_ne!(src, self.own);
                 assert_eq!(p.vrid, self.local.vrid);
+                let now = self.now;
+                self.now = now.saturating_sub(age).max(self.fed);
                 self.feed(Input::advert(src, &p));
+                self.now = now;
             }
             Inbound::Own => assert_eq!(pkt.src, self.own),
             dropped => assert!(dropped.drop_reason().is_some()),
         }
     }
+}
+
+fn fault(b: u8) -> Fault {
+    Fault::ALL[usize::from(b) % Fault::ALL.len()]
 }
 
 fn ipv6_peer(n: u16) -> IpAddr {
@@ -193,16 +246,22 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut inst = Instance::new(cfg);
+    // A predecessor's VIPs, sometimes (settings byte 0, bit 4 unused above).
+    if cfg[0] & 16 != 0 && cfg[1] & 1 != 0 {
+        inst.feed(Input::Adopted);
+    }
     inst.feed(Input::Startup);
     while let [op, len, tail @ ..] = rest {
         let n = usize::from(*len).min(tail.len());
         let (body, next) = tail.split_at(n);
         rest = next;
-        match op % 8 {
-            // A raw IPv4 datagram, as recvmsg on the IPv4 socket gives it.
+        let arg = body.first().copied().unwrap_or(0);
+        match op % 16 {
+            // A raw IPv4 datagram, as recvmsg on the IPv4 socket gives it,
+            // received up to 25 ms ago.
             0 => {
                 if let Ok(pkt) = parse_ipv4(body) {
-                    inst.receive(&pkt);
+                    inst.receive(&pkt, Duration::from_millis(u64::from(arg % 26)));
                 }
             }
             // IPv6: hop limit, source selector, then the VRRP payload.
@@ -213,8 +272,9 @@ fuzz_target!(|data: &[u8]| {
                         dst: IpAddr::V6(MULTICAST_V6),
                         ttl: *hop,
                         payload: payload.to_vec(),
+                        received_at: None,
                     };
-                    inst.receive(&pkt);
+                    inst.receive(&pkt, Duration::ZERO);
                 }
             }
             // Time passes: up to 65.5 s in ms.
@@ -228,14 +288,36 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => inst.feed(Input::InterfaceDown),
             4 => inst.feed(Input::InterfaceUp),
-            5 => {
-                let w = body.first().map_or(0, |b| i32::from(*b as i8));
-                inst.feed(Input::TrackChanged { weight: w * 4 });
-            }
+            5 => inst.feed(Input::TrackChanged {
+                weight: i32::from(arg as i8) * 4,
+            }),
             6 => inst.feed(Input::Shutdown),
+            7 => inst.feed(Input::Fault { reason: fault(arg) }),
+            8 => inst.feed(Input::Recovered { reason: fault(arg) }),
+            9 => inst.feed(Input::Release),
+            10 => inst.feed(Input::Resume),
+            // A reload in place: priority, interval, preemption.
+            11 => {
+                let p = VirtualRouterParams {
+                    priority: arg.clamp(1, 254),
+                    advert_interval_cs: match inst.params.version {
+                        Version::V2 => 100 * u16::from(arg % 3 + 1),
+                        Version::V3 => [10, 100, 300][usize::from(arg % 3)],
+                    },
+                    preempt: arg & 1 == 0,
+                    ..inst.params.clone()
+                };
+                inst.local.advert_interval_cs = p.advert_interval_cs;
+                inst.feed(Input::Reconfigure { params: p });
+            }
+            12 => inst.feed(Input::Adopted),
             _ => inst.feed(Input::Startup),
         }
     }
     inst.feed(Input::Shutdown);
+    // Make before break: the VIPs go when a successor speaks, or at the
+    // latest two intervals (2 s at most) later.
+    inst.now += Duration::from_secs(3);
+    inst.feed(Input::Tick);
     assert!(!inst.holds_vips, "VIPs left after Shutdown");
 });

@@ -67,8 +67,17 @@ pub struct VrrpInstanceConfig {
     /// A second burst this long after becoming master (keepalived's
     /// garp_master_delay); None: off.
     pub garp_master_delay: Option<Duration>,
-    /// Command run on every state change as `CMD INSTANCE STATE`.
+    /// Command run on every state change as keepalived runs its `notify`:
+    /// `CMD INSTANCE NAME STATE PRIORITY` (STATE: MASTER, BACKUP, FAULT,
+    /// STOP).
     pub notify: Option<String>,
+    /// keepalived's notify_master / notify_backup / notify_fault /
+    /// notify_stop: run as written, without arguments added, on entering
+    /// that state (stop: when the instance stops).
+    pub notify_master: Option<String>,
+    pub notify_backup: Option<String>,
+    pub notify_fault: Option<String>,
+    pub notify_stop: Option<String>,
     /// valid_lft of the VIPs: a crashed lbd leaves no VIP behind for longer.
     /// The master renews it well before it runs out.
     pub vip_lifetime: Duration,

@@ -27,6 +27,24 @@ pub enum StatusError {
 
 /// Fetches `/status` from the daemon at `socket`.
 pub async fn fetch(socket: &Path) -> Result<StatusReport, StatusError> {
+    let (status, body) = request(socket, http::Method::GET, "/status").await?;
+    let proto = |message: String| StatusError::Protocol {
+        path: socket.display().to_string(),
+        message,
+    };
+    if !status.is_success() {
+        return Err(proto(format!("HTTP {status}")));
+    }
+    serde_json::from_slice(&body).map_err(|e| proto(e.to_string()))
+}
+
+/// One request to the daemon at `socket`: the answer's status and body,
+/// whatever the status; within 5 s.
+pub async fn request(
+    socket: &Path,
+    method: http::Method,
+    uri: &str,
+) -> Result<(http::StatusCode, Bytes), StatusError> {
     let path = socket.display().to_string();
     let p = path.clone();
     let work = async move {
@@ -44,7 +62,9 @@ pub async fn fetch(socket: &Path) -> Result<StatusReport, StatusError> {
             .await
             .map_err(|e| proto(e.to_string()))?;
         tokio::spawn(conn);
-        let req = http::Request::get("/status")
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
             .header(http::header::HOST, "lbd")
             .body(Empty::<Bytes>::new())
             .map_err(|e| proto(e.to_string()))?;
@@ -52,16 +72,14 @@ pub async fn fetch(socket: &Path) -> Result<StatusReport, StatusError> {
             .send_request(req)
             .await
             .map_err(|e| proto(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(proto(format!("HTTP {}", resp.status())));
-        }
+        let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| proto(e.to_string()))?
             .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| proto(e.to_string()))
+        Ok((status, body))
     };
     tokio::time::timeout(Duration::from_secs(5), work)
         .await

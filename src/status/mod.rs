@@ -3,5 +3,6 @@ pub mod backend_control;
 pub mod client;
 mod report;
 pub mod server;
+pub mod vrrp_control;
 
 pub use report::*;

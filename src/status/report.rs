@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Balance, TrackTarget};
 pub use crate::health::DownReason;
-use crate::vrrp::fsm::State;
+use crate::vrrp::fsm::{Fault, State};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -57,6 +57,20 @@ pub struct VrrpInstanceStatus {
     pub peers: Vec<VrrpPeerStatus>,
     #[serde(default)]
     pub tracks: Vec<TrackStatus>,
+    /// Why the instance is in FAULT (empty otherwise).
+    #[serde(default)]
+    pub faults: Vec<VrrpFaultStatus>,
+    /// Released by `lbd vrrp release`: priority 0 until resumed.
+    #[serde(default)]
+    pub released: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VrrpFaultStatus {
+    /// link_down, link_gone, no_source_address, vip_failed, vip_foreign,
+    /// socket.
+    pub reason: Fault,
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,7 @@
 //! The admin server: `/healthz`, `/readyz`, `/metrics`, `/status` on the
-//! unix socket (0600) and on the optional TCP `admin.listen`.
+//! unix socket (0600) and on the optional TCP `admin.listen`; the
+//! maintenance requests (`POST /vrrp/release`, ...) on the unix socket
+//! only, from root only (SO_PEERCRED), never over TCP.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -28,9 +30,25 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// `lbd backend drain|enable` (unix socket only).
     pub drain_backend: Box<DrainBackend>,
+    /// `lbd vrrp release|resume`.
+    pub vrrp: crate::vrrp::VrrpControl,
 }
 
-fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+/// Who is asking: maintenance requests need root on the unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// On the unix socket, uid 0.
+    Root,
+    /// On the unix socket, another uid (the socket is 0600: only if its
+    /// mode was changed), or over TCP.
+    Unprivileged,
+}
+
+pub(super) fn text(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
@@ -41,12 +59,16 @@ fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
 async fn handle(
     state: Arc<AdminState>,
     req: Request<Incoming>,
-    privileged: bool,
+    caller: Caller,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let privileged = caller == Caller::Root;
     let req = match backend_control::handle(&*state.drain_backend, req, privileged).await {
         Ok(resp) => return Ok(resp),
         Err(req) => req,
     };
+    if let Some(verb) = req.uri().path().strip_prefix("/vrrp/") {
+        return Ok(super::vrrp_control::handle(&state.vrrp, &req, verb, caller).await);
+    }
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -97,13 +119,12 @@ async fn handle(
     })
 }
 
-/// `privileged`: the connection came over the unix socket (root-only).
-fn serve_conn<S>(state: Arc<AdminState>, io: S, privileged: bool, shutdown: CancellationToken)
+fn serve_conn<S>(state: Arc<AdminState>, io: S, caller: Caller, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let svc = service_fn(move |req| handle(state.clone(), req, privileged));
+        let svc = service_fn(move |req| handle(state.clone(), req, caller));
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection(TokioIo::new(io), svc);
         tokio::select! {
@@ -146,9 +167,20 @@ pub async fn serve_unix(
 ) {
     let l = &listener;
     accept_loop(
-        || async move { l.accept().await.map(|(s, _)| s) },
+        || async move {
+            l.accept().await.map(|(s, _)| {
+                let root = s.peer_cred().is_ok_and(|c| c.uid() == 0);
+                (
+                    s,
+                    if root {
+                        Caller::Root
+                    } else {
+                        Caller::Unprivileged
+                    },
+                )
+            })
+        },
         "admin socket",
-        true,
         state,
         shutdown,
     )
@@ -158,9 +190,8 @@ pub async fn serve_unix(
 pub async fn serve_tcp(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
     let l = &listener;
     accept_loop(
-        || async move { l.accept().await.map(|(s, _)| s) },
+        || async move { l.accept().await.map(|(s, _)| (s, Caller::Unprivileged)) },
         "admin listen",
-        false,
         state,
         shutdown,
     )
@@ -171,19 +202,18 @@ pub async fn serve_tcp(listener: TcpListener, state: Arc<AdminState>, shutdown: 
 async fn accept_loop<S, F, Fut>(
     mut accept: F,
     what: &str,
-    privileged: bool,
     state: Arc<AdminState>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<S>>,
+    Fut: std::future::Future<Output = std::io::Result<(S, Caller)>>,
 {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             a = accept() => match a {
-                Ok(s) => serve_conn(state.clone(), s, privileged, shutdown.clone()),
+                Ok((s, caller)) => serve_conn(state.clone(), s, caller, shutdown.clone()),
                 Err(e) => {
                     tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -1,12 +1,20 @@
 //! Links and addresses over rtnetlink: what the VRRP driver needs to hold a
 //! VIP without ever touching an address it did not add.
 //!
-//! Ours are tagged twice so that a restarted lbd recognises what a crashed
-//! one left behind, and so that an operator sees them in `ip addr`:
-//! `IFA_PROTO` = [`LBD_ADDR_PROTO`] (Linux >= 6.1, older kernels ignore it)
-//! and, for IPv4 when the name fits in IFNAMSIZ, the label `IFNAME:lbd`.
-//! VIPs carry a finite valid_lft/preferred_lft: the kernel deletes a VIP
-//! that nobody renews, so a killed master leaves nothing behind for long.
+//! lbd knows its own addresses by what it installed: the VRRP driver keeps
+//! a record of each ([`InstalledAddr`]: address, prefix, lifetime) in a
+//! state file, so that it and a restarted lbd recognise them on every
+//! kernel, IPv4 and IPv6, whatever the interface name. Two marks help where
+//! the kernel keeps them, and show the operator in `ip addr` whose they
+//! are: `IFA_PROTO` = [`LBD_ADDR_PROTO`] (stored since Linux 5.18; older
+//! kernels drop it) and, for IPv4 when `IFNAME:lbd` fits in 15 characters,
+//! that label. Either way an address is lbd's only while its lifetime is
+//! finite: lbd never installs a permanent address, so a permanent one is
+//! someone else's even if it carries a mark ([`AddrInfo::is_ours`]).
+//! VIPs carry a finite valid_lft: the kernel deletes a VIP that nobody
+//! renews, so a killed master leaves nothing behind for long. IPv6 VIPs are
+//! installed deprecated (preferred_lft 0): the kernel never picks them as
+//! the source of an outgoing connection.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -17,9 +25,10 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, CacheInfo,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use serde::{Deserialize, Serialize};
 
 /// `IFA_PROTO` value marking addresses lbd added ('l'). The kernel keeps
-/// it opaque; `ip addr` shows it as `proto 108`.
+/// it opaque (Linux >= 5.18); `ip addr` shows it as `proto 108`.
 pub const LBD_ADDR_PROTO: u8 = 108;
 
 /// Suffix of the IPv4 label of our addresses: `eth0:lbd`.
@@ -74,6 +83,24 @@ impl LinkInfo {
     }
 }
 
+/// One address lbd installed, as its state file records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InstalledAddr {
+    /// Address and prefix length, exactly as installed.
+    pub addr: IpNet,
+    /// The valid lifetime it was given (and renewed to).
+    pub lifetime_secs: u32,
+}
+
+impl InstalledAddr {
+    pub fn new(addr: IpNet, lifetime: Duration) -> InstalledAddr {
+        InstalledAddr {
+            addr,
+            lifetime_secs: lifetime_secs(lifetime),
+        }
+    }
+}
+
 /// One address as the kernel lists it.
 #[derive(Debug, Clone)]
 pub struct AddrInfo {
@@ -83,10 +110,17 @@ pub struct AddrInfo {
     pub proto: Option<u8>,
     /// Seconds left; None: forever.
     pub valid_lft: Option<u32>,
+    /// Seconds left; None: forever.
+    pub preferred_lft: Option<u32>,
     pub secondary: bool,
     pub tentative: bool,
+    /// IPv6: preferred lifetime over, never chosen as a source.
+    pub deprecated: bool,
     /// IPv6 link-local (fe80::/10): where VRRPv3 over IPv6 sends from.
     pub link_local: bool,
+    /// When the kernel created it (hundredths of a second since boot): a
+    /// renewal keeps it, a delete and add changes it.
+    pub created_cs: Option<u32>,
     raw: AddressMessage,
 }
 
@@ -94,14 +128,17 @@ impl AddrInfo {
     fn from_message(msg: &AddressMessage) -> Option<AddrInfo> {
         let mut label = None;
         let mut proto = None;
-        let mut valid_lft = None;
+        let mut lifetimes = (None, None);
+        let mut created_cs = None;
         let mut flags = AddressFlags::empty();
+        let finite = |secs: u32| (secs != u32::MAX).then_some(secs);
         for attr in &msg.attributes {
             match attr {
                 AddressAttribute::Label(l) => label = Some(l.clone()),
                 AddressAttribute::Protocol(p) => proto = Some(u8::from(*p)),
                 AddressAttribute::CacheInfo(c) => {
-                    valid_lft = (c.ifa_valid != u32::MAX).then_some(c.ifa_valid)
+                    lifetimes = (finite(c.ifa_valid), finite(c.ifa_preferred));
+                    created_cs = Some(c.cstamp);
                 }
                 AddressAttribute::Flags(f) => flags = *f,
                 _ => {}
@@ -115,18 +152,36 @@ impl AddrInfo {
             addr,
             label,
             proto,
-            valid_lft,
+            valid_lft: lifetimes.0,
+            preferred_lft: lifetimes.1,
             secondary: flags.contains(AddressFlags::Secondary),
             tentative: flags.contains(AddressFlags::Tentative),
+            deprecated: flags.contains(AddressFlags::Deprecated),
             link_local,
+            created_cs,
             raw: msg.clone(),
         })
     }
 
-    /// True when this address carries lbd's tag.
-    pub fn is_ours(&self, ifname: &str) -> bool {
+    /// Carries one of lbd's marks: `IFA_PROTO` 108 or the `IFNAME:lbd`
+    /// label.
+    pub fn has_lbd_mark(&self, ifname: &str) -> bool {
         self.proto == Some(LBD_ADDR_PROTO)
-            || self.label.as_deref() == lbd_label(ifname).as_deref() && self.label.is_some()
+            || self.label.is_some() && self.label.as_deref() == lbd_label(ifname).as_deref()
+    }
+
+    /// lbd's: a finite lifetime, and either a mark or one of `installed`
+    /// (same address and prefix, no more lifetime left than it was given).
+    /// A permanent address is never lbd's: lbd installs none, so someone
+    /// configured (or changed) it.
+    pub fn is_ours(&self, ifname: &str, installed: &[InstalledAddr]) -> bool {
+        let Some(left) = self.valid_lft else {
+            return false;
+        };
+        self.has_lbd_mark(ifname)
+            || installed
+                .iter()
+                .any(|i| i.addr == self.addr && left <= i.lifetime_secs)
     }
 }
 
@@ -143,6 +198,12 @@ pub enum AddOutcome {
     Installed,
     /// Someone else configured it: left alone, and never removed by us.
     Foreign,
+}
+
+/// The kernel's unit for lifetimes: whole seconds, finite (`u32::MAX` is
+/// forever).
+fn lifetime_secs(lifetime: Duration) -> u32 {
+    lifetime.as_secs().clamp(1, u64::from(u32::MAX) - 1) as u32
 }
 
 /// A route-netlink handle; the connection task runs on the current runtime.
@@ -180,18 +241,22 @@ impl Netlink {
         Ok(msgs.iter().filter_map(AddrInfo::from_message).collect())
     }
 
-    /// Installs or renews `vip` on the link with the given lifetime, tagged
-    /// as ours. An identical address that is not ours is left as it is.
+    /// Installs or renews `vip` on the link with the given lifetime and
+    /// lbd's marks; an IPv6 VIP deprecated (preferred_lft 0), without
+    /// duplicate address detection. The same address held by someone else
+    /// (with any prefix; see [`AddrInfo::is_ours`] with `installed`) is
+    /// left as it is.
     pub async fn add_vip(
         &self,
         link: &LinkInfo,
         vip: IpNet,
         lifetime: Duration,
+        installed: &[InstalledAddr],
     ) -> Result<AddOutcome, SysError> {
         let existing = self.addresses(link.index).await?;
         if existing
             .iter()
-            .any(|a| a.addr.addr() == vip.addr() && !a.is_ours(&link.name))
+            .any(|a| a.addr.addr() == vip.addr() && !a.is_ours(&link.name, installed))
         {
             return Ok(AddOutcome::Foreign);
         }
@@ -199,42 +264,66 @@ impl Netlink {
             super::rtnl::add_address(&self.handle, link.index, vip.addr(), vip.prefix_len())
                 .replace();
         let msg = req.message_mut();
-        let secs = lifetime.as_secs().clamp(1, u32::MAX as u64 - 1) as u32;
+        let secs = lifetime_secs(lifetime);
         let mut ci = CacheInfo::default();
         ci.ifa_valid = secs;
-        ci.ifa_preferred = secs;
-        msg.attributes.push(AddressAttribute::CacheInfo(ci));
         msg.attributes
             .push(AddressAttribute::Protocol(AddressProtocol::from(
                 LBD_ADDR_PROTO,
             )));
-        if let Some(label) = lbd_label(&link.name).filter(|_| vip.addr().is_ipv4()) {
-            msg.attributes.push(AddressAttribute::Label(label));
+        match vip {
+            IpNet::V4(_) => {
+                ci.ifa_preferred = secs;
+                if let Some(label) = lbd_label(&link.name) {
+                    msg.attributes.push(AddressAttribute::Label(label));
+                }
+            }
+            // Deprecated from the start: a VIP must never become the source
+            // of this node's own connections (they would break when it
+            // moves). rtnl::add_address already skips duplicate address
+            // detection.
+            IpNet::V6(_) => ci.ifa_preferred = 0,
         }
+        msg.attributes.push(AddressAttribute::CacheInfo(ci));
         req.execute().await?;
         Ok(AddOutcome::Installed)
     }
 
-    /// Removes `vip` from the link if it is there and ours; true if removed.
-    pub async fn remove_vip(&self, link: &LinkInfo, vip: IpAddr) -> Result<bool, SysError> {
+    /// Removes `vip` (that address and prefix) from the link if it is
+    /// there and ours; true if removed.
+    pub async fn remove_vip(
+        &self,
+        link: &LinkInfo,
+        vip: IpNet,
+        installed: &[InstalledAddr],
+    ) -> Result<bool, SysError> {
         let existing = self.addresses(link.index).await?;
         let mut removed = false;
         for a in existing
             .into_iter()
-            .filter(|a| a.addr.addr() == vip && a.is_ours(&link.name))
+            .filter(|a| a.addr == vip && a.is_ours(&link.name, installed))
         {
-            match self.handle.address().del(a.raw).execute().await {
-                Ok(()) => removed = true,
-                // Gone meanwhile (expired, or removed by someone): fine.
-                Err(e)
-                    if matches!(
-                        super::rtnl::errno(&e),
-                        Some(libc::EADDRNOTAVAIL | libc::ENOENT)
-                    ) => {}
-                Err(e) => return Err(e.into()),
-            }
+            removed |= self.delete(a).await?;
         }
         Ok(removed)
+    }
+
+    /// Deletes one address as listed; false if it was gone already.
+    pub async fn delete(&self, a: AddrInfo) -> Result<bool, SysError> {
+        match self.handle.address().del(a.raw).execute().await {
+            Ok(()) => Ok(true),
+            // Gone meanwhile (expired, or removed by someone), or its link
+            // went: fine.
+            Err(e)
+                if matches!(
+                    super::rtnl::errno(&e),
+                    Some(libc::EADDRNOTAVAIL | libc::ENOENT | libc::ENODEV)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The address VRRP adverts are sent from: IPv4 the primary
@@ -252,7 +341,7 @@ impl Netlink {
         let addrs = self.addresses(link.index).await?;
         let pick = addrs.iter().find(|a| {
             let fam = a.addr.addr().is_ipv6() == v6;
-            let usable = !exclude.contains(&a.addr.addr()) && !a.is_ours(&link.name);
+            let usable = !exclude.contains(&a.addr.addr()) && !a.has_lbd_mark(&link.name);
             if v6 {
                 fam && usable && a.link_local != unicast && !a.tentative
             } else {
@@ -266,6 +355,59 @@ impl Netlink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn listed(addr: &str, label: Option<&str>, proto: Option<u8>, valid: Option<u32>) -> AddrInfo {
+        AddrInfo {
+            ifindex: 2,
+            addr: addr.parse().unwrap(),
+            label: label.map(str::to_string),
+            proto,
+            valid_lft: valid,
+            preferred_lft: valid,
+            secondary: false,
+            tentative: false,
+            deprecated: false,
+            link_local: false,
+            created_cs: None,
+            raw: AddressMessage::default(),
+        }
+    }
+
+    /// What a 5.10 kernel shows for lbd's VIPs: no IFA_PROTO, and no label
+    /// on IPv6 or on a long interface name. The record decides.
+    #[test]
+    fn ownership_by_record_when_the_kernel_keeps_no_mark() {
+        let rec = |a: &str| InstalledAddr::new(a.parse().unwrap(), Duration::from_secs(3));
+        let installed = [rec("fd00::100/64"), rec("10.0.0.100/24")];
+        let long = "enp1s0f0np0.10";
+        assert!(listed("fd00::100/64", None, None, Some(2)).is_ours("eth0", &installed));
+        assert!(listed("10.0.0.100/24", None, None, Some(3)).is_ours(long, &installed));
+        // Another prefix, more lifetime than we gave, or permanent: not ours.
+        assert!(!listed("10.0.0.100/32", None, None, Some(2)).is_ours(long, &installed));
+        assert!(!listed("10.0.0.100/24", None, None, Some(60)).is_ours(long, &installed));
+        assert!(!listed("10.0.0.100/24", None, None, None).is_ours(long, &installed));
+        // Without a record, nothing unmarked is ours.
+        assert!(!listed("fd00::100/64", None, None, Some(2)).is_ours("eth0", &[]));
+    }
+
+    #[test]
+    fn marks_count_while_the_lifetime_is_finite() {
+        let proto = listed("fd00::100/64", None, Some(LBD_ADDR_PROTO), Some(2));
+        assert!(proto.has_lbd_mark("eth0") && proto.is_ours("eth0", &[]));
+        let label = listed("10.0.0.100/24", Some("eth0:lbd"), None, Some(2));
+        assert!(label.is_ours("eth0", &[]));
+        assert!(!label.is_ours("eth1", &[]), "another link's label");
+        // Made permanent by someone: theirs now, mark or not.
+        let made_permanent = listed(
+            "10.0.0.100/24",
+            Some("eth0:lbd"),
+            Some(LBD_ADDR_PROTO),
+            None,
+        );
+        assert!(made_permanent.has_lbd_mark("eth0"));
+        assert!(!made_permanent.is_ours("eth0", &[]));
+        assert!(!listed("10.0.0.1/24", Some("eth0"), None, None).has_lbd_mark("eth0"));
+    }
 
     #[test]
     fn label_fits_ifnamsiz() {

@@ -7,6 +7,7 @@ pub mod fd;
 pub mod link;
 pub mod netns;
 pub mod packet;
+pub mod process;
 pub mod rlimit;
 pub mod rtnl;
 pub mod splice;

@@ -6,12 +6,18 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::fsm::State;
+use super::fsm::{Fault, State};
 use super::packet::DropReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
     pub instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub instance: String,
+    pub reason: Fault,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +45,7 @@ pub struct VrrpMetrics {
     dropped: Family<DropLabels, Counter>,
     garps: Family<InstanceLabels, Counter>,
     effective_priority: Family<InstanceLabels, Gauge>,
+    faults: Family<FaultLabels, Counter>,
 }
 
 impl VrrpMetrics {
@@ -51,6 +58,7 @@ impl VrrpMetrics {
             dropped: Family::default(),
             garps: Family::default(),
             effective_priority: Family::default(),
+            faults: Family::default(),
         };
         registry.register(
             "lbd_vrrp_state",
@@ -87,6 +95,11 @@ impl VrrpMetrics {
             "Priority advertised after tracking weights",
             m.effective_priority.clone(),
         );
+        registry.register(
+            "lbd_vrrp_faults",
+            "Faults that began (the instance went to FAULT or stayed there), by reason",
+            m.faults.clone(),
+        );
         m
     }
 
@@ -111,7 +124,18 @@ impl VrrpMetrics {
                 (reason, self.dropped.get_or_create(&labels).clone())
             })
             .collect();
+        let faults = Fault::ALL
+            .iter()
+            .map(|&reason| {
+                let labels = FaultLabels {
+                    instance: name.to_string(),
+                    reason,
+                };
+                (reason, self.faults.get_or_create(&labels).clone())
+            })
+            .collect();
         InstanceMetrics {
+            faults,
             state: self.state.get_or_create(&l).clone(),
             transitions: self.transitions.get_or_create(&l).clone(),
             sent: self.sent.get_or_create(&l).clone(),
@@ -134,11 +158,19 @@ pub struct InstanceMetrics {
     pub effective_priority: Gauge,
     /// One counter per [`DropReason::ALL`] entry.
     dropped: Vec<(DropReason, Counter)>,
+    /// One counter per [`Fault::ALL`] entry.
+    faults: Vec<(Fault, Counter)>,
 }
 
 impl InstanceMetrics {
     pub fn dropped(&self, reason: DropReason) {
         if let Some((_, c)) = self.dropped.iter().find(|(r, _)| *r == reason) {
+            c.inc();
+        }
+    }
+
+    pub fn fault(&self, reason: Fault) {
+        if let Some((_, c)) = self.faults.iter().find(|(r, _)| *r == reason) {
             c.inc();
         }
     }
@@ -164,6 +196,7 @@ mod tests {
         i.garps.inc();
         i.effective_priority.set(100);
         i.dropped(DropReason::Ttl);
+        i.fault(Fault::VipForeign);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         for line in [
@@ -175,6 +208,8 @@ mod tests {
             "lbd_vrrp_adverts_dropped_total{instance=\"api\",reason=\"not_a_peer\"} 0",
             "lbd_vrrp_gratuitous_arps_sent_total{instance=\"api\"} 1",
             "lbd_vrrp_effective_priority{instance=\"api\"} 100",
+            "lbd_vrrp_faults_total{instance=\"api\",reason=\"vip_foreign\"} 1",
+            "lbd_vrrp_faults_total{instance=\"api\",reason=\"link_gone\"} 0",
         ] {
             assert!(out.contains(line), "missing {line} in\n{out}");
         }

@@ -8,11 +8,14 @@
 //! codec can check TTL 255 (RFC 5798 section 7.1) and the v3 checksum over
 //! the pseudo-header. Sends pick the source address explicitly with
 //! IP_PKTINFO / IPV6_PKTINFO, so the checksum the codec computed matches
-//! what goes on the wire.
+//! what goes on the wire. Each packet carries the kernel's receive time
+//! (SO_TIMESTAMPNS), so the driver hands adverts and timers to the state
+//! machine in the order they happened however late it reads them.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::socket::{
     recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
@@ -29,6 +32,11 @@ use super::packet::{
 /// Internet control precedence, as keepalived marks its adverts.
 const TOS_INTERNETCONTROL: u32 = 0xc0;
 
+/// Receive buffer asked for: a burst of a flood (protocol 112 from anyone
+/// on the link) is queued rather than dropped with the adverts in it. The
+/// kernel caps it at net.core.rmem_max.
+const RECEIVE_BUFFER: usize = 1 << 20;
+
 /// One VRRP packet as it arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
@@ -38,6 +46,18 @@ pub struct Received {
     pub ttl: u8,
     /// The VRRP message (after the IP header).
     pub payload: Vec<u8>,
+    /// When the kernel received it (wall clock, SO_TIMESTAMPNS), if it said.
+    pub received_at: Option<SystemTime>,
+}
+
+impl Received {
+    /// How long ago it arrived, at `now` (wall clock); zero if the kernel
+    /// gave no time or the clock stepped back since.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.received_at
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// What one received packet is to an instance: the driver's decision
@@ -115,6 +135,9 @@ impl VrrpSocket {
         )?;
         sock.set_nonblocking(true)?;
         sock.bind_device(Some(ifname.as_bytes()))?;
+        // Best effort: a smaller buffer only makes a flood drop sooner.
+        let _ = sock.set_recv_buffer_size(RECEIVE_BUFFER);
+        setsockopt(&sock, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
         let unicast = !peers.is_empty();
         let dests = if unicast {
             peers.to_vec()
@@ -155,6 +178,16 @@ impl VrrpSocket {
         self.src
     }
 
+    /// The interface address changed: adverts go out from `src` from now
+    /// on (the socket is not bound to an address, so nothing reopens).
+    pub fn set_source(&mut self, src: IpAddr) {
+        self.src = src;
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
     /// Where adverts go: the multicast group or each unicast peer.
     pub fn destinations(&self) -> &[IpAddr] {
         &self.dests
@@ -187,17 +220,19 @@ impl VrrpSocket {
     pub async fn recv(&self) -> io::Result<Received> {
         let v6 = self.src.is_ipv6();
         self.fd
-            .async_io(
-                Interest::READABLE,
-                |s| {
-                    if v6 {
-                        recv_v6(s)
-                    } else {
-                        recv_v4(s)
-                    }
-                },
-            )
+            .async_io(Interest::READABLE, |s| recv_one(s, v6))
             .await
+    }
+
+    /// A packet already queued, without waiting: None when there is none.
+    /// Reads the socket directly (the runtime may not have seen it become
+    /// readable yet), so the driver can take every packet that arrived
+    /// before a deadline ahead of the timer.
+    pub fn try_recv(&self) -> Option<io::Result<Received>> {
+        match recv_one(self.fd.get_ref(), self.src.is_ipv6()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            r => Some(r),
+        }
     }
 }
 
@@ -254,14 +289,44 @@ fn send_one(
     Ok(())
 }
 
+fn recv_one(sock: &Socket, v6: bool) -> io::Result<Received> {
+    if v6 {
+        recv_v6(sock)
+    } else {
+        recv_v4(sock)
+    }
+}
+
 fn recv_v4(sock: &Socket) -> io::Result<Received> {
     let mut buf = [0u8; 2048];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut received_at = None;
     let n = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, None, MsgFlags::empty())?;
+        let msg = recvmsg::<SockaddrStorage>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )?;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                received_at = wall_clock(ts);
+            }
+        }
         msg.bytes
     };
-    parse_ipv4(&buf[..n])
+    let mut r = parse_ipv4(&buf[..n])?;
+    r.received_at = received_at;
+    Ok(r)
+}
+
+fn wall_clock(ts: nix::sys::time::TimeSpec) -> Option<SystemTime> {
+    let d = Duration::new(
+        u64::try_from(ts.tv_sec()).ok()?,
+        u32::try_from(ts.tv_nsec()).ok()?,
+    );
+    SystemTime::UNIX_EPOCH.checked_add(d)
 }
 
 /// Splits a raw IPv4 datagram into header fields and VRRP payload
@@ -274,14 +339,16 @@ pub fn parse_ipv4(pkt: &[u8]) -> io::Result<Received> {
         dst: ctx.dst,
         ttl: ctx.ttl_or_hop_limit,
         payload: payload.to_vec(),
+        received_at: None,
     })
 }
 
 fn recv_v6(sock: &Socket) -> io::Result<Received> {
     let mut buf = [0u8; 2048];
-    let mut cmsg = nix::cmsg_space!(libc::c_int, libc::in6_pktinfo);
+    let mut cmsg = nix::cmsg_space!(libc::c_int, libc::in6_pktinfo, nix::sys::time::TimeSpec);
     let mut ttl = None;
     let mut dst = None;
+    let mut received_at = None;
     // The message borrows `buf` through the iovec; read what we need from
     // it inside this block, then copy the payload out.
     let (n, src) = {
@@ -298,6 +365,7 @@ fn recv_v6(sock: &Socket) -> io::Result<Received> {
                 ControlMessageOwned::Ipv6PacketInfo(i) => {
                     dst = Some(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr)))
                 }
+                ControlMessageOwned::ScmTimestampns(ts) => received_at = wall_clock(ts),
                 _ => {}
             }
         }
@@ -310,6 +378,7 @@ fn recv_v6(sock: &Socket) -> io::Result<Received> {
             dst,
             ttl,
             payload: buf[..n].to_vec(),
+            received_at,
         }),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,

@@ -6,62 +6,169 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::sys::addr::{AddOutcome, LinkInfo, Netlink, SysError};
+use crate::sys::addr::{AddOutcome, InstalledAddr, LinkInfo, Netlink, SysError};
 use crate::sys::packet::PacketSender;
 
 use super::metrics::InstanceMetrics;
 use super::packet::{gratuitous_arp_frame, unsolicited_na_frame};
 
-/// The VIPs of one instance on its interface: installs, renews, removes,
-/// and never touches an address someone else configured.
+/// Why the VIPs could not be installed or renewed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum VipProblem {
+    #[error("{vip} is configured on {interface} by someone else (lbd never touches it)")]
+    Foreign { vip: IpNet, interface: String },
+    #[error("cannot install {vip} on {interface}: {source}")]
+    Failed {
+        vip: IpNet,
+        interface: String,
+        source: SysError,
+    },
+}
+
+/// The VIPs lbd installed on one interface: installs, renews, removes
+/// exactly those, and never touches an address someone else configured.
+/// What it installed is its record ([`InstalledAddr`]), kept in the state
+/// file by the driver, so ownership does not depend on kernel marks.
 pub(super) struct VipHolder {
     nl: Netlink,
-    vips: Vec<IpNet>,
     lifetime: Duration,
-    /// VIPs found configured by someone else: announced, never removed.
-    foreign: Vec<IpAddr>,
-    /// Added by us and not removed since (the master's, or being handed over).
-    pub(super) held: bool,
+    installed: Vec<InstalledAddr>,
 }
 
 impl VipHolder {
-    pub(super) fn new(nl: Netlink, vips: Vec<IpNet>, lifetime: Duration) -> VipHolder {
+    /// `installed`: what a predecessor recorded (its addresses are ours).
+    pub(super) fn new(nl: Netlink, lifetime: Duration, installed: Vec<InstalledAddr>) -> Self {
         VipHolder {
             nl,
-            vips,
             lifetime,
-            foreign: Vec::new(),
-            held: false,
+            installed,
         }
     }
 
-    pub(super) async fn install(&mut self, link: &LinkInfo) -> Result<(), SysError> {
-        self.held = true;
-        for vip in self.vips.clone() {
-            match self.nl.add_vip(link, vip, self.lifetime).await? {
-                AddOutcome::Installed => self.foreign.retain(|f| *f != vip.addr()),
-                AddOutcome::Foreign => {
-                    if !self.foreign.contains(&vip.addr()) {
-                        tracing::warn!(vip = %vip, interface = %link.name,
-                            "VIP already configured by someone else: left alone and never removed by lbd");
-                        self.foreign.push(vip.addr());
-                    }
+    pub(super) fn installed(&self) -> &[InstalledAddr] {
+        &self.installed
+    }
+
+    pub(super) fn set_lifetime(&mut self, lifetime: Duration) {
+        self.lifetime = lifetime;
+    }
+
+    /// Installs or renews each of `vips`; the first problem stops it. The
+    /// record is taken before the kernel call, so an address is never on
+    /// the interface without one (a crash in between leaves a record of an
+    /// address that is not there: harmless). A VIP found foreign is
+    /// forgotten: it is not ours.
+    pub(super) async fn install(
+        &mut self,
+        link: &LinkInfo,
+        vips: &[IpNet],
+    ) -> Result<(), VipProblem> {
+        for &vip in vips {
+            self.record(vip);
+            let outcome = self
+                .nl
+                .add_vip(link, vip, self.lifetime, &self.installed)
+                .await;
+            match outcome {
+                Ok(AddOutcome::Installed) => {}
+                Ok(AddOutcome::Foreign) => {
+                    self.forget(vip);
+                    return Err(VipProblem::Foreign {
+                        vip,
+                        interface: link.name.clone(),
+                    });
+                }
+                Err(source) => {
+                    return Err(VipProblem::Failed {
+                        vip,
+                        interface: link.name.clone(),
+                        source,
+                    })
                 }
             }
         }
         Ok(())
     }
 
-    pub(super) async fn remove(&mut self, link: &LinkInfo) -> Result<(), SysError> {
-        self.held = false;
-        for vip in &self.vips {
-            self.nl.remove_vip(link, vip.addr()).await?;
+    /// Removes every address we installed that is not in `keep` (all of
+    /// them for an empty `keep`), and forgets it. Without a link (it is
+    /// gone, and its addresses with it) only forgets.
+    pub(super) async fn remove_except(
+        &mut self,
+        link: Option<&LinkInfo>,
+        keep: &[IpNet],
+    ) -> Result<(), SysError> {
+        let go: Vec<InstalledAddr> = self
+            .installed
+            .iter()
+            .filter(|i| !keep.contains(&i.addr))
+            .copied()
+            .collect();
+        for i in go {
+            if let Some(link) = link {
+                match self.nl.remove_vip(link, i.addr, &self.installed).await {
+                    Ok(_) | Err(SysError::NoSuchInterface(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.forget(i.addr);
         }
         Ok(())
     }
 
-    pub(super) fn is_vip(&self, ip: IpAddr) -> bool {
-        self.vips.iter().any(|v| v.addr() == ip)
+    /// The VIPs among `vips` that someone else holds on the link now.
+    pub(super) async fn foreign(
+        &self,
+        link: &LinkInfo,
+        vips: &[IpNet],
+    ) -> Result<Vec<IpNet>, SysError> {
+        let listed = self.nl.addresses(link.index).await?;
+        Ok(vips
+            .iter()
+            .filter(|v| {
+                listed
+                    .iter()
+                    .any(|a| a.addr.addr() == v.addr() && !a.is_ours(&link.name, &self.installed))
+            })
+            .copied()
+            .collect())
+    }
+
+    /// Which of our records are on the link now (a predecessor's, at
+    /// start); records of addresses that are gone are dropped.
+    pub(super) async fn present(&mut self, link: &LinkInfo) -> Result<Vec<IpNet>, SysError> {
+        let listed = self.nl.addresses(link.index).await?;
+        let present: Vec<IpNet> = self
+            .installed
+            .iter()
+            .filter(|i| {
+                listed
+                    .iter()
+                    .any(|a| a.addr == i.addr && a.is_ours(&link.name, &self.installed))
+            })
+            .map(|i| i.addr)
+            .collect();
+        self.installed.retain(|i| present.contains(&i.addr));
+        Ok(present)
+    }
+
+    /// Whether `ip` is the address of one of our records.
+    pub(super) fn is_installed(&self, ip: IpAddr) -> bool {
+        self.installed.iter().any(|i| i.addr.addr() == ip)
+    }
+
+    /// Keeps the longest lifetime ever given (a reload may shorten it while
+    /// the address still has the old one left).
+    fn record(&mut self, vip: IpNet) {
+        let new = InstalledAddr::new(vip, self.lifetime);
+        match self.installed.iter_mut().find(|i| i.addr == vip) {
+            Some(i) => i.lifetime_secs = i.lifetime_secs.max(new.lifetime_secs),
+            None => self.installed.push(new),
+        }
+    }
+
+    fn forget(&mut self, vip: IpNet) {
+        self.installed.retain(|i| i.addr != vip);
     }
 }
 
@@ -84,6 +191,15 @@ impl Announcer {
             tx: PacketSender::open(link.index)?,
             mac,
         }))
+    }
+
+    pub(super) fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The interface's MAC changed: announce from the new one.
+    pub(super) fn set_mac(&mut self, mac: [u8; 6]) {
+        self.mac = mac;
     }
 
     pub(super) fn announce(&self, vips: &[IpNet], m: &InstanceMetrics) {

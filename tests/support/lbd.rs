@@ -216,3 +216,12 @@ pub fn spawn_in_ns(lab: &mut super::netns::Lab, ns: &str, config: &Path, log: &P
         Some(log),
     )
 }
+
+/// Polls `cond` every 20 ms until true; panics naming `what` after `within`.
+pub fn eventually_sync(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -7,8 +7,9 @@
 //! - `pki`, `backends`: a test PKI and the HTTPS / TCP backends the
 //!   balancer tests run against.
 //! - `netns`, `vrrp`, `keepalived`: network-namespace labs (root), VIP
-//!   watching and RFC 5798 timers, Debian's keepalived as a peer.
-//! - `nsrun`: async work (backends, clients) inside a lab's namespace.
+//!   watching and RFC 5798 timers, Debian's keepalived as a peer;
+//!   `cluster`: lbd nodes on a bridge; `wire`: what goes over a link,
+//!   captured in a namespace.
 //! - `apiserver`: an in-process Kubernetes API server (list/watch).
 //! - `kube_cluster`, `kube_objects`: real etcd + kube-apiserver on loopback
 //!   (Go-built peers; skipped where absent) and the objects the proxy tests
@@ -20,6 +21,7 @@
 
 pub mod apiserver;
 pub mod backends;
+pub mod cluster;
 pub mod config;
 pub mod keepalived;
 pub mod kube_cluster;
@@ -30,3 +32,4 @@ pub mod nsrun;
 pub mod pki;
 pub mod vm;
 pub mod vrrp;
+pub mod wire;

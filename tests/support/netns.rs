@@ -286,3 +286,32 @@ fn remove_stale(base: &str) {
         }
     }
 }
+
+/// Runs `f` on a thread inside namespace `ns` (by its name under
+/// /run/netns) and returns what it returns.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = std::path::PathBuf::from(format!("/run/netns/{ns}"));
+    std::thread::spawn(move || {
+        lbd::sys::netns::enter(&path).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread in netns panicked")
+}
+
+/// A current-thread runtime for a thread of its own.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Binds a TCP listener inside namespace `ns` (the socket belongs to the
+/// namespace it was created in); dropping it makes the backend go away.
+pub fn listen_in(ns: &str, addr: &str) -> std::net::TcpListener {
+    let addr = addr.to_string();
+    in_ns(ns, move || {
+        std::net::TcpListener::bind(addr).expect("bind backend")
+    })
+}

@@ -48,10 +48,18 @@ impl VipWatch {
                     .unwrap();
                 rt.block_on(async move {
                     let nl = lbd::sys::addr::Netlink::connect().unwrap();
-                    let link = nl.link_by_name(&ifname).await.unwrap();
                     while !stop.load(Ordering::Relaxed) {
-                        if let Ok(list) = nl.addresses(link.index).await {
-                            let has = list.iter().any(|a| a.addr.addr() == vip);
+                        // By name each time: a test may delete and recreate
+                        // the link (another ifindex); no link, no VIP.
+                        let has = match nl.link_by_name(&ifname).await {
+                            Ok(link) => nl
+                                .addresses(link.index)
+                                .await
+                                .ok()
+                                .map(|list| list.iter().any(|a| a.addr.addr() == vip)),
+                            Err(_) => Some(false),
+                        };
+                        if let Some(has) = has {
                             flags[i].store(has, Ordering::Relaxed);
                             ready[i].store(true, Ordering::Relaxed);
                         }

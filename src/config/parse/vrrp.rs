@@ -31,6 +31,10 @@ const INSTANCE_KEYS: &[&str] = &[
     "garp_refresh",
     "garp_master_delay",
     "notify",
+    "notify_master",
+    "notify_backup",
+    "notify_fault",
+    "notify_stop",
     "vip_lifetime",
 ];
 
@@ -66,7 +70,10 @@ impl Cx<'_> {
     }
 
     /// Every valid instance; names are unique, and so is each (interface,
-    /// vrid, family): two routers of one node would fight over the group.
+    /// vrid, family): two routers of one node would fight over the group
+    /// (RFC 5798 keeps IPv4 and IPv6 groups apart, and so does keepalived,
+    /// so one VRID may serve both families). A VIP belongs to one instance:
+    /// two would add and remove it under each other.
     fn vrrp_instances(
         &mut self,
         items: &[Node],
@@ -75,6 +82,7 @@ impl Cx<'_> {
         let mut instances = Vec::new();
         let mut names = BTreeSet::new();
         let mut groups = BTreeMap::new();
+        let mut vips: BTreeMap<IpAddr, String> = BTreeMap::new();
         for item in items {
             let Some(inst) = self.vrrp_instance(item, listeners) else {
                 continue;
@@ -95,6 +103,21 @@ impl Cx<'_> {
                         inst.name
                     ),
                 );
+            }
+            for vip in &inst.virtual_ips {
+                match vips.get(&vip.addr()) {
+                    Some(other) if *other != inst.name => self.err(
+                        item.pos,
+                        format!(
+                            "virtual IP {} is in instance {other:?} already (a VIP belongs to one instance)",
+                            vip.addr()
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        vips.insert(vip.addr(), inst.name.clone());
+                    }
+                }
             }
             instances.push(inst);
         }
@@ -131,9 +154,14 @@ impl Cx<'_> {
             None => Vec::new(),
         };
         let garp = self.garp(&mut o);
-        let notify = o
-            .get("notify")
-            .and_then(|n| self.nonempty_string(n, "notify"));
+        let mut notify = |key: &str| o.get(key).and_then(|n| self.nonempty_string(n, key));
+        let scripts = [
+            notify("notify"),
+            notify("notify_master"),
+            notify("notify_backup"),
+            notify("notify_fault"),
+            notify("notify_stop"),
+        ];
         let vip_lifetime = self.vip_lifetime(&mut o, advert_interval);
         self.finish(o, INSTANCE, INSTANCE_KEYS);
         Some(VrrpInstanceConfig {
@@ -153,7 +181,11 @@ impl Cx<'_> {
             garp_burst: garp.burst,
             garp_refresh: garp.refresh,
             garp_master_delay: garp.master_delay,
-            notify,
+            notify: scripts[0].clone(),
+            notify_master: scripts[1].clone(),
+            notify_backup: scripts[2].clone(),
+            notify_fault: scripts[3].clone(),
+            notify_stop: scripts[4].clone(),
             vip_lifetime,
         })
     }
@@ -509,12 +541,16 @@ mod tests {
         let text = "vrrp:\n  instances:\n    - {name: a, interface: eth0, vrid: 1, virtual_ips: [10.0.0.1/24]}\n    \
                     - {name: a, interface: eth0, vrid: 2, virtual_ips: [10.0.0.2/24]}\n    \
                     - {name: b, interface: eth0, vrid: 1, virtual_ips: [10.0.0.3/24]}\n    \
-                    - {name: c, interface: eth0, vrid: 1, virtual_ips: [fd00::1/64]}\n";
+                    - {name: c, interface: eth0, vrid: 1, virtual_ips: [fd00::1/64]}\n    \
+                    - {name: d, interface: eth1, vrid: 9, virtual_ips: [10.0.0.3/32]}\n    \
+                    - {name: e, interface: eth1, vrid: 10, virtual_ips: [fd00::1/128]}\n";
         assert_eq!(
             problems(text),
             [
                 "t.yaml:4:7: duplicate VRRP instance name \"a\"",
                 "t.yaml:5:7: instance \"b\" uses the same interface, vrid and address family as \"a\"",
+                "t.yaml:7:7: virtual IP 10.0.0.3 is in instance \"b\" already (a VIP belongs to one instance)",
+                "t.yaml:8:7: virtual IP fd00::1 is in instance \"c\" already (a VIP belongs to one instance)",
             ]
         );
     }
