@@ -230,9 +230,13 @@ struct ReloadState {
     last_at: Mutex<Option<Instant>>,
 }
 
-/// Runs the daemon until SIGTERM/SIGINT.
-pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
-    let cfg = config::load(&config_path)?;
+/// Runs the daemon until SIGTERM/SIGINT. `opts` (the command line's
+/// overrides) apply to every reload too.
+pub async fn run(config_path: PathBuf, opts: config::LoadOptions) -> Result<(), AppError> {
+    let cfg = config::load_with(&config_path, &opts)?;
+    if let Some(p) = cfg.proxy.as_ref().filter(|p| p.mode != ProxyMode::None) {
+        tracing::info!("proxy credentials: {}", config::describe_credentials(p));
+    }
     // Handlers first: a SIGHUP that arrives right after READY=1 (systemd
     // may send one at once) must reload, not kill the process.
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
@@ -344,7 +348,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         tokio::select! {
             _ = hup.recv() => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                match reload(&config_path, &current, &mut tcplb, &mut vrrp).await {
+                match reload(&config_path, &opts, &current, &mut tcplb, &mut vrrp).await {
                     Ok(()) => {
                         reloads_ok.inc();
                         reload_state.ok.fetch_add(1, Relaxed);
@@ -395,11 +399,12 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
 
 async fn reload(
     path: &Path,
+    opts: &config::LoadOptions,
     current: &ArcSwap<Config>,
     tcplb: &mut Tcplb,
     vrrp: &mut crate::vrrp::driver::VrrpRunner,
 ) -> Result<(), AppError> {
-    let next = config::load(path)?;
+    let next = config::load_with(path, opts)?;
     let old = current.load_full();
     let grace = next
         .tcplb

@@ -13,6 +13,11 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a RUST_LOG filter such
+    /// as `info,lbd::vrrp=debug`; overrides RUST_LOG. Default: RUST_LOG, else
+    /// info.
+    #[arg(long, global = true, value_parser = parse_log_filter)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,11 +34,18 @@ enum Command {
     Run {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// The proxy's kubeconfig, over proxy.kubeconfig and the
+        /// KubeProxyConfiguration's clientConnection.kubeconfig.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Validate a config file; every problem as PATH:LINE:COL: message.
     Check {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Check as `lbd run --kubeconfig PATH` would load it.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Ask the running daemon who holds the VIP and which backends are up.
     Status {
@@ -59,12 +71,28 @@ enum Command {
     Version,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// A `--log-level` that tracing's filter accepts (else a usage error, exit 2).
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a log level or filter: {e}"))
+}
+
+/// Logs on stderr: `--log-level`, else RUST_LOG, else info. Colour only when
+/// stderr is a terminal: journald and `kubectl logs` would show the escape
+/// codes as text.
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    use std::io::IsTerminal;
+    let from_env = || tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let filter = level
+        .and_then(|l| tracing_subscriber::EnvFilter::builder().parse(l).ok())
+        .or_else(from_env)
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -99,6 +127,9 @@ fn check_summary(c: &lbd::config::Config) -> String {
         if let Some(kpc) = &p.kube_proxy_config {
             parts.push(format!("KubeProxyConfiguration {} merged", kpc.display()));
         }
+        if p.mode != lbd::config::ProxyMode::None {
+            parts.push(lbd::config::describe_credentials(p));
+        }
     }
     if parts.is_empty() {
         "admin only".into()
@@ -116,9 +147,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config } => {
-            init_logging(cli.log_format);
-            match runtime().block_on(lbd::app::run(config)) {
+        Command::Run { config, kubeconfig } => {
+            init_logging(cli.log_format, cli.log_level.as_deref());
+            let opts = lbd::config::LoadOptions { kubeconfig };
+            match runtime().block_on(lbd::app::run(config, opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
@@ -126,16 +158,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match lbd::config::load(&config) {
-            Ok(c) => {
-                println!("{}: ok ({})", config.display(), check_summary(&c));
-                ExitCode::SUCCESS
+        Command::Check { config, kubeconfig } => {
+            match lbd::config::load_with(&config, &lbd::config::LoadOptions { kubeconfig }) {
+                Ok(c) => {
+                    println!("{}: ok ({})", config.display(), check_summary(&c));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(1)
-            }
-        },
+        }
         Command::Status {
             json,
             config,

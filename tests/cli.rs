@@ -65,6 +65,18 @@ fn check_exit_codes_and_positions() {
 const KPC: &str =
     "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n";
 
+/// A kubeconfig `lbd check` accepts: a server, a token, its current context.
+const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\n\
+    clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n    insecure-skip-tls-verify: true\n\
+    users:\n- name: u\n  user:\n    token: abc\n\
+    contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n";
+
+fn write_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
+    let kc = dir.join("proxy.kubeconfig");
+    std::fs::write(&kc, KUBECONFIG).unwrap();
+    kc
+}
+
 /// `lbd check` reads the KubeProxyConfiguration lbd.yaml names, as `lbd
 /// run` does, and says so; its problems are reported at their own file's
 /// line and column, after lbd.yaml's.
@@ -73,12 +85,14 @@ fn check_merges_the_kube_proxy_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let kpc = dir.path().join("kube-proxy.yaml");
     std::fs::write(&kpc, KPC).unwrap();
+    let kc = write_kubeconfig(dir.path());
     let cfg = dir.path().join("lbd.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "proxy:\n  mode: none\n  kube_proxy_config: {}\n",
-            kpc.display()
+            "proxy:\n  mode: none\n  kube_proxy_config: {}\n  kubeconfig: {}\n",
+            kpc.display(),
+            kc.display()
         ),
     )
     .unwrap();
@@ -86,9 +100,10 @@ fn check_merges_the_kube_proxy_configuration() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!(
-            "{}: ok (proxy mode ipvs, KubeProxyConfiguration {} merged)\n",
+            "{}: ok (proxy mode ipvs, KubeProxyConfiguration {} merged, kubeconfig {} (from proxy.kubeconfig in lbd.yaml))\n",
             cfg.display(),
-            kpc.display()
+            kpc.display(),
+            kc.display()
         ),
         "{}",
         String::from_utf8_lossy(&out.stderr)
@@ -104,8 +119,9 @@ fn check_merges_the_kube_proxy_configuration() {
     std::fs::write(
         &cfg,
         format!(
-            "proxy:\n  mode: none\n  kube_proxy_config: {}\n  masquerade_all: 1\n",
-            kpc.display()
+            "proxy:\n  mode: none\n  kube_proxy_config: {}\n  masquerade_all: 1\n  kubeconfig: {}\n",
+            kpc.display(),
+            kc.display()
         ),
     )
     .unwrap();
@@ -126,7 +142,11 @@ fn check_merges_the_kube_proxy_configuration() {
     let missing = dir.path().join("nope.yaml");
     std::fs::write(
         &cfg,
-        format!("proxy:\n  kube_proxy_config: {}\n", missing.display()),
+        format!(
+            "proxy:\n  kube_proxy_config: {}\n  kubeconfig: {}\n",
+            missing.display(),
+            kc.display()
+        ),
     )
     .unwrap();
     assert_eq!(
@@ -138,7 +158,11 @@ fn check_merges_the_kube_proxy_configuration() {
     );
     std::fs::write(
         &cfg,
-        format!("proxy:\n  kube_proxy_config: {}\n", dir.path().display()),
+        format!(
+            "proxy:\n  kube_proxy_config: {}\n  kubeconfig: {}\n",
+            dir.path().display(),
+            kc.display()
+        ),
     )
     .unwrap();
     assert_eq!(
@@ -158,13 +182,15 @@ fn status_dash_c_loads_the_merged_config() {
     let dir = tempfile::tempdir().unwrap();
     let kpc = dir.path().join("kube-proxy.yaml");
     std::fs::write(&kpc, format!("{KPC}metricsBindAddress: localhost\n")).unwrap();
+    let kc = write_kubeconfig(dir.path());
     let socket = dir.path().join("lbd.sock");
     let cfg = dir.path().join("lbd.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "proxy:\n  kube_proxy_config: {}\nadmin:\n  socket: {}\n",
+            "proxy:\n  kube_proxy_config: {}\n  kubeconfig: {}\nadmin:\n  socket: {}\n",
             kpc.display(),
+            kc.display(),
             socket.display()
         ),
     )

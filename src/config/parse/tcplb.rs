@@ -8,7 +8,7 @@ use super::super::model::{
     Balance, HealthConfig, HealthKind, ListenerConfig, OnBackendDown, TcplbConfig, TlsConfig,
 };
 use super::super::yaml::{Node, Pos, Value};
-use super::{Cx, Obj};
+use super::{Cx, FileKind, Obj};
 
 const LISTENER_KEYS: &[&str] = &[
     "name",
@@ -23,7 +23,7 @@ const LISTENER_KEYS: &[&str] = &[
     "idle_timeout",
 ];
 
-const HEALTH_KEYS: &[&str] = &[
+pub(super) const HEALTH_KEYS: &[&str] = &[
     "type",
     "path",
     "expect_status",
@@ -35,7 +35,7 @@ const HEALTH_KEYS: &[&str] = &[
     "tls",
 ];
 
-const TLS_KEYS: &[&str] = &[
+pub(super) const TLS_KEYS: &[&str] = &[
     "ca_file",
     "server_name",
     "insecure_skip_verify",
@@ -267,7 +267,9 @@ impl Cx<'_> {
         let Some(mut o) = self.obj(n, "health.tls") else {
             return t;
         };
-        t.ca_file = o.get("ca_file").and_then(|n| self.file(n, "tls.ca_file"));
+        t.ca_file = o
+            .get("ca_file")
+            .and_then(|n| self.file(n, "tls.ca_file", FileKind::CaBundle));
         t.server_name = o
             .get("server_name")
             .and_then(|n| self.nonempty_string(n, "tls.server_name"));
@@ -276,8 +278,11 @@ impl Cx<'_> {
         }
         t.cert_file = o
             .get("cert_file")
-            .and_then(|n| self.file(n, "tls.cert_file"));
-        t.key_file = o.get("key_file").and_then(|n| self.file(n, "tls.key_file"));
+            .and_then(|n| self.file(n, "tls.cert_file", FileKind::Certificate));
+        t.key_file = o
+            .get("key_file")
+            .and_then(|n| self.file(n, "tls.key_file", FileKind::PrivateKey));
+        self.pair_key_with_certificate(t.key_file.as_deref(), t.cert_file.as_deref());
         if t.cert_file.is_some() != t.key_file.is_some() {
             self.err(
                 o.pos,
