@@ -8,6 +8,7 @@
 pub mod app;
 pub mod config;
 pub mod health;
+pub mod import;
 pub mod ipvs;
 pub mod manifest;
 pub mod status;

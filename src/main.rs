@@ -67,6 +67,19 @@ enum Command {
         #[arg(long)]
         image: Option<String>,
     },
+    /// Write an lbd.yaml (on stdout) from keepalived.conf, haproxy.cfg and a
+    /// KubeProxyConfiguration; a comment for each thing not mapped.
+    Import {
+        /// keepalived.conf (its track scripts are read too).
+        #[arg(long, value_name = "FILE")]
+        keepalived: Option<PathBuf>,
+        /// haproxy.cfg.
+        #[arg(long, value_name = "FILE")]
+        haproxy: Option<PathBuf>,
+        /// A KubeProxyConfiguration (kube-proxy's config.conf).
+        #[arg(long = "kube-proxy", value_name = "FILE")]
+        kube_proxy: Option<PathBuf>,
+    },
     /// Version, git commit, build target.
     Version,
 }
@@ -215,6 +228,37 @@ fn main() -> ExitCode {
                 Ok(yaml) => {
                     print!("{yaml}");
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Import {
+            keepalived,
+            haproxy,
+            kube_proxy,
+        } => {
+            let sources = match lbd::import::read_sources(
+                keepalived.as_deref(),
+                haproxy.as_deref(),
+                kube_proxy.as_deref(),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match lbd::import::import(&sources) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(lbd::import::ImportError::NothingToImport) => {
+                    eprintln!("{}", lbd::import::ImportError::NothingToImport);
+                    ExitCode::from(2)
                 }
                 Err(e) => {
                     eprintln!("{e}");
