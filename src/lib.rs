@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod config;
+pub mod doctor;
 pub mod health;
 pub mod import;
 pub mod ipvs;

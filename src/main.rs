@@ -38,6 +38,10 @@ enum Command {
         /// KubeProxyConfiguration's clientConnection.kubeconfig.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// This node's name, over node.name (the DaemonSet passes the
+        /// Node's, as kube-proxy's --hostname-override).
+        #[arg(long)]
+        node_name: Option<String>,
     },
     /// Validate a config file; every problem as PATH:LINE:COL: message.
     Check {
@@ -63,9 +67,17 @@ enum Command {
     Manifest {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Container image; default ghcr.io/lbd/lbd:v<version>.
+        /// Container image; default localhost/lbd:v<version>.
         #[arg(long)]
         image: Option<String>,
+        /// The proxy-only DaemonSet, its ConfigMap and RBAC, for the nodes
+        /// without a control plane (instead of the static pod).
+        #[arg(long)]
+        daemonset: bool,
+        /// With --daemonset: the apiserver address the nodes' proxies use;
+        /// default proxy.api_server, else https://VIP:PORT from the config.
+        #[arg(long, requires = "daemonset", value_name = "URL")]
+        api_server: Option<String>,
     },
     /// Write an lbd.yaml (on stdout) from keepalived.conf, haproxy.cfg and a
     /// KubeProxyConfiguration; a comment for each thing not mapped.
@@ -79,6 +91,13 @@ enum Command {
         /// A KubeProxyConfiguration (kube-proxy's config.conf).
         #[arg(long = "kube-proxy", value_name = "FILE")]
         kube_proxy: Option<PathBuf>,
+    },
+    /// Check this node for lbd, before and after installing it: modules,
+    /// sysctls, keepalived/haproxy/kube-proxy, ports, the VIP on the LAN,
+    /// files; a fix for each finding. Exit 0: no problem, 1: problems.
+    Doctor {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Version, git commit, build target.
     Version,
@@ -110,6 +129,21 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// A panic anywhere, in any task, stops the whole process: logged, then
+/// abort, whatever the build's panic strategy. Otherwise tokio would end
+/// only the task, and lbd would run on without its VRRP driver or an accept
+/// loop, holding the VIP without serving; aborted, it loses the VIP (the
+/// backups take over, the address expires) and its supervisor starts it
+/// again.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "lbd panicked; aborting so that its supervisor restarts it");
+        default(info);
+        std::process::abort();
+    }));
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -151,6 +185,33 @@ fn check_summary(c: &lbd::config::Config) -> String {
     }
 }
 
+/// `lbd doctor -c PATH`: the config (its problems are findings), the node's
+/// facts, the running lbd's status when its socket answers.
+fn doctor(path: &std::path::Path) -> ExitCode {
+    let (config, problems) = match lbd::config::load(path) {
+        Ok(c) => (Some(c), Vec::new()),
+        Err(e) => (None, e.problems.iter().map(|p| p.to_string()).collect()),
+    };
+    let mut facts = lbd::doctor::facts::gather(config.as_ref());
+    if let Some(c) = &config {
+        if c.admin.socket.exists() {
+            facts.status = runtime()
+                .block_on(lbd::status::client::fetch(&c.admin.socket))
+                .ok();
+        }
+    }
+    let findings = lbd::doctor::diagnose(config.as_ref(), &problems, &facts);
+    print!("{}", lbd::doctor::render(&findings));
+    if findings
+        .iter()
+        .any(|f| f.severity == lbd::doctor::Severity::Problem)
+    {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -160,9 +221,17 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config, kubeconfig } => {
+        Command::Run {
+            config,
+            kubeconfig,
+            node_name,
+        } => {
             init_logging(cli.log_format, cli.log_level.as_deref());
-            let opts = lbd::config::LoadOptions { kubeconfig };
+            abort_on_panic();
+            let opts = lbd::config::LoadOptions {
+                kubeconfig,
+                node_name,
+            };
             match runtime().block_on(lbd::app::run(config, opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -172,7 +241,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config, kubeconfig } => {
-            match lbd::config::load_with(&config, &lbd::config::LoadOptions { kubeconfig }) {
+            match lbd::config::load_with(
+                &config,
+                &lbd::config::LoadOptions {
+                    kubeconfig,
+                    ..Default::default()
+                },
+            ) {
                 Ok(c) => {
                     println!("{}: ok ({})", config.display(), check_summary(&c));
                     ExitCode::SUCCESS
@@ -222,9 +297,24 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Manifest { config, image } => {
+        Command::Manifest {
+            config,
+            image,
+            daemonset,
+            api_server,
+        } => {
             let image = image.unwrap_or_else(lbd::manifest::default_image);
-            match lbd::manifest::render(&config, &image) {
+            let rendered = if daemonset {
+                lbd::manifest::render_daemonset(&config, &image, api_server.as_deref())
+            } else {
+                lbd::manifest::render(&config, &image).map(|r| {
+                    for n in &r.notes {
+                        eprintln!("{n}");
+                    }
+                    r.yaml
+                })
+            };
+            match rendered {
                 Ok(yaml) => {
                     print!("{yaml}");
                     ExitCode::SUCCESS
@@ -266,6 +356,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Doctor { config } => doctor(&config),
         Command::Version => {
             println!(
                 "lbd {} (commit {}, target {})",

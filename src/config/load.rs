@@ -18,6 +18,8 @@ pub struct LoadOptions {
     /// `--kubeconfig`: the proxy's kubeconfig, above every one the files
     /// name.
     pub kubeconfig: Option<PathBuf>,
+    /// `--node-name`: over `node.name` (the DaemonSet passes the Node's).
+    pub node_name: Option<String>,
 }
 
 /// Reads and validates lbd.yaml at `path` and, when `proxy.kube_proxy_config`
@@ -51,6 +53,14 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Config, ConfigError>
         });
     };
     let mut files = reading.files;
+    if let Some(n) = opts
+        .node_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        config.node.name = n.to_string();
+    }
     // Read even when lbd.yaml has problems, so that one `lbd check` shows
     // those of both files.
     if let Some(proxy) = config.proxy.as_mut() {

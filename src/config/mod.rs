@@ -18,4 +18,4 @@ pub use load::{
     api_server_from_vip, describe_credentials, load, load_with, LoadOptions, SERVICE_ACCOUNT_TOKEN,
 };
 pub use model::*;
-pub use parse::{parse, parse_duration, DurationError, Environment};
+pub use parse::{format_duration, parse, parse_duration, DurationError, Environment};

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::config::{KubeconfigSource, ProxyConfig, ProxyMode};
+use crate::config::{format_duration, KubeconfigSource, ProxyConfig, ProxyMode};
 
 use super::{Draft, HealthKind, Listener, Sources, TlsChoice, TrackOn, VrrpInstance};
 
@@ -273,17 +273,6 @@ fn listener(out: &mut String, l: &Listener) {
     }
 }
 
-fn dur(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 60_000 == 0 && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
 fn nets(v: &[ipnet::IpNet]) -> String {
     let s: Vec<String> = v.iter().map(|n| q(&n.to_string())).collect();
     format!("[{}]", s.join(", "))
@@ -337,10 +326,13 @@ fn proxy(out: &mut String, d: &Draft) {
         ipvs.push(format!("exclude_cidrs: {}", nets(&i.exclude_cidrs)));
     }
     if i.sync_period != Duration::from_secs(30) {
-        ipvs.push(format!("sync_period: {}", dur(i.sync_period)));
+        ipvs.push(format!("sync_period: {}", format_duration(i.sync_period)));
     }
     if i.min_sync_period != Duration::from_secs(1) {
-        ipvs.push(format!("min_sync_period: {}", dur(i.min_sync_period)));
+        ipvs.push(format!(
+            "min_sync_period: {}",
+            format_duration(i.min_sync_period)
+        ));
     }
     for (k, v) in [
         ("tcp_timeout", i.tcp_timeout),
@@ -348,7 +340,7 @@ fn proxy(out: &mut String, d: &Draft) {
         ("udp_timeout", i.udp_timeout),
     ] {
         if let Some(v) = v {
-            ipvs.push(format!("{k}: {}", dur(v)));
+            ipvs.push(format!("{k}: {}", format_duration(v)));
         }
     }
     if !ipvs.is_empty() {

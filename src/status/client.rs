@@ -68,6 +68,42 @@ pub async fn fetch(socket: &Path) -> Result<StatusReport, StatusError> {
         .unwrap_or(Err(StatusError::Timeout { path }))
 }
 
+/// Why an answering lbd is not healthy, one reason each: a backend down, a
+/// listener with none up, an instance in FAULT, the proxy not synced.
+/// Empty: healthy. `lbd status` exits 3 when there is a reason.
+pub fn degraded(r: &StatusReport) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in &r.vrrp {
+        if v.state == "FAULT" {
+            out.push(format!("VRRP instance {} is in FAULT", v.name));
+        }
+    }
+    for l in r.tcplb.iter().filter(|l| !l.draining) {
+        let down: Vec<String> = l
+            .backends
+            .iter()
+            .filter(|b| !b.healthy)
+            .map(|b| b.address.to_string())
+            .collect();
+        if !down.is_empty() {
+            out.push(format!(
+                "listener {}: {} of {} backends down ({})",
+                l.name,
+                down.len(),
+                l.backends.len(),
+                down.join(", ")
+            ));
+        }
+    }
+    if let Some(p) = r.proxy.as_ref().filter(|p| !p.synced) {
+        out.push(match &p.last_error {
+            Some(e) => format!("proxy ({}) not synced: {e}", p.mode),
+            None => format!("proxy ({}) not synced yet", p.mode),
+        });
+    }
+    out
+}
+
 fn ago(secs: u64) -> String {
     let d = Duration::from_secs(secs);
     match secs {

@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -95,8 +95,10 @@ where
 {
     tokio::spawn(async move {
         let svc = service_fn(move |req| handle(state.clone(), req));
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        // HTTP/1.1 only: curl, the kubelet's probes and `lbd status` speak
+        // it, and no HTTP/2 stack is linked in for them (650 KiB of h2).
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
         tokio::select! {
             _ = conn => {}
             _ = shutdown.cancelled() => {}

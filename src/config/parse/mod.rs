@@ -22,7 +22,7 @@ mod proxy;
 mod tcplb;
 mod vrrp;
 
-pub use duration::{parse_duration, DurationError};
+pub use duration::{format_duration, parse_duration, DurationError};
 use node_admin::default_admin;
 
 /// Facts about the machine that defaults and checks depend on, passed in so
