@@ -13,6 +13,7 @@ PKGS=(
   haproxy iperf3 wrk nginx-light jq                   # benchmarks against haproxy
   qemu-system-x86 busybox-static                      # the IPVS VM harness
   rpm musl-tools systemd file binutils                # packages: .rpm checks, static musl build, unit verify
+  podman containerd                                   # the OCI image archive, loaded and run by both
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -24,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # Debian starts these services on install; lbd's tests run their own copies.
-for s in haproxy keepalived nginx; do
+for s in haproxy keepalived nginx containerd; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$s" 2>/dev/null; then
     systemctl stop "$s" || true
   fi
