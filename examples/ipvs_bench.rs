@@ -16,14 +16,15 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::ipvs::desired::ObjectKey;
-use lbd::ipvs::metrics::ProxyMetrics;
-use lbd::ipvs::nft::{Firewall, NftFirewall};
-use lbd::ipvs::sync::{
-    DummyAddresses, EngineSettings, FakeAddresses, ProxyBackends, ServiceAddresses, ServiceInputs,
-    Syncer,
+use lbd::proxy::driver::Syncer;
+use lbd::proxy::engine::EngineSettings;
+use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
+use lbd::proxy::kernel::nft::{Firewall, NftFirewall};
+use lbd::proxy::kernel::{
+    AddressError, DummyAddresses, FakeAddresses, FakeSysctls, IpvsDataPlane, ServiceAddresses,
 };
-use lbd::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
+use lbd::proxy::metrics::ProxyMetrics;
+use lbd::proxy::model::{ObjectKey, ServiceInputs};
 use serde_json::json;
 
 fn service(i: usize) -> Arc<Service> {
@@ -77,22 +78,22 @@ impl TimedAddresses {
 }
 
 impl ServiceAddresses for TimedAddresses {
-    fn prepare(&self) -> Result<(), String> {
+    fn prepare(&self) -> Result<(), AddressError> {
         self.inner.prepare()
     }
-    fn list(&self) -> Result<std::collections::BTreeSet<std::net::IpAddr>, String> {
+    fn list(&self) -> Result<std::collections::BTreeSet<std::net::IpAddr>, AddressError> {
         self.time(|| self.inner.list())
     }
-    fn add(&self, addr: std::net::IpAddr) -> Result<(), String> {
+    fn add(&self, addr: std::net::IpAddr) -> Result<(), AddressError> {
         self.time(|| self.inner.add(addr))
     }
-    fn remove(&self, addr: std::net::IpAddr) -> Result<(), String> {
+    fn remove(&self, addr: std::net::IpAddr) -> Result<(), AddressError> {
         self.time(|| self.inner.remove(addr))
     }
-    fn add_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), String>> {
+    fn add_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), AddressError>> {
         self.time(|| self.inner.add_many(addrs))
     }
-    fn remove_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), String>> {
+    fn remove_many(&self, addrs: &[std::net::IpAddr]) -> Vec<Result<(), AddressError>> {
         self.time(|| self.inner.remove_many(addrs))
     }
 }
@@ -128,7 +129,7 @@ fn main() {
     {
         "netlink" => (
             Arc::new(NetlinkIpvs::new().expect("IPVS netlink")),
-            Arc::new(DummyAddresses::new(false)),
+            Arc::new(DummyAddresses::new()),
         ),
         _ => (
             Arc::new(FakeIpvs::new()),
@@ -153,13 +154,16 @@ fn main() {
         sync_period: std::time::Duration::from_secs(30),
         drain_timeout: std::time::Duration::from_secs(60),
         timeouts: None,
+        strict_arp: false,
     };
     let backends_ipvs = ipvs.clone();
     let backends_addresses = addresses.clone();
-    let backends = ProxyBackends {
+    let backends = IpvsDataPlane {
         ipvs,
         addresses,
         firewall,
+        // The benchmark's host is not changed: sysctls are not its subject.
+        sysctls: Arc::new(FakeSysctls::default()),
     };
 
     let services: Vec<Arc<Service>> = (0..n).map(service).collect();
@@ -224,10 +228,10 @@ fn main() {
 
     // Where the time goes: the pure recompute alone.
     let t = Instant::now();
-    let d = lbd::ipvs::desired::compute(
+    let d = lbd::proxy::desired::compute(
         &services,
         &slices,
-        &lbd::ipvs::desired::DesiredParams {
+        &lbd::proxy::desired::DesiredParams {
             node_name: "bench",
             node_addresses: &[],
             node_port_addresses: &[],
@@ -236,8 +240,8 @@ fn main() {
     );
     let compute_ms = t.elapsed().as_secs_f64() * 1000.0;
     // The memoised recompute the syncs use, nothing changed.
-    let mut cache = lbd::ipvs::desired::DesiredCache::default();
-    let p = lbd::ipvs::desired::DesiredParams {
+    let mut cache = lbd::proxy::desired::DesiredCache::default();
+    let p = lbd::proxy::desired::DesiredParams {
         node_name: "bench",
         node_addresses: &[],
         node_port_addresses: &[],
@@ -248,12 +252,12 @@ fn main() {
     let again = cache.compute(&services, &slices, &p);
     let memo_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(*again, d);
-    let kernel = lbd::ipvs::plan::KernelState::from_listing(
+    let kernel = lbd::proxy::plan::KernelState::from_listing(
         backends_ipvs.list_services().unwrap(),
         Default::default(),
     );
     let t = Instant::now();
-    let pl = lbd::ipvs::plan::plan(
+    let pl = lbd::proxy::plan::plan(
         &d,
         &kernel,
         &mut Default::default(),
@@ -265,9 +269,9 @@ fn main() {
     // The nftables ruleset is rendered from the whole table whenever a
     // firewall is configured (not part of the syncs above).
     let t = Instant::now();
-    let ruleset = lbd::ipvs::nft::render(
+    let ruleset = lbd::proxy::kernel::nft::render(
         &d,
-        &lbd::ipvs::nft::NftParams {
+        &lbd::proxy::kernel::nft::NftParams {
             cluster_cidrs: &["10.128.0.0/9".parse().unwrap()],
             masquerade_all: false,
         },

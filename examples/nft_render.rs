@@ -1,7 +1,7 @@
 //! Prints the nftables ruleset lbd renders for a small sample table.
-use lbd::ipvs::desired::{DesiredState, DesiredVs, DestKey, ServiceKey, VirtualServer, VsKind};
-use lbd::ipvs::model::Protocol;
-use lbd::ipvs::nft::{render, NftParams};
+use lbd::proxy::kernel::nft::{render, NftParams};
+use lbd::proxy::model::Protocol;
+use lbd::proxy::model::{DesiredState, DesiredVs, DestKey, ServiceKey, VirtualServer, VsKind};
 
 fn main() {
     let mut d = DesiredState::default();

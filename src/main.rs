@@ -1,4 +1,5 @@
-//! The `lbd` command line (SPEC.md): run, check, status, manifest, version.
+//! The `lbd` command line (SPEC.md): run, check, status, reload, manifest,
+//! import, doctor, version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,14 +53,28 @@ enum Command {
         kubeconfig: Option<PathBuf>,
     },
     /// Ask the running daemon who holds the VIP and which backends are up.
+    /// Exit 0: healthy, 1: unreachable, 3: answered but degraded.
     Status {
         /// Print the JSON object (for scripts).
         #[arg(long)]
         json: bool,
+        /// Ask again every second until interrupted: the table redrawn, or
+        /// (with --json) one object per line.
+        #[arg(long)]
+        watch: bool,
         /// Config file whose admin.socket to use.
         #[arg(short, long, conflicts_with = "socket")]
         config: Option<PathBuf>,
         /// Admin socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Validate the config file, then ask the running daemon to reload it;
+    /// prints the outcome. Exit 0: applied, 1: invalid, refused or no daemon.
+    Reload {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Admin socket path; default the file's admin.socket.
         #[arg(long)]
         socket: Option<PathBuf>,
     },
@@ -212,6 +227,36 @@ fn doctor(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `lbd reload`: the file must pass `lbd check` before the daemon is
+/// asked, so that a bad edit is reported here, at its line, and the
+/// daemon's own refusal (a port it cannot bind, say) comes back too.
+fn reload(path: &std::path::Path, socket: Option<PathBuf>) -> ExitCode {
+    let config = match lbd::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: not reloaded (the running config stays)", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let socket = socket.unwrap_or(config.admin.socket);
+    match runtime().block_on(lbd::status::client::reload(&socket)) {
+        Ok(lbd::status::client::ReloadOutcome::Applied) => {
+            println!("{}: reloaded", path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(lbd::status::client::ReloadOutcome::Refused(why)) => {
+            eprintln!("{why}");
+            eprintln!("{}: reload refused (the running config stays)", path.display());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -260,6 +305,7 @@ fn main() -> ExitCode {
         }
         Command::Status {
             json,
+            watch,
             config,
             socket,
         } => {
@@ -276,27 +322,10 @@ fn main() -> ExitCode {
                     .map(|c| c.admin.socket)
                     .unwrap_or_else(|_| PathBuf::from("/run/lbd/lbd.sock")),
             };
-            match runtime().block_on(lbd::status::client::fetch(&socket)) {
-                Ok(report) => {
-                    if json {
-                        match serde_json::to_string_pretty(&report) {
-                            Ok(s) => println!("{s}"),
-                            Err(e) => {
-                                eprintln!("lbd: {e}");
-                                return ExitCode::from(1);
-                            }
-                        }
-                    } else {
-                        print!("{}", lbd::status::client::render_table(&report));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(1)
-                }
-            }
+            let show = lbd::status::client::Show { json, watch };
+            ExitCode::from(runtime().block_on(lbd::status::client::show(&socket, show)))
         }
+        Command::Reload { config, socket } => reload(&config, socket),
         Command::Manifest {
             config,
             image,

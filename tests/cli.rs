@@ -1,10 +1,12 @@
 //! The command line as SPEC.md fixes it: exit codes, messages, status JSON.
 
-mod tlsbackend;
+mod support;
 
 use std::process::Command;
 
-use tlsbackend::*;
+use support::backends::{echo_backend, whoami_tcp};
+use support::config::{admin_section, listener_yaml, node_section, tcplb_section};
+use support::lbd::{eventually, free_port, lbd_bin, Lbd};
 
 fn lbd(args: &[&str]) -> std::process::Output {
     Command::new(lbd_bin()).args(args).output().unwrap()
@@ -245,11 +247,15 @@ fn keys(v: &serde_json::Value) -> Vec<String> {
 async fn status_json_matches_spec_field_for_field() {
     let b = echo_backend("a", true).await;
     let port = free_port();
-    let d = Lbd::start(&format!(
-        "node:\n  name: cp1\ntcplb:\n  listeners:\n    - name: apiserver\n      bind: 127.0.0.1:{port}\n      backends: [{}]\n      health: {{ type: tcp, interval: 100ms }}\n",
-        b.addr
-    ))
-    .await;
+    let listener = listener_yaml(
+        "apiserver",
+        ([127, 0, 0, 1], port).into(),
+        &[&b],
+        "roundrobin",
+        "{ type: tcp, interval: 100ms }",
+        "",
+    );
+    let d = Lbd::start(&(node_section("cp1") + &tcplb_section(None, &[listener]))).await;
     let (_, _held) = whoami_tcp(format!("127.0.0.1:{port}").parse().unwrap(), None)
         .await
         .unwrap();
@@ -330,8 +336,8 @@ fn sd_notify_ready_reloading_stopping() {
     std::fs::write(
         &cfg,
         format!(
-            "tcplb:\n  listeners:\n    - name: a\n      bind: 127.0.0.1:{port}\n      backends: [127.0.0.1:1]\nadmin:\n  socket: {}\n  listen: null\n",
-            dir.path().join("lbd.sock").display()
+            "tcplb:\n  listeners:\n    - name: a\n      bind: 127.0.0.1:{port}\n      backends: [127.0.0.1:1]\n{}",
+            admin_section(&dir.path().join("lbd.sock"))
         ),
     )
     .unwrap();

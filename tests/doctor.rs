@@ -2,13 +2,13 @@
 //! the ARP probe against a real neighbour in network namespaces, and the
 //! command's output and exit codes.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use common::netns::{require_root, Lab};
+use support::netns::{require_root, Lab};
 use lbd::config::{Config, Environment};
 use lbd::doctor::{diagnose, Facts, Finding, Listening, Process, Severity, VipAnswer, VipProbe};
 
@@ -28,7 +28,7 @@ const CONTROL_PLANE: &str = "vrrp:\n  instances:\n    - name: apiserver\n      i
 
 /// A node where everything is as lbd wants it.
 fn healthy_node() -> Facts {
-    let sysctls: BTreeMap<String, String> = lbd::sys::dummy::proxy_sysctls("6.1.0", false)
+    let sysctls: BTreeMap<String, String> = lbd::proxy::kernel::sysctl::proxy_sysctls("6.1.0", false)
         .into_iter()
         .map(|s| (s.name.to_string(), s.value.to_string()))
         .collect();

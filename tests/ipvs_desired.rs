@@ -7,9 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::ipvs::desired::{
-    compute, node_addresses, DesiredParams, DesiredState, DestKey, Protocol, ServiceKey, VsKind,
-};
+use lbd::proxy::desired::{compute, node_addresses, DesiredParams};
+use lbd::proxy::model::{DesiredState, DestKey, Protocol, ServiceKey, VsKind};
 use serde_json::{json, Value};
 
 fn svc(v: Value) -> Service {
@@ -582,7 +581,7 @@ fn node_addresses_come_from_node_status() {
 
 #[test]
 fn memoised_compute_equals_full_compute_through_changes() {
-    use lbd::ipvs::desired::DesiredCache;
+    use lbd::proxy::desired::DesiredCache;
     let with_rv = |mut v: Value, rv: &str| {
         v["metadata"]["resourceVersion"] = json!(rv);
         v

@@ -9,13 +9,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use lbd::ipvs::metrics::ProxyMetrics;
-use lbd::ipvs::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
-use lbd::ipvs::nft::FakeFirewall;
-use lbd::ipvs::server::ProxyHealth;
-use lbd::ipvs::sync::{Engine, EngineSettings, FakeAddresses, ProxyBackends};
-use lbd::ipvs::{FakeIpvs, IpvsCall};
+use lbd::proxy::driver::Runner;
+use lbd::proxy::engine::EngineSettings;
+use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsCall};
+use lbd::proxy::kernel::nft::FakeFirewall;
+use lbd::proxy::kernel::{FakeAddresses, FakeSysctls, IpvsDataPlane};
+use lbd::proxy::metrics::ProxyMetrics;
+use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
+use lbd::proxy::report::ProxyReporter;
+use lbd::proxy::server::ProxyHealth;
 use lbd::status::ProxyStatus;
 use serde_json::{json, Value};
 use support::apiserver::{Kind, TestApiServer};
@@ -57,11 +59,12 @@ fn settings() -> EngineSettings {
         sync_period: Duration::from_millis(300),
         drain_timeout: Duration::from_secs(60),
         timeouts: None,
+        strict_arp: false,
     }
 }
 
 struct Running {
-    status: Arc<ArcSwap<Option<ProxyStatus>>>,
+    status: ProxyReporter,
     metrics: ProxyMetrics,
     health: ProxyHealth,
     stop: CancellationToken,
@@ -78,7 +81,7 @@ impl Running {
             .unwrap();
     }
     fn status(&self) -> Option<ProxyStatus> {
-        self.status.load().as_ref().clone()
+        self.status.report()
     }
 }
 
@@ -100,18 +103,19 @@ async fn start(
     addrs: &FakeAddresses,
     s: EngineSettings,
 ) -> Running {
-    let status = Arc::new(ArcSwap::from_pointee(None));
+    let status = ProxyReporter::default();
     let firewall = FakeFirewall::default();
     let metrics = ProxyMetrics::new();
     let health = ProxyHealth::new(Duration::from_secs(60));
-    let engine = Engine {
+    let engine = Runner {
         settings: s,
-        backends: ProxyBackends {
+        plane: Box::new(IpvsDataPlane {
             ipvs: Arc::new(ipvs.clone()),
             addresses: Arc::new(addrs.clone()),
             firewall: Some(Arc::new(firewall.clone())),
-        },
-        status: status.clone(),
+            sysctls: Arc::new(FakeSysctls::default()),
+        }),
+        reporter: status.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
     };
@@ -459,7 +463,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_metrics_ports_speak_kube_proxy() {
-    use lbd::ipvs::server::{serve_healthz, serve_metrics};
+    use lbd::proxy::server::{serve_healthz, serve_metrics};
     let api = TestApiServer::start().await;
     api.apply(
         Kind::Service,

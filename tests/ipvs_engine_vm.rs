@@ -17,12 +17,14 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use lbd::ipvs::metrics::ProxyMetrics;
-use lbd::ipvs::nft::{Firewall, NftFirewall};
-use lbd::ipvs::server::ProxyHealth;
-use lbd::ipvs::sync::{DummyAddresses, Engine, EngineSettings, ProxyBackends};
-use lbd::ipvs::NetlinkIpvs;
+use lbd::proxy::driver::Runner;
+use lbd::proxy::engine::EngineSettings;
+use lbd::proxy::kernel::ipvs::NetlinkIpvs;
+use lbd::proxy::kernel::nft::{Firewall, NftFirewall};
+use lbd::proxy::kernel::{DummyAddresses, IpvsDataPlane, ProcSysctls};
+use lbd::proxy::metrics::ProxyMetrics;
+use lbd::proxy::report::ProxyReporter;
+use lbd::proxy::server::ProxyHealth;
 use serde_json::{json, Value};
 use support::apiserver::{Kind, TestApiServer};
 use tokio_util::sync::CancellationToken;
@@ -285,26 +287,28 @@ fn settings() -> EngineSettings {
         // between the drain and the restart take in the emulated VM.
         drain_timeout: DRAIN,
         timeouts: None,
+        strict_arp: false,
     }
 }
 
 struct Running {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    status: Arc<ArcSwap<Option<lbd::status::ProxyStatus>>>,
+    status: ProxyReporter,
 }
 
 async fn start(api: &TestApiServer, firewall: bool) -> Running {
     let client = api.client().await;
-    let status = Arc::new(ArcSwap::from_pointee(None));
-    let engine = Engine {
+    let status = ProxyReporter::default();
+    let engine = Runner {
         settings: settings(),
-        backends: ProxyBackends {
+        plane: Box::new(IpvsDataPlane {
             ipvs: Arc::new(NetlinkIpvs::new().unwrap()),
-            addresses: Arc::new(DummyAddresses::new(false)),
+            addresses: Arc::new(DummyAddresses::new()),
             firewall: firewall.then(|| Arc::new(NftFirewall::default()) as Arc<dyn Firewall>),
-        },
-        status: status.clone(),
+            sysctls: Arc::new(ProcSysctls),
+        }),
+        reporter: status.clone(),
         metrics: ProxyMetrics::new(),
         health: ProxyHealth::new(Duration::from_secs(60)),
     };
@@ -323,11 +327,7 @@ impl Running {
             .unwrap();
     }
     fn synced(&self) -> bool {
-        self.status
-            .load()
-            .as_ref()
-            .as_ref()
-            .is_some_and(|s| s.synced)
+        self.status.report().is_some_and(|s| s.synced)
     }
 }
 
@@ -416,12 +416,7 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
     if nft {
         // The table follows the IPVS changes within the same sync.
         tokio::task::block_in_place(|| wait_until("first sync done", 60, || run.synced()));
-        let err = run
-            .status
-            .load()
-            .as_ref()
-            .as_ref()
-            .and_then(|s| s.last_error.clone());
+        let err = run.status.report().and_then(|s| s.last_error.clone());
         assert_eq!(err, None, "sync error (nft modules loaded? see VM_MODULES)");
         let t = sh("nft list table inet lbd-proxy");
         assert!(t.contains("10.96.0.20 . tcp . 80"), "{t}");

@@ -6,11 +6,13 @@
 
 use std::net::IpAddr;
 
-use lbd::ipvs::genl::{
+use lbd::proxy::kernel::ipvs::genl::{
     dest_from_attrs, info_from_attrs, service_af, service_from_attrs, timeouts_from_attrs,
     IpvsAttr, IpvsCmd, IpvsMessage, ServiceEntry, SvcAttr,
 };
-use lbd::ipvs::{DestKey, FwdMethod, Protocol, RealServer, ServiceKey, Timeouts, VirtualServer};
+use lbd::proxy::model::{
+    DestKey, FwdMethod, Protocol, RealServer, ServiceKey, Timeouts, VirtualServer,
+};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
@@ -353,7 +355,10 @@ fn service_key_attrs_are_the_identity_ipvsadm_sends() {
         port: 443,
         protocol: Protocol::Tcp,
     };
-    assert_eq!(attrs, &lbd::ipvs::genl::service_key_attrs(&k));
+    assert_eq!(
+        attrs,
+        &lbd::proxy::kernel::ipvs::genl::service_key_attrs(&k)
+    );
 }
 
 /// Deterministic no-panic check (the fuzz target explores further): random

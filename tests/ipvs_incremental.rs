@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::ipvs::desired::{self, DesiredCache, DesiredParams, ObjectKey};
-use lbd::ipvs::kube::ChangeTracker;
-use lbd::ipvs::metrics::ProxyMetrics;
-use lbd::ipvs::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
-use lbd::ipvs::nft::FakeFirewall;
-use lbd::ipvs::sync::{
-    EngineSettings, FakeAddresses, ProxyBackends, ServiceInputs, SyncOutcome, Syncer,
-};
-use lbd::ipvs::FakeIpvs;
+use lbd::proxy::desired::{self, DesiredCache, DesiredParams};
+use lbd::proxy::driver::Syncer;
+use lbd::proxy::engine::{EngineSettings, SyncOutcome};
+use lbd::proxy::kernel::ipvs::FakeIpvs;
+use lbd::proxy::kernel::nft::FakeFirewall;
+use lbd::proxy::kernel::{FakeAddresses, FakeSysctls, IpvsDataPlane};
+use lbd::proxy::kube::ChangeTracker;
+use lbd::proxy::metrics::ProxyMetrics;
+use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
+use lbd::proxy::model::{ObjectKey, ServiceInputs};
 use serde_json::{json, Value};
 
 const NODE: &str = "cp1";
@@ -26,17 +27,11 @@ const NS: [&str; 2] = ["default", "kube-system"];
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
 fn settings() -> EngineSettings {
+    // kube-proxy's defaults (rr, 1 s / 30 s), a short drain bound.
     EngineSettings {
         node_name: NODE.into(),
-        scheduler: "rr".into(),
-        node_port_addresses: vec![],
-        exclude_cidrs: vec![],
-        cluster_cidrs: vec![],
-        masquerade_all: false,
-        min_sync_period: Duration::from_secs(1),
-        sync_period: Duration::from_secs(30),
         drain_timeout: Duration::from_secs(60),
-        timeouts: None,
+        ..Default::default()
     }
 }
 
@@ -63,10 +58,11 @@ impl Proxy {
         let metrics = ProxyMetrics::new();
         let syncer = Syncer::new(
             settings(),
-            ProxyBackends {
+            IpvsDataPlane {
                 ipvs: Arc::new(ipvs.clone()),
                 addresses: Arc::new(addrs.clone()),
                 firewall: Some(Arc::new(fw.clone())),
+                sysctls: Arc::new(FakeSysctls::default()),
             },
             metrics.clone(),
         );
@@ -698,10 +694,11 @@ fn nft_ruleset_is_rendered_only_when_the_table_changed() {
     let ipvs = FakeIpvs::new();
     let mut syncer = Syncer::new(
         settings(),
-        ProxyBackends {
+        IpvsDataPlane {
             ipvs: Arc::new(ipvs.clone()),
             addresses: Arc::new(FakeAddresses::default()),
             firewall: Some(Arc::new(fw.clone())),
+            sysctls: Arc::new(FakeSysctls::default()),
         },
         ProxyMetrics::new(),
     );
@@ -765,10 +762,11 @@ fn nft_ruleset_is_rendered_only_when_the_table_changed() {
     let (sv, sl) = w.all();
     let mut from_scratch = Syncer::new(
         settings(),
-        ProxyBackends {
+        IpvsDataPlane {
             ipvs: Arc::new(FakeIpvs::new()),
             addresses: Arc::new(FakeAddresses::default()),
             firewall: Some(Arc::new(fresh.clone())),
+            sysctls: Arc::new(FakeSysctls::default()),
         },
         ProxyMetrics::new(),
     );

@@ -6,12 +6,13 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use lbd::ipvs::desired::Scope;
-use lbd::ipvs::desired::{DesiredState, DesiredVs, DestKey, ServiceKey, VirtualServer, VsKind};
-use lbd::ipvs::model::Protocol;
-use lbd::ipvs::nft::{
+use lbd::proxy::kernel::nft::{
     render, render_element_changes, FakeFirewall, Firewall, NftFirewall, NftParams, SetTracker,
     TABLE,
+};
+use lbd::proxy::model::Protocol;
+use lbd::proxy::model::{
+    DesiredState, DesiredVs, DestKey, Scope, ServiceKey, VirtualServer, VsKind,
 };
 use serde_json::Value;
 

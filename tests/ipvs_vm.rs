@@ -1,4 +1,4 @@
-//! NetlinkIpvs and sys::dummy against a real kernel with IPVS. These tests
+//! NetlinkIpvs and proxy::kernel::dummy against a real kernel with IPVS. These tests
 //! run only inside the VM (scripts/vm-test.sh sets LBD_IN_VM=1 there) and
 //! skip with a message elsewhere: this host's kernel has no IPVS.
 //!
@@ -14,11 +14,10 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lbd::ipvs::{
-    DestKey, FwdMethod, IpvsError, IpvsHandle, IpvsOp, NetlinkIpvs, Protocol, RealServer, Timeouts,
-    VirtualServer,
-};
-use lbd::sys::dummy::{self, DummyError, DummyLink, KUBE_IPVS0};
+use lbd::proxy::kernel::dummy::{self, DummyError, DummyLink, KUBE_IPVS0};
+use lbd::proxy::kernel::ipvs::{IpvsError, IpvsHandle, IpvsOp, NetlinkIpvs};
+use lbd::proxy::kernel::sysctl::{proxy_sysctls, ProcSysctls, Sysctls};
+use lbd::proxy::model::{DestKey, FwdMethod, Protocol, RealServer, Timeouts, VirtualServer};
 
 fn in_vm(test: &str) -> bool {
     if std::env::var("LBD_IN_VM").as_deref() == Ok("1") {
@@ -422,12 +421,12 @@ fn dummy_link_addresses_and_sysctls() {
     });
 
     // Sysctls: written once, then already right.
-    let want = dummy::proxy_sysctls(&dummy::kernel_release(), true);
-    let changed = dummy::ensure_sysctls(&want).unwrap();
+    let want = proxy_sysctls(&ProcSysctls.kernel_release(), true);
+    let changed = ProcSysctls.ensure(&want).unwrap();
     assert!(changed.contains(&"net.ipv4.vs.conntrack"), "{changed:?}");
-    assert!(dummy::ensure_sysctls(&want).unwrap().is_empty());
+    assert!(ProcSysctls.ensure(&want).unwrap().is_empty());
     for s in &want {
-        let v = std::fs::read_to_string(dummy::sysctl_path(s.name)).unwrap();
+        let v = lbd::sys::sysctl::read(s.name).unwrap();
         assert_eq!(v.trim(), s.value, "{}", s.name);
     }
 }

@@ -5,7 +5,11 @@
 # systemd unit with systemd-analyze, holds the binary to its size bound,
 # takes the image archive apart (layout, digests, config), loads it into
 # podman and a private containerd (`ctr -n k8s.io images import`) and runs
-# `lbd version` from it, and lints the Containerfile.
+# `lbd version` from it, and lints the Containerfile. The static binary must
+# also run on an older userland: the .deb is installed with dpkg in a Debian
+# 11 (bullseye) chroot, where `lbd version`, `lbd check` and `lbd manifest`
+# must print what they print here (the chroot: scripts/old-userland.sh,
+# debootstrap once per machine, ~2 min, cached in ~/.cache/lbd-rootfs).
 #
 # As root:
 #   tests/packaging.sh
@@ -324,6 +328,97 @@ else
     if dpkg -s lbd >/dev/null 2>&1; then fail "package gone from dpkg's database"; else pass "package gone from dpkg's database"; fi
     deb_installed_by_us=0
 fi
+
+# -- an older userland: Debian 11 (glibc 2.31, dpkg 1.20) in a chroot made
+# once per machine by scripts/old-userland.sh (debootstrap, ~2 min, cached)
+in_root() { # ROOT CMD...: CMD in ROOT with its own /proc and a clean environment
+    unshare --mount --propagation private -- sh -c \
+        'r=$1; shift; mount -t proc proc "$r/proc" && exec chroot "$r" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C "$@"' \
+        sh "$@"
+}
+same_as_host() { # NAME ROOT ARGS...: the installed lbd in ROOT gives the same output and status as here
+    local name=$1 r=$2 want got wrc grc
+    shift 2
+    want=$("$tmp/x/usr/bin/lbd" "$@" 2>&1); wrc=$?
+    got=$(in_root "$r" /usr/bin/lbd "$@" 2>&1); grc=$?
+    if [[ $got == "$want" && $grc == "$wrc" ]]; then
+        pass "$name"
+    else
+        fail "$name" "here (exit $wrc): $want"$'\n'"bullseye (exit $grc): $got"
+    fi
+    printf '%s' "$got" >"$tmp/last-old-output"
+}
+old_userland_checks() {
+    local r start made
+    start=$(date +%s)
+    if ! command -v debootstrap >/dev/null; then
+        skip "bullseye userland" "debootstrap not installed (scripts/install-deps.sh)"
+        return
+    fi
+    if ! r=$("$repo/scripts/old-userland.sh" bullseye 2>"$tmp/rootfs.log"); then
+        fail "bullseye root file system (scripts/old-userland.sh)" "$(tail -n 20 "$tmp/rootfs.log")"
+        return
+    fi
+    made=$(cat "$r/.lbd-complete")
+    pass "bullseye root in $r ($made; ready in $(( $(date +%s) - start ))s)"
+    if [[ $(cat "$r/etc/debian_version") == 11.* ]]; then
+        pass "the chroot is Debian 11 ($(cat "$r/etc/debian_version"), $(in_root "$r" ldd --version | head -n1))"
+    else
+        fail "the chroot is Debian 11" "$(cat "$r/etc/debian_version")"
+    fi
+    # The point of the chroot: a binary linked against this host's glibc
+    # (2.36: GLIBC_2.34 symbols) does not run there.
+    cp /usr/bin/true "$r/tmp/host-true"
+    local out
+    out=$(in_root "$r" /tmp/host-true 2>&1)
+    if [[ $? != 0 && $out == *"GLIBC_2.3"*"not found"* ]]; then
+        pass "bullseye: this host's dynamically linked /usr/bin/true does not run there (older glibc)"
+    else
+        fail "bullseye: this host's /usr/bin/true must not run there" "$out"
+    fi
+    rm -f "$r/tmp/host-true"
+    [[ -d $tmp/x/usr/bin ]] || dpkg-deb -x "$deb" "$tmp/x"
+    cp "$deb" "$r/tmp/lbd.deb"
+    check "bullseye: dpkg -i the .deb" in_root "$r" dpkg -i /tmp/lbd.deb
+    rm -f "$r/tmp/lbd.deb"
+    same_as_host "bullseye: lbd version as on this host" "$r" version
+    if grep -Eq "^lbd $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)\b" "$tmp/last-old-output"; then
+        pass "bullseye: lbd version names the crate version"
+    else
+        fail "bullseye: lbd version names the crate version" "$(cat "$tmp/last-old-output")"
+    fi
+    # The packaged config at one path that exists both here and there.
+    mkdir -p "$r$tmp"
+    cp "$tmp/x/etc/lbd/lbd.yaml" "$tmp/lbd.yaml"
+    cp "$tmp/x/etc/lbd/lbd.yaml" "$r$tmp/lbd.yaml"
+    same_as_host "bullseye: lbd check -c the packaged config, as on this host" "$r" \
+        check -c "$tmp/lbd.yaml"
+    if in_root "$r" /usr/bin/lbd check -c /etc/lbd/lbd.yaml >"$tmp/old-check" 2>&1; then
+        pass "bullseye: lbd check -c /etc/lbd/lbd.yaml (installed) exits 0"
+    else
+        fail "bullseye: lbd check -c /etc/lbd/lbd.yaml exits 0" "$(cat "$tmp/old-check")"
+    fi
+    printf 'vrrp:\n  instances:\n    - name: vip\n      vrid: 300\n' >"$r/tmp/bad.yaml"
+    local rc
+    out=$(in_root "$r" /usr/bin/lbd check -c /tmp/bad.yaml 2>&1); rc=$?
+    rm -f "$r/tmp/bad.yaml"
+    if [[ $rc == 1 ]] && grep -Eq '^/tmp/bad.yaml:[0-9]+:[0-9]+: ' <<<"$out"; then
+        pass "bullseye: lbd check on a bad config: exit 1, PATH:LINE:COL messages"
+    else
+        fail "bullseye: lbd check on a bad config" "exit $rc: $out"
+    fi
+    same_as_host "bullseye: lbd manifest -c the packaged config, as on this host" "$r" \
+        manifest -c "$tmp/lbd.yaml"
+    rm -rf "${r:?}$tmp"
+    if grep -q '^kind: Pod' "$tmp/last-old-output"; then
+        pass "bullseye: lbd manifest prints a Pod"
+    else
+        fail "bullseye: lbd manifest prints a Pod" "$(head -n 20 "$tmp/last-old-output")"
+    fi
+    check "bullseye: dpkg -P lbd" in_root "$r" dpkg -P lbd
+    check "bullseye: purged: no /usr/bin/lbd, no /etc/lbd" test ! -e "$r/usr/bin/lbd" -a ! -e "$r/etc/lbd"
+}
+old_userland_checks
 
 # -- .rpm: metadata, then install and erase in a throwaway root
 if ! command -v rpm >/dev/null; then

@@ -1,29 +1,35 @@
 //! The balancer end to end: the real `lbd` binary in front of real TLS and
 //! TCP backends on loopback.
 
-mod tlsbackend;
+mod support;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use tlsbackend::*;
+use support::backends::*;
+use support::config::{listener_yaml, tcplb_section};
+use support::lbd::*;
+use support::pki::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn listener_yaml(
+/// 127.0.0.1:`port`, where the listeners bind.
+fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `lbd` with one listener on a free loopback port, and its address.
+async fn one_listener(
     name: &str,
-    port: u16,
     backends: &[&Backend],
     balance: &str,
     health: &str,
     extra: &str,
-) -> String {
-    let list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
-    format!(
-        "    - name: {name}\n      bind: 127.0.0.1:{port}\n      balance: {balance}\n      backends: [{}]\n      health: {health}\n{extra}",
-        list.join(", ")
-    )
+) -> (Lbd, std::net::SocketAddr) {
+    let addr = local(free_port());
+    let yaml = listener_yaml(name, addr, backends, balance, health, extra);
+    (Lbd::start(&tcplb_section(None, &[yaml])).await, addr)
 }
 
 fn https_health(pki: &Pki, interval: &str) -> String {
@@ -49,20 +55,14 @@ async fn failing_healthz_marks_down_after_fall_and_returns_after_rise() {
     let b1 = https_backend("b1", &pki, false).await;
     let b2 = https_backend("b2", &pki, false).await;
     let b3 = https_backend("b3", &pki, false).await;
-    let port = free_port();
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
-            "api",
-            port,
-            &[&b1, &b2, &b3],
-            "roundrobin",
-            &https_health(&pki, "100ms"),
-            ""
-        )
-    ))
+    let (lbd, addr) = one_listener(
+        "api",
+        &[&b1, &b2, &b3],
+        "roundrobin",
+        &https_health(&pki, "100ms"),
+        "",
+    )
     .await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     // All three serve at first.
     let mut seen = BTreeMap::new();
     for _ in 0..12 {
@@ -109,22 +109,16 @@ async fn failing_healthz_marks_down_after_fall_and_returns_after_rise() {
 async fn refused_backend_is_retried_and_all_down_closes_at_once() {
     let a = echo_backend("a", true).await;
     let b = echo_backend("b", true).await;
-    let port = free_port();
     // Checks every hour: after the first (passing) one, a dead backend still
     // counts as healthy, so only retry can save the client.
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
-            "t",
-            port,
-            &[&a, &b],
-            "roundrobin",
-            "{ type: tcp, interval: 1h }",
-            "      retries: 2\n"
-        )
-    ))
+    let (lbd, addr) = one_listener(
+        "t",
+        &[&a, &b],
+        "roundrobin",
+        "{ type: tcp, interval: 1h }",
+        "      retries: 2\n",
+    )
     .await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     eventually(Duration::from_secs(3), "first checks", || async {
         lbd.status().await["tcplb"][0]["backends"][1]["last_check_latency_ms"].is_number()
     })
@@ -140,20 +134,15 @@ async fn refused_backend_is_retried_and_all_down_closes_at_once() {
     assert_eq!(st["tcplb"][0]["refused_no_backend"], 0);
 
     // Now with real checks: every backend down -> closed at once, counted.
-    let port2 = free_port();
     let c = echo_backend("c", true).await;
     c.stop();
-    let lbd2 = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
-            "dead",
-            port2,
-            &[&c],
-            "roundrobin",
-            "{ type: tcp, interval: 100ms, rise: 1, fall: 1 }",
-            ""
-        )
-    ))
+    let (lbd2, addr2) = one_listener(
+        "dead",
+        &[&c],
+        "roundrobin",
+        "{ type: tcp, interval: 100ms, rise: 1, fall: 1 }",
+        "",
+    )
     .await;
     eventually(Duration::from_secs(3), "c down", || async {
         lbd2.status().await["tcplb"][0]["backends"][0]["healthy"] == false
@@ -161,9 +150,7 @@ async fn refused_backend_is_retried_and_all_down_closes_at_once() {
     .await;
     for _ in 0..3 {
         let start = Instant::now();
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port2))
-            .await
-            .unwrap();
+        let mut s = tokio::net::TcpStream::connect(addr2).await.unwrap();
         let mut buf = [0u8; 1];
         let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
             .await
@@ -182,20 +169,14 @@ async fn refused_backend_is_retried_and_all_down_closes_at_once() {
 async fn leastconn_fills_the_emptiest_backend() {
     let a = echo_backend("a", true).await;
     let b = echo_backend("b", true).await;
-    let port = free_port();
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
-            "lc",
-            port,
-            &[&a, &b],
-            "leastconn",
-            "{ type: tcp, interval: 1h }",
-            ""
-        )
-    ))
+    let (lbd, addr) = one_listener(
+        "lc",
+        &[&a, &b],
+        "leastconn",
+        "{ type: tcp, interval: 1h }",
+        "",
+    )
     .await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut held = Vec::new();
     let mut count = BTreeMap::new();
     for _ in 0..6 {
@@ -239,20 +220,14 @@ async fn source_balance_keeps_each_client_on_one_backend() {
         echo_backend("b", true).await,
         echo_backend("c", true).await,
     ];
-    let port = free_port();
-    let _lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
-            "src",
-            port,
-            &[&bs[0], &bs[1], &bs[2]],
-            "source",
-            "{ type: tcp, interval: 1h }",
-            ""
-        )
-    ))
+    let (_lbd, addr) = one_listener(
+        "src",
+        &[&bs[0], &bs[1], &bs[2]],
+        "source",
+        "{ type: tcp, interval: 1h }",
+        "",
+    )
     .await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut per_backend = BTreeMap::new();
     for host in 1..=60u8 {
         let src = IpAddr::from([127, 0, 1, host]);
@@ -276,23 +251,16 @@ async fn source_balance_keeps_each_client_on_one_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_and_100mb_byte_exact_both_ways() {
     let e = echo_backend("e", false).await;
-    let port = free_port();
-    let _lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}",
-        listener_yaml(
-            "bulk",
-            port,
-            &[&e],
-            "roundrobin",
-            "{ type: tcp, interval: 1h }",
-            ""
-        )
-    ))
+    let (_lbd, addr) = one_listener(
+        "bulk",
+        &[&e],
+        "roundrobin",
+        "{ type: tcp, interval: 1h }",
+        "",
+    )
     .await;
     const LEN: usize = 100 * 1024 * 1024;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut r, mut w) = s.split();
     // A pattern that catches reordering and loss, not just length.
     let pattern = |i: usize| ((i as u64).wrapping_mul(2654435761) >> 13) as u8;
@@ -348,16 +316,16 @@ async fn reload_swaps_backends_without_dropping_sessions_and_rejects_bad_config(
     let c = echo_backend("c", true).await;
     let port = free_port();
     let cfg = |bs: &[&Backend]| {
-        format!(
-            "tcplb:\n  listeners:\n{}",
-            listener_yaml(
+        tcplb_section(
+            None,
+            &[listener_yaml(
                 "api",
-                port,
+                local(port),
                 bs,
                 "roundrobin",
                 "{ type: tcp, interval: 100ms }",
-                ""
-            )
+                "",
+            )],
         )
     };
     let lbd = Lbd::start(&cfg(&[&a])).await;
@@ -410,16 +378,16 @@ async fn reload_swaps_backends_without_dropping_sessions_and_rejects_bad_config(
 async fn shutdown_sessions_policy_and_graceful_sigterm() {
     let a = echo_backend("a", true).await;
     let port = free_port();
-    let mut lbd = Lbd::start(&format!(
-        "tcplb:\n  shutdown_grace: 2s\n  listeners:\n{}",
-        listener_yaml(
+    let mut lbd = Lbd::start(&tcplb_section(
+        Some("2s"),
+        &[listener_yaml(
             "p",
-            port,
+            local(port),
             &[&a],
             "roundrobin",
             "{ type: tcp, interval: 100ms, rise: 1, fall: 1 }",
-            "      on_backend_down: shutdown_sessions\n"
-        )
+            "      on_backend_down: shutdown_sessions\n",
+        )],
     ))
     .await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -435,16 +403,16 @@ async fn shutdown_sessions_policy_and_graceful_sigterm() {
 
     // SIGTERM: exits 0 within the grace period even with a session open.
     let b = echo_backend("b", true).await;
-    lbd.reload(&format!(
-        "tcplb:\n  shutdown_grace: 1s\n  listeners:\n{}",
-        listener_yaml(
+    lbd.reload(&tcplb_section(
+        Some("1s"),
+        &[listener_yaml(
             "p",
-            port,
+            local(port),
             &[&b],
             "roundrobin",
             "{ type: tcp, interval: 100ms }",
-            ""
-        )
+            "",
+        )],
     ));
     eventually(Duration::from_secs(5), "reload", || async {
         lbd.status().await["config"]["reloads_ok"] == 1
@@ -473,17 +441,19 @@ async fn health_check_with_client_certificate() {
         pki.client_cert.display(),
         pki.client_key.display()
     );
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}{}",
-        listener_yaml("mtls", port1, &[&m], "roundrobin", &with_cert, ""),
-        listener_yaml(
-            "nocert",
-            port2,
-            &[&m],
-            "roundrobin",
-            &https_health(&pki, "100ms"),
-            ""
-        )
+    let lbd = Lbd::start(&tcplb_section(
+        None,
+        &[
+            listener_yaml("mtls", local(port1), &[&m], "roundrobin", &with_cert, ""),
+            listener_yaml(
+                "nocert",
+                local(port2),
+                &[&m],
+                "roundrobin",
+                &https_health(&pki, "100ms"),
+                "",
+            ),
+        ],
     ))
     .await;
     eventually(Duration::from_secs(3), "checks done", || async {
@@ -507,11 +477,8 @@ async fn insecure_skip_verify_accepts_an_unknown_ca_and_verify_rejects_it() {
     let other = Pki::new();
     let b = https_backend("b", &pki, false).await;
     let (p1, p2) = (free_port(), free_port());
-    let lbd = Lbd::start(&format!(
-        "tcplb:\n  listeners:\n{}{}",
-        listener_yaml("skip", p1, &[&b], "roundrobin", "{ type: https, interval: 100ms, rise: 1, fall: 1, tls: { insecure_skip_verify: true } }", ""),
-        listener_yaml("wrongca", p2, &[&b], "roundrobin", &https_health(&other, "100ms"), "")
-    ))
+    let lbd = Lbd::start(&tcplb_section(None, &[listener_yaml("skip", local(p1), &[&b], "roundrobin", "{ type: https, interval: 100ms, rise: 1, fall: 1, tls: { insecure_skip_verify: true } }", ""),
+        listener_yaml("wrongca", local(p2), &[&b], "roundrobin", &https_health(&other, "100ms"), "")]))
     .await;
     eventually(Duration::from_secs(3), "both checked", || async {
         let st = lbd.status().await;

@@ -1,13 +1,14 @@
 //! Interoperability with Debian's keepalived in the same VRRP group, in
 //! network namespaces (root; skipped otherwise).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::keepalived::{self as ka, KaInstance};
-use common::netns::{require_root, Lab};
-use common::vrrp::VipWatch;
+use support::config::{admin_section, vrrp_section, VrrpInstanceYaml};
+use support::keepalived::{self as ka, KaInstance};
+use support::netns::{require_root, Lab};
+use support::vrrp::{master_down_interval, VipWatch};
 
 fn skip(name: &str) -> bool {
     if !require_root(name) {
@@ -57,16 +58,14 @@ fn keepalived_pair_baseline() {
     // A node crash: every keepalived process of a killed at once.
     let _ = ia;
     let _ =
-        common::netns::run_output(&["sh", "-c", &format!("ip netns pids {a} | xargs -r kill -9")]);
+        support::netns::run_output(&["sh", "-c", &format!("ip netns pids {a} | xargs -r kill -9")]);
     // b takes over within Master_Down_Interval (3 * 100 ms + skew); a's
     // VIP stays behind (keepalived sets no lifetime): both hold it.
-    let took = common::netns::wait_for(Duration::from_secs(5), || watch.holders().contains(&1));
+    let took = support::netns::wait_for(Duration::from_secs(5), || watch.holders().contains(&1));
     assert!(took.is_some(), "b never took over: {:?}", watch.holders());
     let took = took.unwrap();
     eprintln!("keepalived baseline: takeover after SIGKILL in {took:?}");
 }
-
-const LBD: &str = env!("CARGO_BIN_EXE_lbd");
 
 /// One lbd node (n1) and one keepalived node (n2) in VRID 51.
 struct Mixed {
@@ -116,29 +115,18 @@ impl Mixed {
     }
 
     fn start_lbd(&mut self) {
-        let auth = if self.version == 2 {
-            "      auth_pass: \"42\"\n"
-        } else {
-            ""
-        };
-        let conf = format!(
-            "vrrp:\n  instances:\n    - name: vip\n      interface: eth0\n      vrid: 51\n      version: {}\n      priority: {}\n      advert_interval: {}ms\n      virtual_ips: [{}/24]\n{auth}admin:\n  socket: {}\n  listen: \"\"\n",
-            self.version,
-            self.lbd_prio,
-            self.interval().as_millis(),
-            self.vip(),
-            self.dir.path().join("lbd.sock").display()
-        );
+        let mut inst = VrrpInstanceYaml::new(self.lbd_prio, &format!("{}/24", self.vip()));
+        inst.version = self.version;
+        inst.advert_interval = self.interval();
+        if self.version == 2 {
+            inst.auth_pass = Some("42".into());
+        }
+        let conf = vrrp_section(&[inst]) + &admin_section(&self.dir.path().join("lbd.sock"));
         let path = self.dir.path().join("lbd.yaml");
         std::fs::write(&path, conf).unwrap();
         let log = self.dir.path().join("lbd.log");
         let a = self.a.clone();
-        self.lbd = Some(self.lab.spawn(
-            &a,
-            "env",
-            &["RUST_LOG=info", LBD, "run", "-c", path.to_str().unwrap()],
-            Some(&log),
-        ));
+        self.lbd = Some(support::lbd::spawn_in_ns(&mut self.lab, &a, &path, &log));
     }
 
     fn start_ka(&mut self) {
@@ -178,12 +166,7 @@ impl Mixed {
     }
 
     fn master_down(&self, prio: u8) -> Duration {
-        let skew = if self.version == 2 {
-            Duration::from_secs(1)
-        } else {
-            self.interval()
-        };
-        self.interval() * 3 + skew * (256 - u32::from(prio)) / 256
+        master_down_interval(self.version, self.interval(), prio)
     }
 
     /// keepalived must not have rejected anything lbd sent.
@@ -224,7 +207,7 @@ fn lbd_master_keepalived_backup(net: u8, version: u8) {
     m.lab
         .wait_exit(i, Duration::from_secs(5))
         .expect("lbd exit");
-    let took = common::netns::wait_for(Duration::from_secs(10), || w.holders().contains(&1))
+    let took = support::netns::wait_for(Duration::from_secs(10), || w.holders().contains(&1))
         .unwrap_or_else(|| {
             panic!(
                 "keepalived never took over: {:?}\n{}",
@@ -283,7 +266,7 @@ fn keepalived_master_lbd_backup(net: u8, version: u8) {
     assert_eq!(w.holders(), vec![1], "{}", m.logs());
     let i = m.ka.take().unwrap();
     m.lab.signal(i, "TERM");
-    let took = common::netns::wait_for(Duration::from_secs(10), || w.holders() == vec![0])
+    let took = support::netns::wait_for(Duration::from_secs(10), || w.holders() == vec![0])
         .unwrap_or_else(|| panic!("lbd never took over: {:?}\n{}", w.holders(), m.logs()));
     eprintln!("[v{version}] keepalived SIGTERM -> lbd sole holder after {took:?}");
     assert!(

@@ -6,7 +6,7 @@
 //! (its set_nested_flag re-reads the masked kind), which IPVS never sends.
 #![no_main]
 
-use lbd::ipvs::genl::IpvsMessage;
+use lbd::proxy::kernel::ipvs::genl::IpvsMessage;
 use libfuzzer_sys::fuzz_target;
 use netlink_packet_core::{Emitable, NetlinkMessage, ParseableParametrized};
 use netlink_packet_generic::{GenlHeader, GenlMessage};

@@ -1,6 +1,7 @@
 //! A YAML document as a tree of nodes that each know their line and column,
 //! so validation can report every problem at its place, not only the first.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -100,15 +101,14 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
         Ok(Value::Int(v))
     }
+    // An integer beyond i64 is kept as a number rather than refused here:
+    // a visitor's error has no position, and validation reports the value
+    // where it stands ("expected an integer").
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        i64::try_from(v)
-            .map(Value::Int)
-            .map_err(|_| E::custom("integer too large"))
+        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
     }
     fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
-        i64::try_from(v)
-            .map(Value::Int)
-            .map_err(|_| E::custom("integer too large"))
+        Ok(i64::try_from(v).map_or(Value::Float(v as f64), Value::Int))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
         i64::try_from(v)
@@ -140,10 +140,11 @@ impl<'de> Visitor<'de> for ValueVisitor {
                 Value::Int(i) => i.to_string(),
                 Value::Bool(b) => b.to_string(),
                 other => {
+                    REFUSED_KEY_AT.set(Some(kpos));
                     return Err(de::Error::custom(format!(
                         "a key must be a string, not {}",
                         other.kind()
-                    )))
+                    )));
                 }
             };
             let value = map.next_value::<Spanned<Value>>()?;
@@ -151,6 +152,12 @@ impl<'de> Visitor<'de> for ValueVisitor {
         }
         Ok(Value::Map(entries))
     }
+}
+
+thread_local! {
+    /// Where the visitor refused a key: serde_saphyr gives a visitor's own
+    /// error no location, and every problem must have one.
+    static REFUSED_KEY_AT: Cell<Option<Pos>> = const { Cell::new(None) };
 }
 
 /// A YAML syntax error, with its position when the parser knows it.
@@ -168,14 +175,17 @@ pub fn parse_document(text: &str) -> Result<Node, SyntaxError> {
             value: Value::Map(Vec::new()),
         });
     }
+    REFUSED_KEY_AT.set(None);
     match serde_saphyr::from_str::<Spanned<Value>>(text) {
         Ok(s) => Ok(spanned_node(s)),
         Err(e) => {
-            let pos = e
-                .location()
-                .map(|l| Pos {
-                    line: l.line(),
-                    col: l.column(),
+            let pos = REFUSED_KEY_AT
+                .take()
+                .or_else(|| {
+                    e.location().map(|l| Pos {
+                        line: l.line(),
+                        col: l.column(),
+                    })
                 })
                 .unwrap_or_default();
             let rendered = e.without_snippet().to_string();
@@ -209,6 +219,19 @@ mod tests {
         };
         assert_eq!(items[1].pos.line, 4);
         assert_eq!(items[0].value, Value::Str("x".into()));
+    }
+
+    #[test]
+    fn refused_keys_and_huge_integers_have_a_position() {
+        let e = parse_document("a: 1\nb:\n  ~: 2\n").unwrap_err();
+        assert_eq!((e.pos.line, e.pos.col), (3, 3), "{e:?}");
+        assert!(e.message.contains("a key must be a string"), "{e:?}");
+        let doc = parse_document("a: 99999999999999999999\n").unwrap();
+        let Value::Map(entries) = &doc.value else {
+            panic!("not a map")
+        };
+        assert!(matches!(entries[0].2.value, Value::Float(_)));
+        assert_eq!(entries[0].2.pos, Pos { line: 1, col: 4 });
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn modules(release: &str) -> BTreeSet<String> {
 }
 
 fn sysctls(release: &str) -> BTreeMap<String, String> {
-    crate::sys::dummy::proxy_sysctls(release, true)
+    crate::proxy::kernel::sysctl::proxy_sysctls(release, true)
         .into_iter()
         .filter_map(|s| {
             let path = format!("/proc/sys/{}", s.name.replace('.', "/"));

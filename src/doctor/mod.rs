@@ -192,7 +192,7 @@ fn modules(scheduler: &str, facts: &Facts, out: &mut Vec<Finding>) {
 }
 
 fn sysctls(strict_arp: bool, facts: &Facts, out: &mut Vec<Finding>) {
-    let wanted = crate::sys::dummy::proxy_sysctls(&facts.kernel_release, strict_arp);
+    let wanted = crate::proxy::kernel::sysctl::proxy_sysctls(&facts.kernel_release, strict_arp);
     let mut wrong = Vec::new();
     for s in wanted {
         match facts.sysctls.get(s.name) {
@@ -206,7 +206,7 @@ fn sysctls(strict_arp: bool, facts: &Facts, out: &mut Vec<Finding>) {
     if wrong.is_empty() {
         return;
     }
-    let lines: Vec<String> = crate::sys::dummy::proxy_sysctls(&facts.kernel_release, strict_arp)
+    let lines: Vec<String> = crate::proxy::kernel::sysctl::proxy_sysctls(&facts.kernel_release, strict_arp)
         .iter()
         .map(|s| format!("{} = {}", s.name, s.value))
         .collect();
@@ -313,7 +313,7 @@ fn vips(c: &Config, facts: &Facts, out: &mut Vec<Finding>) {
             .status
             .as_ref()
             .and_then(|s| s.vrrp.iter().find(|r| r.name == i.name));
-        let master_here = ours.is_some_and(|r| r.state == "MASTER");
+        let master_here = ours.is_some_and(|r| r.state == crate::vrrp::fsm::State::Master);
         let lbd_runs_it = ours.is_some();
         for net in &i.virtual_ips {
             let vip = net.addr();

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::state::ProbeOutcome;
+use super::state::{ProbeFailure, ProbeOutcome};
 use crate::config::{HealthConfig, HealthKind, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,92 +30,139 @@ pub enum TlsSetupError {
     Invalid { path: String, message: String },
 }
 
-/// A prepared check for one listener's backends.
+/// Why one probe failed; its text is the backend's `last_error` in status.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("server_name: {0}")]
+    ServerName(rustls::pki_types::InvalidDnsNameError),
+    #[error("TLS: {0}")]
+    Tls(io::Error),
+    #[error("no TLS configuration")]
+    NoTlsConfig,
+    #[error("HTTP: {0}")]
+    Http(hyper::Error),
+    #[error("request: {0}")]
+    Request(http::Error),
+    #[error("HTTP {got}, expected {expected}")]
+    Status { got: u16, expected: u16 },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ProbeError {
+    fn failure(&self) -> ProbeFailure {
+        match self {
+            ProbeError::Connect(_) => ProbeFailure::Connect,
+            ProbeError::ServerName(_) | ProbeError::Tls(_) | ProbeError::NoTlsConfig => {
+                ProbeFailure::Tls
+            }
+            ProbeError::Http(_) | ProbeError::Request(_) => ProbeFailure::Http,
+            ProbeError::Status { .. } => ProbeFailure::Status,
+            ProbeError::Timeout(_) => ProbeFailure::Timeout,
+        }
+    }
+}
+
+/// A prepared check for one listener's backends: the check's settings and,
+/// for HTTPS, the TLS client built from the PEM files as they were read.
 #[derive(Clone)]
 pub struct Probe {
-    kind: HealthKind,
-    path: String,
-    expect_status: u16,
-    timeout: Duration,
-    host: Option<String>,
-    tls: Option<(TlsConnector, Option<String>)>,
+    cfg: HealthConfig,
+    tls: Option<TlsClient>,
+}
+
+#[derive(Clone)]
+struct TlsClient {
+    connector: TlsConnector,
+    /// The files' bytes, to tell on reload whether any of them changed.
+    files: TlsFiles,
 }
 
 impl Probe {
+    /// Reads the TLS material (HTTPS checks): the step of a reload that can
+    /// fail, done before anything changes.
     pub fn new(cfg: &HealthConfig) -> Result<Self, TlsSetupError> {
         let tls = match cfg.kind {
-            HealthKind::Https => Some((
-                TlsConnector::from(Arc::new(client_config(&cfg.tls)?)),
-                cfg.tls.server_name.clone(),
-            )),
-            _ => None,
+            HealthKind::Https => {
+                let files = TlsFiles::read(&cfg.tls)?;
+                let connector = TlsConnector::from(Arc::new(files.client_config(&cfg.tls)?));
+                Some(TlsClient { connector, files })
+            }
+            HealthKind::Http | HealthKind::Tcp => None,
         };
         Ok(Probe {
-            kind: cfg.kind,
-            path: cfg.path.clone(),
-            expect_status: cfg.expect_status,
-            timeout: cfg.timeout,
-            host: cfg.host.clone(),
+            cfg: cfg.clone(),
             tls,
         })
+    }
+
+    pub fn config(&self) -> &HealthConfig {
+        &self.cfg
+    }
+
+    /// Same settings and same TLS files' contents: a reload leaves the
+    /// running checks alone.
+    pub fn same_as(&self, other: &Probe) -> bool {
+        self.cfg == other.cfg
+            && self.tls.as_ref().map(|t| &t.files) == other.tls.as_ref().map(|t| &t.files)
     }
 
     /// Runs one check against `addr`; never longer than the timeout.
     pub async fn run(&self, addr: SocketAddr) -> ProbeOutcome {
         let start = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.run_inner(addr)).await;
+        let timeout = self.cfg.timeout;
+        let result = tokio::time::timeout(timeout, self.run_inner(addr))
+            .await
+            .unwrap_or(Err(ProbeError::Timeout(timeout)));
         let latency = start.elapsed();
         match result {
-            Ok(Ok(())) => ProbeOutcome::Up { latency },
-            Ok(Err((reason, message))) => ProbeOutcome::Down {
-                reason,
-                message,
-                latency,
-            },
-            Err(_) => ProbeOutcome::Down {
-                reason: "timeout",
-                message: format!("no answer within {:?}", self.timeout),
+            Ok(()) => ProbeOutcome::Up { latency },
+            Err(e) => ProbeOutcome::Down {
+                reason: e.failure(),
+                message: e.to_string(),
                 latency,
             },
         }
     }
 
-    async fn run_inner(&self, addr: SocketAddr) -> Result<(), (&'static str, String)> {
+    async fn run_inner(&self, addr: SocketAddr) -> Result<(), ProbeError> {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| ("connect", format!("connect: {e}")))?;
+            .map_err(ProbeError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        match (&self.kind, &self.tls) {
+        match (self.cfg.kind, &self.tls) {
             (HealthKind::Tcp, _) => Ok(()),
             (HealthKind::Http, _) => self.http_get(tcp, addr).await,
-            (HealthKind::Https, Some((connector, server_name))) => {
-                let name = match server_name {
-                    Some(n) => ServerName::try_from(n.clone())
-                        .map_err(|e| ("tls", format!("server_name: {e}")))?,
+            (HealthKind::Https, Some(tls)) => {
+                let name = match &self.cfg.tls.server_name {
+                    Some(n) => ServerName::try_from(n.clone()).map_err(ProbeError::ServerName)?,
                     None => ServerName::IpAddress(addr.ip().into()),
                 };
-                let tls = connector
+                let stream = tls
+                    .connector
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| ("tls", format!("TLS: {e}")))?;
-                self.http_get(tls, addr).await
+                    .map_err(ProbeError::Tls)?;
+                self.http_get(stream, addr).await
             }
-            (HealthKind::Https, None) => Err(("tls", "no TLS configuration".into())),
+            (HealthKind::Https, None) => Err(ProbeError::NoTlsConfig),
         }
     }
 
-    async fn http_get<S>(&self, stream: S, addr: SocketAddr) -> Result<(), (&'static str, String)>
+    async fn http_get<S>(&self, stream: S, addr: SocketAddr) -> Result<(), ProbeError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| ("http", format!("HTTP: {e}")))?;
+            .map_err(ProbeError::Http)?;
         let conn_task = tokio::spawn(async move {
             let _ = conn.await;
         });
-        let host = self.host.clone().unwrap_or_else(|| addr.to_string());
-        let req = http::Request::get(&self.path)
+        let host = self.cfg.host.clone().unwrap_or_else(|| addr.to_string());
+        let req = http::Request::get(&self.cfg.path)
             .header(http::header::HOST, host)
             .header(
                 http::header::USER_AGENT,
@@ -123,91 +170,120 @@ impl Probe {
             )
             .header(http::header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| ("http", format!("request: {e}")))?;
+            .map_err(ProbeError::Request)?;
         let resp = sender.send_request(req).await;
         conn_task.abort();
-        let resp = resp.map_err(|e| ("http", format!("HTTP: {e}")))?;
-        let status = resp.status().as_u16();
-        if status == self.expect_status {
+        let got = resp.map_err(ProbeError::Http)?.status().as_u16();
+        let expected = self.cfg.expect_status;
+        if got == expected {
             Ok(())
         } else {
-            Err((
-                "status",
-                format!("HTTP {status}, expected {}", self.expect_status),
-            ))
+            Err(ProbeError::Status { got, expected })
         }
     }
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsSetupError> {
-    std::fs::read(path).map_err(|source| TlsSetupError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+/// The PEM files of a TLS check, read once per (re)load.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct TlsFiles {
+    ca: Option<Pem>,
+    cert: Option<Pem>,
+    key: Option<Pem>,
 }
 
-fn certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    use rustls::pki_types::pem::PemObject;
-    let pem = read(path)?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsSetupError::Invalid {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsSetupError::NoCertificate {
-            path: path.display().to_string(),
-        });
-    }
-    Ok(certs)
+#[derive(Clone, PartialEq, Eq)]
+struct Pem {
+    path: String,
+    bytes: Vec<u8>,
 }
 
-/// Builds the rustls client config for health checks (ring provider).
-pub fn client_config(tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
-    use rustls::pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsSetupError::Invalid {
-            path: String::new(),
-            message: e.to_string(),
-        })?;
-    let builder = if tls.insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert { provider }))
-    } else {
-        let mut roots = RootCertStore::empty();
-        if let Some(ca) = &tls.ca_file {
-            for cert in certs(ca)? {
-                roots.add(cert).map_err(|e| TlsSetupError::Invalid {
-                    path: ca.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            }
+impl Pem {
+    fn read(path: &std::path::Path) -> Result<Pem, TlsSetupError> {
+        let path = path.display().to_string();
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Pem { path, bytes }),
+            Err(source) => Err(TlsSetupError::Read { path, source }),
         }
-        builder.with_root_certificates(roots)
-    };
-    let config = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = certs(cert)?;
-            let key_pem = read(key)?;
-            let key_der =
-                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsSetupError::Invalid {
-                    path: key.display().to_string(),
-                    message: e.to_string(),
-                })?;
+    }
+
+    fn invalid(&self, e: impl std::fmt::Display) -> TlsSetupError {
+        TlsSetupError::Invalid {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn certs(&self) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&self.bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.invalid(e))?;
+        if certs.is_empty() {
+            return Err(TlsSetupError::NoCertificate {
+                path: self.path.clone(),
+            });
+        }
+        Ok(certs)
+    }
+}
+
+impl TlsFiles {
+    fn read(tls: &TlsConfig) -> Result<TlsFiles, TlsSetupError> {
+        let read = |p: &Option<std::path::PathBuf>| p.as_deref().map(Pem::read).transpose();
+        // A CA is not used with insecure_skip_verify, so not read either.
+        let ca = if tls.insecure_skip_verify {
+            None
+        } else {
+            read(&tls.ca_file)?
+        };
+        let (cert, key) = match (&tls.cert_file, &tls.key_file) {
+            (Some(_), Some(_)) => (read(&tls.cert_file)?, read(&tls.key_file)?),
+            _ => (None, None),
+        };
+        Ok(TlsFiles { ca, cert, key })
+    }
+
+    /// The rustls client config for health checks (ring provider).
+    fn client_config(&self, tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
+        use rustls::pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSetupError::Invalid {
+                path: String::new(),
+                message: e.to_string(),
+            })?;
+        let builder = if tls.insecure_skip_verify {
             builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| TlsSetupError::Invalid {
-                    path: cert.display().to_string(),
-                    message: e.to_string(),
-                })?
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    Ok(config)
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert { provider }))
+        } else {
+            let mut roots = RootCertStore::empty();
+            if let Some(ca) = &self.ca {
+                for cert in ca.certs()? {
+                    roots.add(cert).map_err(|e| ca.invalid(e))?;
+                }
+            }
+            builder.with_root_certificates(roots)
+        };
+        Ok(match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let chain = cert.certs()?;
+                let key_der =
+                    PrivateKeyDer::from_pem_slice(&key.bytes).map_err(|e| key.invalid(e))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| cert.invalid(e))?
+            }
+            _ => builder.with_no_client_auth(),
+        })
+    }
+}
+
+/// The rustls client config health checks use (ring provider), for tools
+/// that dial like a check does.
+pub fn client_config(tls: &TlsConfig) -> Result<ClientConfig, TlsSetupError> {
+    TlsFiles::read(tls)?.client_config(tls)
 }
 
 /// `insecure_skip_verify`: haproxy's `check-ssl verify none`. Signatures are

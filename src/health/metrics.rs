@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::state::ProbeOutcome;
+use super::state::{ProbeFailure, ProbeOutcome};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
@@ -21,7 +21,7 @@ pub struct BackendLabels {
 pub struct FailureLabels {
     pub listener: String,
     pub backend: String,
-    pub reason: String,
+    pub reason: ProbeFailure,
 }
 
 #[derive(Clone)]
@@ -74,29 +74,40 @@ impl HealthMetrics {
         }
     }
 
+    fn failure_labels(listener: &str, addr: SocketAddr, reason: ProbeFailure) -> FailureLabels {
+        FailureLabels {
+            listener: listener.to_string(),
+            backend: addr.to_string(),
+            reason,
+        }
+    }
+
+    /// A backend starts being checked: its failure counters exist at 0 for
+    /// every reason from the start.
+    pub(crate) fn track(&self, listener: &str, addr: SocketAddr) {
+        for &reason in ProbeFailure::ALL {
+            let _ = self
+                .failures
+                .get_or_create(&Self::failure_labels(listener, addr, reason));
+        }
+    }
+
     pub(crate) fn observe(&self, listener: &str, addr: SocketAddr, outcome: &ProbeOutcome) {
         let labels = Self::labels(listener, addr);
-        match outcome {
-            ProbeOutcome::Up { latency } => {
-                self.latency
-                    .get_or_create(&labels)
-                    .observe(latency.as_secs_f64());
-            }
+        let latency = match outcome {
+            ProbeOutcome::Up { latency } => latency,
             ProbeOutcome::Down {
                 reason, latency, ..
             } => {
-                self.latency
-                    .get_or_create(&labels)
-                    .observe(latency.as_secs_f64());
                 self.failures
-                    .get_or_create(&FailureLabels {
-                        listener: listener.to_string(),
-                        backend: addr.to_string(),
-                        reason: reason.to_string(),
-                    })
+                    .get_or_create(&Self::failure_labels(listener, addr, *reason))
                     .inc();
+                latency
             }
-        }
+        };
+        self.latency
+            .get_or_create(&labels)
+            .observe(latency.as_secs_f64());
     }
 
     pub(crate) fn set_up(&self, listener: &str, addr: SocketAddr, up: bool) {
@@ -105,7 +116,56 @@ impl HealthMetrics {
             .set(i64::from(up));
     }
 
+    /// A backend is no longer checked (removed by a reload): its series go.
     pub(crate) fn forget(&self, listener: &str, addr: SocketAddr) {
-        self.up.remove(&Self::labels(listener, addr));
+        let labels = Self::labels(listener, addr);
+        self.up.remove(&labels);
+        self.latency.remove(&labels);
+        for &reason in ProbeFailure::ALL {
+            self.failures
+                .remove(&Self::failure_labels(listener, addr, reason));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn scrape(reg: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, reg).unwrap();
+        out
+    }
+
+    #[test]
+    fn every_failure_reason_is_registered_and_forgotten_with_the_backend() {
+        let mut reg = Registry::default();
+        let m = HealthMetrics::register(&mut reg);
+        let addr: SocketAddr = "10.0.0.1:6443".parse().unwrap();
+        m.track("api", addr);
+        m.observe(
+            "api",
+            addr,
+            &ProbeOutcome::Down {
+                reason: ProbeFailure::Tls,
+                message: "TLS: bad certificate".into(),
+                latency: Duration::from_millis(3),
+            },
+        );
+        m.set_up("api", addr, false);
+        let out = scrape(&reg);
+        for r in ProbeFailure::ALL {
+            let n = if *r == ProbeFailure::Tls { 1 } else { 0 };
+            let line = format!(
+                "lbd_health_check_failures_total{{listener=\"api\",backend=\"10.0.0.1:6443\",reason=\"{r}\"}} {n}"
+            );
+            assert!(out.contains(&line), "missing {line} in\n{out}");
+        }
+        assert!(out.contains("lbd_backend_up{listener=\"api\",backend=\"10.0.0.1:6443\"} 0"));
+        m.forget("api", addr);
+        let out = scrape(&reg);
+        assert!(!out.contains("10.0.0.1:6443"), "{out}");
     }
 }

@@ -8,4 +8,8 @@ mod state;
 pub use check::{client_config, Probe, TlsSetupError};
 pub use metrics::HealthMetrics;
 pub use runner::{BackendDetail, HealthSnapshot, ListenerHealth};
-pub use state::{HealthState, ProbeOutcome};
+pub use state::{HealthState, ProbeFailure, ProbeOutcome};
+
+/// Listener name -> has at least one usable backend: what the balancer
+/// publishes and VRRP's `track: - listener:` follows.
+pub type ListenerHealthMap = std::collections::BTreeMap<String, bool>;

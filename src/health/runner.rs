@@ -12,10 +12,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::check::{Probe, TlsSetupError};
+use super::check::Probe;
 use super::metrics::HealthMetrics;
 use super::state::{HealthState, ProbeOutcome};
-use crate::config::{HealthConfig, ListenerConfig};
 
 /// Which backends may be chosen, in config order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,10 +52,12 @@ pub struct ListenerHealth {
     flips: watch::Sender<Arc<HealthSnapshot>>,
     commands: mpsc::UnboundedSender<Command>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The check running now, to tell on reload whether it changed.
+    probe: std::sync::Mutex<Probe>,
 }
 
 enum Command {
-    Update(Vec<SocketAddr>, HealthConfig, Probe),
+    Update(Vec<SocketAddr>, Probe),
 }
 
 impl ListenerHealth {
@@ -72,40 +73,46 @@ impl ListenerHealth {
         self.flips.subscribe()
     }
 
-    /// Starts checking `cfg.backends`.
+    /// Starts checking `backends` of listener `name` with `probe` (built,
+    /// so TLS material read, by the caller before anything changed).
     pub fn spawn(
-        cfg: &ListenerConfig,
+        name: &str,
+        backends: &[SocketAddr],
+        probe: Probe,
         metrics: HealthMetrics,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Self>, TlsSetupError> {
+    ) -> Arc<Self> {
         let initial = HealthSnapshot {
-            backends: cfg.backends.iter().map(|a| (*a, true)).collect(),
+            backends: backends.iter().map(|a| (*a, true)).collect(),
         };
         let (flips, _) = watch::channel(Arc::new(initial.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
         let me = Arc::new(ListenerHealth {
-            name: cfg.name.clone(),
+            name: name.to_string(),
             snapshot: ArcSwap::from_pointee(initial),
             details: ArcSwap::from_pointee(Vec::new()),
             flips,
             commands: tx,
             task: std::sync::Mutex::new(None),
+            probe: std::sync::Mutex::new(probe.clone()),
         });
         let task = tokio::spawn(aggregate(Arc::downgrade(&me), rx, metrics, shutdown));
         *me.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
-        me.update(cfg)?;
-        Ok(me)
+        me.update(backends, probe);
+        me
+    }
+
+    /// The check running now.
+    pub fn probe(&self) -> Probe {
+        self.probe.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Applies a reloaded listener: unchanged backends keep their state.
-    pub fn update(&self, cfg: &ListenerConfig) -> Result<(), TlsSetupError> {
-        let probe = Probe::new(&cfg.health)?;
-        let _ = self.commands.send(Command::Update(
-            cfg.backends.clone(),
-            cfg.health.clone(),
-            probe,
-        ));
-        Ok(())
+    pub fn update(&self, backends: &[SocketAddr], probe: Probe) {
+        *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = probe.clone();
+        let _ = self
+            .commands
+            .send(Command::Update(backends.to_vec(), probe));
     }
 
     pub fn stop(&self) {
@@ -127,95 +134,160 @@ struct Tracked {
     prober: JoinHandle<()>,
 }
 
+type ProbeResult = (SocketAddr, u64, ProbeOutcome);
+
 /// The single writer: owns every backend's state, so no locks are needed.
-async fn aggregate(
-    owner: std::sync::Weak<ListenerHealth>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+struct Aggregator {
+    name: String,
     metrics: HealthMetrics,
-    shutdown: CancellationToken,
-) {
-    let (results_tx, mut results) = mpsc::channel::<(SocketAddr, u64, ProbeOutcome)>(64);
-    let mut order: Vec<SocketAddr> = Vec::new();
-    let mut tracked: BTreeMap<SocketAddr, Tracked> = BTreeMap::new();
-    // Results from a prober of an earlier generation are ignored after a
-    // reload changed its check.
-    let mut generation = 0u64;
-    let name = match owner.upgrade() {
-        Some(o) => o.name.clone(),
-        None => return,
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            cmd = commands.recv() => {
-                let Some(Command::Update(backends, health, probe)) = cmd else { break };
-                generation += 1;
-                let mut next = BTreeMap::new();
-                for (i, addr) in backends.iter().enumerate() {
-                    let state = match tracked.remove(addr) {
-                        Some(t) => {
-                            t.prober.abort();
-                            (t.state.with_thresholds(health.rise, health.fall), t.since)
-                        }
-                        None => (HealthState::new(health.rise, health.fall), Instant::now()),
-                    };
-                    // Spread the first probes over one interval so a listener
-                    // with many backends does not probe them all at once.
-                    // (At most over one second: the first verdict should not
-                    // wait for a long interval.)
-                    let spread = health.interval.min(Duration::from_secs(1));
-                    let offset = spread.mul_f64(i as f64 / backends.len().max(1) as f64);
-                    let prober = tokio::spawn(probe_loop(
-                        *addr, probe.clone(), health.interval, offset, generation, results_tx.clone(),
-                    ));
-                    next.insert(*addr, Tracked { state: state.0, since: state.1, prober });
-                }
-                for (addr, t) in std::mem::take(&mut tracked) {
+    order: Vec<SocketAddr>,
+    tracked: BTreeMap<SocketAddr, Tracked>,
+    /// Results from a prober of an earlier generation are ignored after a
+    /// reload changed its check.
+    generation: u64,
+    results: mpsc::Sender<ProbeResult>,
+}
+
+impl Aggregator {
+    /// A new backend set or check: unchanged backends keep their state
+    /// (with the new thresholds); every prober restarts with the new check.
+    fn update(&mut self, backends: Vec<SocketAddr>, probe: Probe) {
+        let health = probe.config().clone();
+        self.generation += 1;
+        let mut next = BTreeMap::new();
+        for (i, addr) in backends.iter().enumerate() {
+            let (state, since) = match self.tracked.remove(addr) {
+                Some(t) => {
                     t.prober.abort();
-                    metrics.forget(&name, addr);
+                    (t.state.with_thresholds(health.rise, health.fall), t.since)
                 }
-                tracked = next;
-                order = backends;
-            }
-            Some((addr, gen, outcome)) = results.recv() => {
-                if gen != generation { continue; }
-                let Some(t) = tracked.get_mut(&addr) else { continue };
-                metrics.observe(&name, addr, &outcome);
-                if t.state.observe(&outcome) {
-                    t.since = Instant::now();
-                    tracing::warn!(
-                        listener = %name, backend = %addr,
-                        state = if t.state.is_usable() { "UP" } else { "DOWN" },
-                        error = t.state.last_error.as_deref().unwrap_or(""),
-                        "backend health changed"
-                    );
-                } else {
-                    // Only the details changed.
-                    let Some(owner) = owner.upgrade() else { break };
-                    owner.details.store(Arc::new(details(&order, &tracked)));
-                    continue;
+                None => {
+                    self.metrics.track(&self.name, *addr);
+                    (HealthState::new(health.rise, health.fall), Instant::now())
                 }
-            }
+            };
+            // Spread the first probes over one interval so a listener with
+            // many backends does not probe them all at once. (At most over
+            // one second: the first verdict should not wait for a long
+            // interval.)
+            let spread = health.interval.min(Duration::from_secs(1));
+            let offset = spread.mul_f64(i as f64 / backends.len().max(1) as f64);
+            let prober = tokio::spawn(probe_loop(
+                *addr,
+                probe.clone(),
+                health.interval,
+                offset,
+                self.generation,
+                self.results.clone(),
+            ));
+            next.insert(
+                *addr,
+                Tracked {
+                    state,
+                    since,
+                    prober,
+                },
+            );
         }
-        let Some(owner) = owner.upgrade() else { break };
+        for (addr, t) in std::mem::replace(&mut self.tracked, next) {
+            t.prober.abort();
+            self.metrics.forget(&self.name, addr);
+        }
+        self.order = backends;
+    }
+
+    /// One probe's result; true when the backend's usable state flipped.
+    fn observe(&mut self, (addr, generation, outcome): ProbeResult) -> bool {
+        if generation != self.generation {
+            return false;
+        }
+        let Some(t) = self.tracked.get_mut(&addr) else {
+            return false;
+        };
+        self.metrics.observe(&self.name, addr, &outcome);
+        if !t.state.observe(&outcome) {
+            return false;
+        }
+        t.since = Instant::now();
+        tracing::warn!(
+            listener = %self.name, backend = %addr,
+            state = if t.state.is_usable() { "UP" } else { "DOWN" },
+            error = t.state.last_error.as_deref().unwrap_or(""),
+            "backend health changed"
+        );
+        true
+    }
+
+    /// Publishes the details and, when it changed, the snapshot.
+    fn publish(&self, owner: &ListenerHealth) {
         let snap = HealthSnapshot {
-            backends: order
+            backends: self
+                .order
                 .iter()
-                .map(|a| (*a, tracked.get(a).is_none_or(|t| t.state.is_usable())))
+                .map(|a| (*a, self.tracked.get(a).is_none_or(|t| t.state.is_usable())))
                 .collect(),
         };
         for (addr, up) in &snap.backends {
-            metrics.set_up(&name, *addr, *up);
+            self.metrics.set_up(&self.name, *addr, *up);
         }
-        owner.details.store(Arc::new(details(&order, &tracked)));
+        self.publish_details(owner);
         if **owner.snapshot.load() != snap {
             let snap = Arc::new(snap);
             owner.snapshot.store(snap.clone());
             owner.flips.send_replace(snap);
         }
     }
-    for t in tracked.values() {
-        t.prober.abort();
+
+    fn publish_details(&self, owner: &ListenerHealth) {
+        owner
+            .details
+            .store(Arc::new(details(&self.order, &self.tracked)));
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        for t in self.tracked.values() {
+            t.prober.abort();
+        }
+    }
+}
+
+async fn aggregate(
+    owner: std::sync::Weak<ListenerHealth>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    metrics: HealthMetrics,
+    shutdown: CancellationToken,
+) {
+    let Some(name) = owner.upgrade().map(|o| o.name.clone()) else {
+        return;
+    };
+    let (results_tx, mut results) = mpsc::channel::<ProbeResult>(64);
+    let mut agg = Aggregator {
+        name,
+        metrics,
+        order: Vec::new(),
+        tracked: BTreeMap::new(),
+        generation: 0,
+        results: results_tx,
+    };
+    loop {
+        let flipped = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            cmd = commands.recv() => {
+                let Some(Command::Update(backends, probe)) = cmd else { return };
+                agg.update(backends, probe);
+                true
+            }
+            Some(result) = results.recv() => agg.observe(result),
+        };
+        let Some(owner) = owner.upgrade() else { return };
+        if flipped {
+            agg.publish(&owner);
+        } else {
+            // Only the details changed.
+            agg.publish_details(&owner);
+        }
     }
 }
 

@@ -3,6 +3,23 @@
 
 use std::time::Duration;
 
+crate::label::label_enum! {
+    /// Why a probe failed: the `reason` label of
+    /// `lbd_health_check_failures_total`.
+    pub enum ProbeFailure {
+        /// The TCP connect failed.
+        Connect => "connect",
+        /// No answer within the check's timeout.
+        Timeout => "timeout",
+        /// The TLS handshake failed (or the server name is unusable).
+        Tls => "tls",
+        /// The HTTP exchange failed.
+        Http => "http",
+        /// An answer, with another status than expected.
+        Status => "status",
+    }
+}
+
 /// Outcome of one probe, as the runner saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeOutcome {
@@ -10,7 +27,7 @@ pub enum ProbeOutcome {
         latency: Duration,
     },
     Down {
-        reason: &'static str,
+        reason: ProbeFailure,
         message: String,
         latency: Duration,
     },
@@ -113,7 +130,7 @@ mod tests {
     }
     fn down() -> ProbeOutcome {
         ProbeOutcome::Down {
-            reason: "status",
+            reason: ProbeFailure::Status,
             message: "HTTP 500".into(),
             latency: Duration::from_millis(1),
         }

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
-use super::report::StatusReport;
+use super::report::{ListenerStatus, ProxyStatus, StatusReport, VrrpInstanceStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -19,15 +19,57 @@ pub enum StatusError {
         path: String,
         source: std::io::Error,
     },
-    #[error("lbd did not answer on {path} within 5s")]
-    Timeout { path: String },
+    #[error("lbd did not answer on {path} within {secs}s")]
+    Timeout { path: String, secs: u64 },
     #[error("lbd answered badly on {path}: {message}")]
     Protocol { path: String, message: String },
 }
 
 /// Fetches `/status` from the daemon at `socket`.
 pub async fn fetch(socket: &Path) -> Result<StatusReport, StatusError> {
+    let (status, body) = request(socket, http::Method::GET, "/status").await?;
+    let proto = |message: String| StatusError::Protocol {
+        path: socket.display().to_string(),
+        message,
+    };
+    if !status.is_success() {
+        return Err(proto(format!("HTTP {status}")));
+    }
+    serde_json::from_slice(&body).map_err(|e| proto(e.to_string()))
+}
+
+/// What the daemon said to `POST /reload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied,
+    /// The file was refused; the previous config still runs.
+    Refused(String),
+}
+
+/// Asks the daemon at `socket` to reload its config file, and waits for
+/// the outcome (a reload binds and reads files: 30 s at most).
+pub async fn reload(socket: &Path) -> Result<ReloadOutcome, StatusError> {
+    let (status, body) = request(socket, http::Method::POST, "/reload").await?;
+    let said = String::from_utf8_lossy(&body).trim_end().to_string();
+    match status {
+        http::StatusCode::OK => Ok(ReloadOutcome::Applied),
+        http::StatusCode::UNPROCESSABLE_ENTITY => Ok(ReloadOutcome::Refused(said)),
+        other => Err(StatusError::Protocol {
+            path: socket.display().to_string(),
+            message: format!("HTTP {other}: {said}"),
+        }),
+    }
+}
+
+/// One HTTP/1.1 request on the admin socket, bounded in time (5 s for a
+/// GET, 30 s for a POST, which waits for the reload).
+async fn request(
+    socket: &Path,
+    method: http::Method,
+    uri: &str,
+) -> Result<(http::StatusCode, Bytes), StatusError> {
     let path = socket.display().to_string();
+    let limit = if method == http::Method::GET { 5 } else { 30 };
     let p = path.clone();
     let work = async move {
         let stream = UnixStream::connect(socket)
@@ -44,7 +86,9 @@ pub async fn fetch(socket: &Path) -> Result<StatusReport, StatusError> {
             .await
             .map_err(|e| proto(e.to_string()))?;
         tokio::spawn(conn);
-        let req = http::Request::get("/status")
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
             .header(http::header::HOST, "lbd")
             .body(Empty::<Bytes>::new())
             .map_err(|e| proto(e.to_string()))?;
@@ -52,20 +96,84 @@ pub async fn fetch(socket: &Path) -> Result<StatusReport, StatusError> {
             .send_request(req)
             .await
             .map_err(|e| proto(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(proto(format!("HTTP {}", resp.status())));
-        }
+        let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| proto(e.to_string()))?
             .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| proto(e.to_string()))
+        Ok((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(5), work)
+    tokio::time::timeout(Duration::from_secs(limit), work)
         .await
-        .unwrap_or(Err(StatusError::Timeout { path }))
+        .unwrap_or(Err(StatusError::Timeout { path, secs: limit }))
+}
+
+/// How `lbd status` shows the answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Show {
+    pub json: bool,
+    pub watch: bool,
+}
+
+/// `lbd status`: prints the daemon's answer once, or every second until
+/// SIGINT with `watch`; returns the exit code of the last answer (SPEC.md:
+/// 0 healthy, 1 unreachable, 3 degraded).
+pub async fn show(socket: &Path, how: Show) -> u8 {
+    use std::io::{IsTerminal, Write};
+    let redraw = how.watch && !how.json && std::io::stdout().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut code = 1;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c(), if how.watch => return code,
+        }
+        let mut out = String::new();
+        match fetch(socket).await {
+            Ok(report) => {
+                let reasons = degraded(&report);
+                code = if reasons.is_empty() { 0 } else { 3 };
+                out = render(&report, &reasons, how);
+            }
+            Err(e) => {
+                code = 1;
+                eprintln!("{e}");
+            }
+        }
+        if redraw {
+            // Home and clear, then the table: a redraw in place, as watch(1).
+            out.insert_str(0, "\x1b[H\x1b[2J");
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush());
+        if !how.watch {
+            return code;
+        }
+    }
+}
+
+/// One answer as `lbd status` prints it: the table and a line for each
+/// reason it is degraded, or the JSON object (pretty once; one line each
+/// when watching, for `jq` and log files).
+fn render(report: &StatusReport, reasons: &[String], how: Show) -> String {
+    if how.json {
+        let mut s = if how.watch {
+            serde_json::to_string(report)
+        } else {
+            serde_json::to_string_pretty(report)
+        }
+        .unwrap_or_default();
+        s.push('\n');
+        return s;
+    }
+    let mut s = render_table(report);
+    for r in reasons {
+        let _ = writeln!(s, "DEGRADED: {r}");
+    }
+    s
 }
 
 /// Why an answering lbd is not healthy, one reason each: a backend down, a
@@ -74,7 +182,7 @@ pub async fn fetch(socket: &Path) -> Result<StatusReport, StatusError> {
 pub fn degraded(r: &StatusReport) -> Vec<String> {
     let mut out = Vec::new();
     for v in &r.vrrp {
-        if v.state == "FAULT" {
+        if v.state == crate::vrrp::fsm::State::Fault {
             out.push(format!("VRRP instance {} is in FAULT", v.name));
         }
     }
@@ -132,14 +240,24 @@ pub fn render_table(r: &StatusReport) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
-    if !r.vrrp.is_empty() {
+    render_vrrp(&mut out, &r.vrrp);
+    render_listeners(&mut out, &r.tcplb);
+    if let Some(p) = &r.proxy {
+        render_proxy(&mut out, p);
+    }
+    out
+}
+
+/// Who holds each VIP, failing tracks, the peers heard.
+fn render_vrrp(out: &mut String, vrrp: &[VrrpInstanceStatus]) {
+    if !vrrp.is_empty() {
         let _ = writeln!(out, "\nVRRP");
         let _ = writeln!(
             out,
             "  {:<16} {:<8} {:>4} {:<7} {:>9} {:<24} {:<18} {:>6} {:>6}",
             "INSTANCE", "IFACE", "VRID", "STATE", "PRIO", "VIPS", "MASTER", "SINCE", "TRANS"
         );
-        for v in &r.vrrp {
+        for v in vrrp {
             let prio = if v.priority == v.effective_priority {
                 v.priority.to_string()
             } else {
@@ -153,13 +271,22 @@ pub fn render_table(r: &StatusReport) -> String {
                 v.vrid,
                 v.state,
                 prio,
-                v.virtual_ips.join(","),
-                v.master.as_deref().unwrap_or("-"),
+                v.virtual_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                v.master.map_or_else(|| "-".to_string(), |m| m.to_string()),
                 ago(v.since_seconds),
                 v.transitions
             );
             for t in v.tracks.iter().filter(|t| t.failing) {
-                let _ = writeln!(out, "    track {} FAILING (weight {})", t.target, t.weight);
+                let _ = writeln!(
+                    out,
+                    "    track {} FAILING (weight {})",
+                    super::report::track_target_name(&t.target),
+                    t.weight
+                );
             }
             for p in &v.peers {
                 let _ = writeln!(
@@ -170,16 +297,20 @@ pub fn render_table(r: &StatusReport) -> String {
             }
         }
     }
-    if !r.tcplb.is_empty() {
+}
+
+/// Which backends are up, sessions, refusals.
+fn render_listeners(out: &mut String, tcplb: &[ListenerStatus]) {
+    if !tcplb.is_empty() {
         let _ = writeln!(out, "\nLISTENERS");
-        for l in &r.tcplb {
+        for l in tcplb {
             let up = l.backends.iter().filter(|b| b.healthy).count();
             let _ = writeln!(
                 out,
                 "  {} {} ({}) {}/{} backends up, {} active, {} total, {} refused (no backend){}",
                 l.name,
                 l.bind,
-                l.balance,
+                super::report::balance_name(l.balance),
                 up,
                 l.backends.len(),
                 l.active_connections,
@@ -205,25 +336,26 @@ pub fn render_table(r: &StatusReport) -> String {
             }
         }
     }
-    if let Some(p) = &r.proxy {
-        let _ = writeln!(out, "\nPROXY");
-        let _ = writeln!(
-            out,
-            "  mode {}  {}  {} services, {} real servers, last sync {} ago in {}",
-            p.mode,
-            if p.synced { "SYNCED" } else { "NOT SYNCED" },
-            p.services,
-            p.real_servers,
-            p.last_sync_seconds_ago
-                .map(ago)
-                .unwrap_or_else(|| "never".into()),
-            p.last_sync_duration_ms
-                .map(|d| format!("{d:.1}ms"))
-                .unwrap_or_else(|| "-".into()),
-        );
-        if let Some(e) = &p.last_error {
-            let _ = writeln!(out, "  last error: {e}");
-        }
+}
+
+/// Whether the proxy is in sync.
+fn render_proxy(out: &mut String, p: &ProxyStatus) {
+    let _ = writeln!(out, "\nPROXY");
+    let _ = writeln!(
+        out,
+        "  mode {}  {}  {} services, {} real servers, last sync {} ago in {}",
+        p.mode,
+        if p.synced { "SYNCED" } else { "NOT SYNCED" },
+        p.services,
+        p.real_servers,
+        p.last_sync_seconds_ago
+            .map(ago)
+            .unwrap_or_else(|| "never".into()),
+        p.last_sync_duration_ms
+            .map(|d| format!("{d:.1}ms"))
+            .unwrap_or_else(|| "-".into()),
+    );
+    if let Some(e) = &p.last_error {
+        let _ = writeln!(out, "  last error: {e}");
     }
-    out
 }

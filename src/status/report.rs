@@ -1,7 +1,15 @@
 //! The status report: what `lbd status --json` prints and `/status` serves.
-//! Fields may be added, never renamed (SPEC.md).
+//! Fields may be added, never renamed (SPEC.md). Typed values: each
+//! serializes to the string SPEC.md shows (an address as `10.31.90.1`, a
+//! state as `MASTER`); `tests/status_report.rs` holds the golden JSON.
 
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::config::{Balance, TrackTarget};
+use crate::vrrp::fsm::State;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -32,12 +40,12 @@ pub struct VrrpInstanceStatus {
     pub interface: String,
     pub vrid: u8,
     /// INIT, BACKUP, MASTER or FAULT.
-    pub state: String,
+    pub state: State,
     pub priority: u8,
     pub effective_priority: u8,
-    pub virtual_ips: Vec<String>,
+    pub virtual_ips: Vec<IpNet>,
     /// Address of the node advertising as master now (ours or a peer's).
-    pub master: Option<String>,
+    pub master: Option<IpAddr>,
     pub transitions: u64,
     pub since_seconds: u64,
     #[serde(default)]
@@ -52,7 +60,7 @@ pub struct VrrpInstanceStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VrrpPeerStatus {
-    pub address: String,
+    pub address: IpAddr,
     pub priority: u8,
     pub advert_interval_ms: u64,
     pub last_heard_seconds_ago: f64,
@@ -61,7 +69,8 @@ pub struct VrrpPeerStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrackStatus {
     /// `listener:NAME` or `interface:NAME`.
-    pub target: String,
+    #[serde(with = "track_target")]
+    pub target: TrackTarget,
     pub weight: i32,
     pub failing: bool,
 }
@@ -69,11 +78,12 @@ pub struct TrackStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListenerStatus {
     pub name: String,
-    pub bind: String,
+    pub bind: SocketAddr,
     pub active_connections: u64,
     pub backends: Vec<BackendStatus>,
-    #[serde(default)]
-    pub balance: String,
+    /// As in the config file: roundrobin, leastconn, source, random.
+    #[serde(with = "balance", default = "balance::default")]
+    pub balance: Balance,
     #[serde(default)]
     pub total_connections: u64,
     #[serde(default)]
@@ -85,7 +95,7 @@ pub struct ListenerStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
-    pub address: String,
+    pub address: SocketAddr,
     pub healthy: bool,
     pub active_connections: u64,
     pub last_error: Option<String>,
@@ -98,9 +108,26 @@ pub struct BackendStatus {
     pub total_connections: u64,
 }
 
+/// The data plane the Service proxy runs, as the status names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyDataPlane {
+    Ipvs,
+    Nftables,
+}
+
+impl std::fmt::Display for ProxyDataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProxyDataPlane::Ipvs => "ipvs",
+            ProxyDataPlane::Nftables => "nftables",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxyStatus {
-    pub mode: String,
+    pub mode: ProxyDataPlane,
     pub synced: bool,
     pub services: u64,
     pub real_servers: u64,
@@ -108,4 +135,74 @@ pub struct ProxyStatus {
     pub last_sync_duration_ms: Option<f64>,
     #[serde(default)]
     pub last_error: Option<String>,
+}
+
+/// `listener:NAME` / `interface:NAME`, as the config file's `track` reads.
+pub fn track_target_name(t: &TrackTarget) -> String {
+    match t {
+        TrackTarget::Listener(n) => format!("listener:{n}"),
+        TrackTarget::Interface(n) => format!("interface:{n}"),
+    }
+}
+
+/// A balance algorithm by its config-file name.
+pub fn balance_name(b: Balance) -> &'static str {
+    balance::name(b)
+}
+
+mod track_target {
+    use super::TrackTarget;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &TrackTarget, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::track_target_name(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TrackTarget, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.split_once(':') {
+            Some(("listener", n)) => Ok(TrackTarget::Listener(n.to_string())),
+            Some(("interface", n)) => Ok(TrackTarget::Interface(n.to_string())),
+            _ => Err(serde::de::Error::custom(format!(
+                "track target {s:?}: expected listener:NAME or interface:NAME"
+            ))),
+        }
+    }
+}
+
+mod balance {
+    use super::Balance;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALL: [Balance; 4] = [
+        Balance::RoundRobin,
+        Balance::LeastConn,
+        Balance::Source,
+        Balance::Random,
+    ];
+
+    pub fn name(b: Balance) -> &'static str {
+        match b {
+            Balance::RoundRobin => "roundrobin",
+            Balance::LeastConn => "leastconn",
+            Balance::Source => "source",
+            Balance::Random => "random",
+        }
+    }
+
+    pub fn serialize<S: Serializer>(b: &Balance, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(name(*b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Balance, D::Error> {
+        let s = String::deserialize(d)?;
+        ALL.into_iter().find(|b| name(*b) == s).ok_or_else(|| {
+            serde::de::Error::unknown_variant(&s, &["roundrobin", "leastconn", "source", "random"])
+        })
+    }
+
+    /// The config file's default, for a report that lacks the field.
+    pub fn default() -> Balance {
+        Balance::RoundRobin
+    }
 }

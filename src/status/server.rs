@@ -1,5 +1,7 @@
 //! The admin server: `/healthz`, `/readyz`, `/metrics`, `/status` on the
-//! unix socket (0600) and on the optional TCP `admin.listen`.
+//! unix socket (0600) and on the optional TCP `admin.listen`; `POST
+//! /reload` (what `lbd reload` sends) on the unix socket only, since it
+//! changes what the node serves and the TCP port is not root-only.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -25,6 +27,21 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// Every listener bound and the first syncs done.
     pub ready: AtomicBool,
+    /// Where `POST /reload` asks the daemon's main loop to reload; the
+    /// answer comes back on the ticket.
+    pub reload: Option<tokio::sync::mpsc::Sender<ReloadTicket>>,
+}
+
+/// One reload asked over the socket: the outcome goes back on it (the
+/// refusal's reason as text).
+pub type ReloadTicket = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Which socket a request came in on: only the root-only unix socket may
+/// change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Unix,
+    Tcp,
 }
 
 fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -35,10 +52,37 @@ fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
+/// `POST /reload`: the main loop reloads as on SIGHUP (all or nothing) and
+/// says how it went: 200 applied, 422 refused (the last good config stays,
+/// the reason in the body), 503 if the daemon cannot take it now.
+async fn reload(state: &AdminState, via: Via) -> Response<Full<Bytes>> {
+    let plain = "text/plain";
+    let Some(tx) = state.reload.as_ref().filter(|_| via == Via::Unix) else {
+        return text(
+            StatusCode::FORBIDDEN,
+            plain,
+            "reload only on the admin unix socket\n",
+        );
+    };
+    let (ticket, answer) = tokio::sync::oneshot::channel();
+    if tx.send(ticket).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, plain, "shutting down\n");
+    }
+    match answer.await {
+        Ok(Ok(())) => text(StatusCode::OK, plain, "reloaded\n"),
+        Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, plain, format!("{e}\n")),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, plain, "shutting down\n"),
+    }
+}
+
 async fn handle(
     state: Arc<AdminState>,
+    via: Via,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == http::Method::POST && req.uri().path() == "/reload" {
+        return Ok(reload(&state, via).await);
+    }
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -84,17 +128,17 @@ async fn handle(
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /healthz /readyz /metrics /status\n",
+            "not found: try /healthz /readyz /metrics /status, POST /reload\n",
         ),
     })
 }
 
-fn serve_conn<S>(state: Arc<AdminState>, io: S, shutdown: CancellationToken)
+fn serve_conn<S>(state: Arc<AdminState>, via: Via, io: S, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let svc = service_fn(move |req| handle(state.clone(), req));
+        let svc = service_fn(move |req| handle(state.clone(), via, req));
         // HTTP/1.1 only: curl, the kubelet's probes and `lbd status` speak
         // it, and no HTTP/2 stack is linked in for them (650 KiB of h2).
         let conn =
@@ -141,6 +185,7 @@ pub async fn serve_unix(
     accept_loop(
         || async move { l.accept().await.map(|(s, _)| s) },
         "admin socket",
+        Via::Unix,
         state,
         shutdown,
     )
@@ -152,6 +197,7 @@ pub async fn serve_tcp(listener: TcpListener, state: Arc<AdminState>, shutdown: 
     accept_loop(
         || async move { l.accept().await.map(|(s, _)| s) },
         "admin listen",
+        Via::Tcp,
         state,
         shutdown,
     )
@@ -162,6 +208,7 @@ pub async fn serve_tcp(listener: TcpListener, state: Arc<AdminState>, shutdown: 
 async fn accept_loop<S, F, Fut>(
     mut accept: F,
     what: &str,
+    via: Via,
     state: Arc<AdminState>,
     shutdown: CancellationToken,
 ) where
@@ -173,7 +220,7 @@ async fn accept_loop<S, F, Fut>(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             a = accept() => match a {
-                Ok(s) => serve_conn(state.clone(), s, shutdown.clone()),
+                Ok(s) => serve_conn(state.clone(), via, s, shutdown.clone()),
                 Err(e) => {
                     tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

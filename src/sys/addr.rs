@@ -92,16 +92,12 @@ pub struct AddrInfo {
 
 impl AddrInfo {
     fn from_message(msg: &AddressMessage) -> Option<AddrInfo> {
-        let mut local = None;
-        let mut address = None;
         let mut label = None;
         let mut proto = None;
         let mut valid_lft = None;
         let mut flags = AddressFlags::empty();
         for attr in &msg.attributes {
             match attr {
-                AddressAttribute::Local(a) => local = Some(*a),
-                AddressAttribute::Address(a) => address = Some(*a),
                 AddressAttribute::Label(l) => label = Some(l.clone()),
                 AddressAttribute::Protocol(p) => proto = Some(u8::from(*p)),
                 AddressAttribute::CacheInfo(c) => {
@@ -111,11 +107,9 @@ impl AddrInfo {
                 _ => {}
             }
         }
-        // IFA_LOCAL is the address itself on point-to-point links; IFA_ADDRESS
-        // is the peer there. Elsewhere both are equal.
-        let ip = local.or(address)?;
+        let ip = super::rtnl::address_of(msg)?;
         let addr = IpNet::new(ip, msg.header.prefix_len).ok()?;
-        let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        let link_local = super::rtnl::is_link_local_v6(&ip);
         Some(AddrInfo {
             ifindex: msg.header.index,
             addr,
@@ -160,29 +154,17 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a netlink socket in the caller's network namespace.
     pub fn connect() -> Result<Netlink, SysError> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle: super::rtnl::connect()?,
+        })
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<LinkInfo, SysError> {
-        let mut s = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match s.try_next().await {
-            Ok(Some(msg)) => {
-                LinkInfo::from_message(&msg).ok_or_else(|| SysError::NoSuchInterface(name.into()))
-            }
-            Ok(None) => Err(SysError::NoSuchInterface(name.into())),
-            // ENODEV comes back as an error message.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
-                Err(SysError::NoSuchInterface(name.into()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        super::rtnl::link_by_name(&self.handle, name)
+            .await?
+            .as_ref()
+            .and_then(LinkInfo::from_message)
+            .ok_or_else(|| SysError::NoSuchInterface(name.into()))
     }
 
     /// Every address of the given family on the interface.
@@ -213,11 +195,9 @@ impl Netlink {
         {
             return Ok(AddOutcome::Foreign);
         }
-        let mut req = self
-            .handle
-            .address()
-            .add(link.index, vip.addr(), vip.prefix_len())
-            .replace();
+        let mut req =
+            super::rtnl::add_address(&self.handle, link.index, vip.addr(), vip.prefix_len())
+                .replace();
         let msg = req.message_mut();
         let secs = lifetime.as_secs().clamp(1, u32::MAX as u64 - 1) as u32;
         let mut ci = CacheInfo::default();
@@ -228,18 +208,8 @@ impl Netlink {
             .push(AddressAttribute::Protocol(AddressProtocol::from(
                 LBD_ADDR_PROTO,
             )));
-        match vip {
-            IpNet::V4(_) => {
-                if let Some(label) = lbd_label(&link.name) {
-                    msg.attributes.push(AddressAttribute::Label(label));
-                }
-            }
-            IpNet::V6(_) => {
-                // No duplicate address detection: the address must be usable
-                // at once, and VRRP itself decides who owns it.
-                msg.attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
-            }
+        if let Some(label) = lbd_label(&link.name).filter(|_| vip.addr().is_ipv4()) {
+            msg.attributes.push(AddressAttribute::Label(label));
         }
         req.execute().await?;
         Ok(AddOutcome::Installed)
@@ -256,8 +226,11 @@ impl Netlink {
             match self.handle.address().del(a.raw).execute().await {
                 Ok(()) => removed = true,
                 // Gone meanwhile (expired, or removed by someone): fine.
-                Err(rtnetlink::Error::NetlinkError(e))
-                    if e.raw_code() == -libc::EADDRNOTAVAIL || e.raw_code() == -libc::ENOENT => {}
+                Err(e)
+                    if matches!(
+                        super::rtnl::errno(&e),
+                        Some(libc::EADDRNOTAVAIL | libc::ENOENT)
+                    ) => {}
                 Err(e) => return Err(e.into()),
             }
         }

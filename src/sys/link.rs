@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::MulticastGroup;
 
@@ -60,18 +59,6 @@ impl NetMonitor {
     }
 }
 
-fn addr_of(m: &AddressMessage) -> Option<IpAddr> {
-    let mut address = None;
-    for a in &m.attributes {
-        match a {
-            AddressAttribute::Local(ip) => return Some(*ip),
-            AddressAttribute::Address(ip) => address = Some(*ip),
-            _ => {}
-        }
-    }
-    address
-}
-
 fn decode(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
     let NetlinkPayload::InnerMessage(inner) = msg.payload else {
         return None;
@@ -83,11 +70,11 @@ fn decode(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
         }),
         RouteNetlinkMessage::NewAddress(a) => Some(NetEvent::AddrAdded {
             ifindex: a.header.index,
-            addr: addr_of(&a)?,
+            addr: super::rtnl::address_of(&a)?,
         }),
         RouteNetlinkMessage::DelAddress(a) => Some(NetEvent::AddrRemoved {
             ifindex: a.header.index,
-            addr: addr_of(&a)?,
+            addr: super::rtnl::address_of(&a)?,
         }),
         _ => None,
     }

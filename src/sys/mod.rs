@@ -4,11 +4,11 @@
 
 pub mod addr;
 pub mod arp;
-pub mod dummy;
 pub mod fd;
 pub mod link;
 pub mod netns;
 pub mod packet;
 pub mod rlimit;
+pub mod rtnl;
 pub mod splice;
 pub mod sysctl;

@@ -11,25 +11,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{TrackConfig, TrackTarget, VrrpInstanceConfig, VrrpVersion};
-use crate::status::{TrackStatus, VrrpInstanceStatus, VrrpPeerStatus};
-use crate::sys::addr::{AddOutcome, LinkInfo, Netlink, SysError};
+use crate::config::VrrpInstanceConfig;
+use crate::health::ListenerHealthMap;
+use crate::status::{VrrpInstanceStatus, VrrpPeerStatus};
+use crate::sys::addr::{LinkInfo, Netlink, SysError};
 use crate::sys::link::{NetEvent, NetMonitor};
-use crate::sys::packet::PacketSender;
 
 use super::fsm::{Action, Input, State, VirtualRouter, VirtualRouterParams};
 use super::metrics::{InstanceMetrics, VrrpMetrics};
-use super::net::VrrpSocket;
-use super::packet::{gratuitous_arp_frame, unsolicited_na_frame};
-use super::packet::{LocalInstance, RxContext, VrrpPacket};
-
-/// Listener name -> has at least one healthy backend (what app.rs publishes).
-pub type ListenerHealthMap = BTreeMap<String, bool>;
+use super::net::{inbound, Inbound, VrrpSocket};
+use super::packet::{DropReason, LocalInstance, Version, VrrpPacket};
+use super::track::{tracked_interfaces, TrackState};
+use super::vip::{Announcer, VipHolder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VrrpError {
@@ -43,82 +40,15 @@ pub enum VrrpError {
     },
 }
 
-/// The VIPs of one instance on its interface: installs, renews, removes,
-/// and never touches an address someone else configured.
-struct VipHolder {
-    nl: Netlink,
-    vips: Vec<IpNet>,
-    lifetime: Duration,
-    /// VIPs found configured by someone else: announced, never removed.
-    foreign: Vec<IpAddr>,
-    held: bool,
-}
-
-impl VipHolder {
-    async fn install(&mut self, link: &LinkInfo) -> Result<(), SysError> {
-        self.held = true;
-        for vip in self.vips.clone() {
-            match self.nl.add_vip(link, vip, self.lifetime).await? {
-                AddOutcome::Installed => self.foreign.retain(|f| *f != vip.addr()),
-                AddOutcome::Foreign => {
-                    if !self.foreign.contains(&vip.addr()) {
-                        tracing::warn!(vip = %vip, interface = %link.name,
-                            "VIP already configured by someone else: left alone and never removed by lbd");
-                        self.foreign.push(vip.addr());
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn remove(&mut self, link: &LinkInfo) -> Result<(), SysError> {
-        self.held = false;
-        for vip in &self.vips {
-            self.nl.remove_vip(link, vip.addr()).await?;
-        }
-        Ok(())
-    }
-
-    fn is_vip(&self, ip: IpAddr) -> bool {
-        self.vips.iter().any(|v| v.addr() == ip)
-    }
-}
-
-/// Sends the gratuitous ARPs (IPv4) or unsolicited NAs (IPv6) that move the
-/// VIPs' traffic to this node, from the interface MAC (as keepalived does
-/// without use_vmac).
-struct Announcer {
-    tx: PacketSender,
-    mac: [u8; 6],
-}
-
-impl Announcer {
-    fn announce(&self, vips: &[IpNet], m: &InstanceMetrics) {
-        for vip in vips {
-            let r = match vip.addr() {
-                IpAddr::V4(v4) => self.tx.send(&gratuitous_arp_frame(self.mac, v4)),
-                IpAddr::V6(v6) => self.tx.send(&unsolicited_na_frame(self.mac, v6, false)),
-            };
-            match r {
-                Ok(()) => {
-                    m.garps.inc();
-                }
-                Err(e) => tracing::debug!(vip = %vip, error = %e, "gratuitous ARP/NA not sent"),
-            }
-        }
-    }
-}
-
 /// Runs `CMD INSTANCE STATE` through the shell without waiting for it
 /// (as keepalived's notify scripts); its exit status is logged.
-fn run_notify(cmd: &str, instance: &str, state: &str) {
+fn run_notify(cmd: &str, instance: &str, state: State) {
     let mut c = tokio::process::Command::new("/bin/sh");
     c.arg("-c")
         .arg(format!("{cmd} \"$1\" \"$2\""))
         .arg("lbd-notify")
         .arg(instance)
-        .arg(state)
+        .arg(state.as_str())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(false);
     match c.spawn() {
@@ -136,61 +66,11 @@ fn run_notify(cmd: &str, instance: &str, state: &str) {
     }
 }
 
-/// Which tracked objects are failing now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct TrackState {
-    failing: Vec<bool>,
-}
-
-fn track_failing(
-    tracks: &[TrackConfig],
-    listeners: &ListenerHealthMap,
-    links_up: &BTreeMap<String, bool>,
-) -> TrackState {
-    TrackState {
-        failing: tracks
-            .iter()
-            .map(|t| match &t.target {
-                // Unknown yet (listener not started): not failing, so a
-                // starting node does not give away a VIP it holds.
-                TrackTarget::Listener(name) => listeners.get(name) == Some(&false),
-                TrackTarget::Interface(name) => links_up.get(name) == Some(&false),
-            })
-            .collect(),
-    }
-}
-
-/// Sum of the weights of the failing tracks: what the state machine adds to
-/// the configured priority ([`super::fsm::effective_priority`]).
-fn track_weight(tracks: &[TrackConfig], state: &TrackState) -> i32 {
-    tracks
-        .iter()
-        .zip(&state.failing)
-        .filter(|(_, f)| **f)
-        .fold(0i32, |acc, (t, _)| acc.saturating_add(t.weight))
-}
-
-fn track_status(tracks: &[TrackConfig], state: &TrackState) -> Vec<TrackStatus> {
-    tracks
-        .iter()
-        .zip(&state.failing)
-        .map(|(t, f)| TrackStatus {
-            target: match &t.target {
-                TrackTarget::Listener(n) => format!("listener:{n}"),
-                TrackTarget::Interface(n) => format!("interface:{n}"),
-            },
-            weight: t.weight,
-            failing: *f,
-        })
-        .collect()
-}
-
 /// The per-instance state the loop keeps beside the pure router.
 struct Instance {
     cfg: VrrpInstanceConfig,
     m: InstanceMetrics,
     status: Arc<ArcSwap<VrrpInstanceStatus>>,
-    nl: Netlink,
     link: LinkInfo,
     holder: VipHolder,
     announcer: Option<Announcer>,
@@ -205,14 +85,180 @@ struct Instance {
     renew_at: Option<Instant>,
 }
 
-fn version_number(v: VrrpVersion) -> u8 {
-    match v {
-        VrrpVersion::V2 => 2,
-        VrrpVersion::V3 => 3,
-    }
+/// What an instance's task is given.
+pub struct InstanceContext {
+    pub tracks: watch::Receiver<ListenerHealthMap>,
+    pub status: Arc<ArcSwap<VrrpInstanceStatus>>,
+    pub metrics: VrrpMetrics,
+    pub shutdown: CancellationToken,
 }
 
 impl Instance {
+    /// Waits for the interface, opens the sockets, cleans up VIPs a crashed
+    /// predecessor left, and learns the tracked state: everything before
+    /// the router's Startup. None on shutdown meanwhile.
+    async fn open(
+        cfg: VrrpInstanceConfig,
+        ctx: &mut InstanceContext,
+        mon: &mut NetMonitor,
+    ) -> Result<Option<Instance>, VrrpError> {
+        // Registered at once: the series exist while the interface is missing.
+        let m = ctx.metrics.instance(&cfg.name);
+        let nl = Netlink::connect().map_err(sys_err(&cfg.name))?;
+        let v6 = cfg.virtual_ips.first().is_some_and(|v| v.addr().is_ipv6());
+        allow_nonlocal_bind(v6);
+        let Some((link, src)) = wait_ready(&cfg, &nl, mon, &ctx.status, &ctx.shutdown).await?
+        else {
+            return Ok(None);
+        };
+        let io_err = |what: &'static str| {
+            let instance = cfg.name.clone();
+            move |source| VrrpError::Io {
+                instance,
+                what,
+                source,
+            }
+        };
+        let sock = VrrpSocket::open(&link.name, link.index, src, &cfg.unicast_peers)
+            .map_err(io_err("VRRP socket"))?;
+        let announcer = Announcer::open(&link).map_err(io_err("packet socket"))?;
+        let mut holder = VipHolder::new(nl.clone(), cfg.virtual_ips.clone(), cfg.vip_lifetime);
+        // VIPs a crashed predecessor left (tagged ours): not master yet, so
+        // they go; a foreign copy stays.
+        if let Err(e) = holder.remove(&link).await {
+            tracing::warn!(instance = %cfg.name, error = %e, "cannot clean stale VIPs");
+        }
+        let mut links_up = BTreeMap::new();
+        for name in tracked_interfaces(&cfg.track) {
+            let up = nl.link_by_name(name).await.map(|l| l.up).unwrap_or(false);
+            links_up.insert(name.to_string(), up);
+        }
+        let listeners = ctx.tracks.borrow_and_update().clone();
+        let track_state = TrackState::compute(&cfg.track, &listeners, &links_up);
+        let mut router = VirtualRouter::new(VirtualRouterParams::from_config(&cfg, src));
+        // Tracking known before Startup, so the first advert already carries it.
+        router.handle(
+            Duration::ZERO,
+            Input::TrackChanged {
+                weight: track_state.weight(&cfg.track),
+            },
+        );
+        m.effective_priority
+            .set(i64::from(router.effective_priority()));
+        tracing::info!(instance = %cfg.name, interface = %link.name, source = %src, vrid = cfg.vrid,
+            priority = router.effective_priority(), peers = cfg.unicast_peers.len(),
+            "VRRP instance starting");
+        Ok(Some(Instance {
+            local: LocalInstance::from_config(&cfg),
+            cfg,
+            m,
+            status: ctx.status.clone(),
+            link,
+            holder,
+            announcer,
+            sock,
+            router,
+            start: Instant::now(),
+            track_state,
+            listeners,
+            links_up,
+            renew_at: None,
+        }))
+    }
+
+    /// RFC 5798 sec 6.4.1: Startup (FAULT first when the link is down).
+    async fn startup(&mut self) {
+        if !self.link.up {
+            self.input(Input::InterfaceDown).await;
+        }
+        self.input(Input::Startup).await;
+    }
+
+    /// The event loop, until `shutdown`.
+    async fn run(
+        &mut self,
+        tracks: &mut watch::Receiver<ListenerHealthMap>,
+        mon: &mut NetMonitor,
+        shutdown: &CancellationToken,
+    ) {
+        let mut tracks_open = true;
+        let mut mon_open = true;
+        let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.router.next_deadline().map(|d| self.start + d);
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    self.input(Input::Tick).await;
+                }
+                r = self.sock.recv() => self.on_packet(r).await,
+                ev = mon.next(), if mon_open => match ev {
+                    Some(ev) => self.on_net_event(ev).await,
+                    None => {
+                        tracing::warn!(instance = %self.cfg.name, "netlink monitor closed; relying on periodic renewal");
+                        mon_open = false;
+                    }
+                },
+                r = tracks.changed(), if tracks_open => {
+                    if r.is_err() {
+                        tracks_open = false;
+                    } else {
+                        self.listeners = tracks.borrow_and_update().clone();
+                        self.retrack().await;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.renew_at.unwrap_or(far)), if self.renew_at.is_some() => {
+                    self.renew().await;
+                }
+                _ = status_tick.tick() => self.publish(),
+            }
+        }
+    }
+
+    /// Renewing also re-adds a VIP whose removal we missed.
+    async fn renew(&mut self) {
+        if let Err(e) = self.holder.install(&self.link).await {
+            tracing::warn!(instance = %self.cfg.name, error = %e, "cannot renew VIP lifetime");
+        }
+        self.renew_at = Some(Instant::now() + self.renew_period());
+    }
+
+    /// RFC 5798 section 6.4.3: on Shutdown the master sends priority 0.
+    /// Make before break: the VIPs (and, in app.rs, the listeners) stay
+    /// until a backup announces itself master, so a client never meets a
+    /// moment when nobody owns the address; the overlap is the time one
+    /// advert takes to arrive. Bounded by two advert intervals (a backup's
+    /// skew time is under one) and 2 s (`Vrrp::stop` waits 3 s), in case no
+    /// backup is alive.
+    async fn stop(mut self) {
+        let was_master = self.router.state() == State::Master;
+        let now = self.now();
+        let mut actions = self.router.handle(now, Input::Shutdown);
+        let deferred = was_master && self.holder.held;
+        if deferred {
+            actions.retain(|a| !matches!(a, Action::RemoveVips));
+        }
+        self.perform(actions).await;
+        if deferred {
+            let bound = (self.cfg.advert_interval * 2)
+                .clamp(Duration::from_millis(20), Duration::from_secs(2));
+            match self.await_successor(bound).await {
+                Some(by) => {
+                    tracing::info!(instance = %self.cfg.name, successor = %by, "VIPs handed over")
+                }
+                None => tracing::info!(instance = %self.cfg.name, waited = ?bound,
+                    "no backup took over; removing VIPs"),
+            }
+        }
+        if self.holder.held {
+            let _ = self.holder.remove(&self.link).await;
+        }
+        tracing::info!(instance = %self.cfg.name, "VRRP instance stopped");
+    }
+
     fn now(&self) -> Duration {
         self.start.elapsed()
     }
@@ -282,16 +328,11 @@ impl Instance {
                 }
                 Action::StateChanged { from, to: st } => {
                     self.m.transitions.inc();
-                    self.m.state.set(match st {
-                        State::Initialize => super::metrics::STATE_INIT,
-                        State::Backup => super::metrics::STATE_BACKUP,
-                        State::Master => super::metrics::STATE_MASTER,
-                        State::Fault => super::metrics::STATE_FAULT,
-                    });
+                    self.m.set_state(st);
                     tracing::info!(instance = %self.cfg.name, from = from.as_str(), state = st.as_str(),
                         priority = self.router.effective_priority(), "VRRP state change");
                     if let Some(cmd) = &self.cfg.notify {
-                        run_notify(cmd, &self.cfg.name, st.as_str());
+                        run_notify(cmd, &self.cfg.name, st);
                     }
                 }
             }
@@ -306,12 +347,12 @@ impl Instance {
     }
 
     async fn retrack(&mut self) {
-        let st = track_failing(&self.cfg.track, &self.listeners, &self.links_up);
+        let st = TrackState::compute(&self.cfg.track, &self.listeners, &self.links_up);
         if st == self.track_state {
             return;
         }
         self.track_state = st;
-        let weight = track_weight(&self.cfg.track, &self.track_state);
+        let weight = self.track_state.weight(&self.cfg.track);
         self.input(Input::TrackChanged { weight }).await;
         let p = self.router.effective_priority();
         self.m.effective_priority.set(i64::from(p));
@@ -321,32 +362,25 @@ impl Instance {
 
     fn publish(&self) {
         let now = self.now();
-        let cfg = &self.cfg;
         let r = &self.router;
         self.status.store(Arc::new(VrrpInstanceStatus {
-            name: cfg.name.clone(),
-            interface: cfg.interface.clone(),
-            vrid: cfg.vrid,
-            state: r.state().as_str().to_string(),
-            priority: cfg.priority,
+            state: r.state(),
             effective_priority: r.effective_priority(),
-            virtual_ips: cfg.virtual_ips.iter().map(|v| v.to_string()).collect(),
-            master: r.master().map(|m| m.to_string()),
+            master: r.master(),
             transitions: r.transitions(),
             since_seconds: now.saturating_sub(r.since()).as_secs(),
-            version: version_number(cfg.version),
-            advert_interval_ms: cfg.advert_interval.as_millis() as u64,
             peers: r
                 .peers()
                 .iter()
                 .map(|(a, p)| VrrpPeerStatus {
-                    address: a.to_string(),
+                    address: *a,
                     priority: p.priority,
                     advert_interval_ms: u64::from(p.advert_interval_cs) * 10,
                     last_heard_seconds_ago: now.saturating_sub(p.last_heard).as_secs_f64(),
                 })
                 .collect(),
-            tracks: track_status(&cfg.track, &self.track_state),
+            tracks: self.track_state.status(&self.cfg.track),
+            ..initial_status(&self.cfg)
         }));
     }
 
@@ -384,7 +418,7 @@ impl Instance {
         let pkt = match r {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                self.m.dropped("ip_header");
+                self.m.dropped(DropReason::IpHeader);
                 return None;
             }
             Err(e) => {
@@ -393,30 +427,29 @@ impl Instance {
                 return None;
             }
         };
-        if pkt.src == self.sock.source() {
-            return None;
-        }
-        if !self.sock.accepts_from(pkt.src) {
-            self.m.dropped("not_a_peer");
-            return None;
-        }
-        let ctx = RxContext {
-            src: pkt.src,
-            dst: pkt.dst,
-            ttl_or_hop_limit: pkt.ttl,
-        };
         // Another group on the same link ends here as `vrid`: normal, but
         // counted.
-        let advert = match VrrpPacket::decode_for(&pkt.payload, &ctx, &self.local) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::trace!(instance = %self.cfg.name, from = %pkt.src, error = %e, "VRRP packet dropped");
-                self.m.dropped(e.reason().as_str());
-                return None;
+        match inbound(
+            &pkt,
+            self.sock.source(),
+            self.sock.unicast_peers(),
+            &self.local,
+        ) {
+            Inbound::Advert(src, advert) => {
+                self.m.received.inc();
+                Some((src, advert))
             }
-        };
-        self.m.received.inc();
-        Some((pkt.src, advert))
+            Inbound::Own => None,
+            dropped => {
+                if let Inbound::Invalid(e) = &dropped {
+                    tracing::trace!(instance = %self.cfg.name, from = %pkt.src, error = %e, "VRRP packet dropped");
+                }
+                if let Some(reason) = dropped.drop_reason() {
+                    self.m.dropped(reason);
+                }
+                None
+            }
+        }
     }
 
     async fn on_net_event(&mut self, ev: NetEvent) {
@@ -512,9 +545,10 @@ async fn wait_ready(
         if !warned {
             tracing::warn!(instance = %cfg.name, interface = %cfg.interface,
                 "interface missing or without a usable address: FAULT until it has one");
-            let mut st = (**status.load()).clone();
-            st.state = State::Fault.as_str().to_string();
-            status.store(Arc::new(st));
+            status.store(Arc::new(VrrpInstanceStatus {
+                state: State::Fault,
+                ..(**status.load()).clone()
+            }));
             warned = true;
         }
         // Re-check on any link/address change, and at least every second.
@@ -526,20 +560,21 @@ async fn wait_ready(
     }
 }
 
-/// The status of an instance before its task runs.
+/// The status of an instance before its task runs; the fields that do
+/// not change while it runs.
 pub fn initial_status(cfg: &VrrpInstanceConfig) -> VrrpInstanceStatus {
     VrrpInstanceStatus {
         name: cfg.name.clone(),
         interface: cfg.interface.clone(),
         vrid: cfg.vrid,
-        state: State::Initialize.as_str().to_string(),
+        state: State::Initialize,
         priority: cfg.priority,
         effective_priority: cfg.priority,
-        virtual_ips: cfg.virtual_ips.iter().map(|v| v.to_string()).collect(),
+        virtual_ips: cfg.virtual_ips.clone(),
         master: None,
         transitions: 0,
         since_seconds: 0,
-        version: version_number(cfg.version),
+        version: Version::from(cfg.version).number(),
         advert_interval_ms: cfg.advert_interval.as_millis() as u64,
         peers: Vec::new(),
         tracks: Vec::new(),
@@ -550,294 +585,15 @@ pub fn initial_status(cfg: &VrrpInstanceConfig) -> VrrpInstanceStatus {
 /// master) and removes the VIPs, so a backup takes over after skew time.
 pub async fn run_instance(
     cfg: VrrpInstanceConfig,
-    mut tracks: watch::Receiver<ListenerHealthMap>,
-    status: Arc<ArcSwap<VrrpInstanceStatus>>,
-    metrics: VrrpMetrics,
-    shutdown: CancellationToken,
+    mut ctx: InstanceContext,
 ) -> Result<(), VrrpError> {
-    let m = metrics.instance(&cfg.name);
-    let nl = Netlink::connect().map_err(sys_err(&cfg.name))?;
     // Subscribed before reading any state so no change falls in between.
     let mut mon = NetMonitor::open().map_err(sys_err(&cfg.name))?;
-    let v6 = cfg.virtual_ips.first().is_some_and(|v| v.addr().is_ipv6());
-    allow_nonlocal_bind(v6);
-    let Some((link, src)) = wait_ready(&cfg, &nl, &mut mon, &status, &shutdown).await? else {
+    let Some(mut inst) = Instance::open(cfg, &mut ctx, &mut mon).await? else {
         return Ok(());
     };
-    let io_err = |what: &'static str| {
-        let name = cfg.name.clone();
-        move |source| VrrpError::Io {
-            instance: name.clone(),
-            what,
-            source,
-        }
-    };
-    let sock = VrrpSocket::open(&link.name, link.index, src, &cfg.unicast_peers)
-        .map_err(io_err("VRRP socket"))?;
-    let announcer = match link.mac {
-        Some(mac) => Some(Announcer {
-            tx: PacketSender::open(link.index).map_err(io_err("packet socket"))?,
-            mac,
-        }),
-        None => None,
-    };
-    let mut holder = VipHolder {
-        nl: nl.clone(),
-        vips: cfg.virtual_ips.clone(),
-        lifetime: cfg.vip_lifetime,
-        foreign: Vec::new(),
-        held: false,
-    };
-    // VIPs a crashed predecessor left (tagged ours): not master yet, so
-    // they go; a foreign copy stays.
-    if let Err(e) = holder.remove(&link).await {
-        tracing::warn!(instance = %cfg.name, error = %e, "cannot clean stale VIPs");
-    }
-    let mut links_up = BTreeMap::new();
-    for t in &cfg.track {
-        if let TrackTarget::Interface(name) = &t.target {
-            let up = nl.link_by_name(name).await.map(|l| l.up).unwrap_or(false);
-            links_up.insert(name.clone(), up);
-        }
-    }
-    let listeners = tracks.borrow_and_update().clone();
-    let track_state = track_failing(&cfg.track, &listeners, &links_up);
-    let mut router = VirtualRouter::new(VirtualRouterParams::from_config(&cfg, src));
-    let local = LocalInstance::from_config(&cfg);
-    // Tracking known before Startup, so the first advert already carries it.
-    router.handle(
-        Duration::ZERO,
-        Input::TrackChanged {
-            weight: track_weight(&cfg.track, &track_state),
-        },
-    );
-    let prio = router.effective_priority();
-    m.effective_priority.set(i64::from(prio));
-    tracing::info!(instance = %cfg.name, interface = %link.name, source = %src, vrid = cfg.vrid,
-        priority = prio, peers = cfg.unicast_peers.len(), "VRRP instance starting");
-    let now = Instant::now();
-    let mut inst = Instance {
-        cfg,
-        m,
-        status,
-        nl,
-        link,
-        holder,
-        announcer,
-        sock,
-        router,
-        local,
-        start: now,
-        track_state,
-        listeners,
-        links_up,
-        renew_at: None,
-    };
-    if !inst.link.up {
-        inst.input(Input::InterfaceDown).await;
-    }
-    inst.input(Input::Startup).await;
-    let mut tracks_open = true;
-    let mut mon_open = true;
-    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
-    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let deadline = inst.router.next_deadline().map(|d| inst.start + d);
-        let far = Instant::now() + Duration::from_secs(3600);
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
-                inst.input(Input::Tick).await;
-            }
-            r = inst.sock.recv() => inst.on_packet(r).await,
-            ev = mon.next(), if mon_open => match ev {
-                Some(ev) => inst.on_net_event(ev).await,
-                None => {
-                    tracing::warn!(instance = %inst.cfg.name, "netlink monitor closed; relying on periodic renewal");
-                    mon_open = false;
-                }
-            },
-            r = tracks.changed(), if tracks_open => {
-                if r.is_err() {
-                    tracks_open = false;
-                } else {
-                    inst.listeners = tracks.borrow_and_update().clone();
-                    inst.retrack().await;
-                }
-            }
-            _ = tokio::time::sleep_until(inst.renew_at.unwrap_or(far)), if inst.renew_at.is_some() => {
-                // Renewing also re-adds a VIP whose removal we missed.
-                if let Err(e) = inst.holder.install(&inst.link).await {
-                    tracing::warn!(instance = %inst.cfg.name, error = %e, "cannot renew VIP lifetime");
-                }
-                inst.renew_at = Some(Instant::now() + inst.renew_period());
-            }
-            _ = status_tick.tick() => inst.publish(),
-        }
-    }
-    // RFC 5798 section 6.4.3: on Shutdown the master sends priority 0.
-    // Make before break: the VIPs (and, in app.rs, the listeners) stay until
-    // a backup announces itself master, so a client never meets a moment when
-    // nobody owns the address; the overlap is the time one advert takes to
-    // arrive. Bounded by two advert intervals (a backup's skew time is under
-    // one) and 2 s (VrrpRunner::stop waits 3 s), in case no backup is alive.
-    let was_master = inst.router.state() == State::Master;
-    let now = inst.now();
-    let mut actions = inst.router.handle(now, Input::Shutdown);
-    let deferred = was_master && inst.holder.held;
-    if deferred {
-        actions.retain(|a| !matches!(a, Action::RemoveVips));
-    }
-    inst.perform(actions).await;
-    if deferred {
-        let bound =
-            (inst.cfg.advert_interval * 2).clamp(Duration::from_millis(20), Duration::from_secs(2));
-        match inst.await_successor(bound).await {
-            Some(by) => {
-                tracing::info!(instance = %inst.cfg.name, successor = %by, "VIPs handed over")
-            }
-            None => tracing::info!(instance = %inst.cfg.name, waited = ?bound,
-                "no backup took over; removing VIPs"),
-        }
-    }
-    if inst.holder.held {
-        let _ = inst.holder.remove(&inst.link).await;
-    }
-    let _ = &inst.nl;
-    tracing::info!(instance = %inst.cfg.name, "VRRP instance stopped");
+    inst.startup().await;
+    inst.run(&mut ctx.tracks, &mut mon, &ctx.shutdown).await;
+    inst.stop().await;
     Ok(())
-}
-
-/// All VRRP instances of a config, for app.rs: start, report, reload, stop.
-pub struct VrrpRunner {
-    metrics: VrrpMetrics,
-    tracks: watch::Receiver<ListenerHealthMap>,
-    running: Vec<RunningInstance>,
-    published: VrrpReporter,
-}
-
-/// A cheap, cloneable view of every instance's status (for the admin
-/// server's report closure).
-#[derive(Clone, Default)]
-pub struct VrrpReporter(Arc<ArcSwap<Vec<Arc<ArcSwap<VrrpInstanceStatus>>>>>);
-
-impl VrrpReporter {
-    pub fn report(&self) -> Vec<VrrpInstanceStatus> {
-        self.0.load().iter().map(|s| (**s.load()).clone()).collect()
-    }
-}
-
-struct RunningInstance {
-    cfg: VrrpInstanceConfig,
-    status: Arc<ArcSwap<VrrpInstanceStatus>>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl VrrpRunner {
-    pub fn new(metrics: VrrpMetrics, tracks: watch::Receiver<ListenerHealthMap>) -> VrrpRunner {
-        VrrpRunner {
-            metrics,
-            tracks,
-            running: Vec::new(),
-            published: VrrpReporter::default(),
-        }
-    }
-
-    fn spawn(&self, cfg: VrrpInstanceConfig) -> RunningInstance {
-        let status = Arc::new(ArcSwap::from_pointee(initial_status(&cfg)));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let (cfg, status, stop) = (cfg.clone(), status.clone(), stop.clone());
-            let (tracks, metrics) = (self.tracks.clone(), self.metrics.clone());
-            async move {
-                let name = cfg.name.clone();
-                if let Err(e) = run_instance(cfg, tracks, status, metrics, stop).await {
-                    tracing::error!(instance = %name, "VRRP instance failed: {e}");
-                }
-            }
-        });
-        RunningInstance {
-            cfg,
-            status,
-            stop,
-            task,
-        }
-    }
-
-    /// Brings the running instances to `wanted`: unchanged ones keep
-    /// running, changed ones restart (releasing the VIP with priority 0 first).
-    pub async fn apply(&mut self, wanted: &[VrrpInstanceConfig]) {
-        let mut keep = Vec::new();
-        for r in std::mem::take(&mut self.running) {
-            if wanted.contains(&r.cfg) {
-                keep.push(r);
-            } else {
-                r.stop.cancel();
-                let _ = tokio::time::timeout(Duration::from_secs(3), r.task).await;
-            }
-        }
-        for cfg in wanted {
-            if !keep.iter().any(|r| r.cfg == *cfg) {
-                keep.push(self.spawn(cfg.clone()));
-            }
-        }
-        self.running = keep;
-        self.publish();
-    }
-
-    fn publish(&self) {
-        let all = self.running.iter().map(|r| r.status.clone()).collect();
-        self.published.0.store(Arc::new(all));
-    }
-
-    pub fn reporter(&self) -> VrrpReporter {
-        self.published.clone()
-    }
-
-    /// Stops every instance (priority 0, VIPs removed), bounded in time.
-    pub async fn stop(&mut self) {
-        for r in &self.running {
-            r.stop.cancel();
-        }
-        let tasks: Vec<_> = self.running.iter_mut().map(|r| &mut r.task).collect();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(tasks)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(target: TrackTarget, weight: i32) -> TrackConfig {
-        TrackConfig { target, weight }
-    }
-
-    #[test]
-    fn tracking_adds_weights_of_failing_targets_only() {
-        let tracks = vec![
-            t(TrackTarget::Listener("api".into()), -50),
-            t(TrackTarget::Interface("eth1".into()), -30),
-            t(TrackTarget::Listener("other".into()), -10),
-        ];
-        let mut l = ListenerHealthMap::new();
-        l.insert("api".into(), false);
-        l.insert("other".into(), true);
-        let mut links = BTreeMap::new();
-        links.insert("eth1".to_string(), true);
-        let st = track_failing(&tracks, &l, &links);
-        assert_eq!(st.failing, vec![true, false, false]);
-        assert_eq!(track_weight(&tracks, &st), -50);
-        links.insert("eth1".to_string(), false);
-        let st = track_failing(&tracks, &l, &links);
-        assert_eq!(track_weight(&tracks, &st), -80);
-        let up = vec![t(TrackTarget::Listener("api".into()), 200)];
-        let st = track_failing(&up, &l, &links);
-        assert_eq!(track_weight(&up, &st), 200);
-        // A listener not published yet does not count as failing.
-        let st = track_failing(&[t(TrackTarget::Listener("new".into()), -50)], &l, &links);
-        assert_eq!(st.failing, vec![false]);
-    }
 }

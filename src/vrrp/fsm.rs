@@ -146,28 +146,14 @@ fn cs(c: u16) -> Duration {
     Duration::from_millis(u64::from(c) * 10)
 }
 
-/// RFC 5798 sec 6.4, plus Fault while the interface is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum State {
-    #[serde(rename = "INIT")]
-    Initialize,
-    #[serde(rename = "BACKUP")]
-    Backup,
-    #[serde(rename = "MASTER")]
-    Master,
-    #[serde(rename = "FAULT")]
-    Fault,
-}
-
-impl State {
-    /// As in `lbd status` (SPEC.md): INIT, BACKUP, MASTER, FAULT.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Initialize => "INIT",
-            State::Backup => "BACKUP",
-            State::Master => "MASTER",
-            State::Fault => "FAULT",
-        }
+crate::label::label_enum! {
+    /// RFC 5798 sec 6.4, plus Fault while the interface is down. Named as
+    /// in `lbd status` (SPEC.md): INIT, BACKUP, MASTER, FAULT.
+    pub enum State {
+        Initialize => "INIT",
+        Backup => "BACKUP",
+        Master => "MASTER",
+        Fault => "FAULT",
     }
 }
 

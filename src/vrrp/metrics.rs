@@ -6,6 +6,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::fsm::State;
+use super::packet::DropReason;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
     pub instance: String,
@@ -14,14 +17,18 @@ pub struct InstanceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub instance: String,
-    pub reason: String,
+    pub reason: DropReason,
 }
 
-/// Numeric values of `lbd_vrrp_state`.
-pub const STATE_INIT: i64 = 0;
-pub const STATE_BACKUP: i64 = 1;
-pub const STATE_MASTER: i64 = 2;
-pub const STATE_FAULT: i64 = 3;
+/// The value of `lbd_vrrp_state` for a state (its help text lists them).
+pub fn state_value(state: State) -> i64 {
+    match state {
+        State::Initialize => 0,
+        State::Backup => 1,
+        State::Master => 2,
+        State::Fault => 3,
+    }
+}
 
 #[derive(Clone)]
 pub struct VrrpMetrics {
@@ -88,11 +95,22 @@ impl VrrpMetrics {
         Self::register(&mut Registry::default())
     }
 
-    /// The handle for one instance.
+    /// The handle for one instance. Every drop reason is registered at 0
+    /// from the start, so a dashboard sees the full list before any drop.
     pub fn instance(&self, name: &str) -> InstanceMetrics {
         let l = InstanceLabels {
             instance: name.to_string(),
         };
+        let dropped = DropReason::ALL
+            .iter()
+            .map(|&reason| {
+                let labels = DropLabels {
+                    instance: name.to_string(),
+                    reason,
+                };
+                (reason, self.dropped.get_or_create(&labels).clone())
+            })
+            .collect();
         InstanceMetrics {
             state: self.state.get_or_create(&l).clone(),
             transitions: self.transitions.get_or_create(&l).clone(),
@@ -100,14 +118,12 @@ impl VrrpMetrics {
             received: self.received.get_or_create(&l).clone(),
             garps: self.garps.get_or_create(&l).clone(),
             effective_priority: self.effective_priority.get_or_create(&l).clone(),
-            dropped: self.dropped.clone(),
-            name: name.to_string(),
+            dropped,
         }
     }
 }
 
-/// One instance's metrics, resolved once so the hot path does no lookups
-/// except for drops (rare, labelled by reason).
+/// One instance's metrics, resolved once so the hot path does no lookups.
 #[derive(Clone)]
 pub struct InstanceMetrics {
     pub state: Gauge,
@@ -116,18 +132,19 @@ pub struct InstanceMetrics {
     pub received: Counter,
     pub garps: Counter,
     pub effective_priority: Gauge,
-    dropped: Family<DropLabels, Counter>,
-    name: String,
+    /// One counter per [`DropReason::ALL`] entry.
+    dropped: Vec<(DropReason, Counter)>,
 }
 
 impl InstanceMetrics {
-    pub fn dropped(&self, reason: &str) {
-        self.dropped
-            .get_or_create(&DropLabels {
-                instance: self.name.clone(),
-                reason: reason.to_string(),
-            })
-            .inc();
+    pub fn dropped(&self, reason: DropReason) {
+        if let Some((_, c)) = self.dropped.iter().find(|(r, _)| *r == reason) {
+            c.inc();
+        }
+    }
+
+    pub fn set_state(&self, state: State) {
+        self.state.set(state_value(state));
     }
 }
 
@@ -140,13 +157,13 @@ mod tests {
         let mut reg = Registry::default();
         let m = VrrpMetrics::register(&mut reg);
         let i = m.instance("api");
-        i.state.set(STATE_MASTER);
+        i.set_state(State::Master);
         i.transitions.inc();
         i.sent.inc();
         i.received.inc();
         i.garps.inc();
         i.effective_priority.set(100);
-        i.dropped("ttl");
+        i.dropped(DropReason::Ttl);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         for line in [
@@ -155,10 +172,16 @@ mod tests {
             "lbd_vrrp_adverts_sent_total{instance=\"api\"} 1",
             "lbd_vrrp_adverts_received_total{instance=\"api\"} 1",
             "lbd_vrrp_adverts_dropped_total{instance=\"api\",reason=\"ttl\"} 1",
+            "lbd_vrrp_adverts_dropped_total{instance=\"api\",reason=\"not_a_peer\"} 0",
             "lbd_vrrp_gratuitous_arps_sent_total{instance=\"api\"} 1",
             "lbd_vrrp_effective_priority{instance=\"api\"} 100",
         ] {
             assert!(out.contains(line), "missing {line} in\n{out}");
+        }
+        // Every reason is there before any packet was dropped for it.
+        for r in DropReason::ALL {
+            let line = format!("lbd_vrrp_adverts_dropped_total{{instance=\"api\",reason=\"{r}\"}}");
+            assert!(out.contains(&line), "missing {line} in\n{out}");
         }
     }
 }

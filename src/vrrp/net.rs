@@ -23,7 +23,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::packet::{
-    split_ipv4, IPPROTO_VRRP, MULTICAST_V4 as VRRP_GROUP_V4, MULTICAST_V6 as VRRP_GROUP_V6,
+    split_ipv4, DecodeError, DropReason, LocalInstance, RxContext, VrrpPacket, IPPROTO_VRRP,
+    MULTICAST_V4 as VRRP_GROUP_V4, MULTICAST_V6 as VRRP_GROUP_V6,
 };
 /// Internet control precedence, as keepalived marks its adverts.
 const TOS_INTERNETCONTROL: u32 = 0xc0;
@@ -37,6 +38,58 @@ pub struct Received {
     pub ttl: u8,
     /// The VRRP message (after the IP header).
     pub payload: Vec<u8>,
+}
+
+/// What one received packet is to an instance: the driver's decision
+/// between the socket and the state machine, pure so that it is fuzzed
+/// whole (fuzz/fuzz_targets/vrrp_input.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A valid advert from a peer: the state machine's `Input::advert`.
+    Advert(IpAddr, VrrpPacket),
+    /// From our own source address (multicast looped back): ignored, not
+    /// counted.
+    Own,
+    /// Not from a configured unicast peer.
+    NotAPeer,
+    /// Fails the codec's or this instance's checks.
+    Invalid(DecodeError),
+}
+
+impl Inbound {
+    /// The `reason` label of lbd_vrrp_packets_dropped_total, for a drop.
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        match self {
+            Inbound::Advert(..) | Inbound::Own => None,
+            Inbound::NotAPeer => Some(DropReason::NotAPeer),
+            Inbound::Invalid(e) => Some(e.reason()),
+        }
+    }
+}
+
+/// Classifies `pkt` for the instance that sends from `own` and hears
+/// `unicast_peers` only (empty: multicast, anyone on the link).
+pub fn inbound(
+    pkt: &Received,
+    own: IpAddr,
+    unicast_peers: &[IpAddr],
+    local: &LocalInstance,
+) -> Inbound {
+    if pkt.src == own {
+        return Inbound::Own;
+    }
+    if !unicast_peers.is_empty() && !unicast_peers.contains(&pkt.src) {
+        return Inbound::NotAPeer;
+    }
+    let ctx = RxContext {
+        src: pkt.src,
+        dst: pkt.dst,
+        ttl_or_hop_limit: pkt.ttl,
+    };
+    match VrrpPacket::decode_for(&pkt.payload, &ctx, local) {
+        Ok(p) => Inbound::Advert(pkt.src, p),
+        Err(e) => Inbound::Invalid(e),
+    }
 }
 
 /// A raw IPPROTO_VRRP socket bound to one interface.
@@ -107,10 +160,15 @@ impl VrrpSocket {
         &self.dests
     }
 
-    /// In unicast mode only the configured peers are heard (keepalived's
+    /// The peers heard in unicast mode, empty for multicast (anyone): in
+    /// unicast mode only the configured peers are heard (keepalived's
     /// unicast_peer does the same).
-    pub fn accepts_from(&self, src: IpAddr) -> bool {
-        !self.unicast || self.dests.contains(&src)
+    pub fn unicast_peers(&self) -> &[IpAddr] {
+        if self.unicast {
+            &self.dests
+        } else {
+            &[]
+        }
     }
 
     /// Sends one encoded VRRP message to `dst` from our source address.
@@ -264,14 +322,16 @@ fn recv_v6(sock: &Socket) -> io::Result<Received> {
 mod tests {
     use super::*;
 
+    /// First advert of vrrp-v3-advert0.1.pcap: 10.213.0.1, VRID 51, prio 100.
+    const CAPTURED: [u8; 32] = [
+        0x45, 0xc0, 0x00, 0x20, 0x00, 0x25, 0x00, 0x00, 0xff, 0x70, 0xcf, 0xa0, 0x0a, 0xd5, 0x00,
+        0x01, 0xe0, 0x00, 0x00, 0x12, 0x31, 0x33, 0x64, 0x01, 0x00, 0x0a, 0x74, 0x23, 0x0a, 0xd5,
+        0x00, 0x64,
+    ];
+
     #[test]
     fn parses_ipv4_header_of_a_captured_advert() {
-        // First advert of vrrp-v3-advert0.1.pcap.
-        let pkt = [
-            0x45, 0xc0, 0x00, 0x20, 0x00, 0x25, 0x00, 0x00, 0xff, 0x70, 0xcf, 0xa0, 0x0a, 0xd5,
-            0x00, 0x01, 0xe0, 0x00, 0x00, 0x12, 0x31, 0x33, 0x64, 0x01, 0x00, 0x0a, 0x74, 0x23,
-            0x0a, 0xd5, 0x00, 0x64,
-        ];
+        let pkt = CAPTURED;
         let r = parse_ipv4(&pkt).unwrap();
         assert_eq!(r.src, IpAddr::V4(std::net::Ipv4Addr::new(10, 213, 0, 1)));
         assert_eq!(r.dst, IpAddr::V4(VRRP_GROUP_V4));
@@ -281,5 +341,43 @@ mod tests {
         let mut short = pkt;
         short[3] = 0x40; // claims 64 bytes
         assert!(parse_ipv4(&short).is_err());
+    }
+
+    #[test]
+    fn inbound_sorts_own_foreign_invalid_and_valid_packets() {
+        use crate::vrrp::packet::{Auth, Version};
+        let r = parse_ipv4(&CAPTURED).unwrap();
+        let peer = r.src;
+        let other: IpAddr = "10.213.0.9".parse().unwrap();
+        let mut local = LocalInstance {
+            version: Version::V3,
+            vrid: 51,
+            auth: Auth::None,
+            advert_interval_cs: 10,
+        };
+        match inbound(&r, other, &[], &local) {
+            Inbound::Advert(src, p) => {
+                assert_eq!(src, peer);
+                assert_eq!((p.vrid, p.priority), (51, 100));
+            }
+            x => panic!("{x:?}"),
+        }
+        assert_eq!(inbound(&r, other, &[peer], &local).drop_reason(), None);
+        assert_eq!(inbound(&r, peer, &[], &local), Inbound::Own);
+        assert_eq!(inbound(&r, peer, &[], &local).drop_reason(), None);
+        let not_peer = inbound(&r, other, &[other], &local);
+        assert_eq!(not_peer, Inbound::NotAPeer);
+        assert_eq!(not_peer.drop_reason(), Some(DropReason::NotAPeer));
+        local.vrid = 52;
+        let wrong = inbound(&r, other, &[], &local);
+        assert!(matches!(wrong, Inbound::Invalid(_)), "{wrong:?}");
+        assert_eq!(wrong.drop_reason(), Some(DropReason::Vrid));
+        let mut ttl = r.clone();
+        ttl.ttl = 64;
+        local.vrid = 51;
+        assert_eq!(
+            inbound(&ttl, other, &[], &local).drop_reason(),
+            Some(DropReason::Ttl)
+        );
     }
 }

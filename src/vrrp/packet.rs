@@ -36,22 +36,34 @@ pub const MAX_ADVERT_INTERVAL_CS: u16 = 0x0fff;
 
 const HEADER_LEN: usize = 8;
 
-/// Protocol version of a virtual router.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Version {
-    /// RFC 3768, IPv4 only, interval in seconds, optional PASS auth.
-    V2,
-    /// RFC 5798, IPv4 or IPv6, interval in centiseconds.
-    V3,
+crate::label::label_enum! {
+    /// Protocol version of a virtual router: the one VRRP version type. The
+    /// config file's `version: 2|3` arrives as [`VrrpVersion`] and is turned
+    /// into this by the one `From` below; status shows [`Version::number`].
+    pub enum Version {
+        /// RFC 3768, IPv4 only, interval in seconds, optional PASS auth.
+        V2 => "v2",
+        /// RFC 5798, IPv4 or IPv6, interval in centiseconds.
+        V3 => "v3",
+    }
 }
 
 impl Version {
-    /// The number in the Version field.
+    /// The number in the Version field (and in the config file, and in
+    /// `lbd status`).
     pub fn number(self) -> u8 {
         match self {
             Version::V2 => 2,
             Version::V3 => 3,
+        }
+    }
+
+    /// The version whose number this is, if lbd speaks it.
+    pub fn from_number(n: u8) -> Option<Version> {
+        match n {
+            2 => Some(Version::V2),
+            3 => Some(Version::V3),
+            _ => None,
         }
     }
 }
@@ -98,61 +110,31 @@ impl Auth {
     }
 }
 
-/// Why a received packet was dropped: the `reason` label of
-/// `lbd_vrrp_adverts_dropped_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DropReason {
-    /// The IPv4 header is malformed, fragmented or not protocol 112.
-    IpHeader,
-    Ttl,
-    Version,
-    Type,
-    /// Shorter or longer than its address count says.
-    Length,
-    /// Count IPvX Addrs is 0 (RFC 5798 sec 5.2.5).
-    AddressCount,
-    Checksum,
-    /// VRID 0, or not the VRID of this instance.
-    Vrid,
-    /// Interval 0, or (v2) not the locally configured one.
-    Interval,
-    /// Unknown auth type, or (v2) type or password differ from ours.
-    Auth,
-    /// v2 over IPv6, or source and destination of different families.
-    AddressFamily,
-}
-
-impl DropReason {
-    /// Every reason, so the metric can expose all labels from the start.
-    pub const ALL: [DropReason; 11] = [
-        DropReason::IpHeader,
-        DropReason::Ttl,
-        DropReason::Version,
-        DropReason::Type,
-        DropReason::Length,
-        DropReason::AddressCount,
-        DropReason::Checksum,
-        DropReason::Vrid,
-        DropReason::Interval,
-        DropReason::Auth,
-        DropReason::AddressFamily,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::IpHeader => "ip_header",
-            DropReason::Ttl => "ttl",
-            DropReason::Version => "version",
-            DropReason::Type => "type",
-            DropReason::Length => "length",
-            DropReason::AddressCount => "address_count",
-            DropReason::Checksum => "checksum",
-            DropReason::Vrid => "vrid",
-            DropReason::Interval => "interval",
-            DropReason::Auth => "auth",
-            DropReason::AddressFamily => "address_family",
-        }
+crate::label::label_enum! {
+    /// Why a received packet was dropped: the `reason` label of
+    /// `lbd_vrrp_adverts_dropped_total`.
+    pub enum DropReason {
+        /// The IPv4 header is malformed, fragmented or not protocol 112.
+        IpHeader => "ip_header",
+        Ttl => "ttl",
+        Version => "version",
+        Type => "type",
+        /// Shorter or longer than its address count says.
+        Length => "length",
+        /// Count IPvX Addrs is 0 (RFC 5798 sec 5.2.5).
+        AddressCount => "address_count",
+        Checksum => "checksum",
+        /// VRID 0, or not the VRID of this instance.
+        Vrid => "vrid",
+        /// Interval 0, or (v2) not the locally configured one.
+        Interval => "interval",
+        /// Unknown auth type, or (v2) type or password differ from ours.
+        Auth => "auth",
+        /// v2 over IPv6, or source and destination of different families.
+        AddressFamily => "address_family",
+        /// With unicast peers: the source is not one of them. Checked by the
+        /// driver before decoding (the codec does not know the peers).
+        NotAPeer => "not_a_peer",
     }
 }
 
@@ -375,11 +357,8 @@ impl VrrpPacket {
                 expected: HEADER_LEN,
             });
         }
-        let version = match bytes[0] >> 4 {
-            2 => Version::V2,
-            3 => Version::V3,
-            v => return Err(DecodeError::Version(v)),
-        };
+        let number = bytes[0] >> 4;
+        let version = Version::from_number(number).ok_or(DecodeError::Version(number))?;
         let kind = bytes[0] & 0x0f;
         if kind != TYPE_ADVERTISEMENT {
             return Err(DecodeError::Type(kind));
@@ -425,41 +404,9 @@ impl VrrpPacket {
         if computed != got {
             return Err(DecodeError::Checksum { got, computed });
         }
-        let advert_interval = match version {
-            // Upper 4 bits are reserved: ignored on receipt (sec 5.2.6).
-            Version::V3 => u16::from_be_bytes([bytes[4], bytes[5]]) & MAX_ADVERT_INTERVAL_CS,
-            Version::V2 => u16::from(bytes[5]),
-        };
-        // A zero interval would make Master_Down_Interval the skew alone.
-        if advert_interval == 0 {
-            return Err(DecodeError::IntervalZero);
-        }
-        let auth = match version {
-            Version::V3 => Auth::None,
-            // RFC 3768 sec 5.3.6: 0 none; 1 and 2 were RFC 2338's simple
-            // text and IP AH. keepalived still speaks 1 (PASS); 2 is gone.
-            Version::V2 => match bytes[4] {
-                0 => Auth::None,
-                1 => {
-                    let mut data = [0u8; AUTH_DATA_LEN];
-                    data.copy_from_slice(&bytes[expected - AUTH_DATA_LEN..expected]);
-                    Auth::Password(data)
-                }
-                t => return Err(DecodeError::AuthType(t)),
-            },
-        };
-        let addresses = bytes[HEADER_LEN..HEADER_LEN + count * addr_len]
-            .chunks_exact(addr_len)
-            .map(|c| {
-                if v6 {
-                    let mut o = [0u8; 16];
-                    o.copy_from_slice(c);
-                    IpAddr::V6(Ipv6Addr::from(o))
-                } else {
-                    IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
-                }
-            })
-            .collect();
+        let advert_interval = decode_interval(version, bytes)?;
+        let auth = decode_auth(version, bytes)?;
+        let addresses = decode_addresses(&bytes[HEADER_LEN..HEADER_LEN + count * addr_len], v6);
         Ok(VrrpPacket {
             version,
             vrid,
@@ -580,6 +527,54 @@ impl VrrpPacket {
         out[6..8].copy_from_slice(&sum.to_be_bytes());
         out
     }
+}
+
+/// The advertisement interval field (v3 centiseconds, v2 seconds); RFC
+/// 5798 sec 5.2.6: the upper 4 bits of v3's are reserved, ignored.
+fn decode_interval(version: Version, bytes: &[u8]) -> Result<u16, DecodeError> {
+    let interval = match version {
+        Version::V3 => u16::from_be_bytes([bytes[4], bytes[5]]) & MAX_ADVERT_INTERVAL_CS,
+        Version::V2 => u16::from(bytes[5]),
+    };
+    // A zero interval would make Master_Down_Interval the skew alone.
+    if interval == 0 {
+        return Err(DecodeError::IntervalZero);
+    }
+    Ok(interval)
+}
+
+/// v2's auth type and data (the last 8 bytes of a length-checked packet).
+/// RFC 3768 sec 5.3.6: 0 none; 1 and 2 were RFC 2338's simple text and IP
+/// AH. keepalived still speaks 1 (PASS); 2 is gone.
+fn decode_auth(version: Version, bytes: &[u8]) -> Result<Auth, DecodeError> {
+    match version {
+        Version::V3 => Ok(Auth::None),
+        Version::V2 => match bytes[4] {
+            0 => Ok(Auth::None),
+            1 => {
+                let mut data = [0u8; AUTH_DATA_LEN];
+                data.copy_from_slice(&bytes[bytes.len() - AUTH_DATA_LEN..]);
+                Ok(Auth::Password(data))
+            }
+            t => Err(DecodeError::AuthType(t)),
+        },
+    }
+}
+
+/// The IPvX address list, 4 or 16 bytes each.
+fn decode_addresses(list: &[u8], v6: bool) -> Vec<IpAddr> {
+    let len = if v6 { 16 } else { 4 };
+    list.chunks_exact(len)
+        .map(|c| {
+            if v6 {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(c);
+                IpAddr::V6(Ipv6Addr::from(o))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+            }
+        })
+        .collect()
 }
 
 /// The checksum to put in bytes 6-7 of `msg` (whose own checksum field is

@@ -4,12 +4,13 @@
 # from a busybox initramfs.  The command's stdout/stderr stream to our
 # stdout via the serial console; our exit status is the command's.
 #
-# lbd's copy of the recipe: the VM tests (tests/ipvs_vm.rs) run through it,
+# lbd's copy of the recipe: the VM tests (tests/*_vm.rs) run through it,
 # via cargo-vm-runner.sh and scripts/vm-test.sh.  It installs nothing: the
 # host tools come from scripts/install-deps.sh (qemu-system-x86,
 # busybox-static, ipvsadm, nftables, iproute2); the only download is the
-# kernel .deb, fetched with `apt-get download` into the cache and unpacked
-# there, never installed.
+# kernel .deb of the chosen Debian release, fetched with `apt-get download`
+# through a private apt state (sources, lists) in the cache and unpacked
+# there, never installed; the host's apt setup is left as it is.
 #
 # usage: run-in-vm.sh [options] DIR [--] CMD [ARG...]
 #   DIR          directory whose contents appear as /payload inside the VM
@@ -22,13 +23,27 @@
 #   -m MODS      comma-separated modules to load before CMD
 #                (default: ip_vs,ip_vs_rr,ip_vs_wrr,ip_vs_sh,nf_conntrack,dummy,veth)
 #   -e NAME=VAL  export an env var to CMD (repeatable)
+#   -f FILE[=PATH]  copy the host's FILE to the absolute PATH in the VM
+#                (default: FILE's own path; repeatable; its shared libraries
+#                too), e.g. the lbd binary at the path a test has from
+#                env!("CARGO_BIN_EXE_lbd")
 #   -t SECS      host-side timeout for the whole VM (default 600)
 #   -v           verbose: show kernel boot messages
 # env:
-#   LBD_VM_CACHE cache dir (default ~/.cache/lbd-vm) - kernel + base initramfs
-#   VM_KERNEL_PKG  Debian package (default: what linux-image-cloud-amd64 depends on)
+#   LBD_VM_KERNEL  6.1 (default: Debian 12 bookworm) | 5.10 (Debian 11
+#                bullseye): whose linux-image-cloud-amd64 boots.  CMD gets
+#                LBD_VM_KERNEL and LBD_VM_KERNEL_RELEASE (uname -r) exported
+#   LBD_VM_CACHE cache dir (default ~/.cache/lbd-vm) - kernels, base initramfs,
+#                apt state per release (apt/SUITE)
+#   VM_DEBIAN_MIRROR, VM_DEBIAN_SECURITY  archive URIs (default: the host's
+#                apt sources' .../debian and .../debian-security, else
+#                deb.debian.org)
+#   VM_KERNEL_PKG  Debian package (default: what that release's
+#                linux-image-cloud-amd64 depends on)
 #   VM_KERNEL_DEB  use this already-downloaded .deb instead of apt-get download
-#   VM_REFRESH=1 re-resolve linux-image-cloud-amd64 (else cached in VM_CACHE)
+#   VM_REFRESH=1 re-resolve linux-image-cloud-amd64 (else cached in
+#                VM_CACHE/kernel-pkg-KERNEL); a cached name that left the
+#                mirror is re-resolved by itself
 #   VM_ACCEL     tcg (default) | kvm | auto   (kvm does NOT work on PVM hosts)
 #   VM_BIOS      firmware (default /usr/share/qemu/qboot.rom if present; empty = SeaBIOS)
 #   VM_SMP       vCPUs (default 2)      VM_MEM  memory in MiB (default 1024)
@@ -46,23 +61,25 @@ VM_SMP=${VM_SMP:-2}
 VM_MEM=${VM_MEM:-1024}
 MODS=ip_vs,ip_vs_rr,ip_vs_wrr,ip_vs_sh,nf_conntrack,dummy,veth
 ENVS=()
+FILES=()
 TIMEOUT=600
 VERBOSE=0
 
 die() { echo "run-in-vm: $*" >&2; exit 125; }
 log() { [ "$VERBOSE" = 1 ] && echo "run-in-vm: $*" >&2 || true; }
 
-while getopts "m:e:t:vh" o; do
+while getopts "m:e:f:t:vh" o; do
   case $o in
     m) MODS=$OPTARG ;;
     e) ENVS+=("$OPTARG") ;;
+    f) FILES+=("$OPTARG") ;;
     t) TIMEOUT=$OPTARG ;;
     v) VERBOSE=1 ;;
-    *) sed -n '2,41p' "$0"; exit 2 ;;
+    *) sed -n '2,54p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND-1))
-[ $# -ge 2 ] || { sed -n '2,41p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,54p' "$0"; exit 2; }
 DIR=$1; shift
 [ "${1:-}" = "--" ] && shift
 [ $# -ge 1 ] || die "no command"
@@ -78,38 +95,85 @@ mkdir -p "$VM_CACHE"
 exec 9>"$VM_CACHE/.lock"      # serialise cache building between parallel runs
 
 # ---------------------------------------------------------------- kernel ----
+# Each selectable kernel is the cloud kernel of one Debian release, fetched
+# from Debian's archive with a private apt state under $VM_CACHE/apt/SUITE
+# (its own sources.list, lists and cache): the host's apt configuration and
+# package lists are neither read for sources nor changed.
+VM_KERNEL=${LBD_VM_KERNEL:-6.1}
+case $VM_KERNEL in
+  6.1)  SUITE=bookworm ;;
+  5.10) SUITE=bullseye ;;
+  *)    die "LBD_VM_KERNEL must be 6.1 or 5.10 (got $VM_KERNEL)" ;;
+esac
+# The mirror: the one the host's apt uses for Debian (what this machine
+# reaches; scripts/debian-mirror.sh), else deb.debian.org.
+mirror_of() { "$(dirname "$0")/../../scripts/debian-mirror.sh" "$1" 2>/dev/null || echo "http://deb.debian.org/$1"; }
+MIRROR=${VM_DEBIAN_MIRROR:-$(mirror_of debian)}
+SECURITY=${VM_DEBIAN_SECURITY:-$(mirror_of debian-security)}
+APTD=$VM_CACHE/apt/$SUITE
+APT=(-o "Dir::Etc::SourceList=$APTD/sources.list" -o "Dir::Etc::SourceParts=$APTD/none"
+     -o "Dir::Etc::Preferences=$APTD/none" -o "Dir::Etc::PreferencesParts=$APTD/none"
+     -o "Dir::State=$APTD/state" -o "Dir::State::Lists=$APTD/lists"
+     -o "Dir::State::status=$APTD/status" -o "Dir::Cache=$APTD/cache"
+     -o Acquire::Languages=none -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+     -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
+     -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
+     -o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false
+     -o APT::Sandbox::User=root)   # as root: no "_apt cannot access" warning
+apt_setup() {
+  mkdir -p "$APTD"/{state,none,lists/partial,cache/archives/partial}
+  : > "$APTD/status"
+  local k=/usr/share/keyrings/debian-archive-keyring.gpg
+  [ -e "$k" ] || die "missing $k (apt-get install debian-archive-keyring)"
+  printf 'deb [signed-by=%s] %s %s main\ndeb [signed-by=%s] %s %s-security main\n' \
+    "$k" "$MIRROR" "$SUITE" "$k" "$SECURITY" "$SUITE" > "$APTD/sources.list"
+  log "apt-get update for $SUITE from $MIRROR"
+  apt-get "${APT[@]}" -q update >&2 || die "apt-get update for $SUITE failed"
+}
+# the ABI package (linux-image-5.10.0-NN-cloud-amd64) the metapackage
+# currently depends on
+resolve_kernel() {
+  apt-cache "${APT[@]}" depends linux-image-cloud-amd64 2>/dev/null |
+    awk '/Depends: linux-image-[0-9]/{print $2; exit}'
+}
+apt_dl() { (cd "$1" && apt-get "${APT[@]}" download -q "$2" >&2); }
+
 flock 9
+PKGFILE=$VM_CACHE/kernel-pkg-$VM_KERNEL
 if [ -z "${VM_KERNEL_PKG:-}" ]; then
   if [ -n "${VM_KERNEL_DEB:-}" ]; then
     VM_KERNEL_PKG=$(dpkg-deb -f "$VM_KERNEL_DEB" Package)
-  elif [ -s "$VM_CACHE/kernel-pkg" ] && [ "${VM_REFRESH:-0}" != 1 ]; then
-    VM_KERNEL_PKG=$(cat "$VM_CACHE/kernel-pkg")   # apt-cache costs ~1s/run
+  elif [ -s "$PKGFILE" ] && [ "${VM_REFRESH:-0}" != 1 ]; then
+    VM_KERNEL_PKG=$(cat "$PKGFILE")   # resolving costs an apt-get update
   else
-    VM_KERNEL_PKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-                    awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-    [ -n "$VM_KERNEL_PKG" ] || die "cannot resolve linux-image-cloud-amd64 (apt-get update?)"
-    echo "$VM_KERNEL_PKG" > "$VM_CACHE/kernel-pkg"
+    apt_setup
+    VM_KERNEL_PKG=$(resolve_kernel)
+    [ -n "$VM_KERNEL_PKG" ] || die "cannot resolve linux-image-cloud-amd64 in $SUITE"
+    echo "$VM_KERNEL_PKG" > "$PKGFILE"
   fi
 fi
 KDIR=$VM_CACHE/$VM_KERNEL_PKG
-apt_dl() { (cd "$1" && apt-get download -q -o APT::Sandbox::User=root "$2" >&2); }
 if [ ! -e "$KDIR/.done" ]; then
   mkdir -p "$KDIR/deb"; rm -rf "$KDIR/root"
   if [ -n "${VM_KERNEL_DEB:-}" ]; then
     cp "$VM_KERNEL_DEB" "$KDIR/deb/"
   elif ls "$KDIR"/deb/*.deb >/dev/null 2>&1; then
     log "using cached $(ls "$KDIR"/deb/*.deb)"      # e.g. restored by CI cache
-  # (-o APT::Sandbox::User=root: no "_apt cannot access" warning as root)
-  elif log "fetching $VM_KERNEL_PKG" && ! apt_dl "$KDIR/deb" "$VM_KERNEL_PKG"; then
-    # a pinned ABI package (linux-image-6.1.0-NN-...) vanishes from the
-    # mirror after the next kernel security update: fall back to the newest
+  else
+    log "fetching $VM_KERNEL_PKG"
+    [ -s "$APTD/sources.list" ] || apt_setup
+    apt_dl "$KDIR/deb" "$VM_KERNEL_PKG" || kernel_gone=1
+  fi
+  if [ "${kernel_gone:-0}" = 1 ]; then
+    # a pinned ABI package vanishes from the mirror after the next kernel
+    # security update (or the lists are stale): refresh, take the newest
     rm -rf "$KDIR"
-    new=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-          awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-    [ -n "$new" ] && [ "$new" != "$VM_KERNEL_PKG" ] || die "cannot download $VM_KERNEL_PKG"
-    echo "run-in-vm: warning: $VM_KERNEL_PKG unavailable, using $new" >&2
+    apt_setup
+    new=$(resolve_kernel)
+    [ -n "$new" ] || die "cannot download $VM_KERNEL_PKG"
+    [ "$new" != "$VM_KERNEL_PKG" ] && echo "run-in-vm: warning: $VM_KERNEL_PKG unavailable, using $new" >&2
     VM_KERNEL_PKG=$new; KDIR=$VM_CACHE/$VM_KERNEL_PKG
-    echo "$VM_KERNEL_PKG" > "$VM_CACHE/kernel-pkg"
+    echo "$VM_KERNEL_PKG" > "$PKGFILE"
     mkdir -p "$KDIR/deb"; rm -rf "$KDIR/root"
     apt_dl "$KDIR/deb" "$VM_KERNEL_PKG" || die "cannot download $VM_KERNEL_PKG"
   fi
@@ -247,10 +311,19 @@ if [ "$DIR" != "-" ]; then
     fi
   done < <(find "$PST/payload" -type f -perm -u+x -print0)
 fi
+for f in "${FILES[@]+"${FILES[@]}"}"; do
+  src=${f%%=*}; dst=${f#*=}
+  case $dst in /*) ;; *) die "-f $f: $dst is not an absolute path" ;; esac
+  [ -f "$src" ] || die "-f $f: no such file: $src"
+  mkdir -p "$PST$(dirname "$dst")"; cp -L "$src" "$PST$dst"
+  if ldd "$src" >/dev/null 2>&1; then copy_libs "$src" "$PST"; fi
+done
 # the command, quoted for sh
 q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 {
   echo "cd /payload"
+  # which kernel this is, for tests whose expectations depend on it
+  echo "export LBD_VM_KERNEL=$(q "$VM_KERNEL") LBD_VM_KERNEL_RELEASE=$(q "$KV")"
   for e in "${ENVS[@]+"${ENVS[@]}"}"; do echo "export $(q "$e")"; done
   if [ $# -eq 1 ]; then
     printf '%s\n' "$1"

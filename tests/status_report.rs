@@ -1,0 +1,190 @@
+//! The status JSON is a contract (SPEC.md: fields may be added, never
+//! renamed): a full report, every field set, against a golden file, both
+//! ways. `LBD_BLESS=1` rewrites the golden (review the diff: a changed name
+//! or value breaks scripts that read `lbd status --json`).
+
+use std::path::Path;
+
+use lbd::config::{Balance, TrackTarget};
+use lbd::status::*;
+use lbd::vrrp::fsm::State;
+
+fn full_report() -> StatusReport {
+    StatusReport {
+        node: "cp1".into(),
+        version: "0.1.0".into(),
+        uptime_seconds: 42,
+        vrrp: vec![
+            VrrpInstanceStatus {
+                name: "apiserver".into(),
+                interface: "eth0".into(),
+                vrid: 51,
+                state: State::Master,
+                priority: 100,
+                effective_priority: 50,
+                virtual_ips: vec!["10.31.90.0/24".parse().unwrap()],
+                master: Some("10.31.90.1".parse().unwrap()),
+                transitions: 1,
+                since_seconds: 40,
+                version: 3,
+                advert_interval_ms: 1000,
+                peers: vec![VrrpPeerStatus {
+                    address: "10.31.90.2".parse().unwrap(),
+                    priority: 90,
+                    advert_interval_ms: 1000,
+                    last_heard_seconds_ago: 0.25,
+                }],
+                tracks: vec![
+                    TrackStatus {
+                        target: TrackTarget::Listener("apiserver".into()),
+                        weight: -50,
+                        failing: true,
+                    },
+                    TrackStatus {
+                        target: TrackTarget::Interface("eth0".into()),
+                        weight: -50,
+                        failing: false,
+                    },
+                ],
+            },
+            VrrpInstanceStatus {
+                name: "v6".into(),
+                interface: "eth1".into(),
+                vrid: 52,
+                state: State::Fault,
+                priority: 100,
+                effective_priority: 100,
+                virtual_ips: vec!["fd00:db8::100/64".parse().unwrap()],
+                master: None,
+                transitions: 0,
+                since_seconds: 0,
+                version: 3,
+                advert_interval_ms: 100,
+                peers: Vec::new(),
+                tracks: Vec::new(),
+            },
+        ],
+        tcplb: vec![ListenerStatus {
+            name: "apiserver".into(),
+            bind: "0.0.0.0:8443".parse().unwrap(),
+            active_connections: 3,
+            backends: vec![
+                BackendStatus {
+                    address: "10.31.90.1:6443".parse().unwrap(),
+                    healthy: true,
+                    active_connections: 1,
+                    last_error: None,
+                    since_seconds: 40,
+                    last_check_latency_ms: Some(3.5),
+                    total_connections: 10,
+                },
+                BackendStatus {
+                    address: "[fd00:db8::2]:6443".parse().unwrap(),
+                    healthy: false,
+                    active_connections: 0,
+                    last_error: Some("connect: Connection refused (os error 111)".into()),
+                    since_seconds: 7,
+                    last_check_latency_ms: None,
+                    total_connections: 2,
+                },
+            ],
+            balance: Balance::LeastConn,
+            total_connections: 12,
+            refused_no_backend: 1,
+            draining: false,
+        }],
+        proxy: Some(ProxyStatus {
+            mode: ProxyDataPlane::Ipvs,
+            synced: true,
+            services: 12,
+            real_servers: 30,
+            last_sync_seconds_ago: Some(2),
+            last_sync_duration_ms: Some(3.1),
+            last_error: None,
+        }),
+        config: ConfigStatus {
+            path: "/etc/lbd/lbd.yaml".into(),
+            reloads_ok: 2,
+            reloads_failed: 1,
+            last_reload_error: Some("/etc/lbd/lbd.yaml:4:13: bind: invalid \"nonsense\"".into()),
+            last_reload_seconds_ago: Some(5),
+        },
+    }
+}
+
+#[test]
+fn full_report_serializes_to_the_golden_json_and_back() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/status/report.json");
+    let got = serde_json::to_string_pretty(&full_report()).unwrap() + "\n";
+    if std::env::var_os("LBD_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&golden, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (LBD_BLESS=1 creates it)", golden.display()));
+    assert_eq!(got, want, "status JSON drifted from {}", golden.display());
+    let back: StatusReport = serde_json::from_str(&want).unwrap();
+    assert_eq!(back, full_report());
+}
+
+/// The table `lbd status` prints for the same report (the golden was
+/// rendered by the String-typed report of before: padding and all).
+#[test]
+fn full_report_renders_as_the_golden_table() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/status/report.txt");
+    let got = lbd::status::client::render_table(&full_report());
+    if std::env::var_os("LBD_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&golden, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).unwrap();
+    assert_eq!(got, want, "status table drifted from {}", golden.display());
+}
+
+#[test]
+fn every_vrrp_state_has_its_spec_name() {
+    let names: Vec<String> = State::ALL
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["INIT", "BACKUP", "MASTER", "FAULT"]);
+}
+
+#[test]
+fn every_balance_and_track_target_reads_back() {
+    for (balance, name) in [
+        (Balance::RoundRobin, "roundrobin"),
+        (Balance::LeastConn, "leastconn"),
+        (Balance::Source, "source"),
+        (Balance::Random, "random"),
+    ] {
+        let mut r = full_report();
+        r.tcplb[0].balance = balance;
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["tcplb"][0]["balance"], name);
+        let back: StatusReport = serde_json::from_value(v).unwrap();
+        assert_eq!(back.tcplb[0].balance, balance);
+    }
+    let v = serde_json::to_value(full_report()).unwrap();
+    assert_eq!(v["vrrp"][0]["tracks"][0]["target"], "listener:apiserver");
+    assert_eq!(v["vrrp"][0]["tracks"][1]["target"], "interface:eth0");
+    let mut bad = v.clone();
+    bad["vrrp"][0]["tracks"][0]["target"] = "script:x".into();
+    assert!(serde_json::from_value::<StatusReport>(bad).is_err());
+    // A report without the fields added after the first release still reads.
+    let mut old = v;
+    for k in [
+        "balance",
+        "total_connections",
+        "refused_no_backend",
+        "draining",
+    ] {
+        old["tcplb"][0].as_object_mut().unwrap().remove(k);
+    }
+    let r: StatusReport = serde_json::from_value(old).unwrap();
+    assert_eq!(r.tcplb[0].balance, Balance::RoundRobin);
+}
