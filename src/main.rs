@@ -62,6 +62,10 @@ enum Command {
         /// (with --json) one object per line.
         #[arg(long)]
         watch: bool,
+        /// Exit 0 whenever lbd answers, degraded or not (for liveness
+        /// probes: a backend down must not restart lbd).
+        #[arg(long)]
+        answered: bool,
         /// Config file whose admin.socket to use.
         #[arg(short, long, conflicts_with = "socket")]
         config: Option<PathBuf>,
@@ -235,7 +239,10 @@ fn reload(path: &std::path::Path, socket: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            eprintln!("{}: not reloaded (the running config stays)", path.display());
+            eprintln!(
+                "{}: not reloaded (the running config stays)",
+                path.display()
+            );
             return ExitCode::from(1);
         }
     };
@@ -247,7 +254,10 @@ fn reload(path: &std::path::Path, socket: Option<PathBuf>) -> ExitCode {
         }
         Ok(lbd::status::client::ReloadOutcome::Refused(why)) => {
             eprintln!("{why}");
-            eprintln!("{}: reload refused (the running config stays)", path.display());
+            eprintln!(
+                "{}: reload refused (the running config stays)",
+                path.display()
+            );
             ExitCode::from(1)
         }
         Err(e) => {
@@ -306,6 +316,7 @@ fn main() -> ExitCode {
         Command::Status {
             json,
             watch,
+            answered,
             config,
             socket,
         } => {
@@ -322,7 +333,11 @@ fn main() -> ExitCode {
                     .map(|c| c.admin.socket)
                     .unwrap_or_else(|_| PathBuf::from("/run/lbd/lbd.sock")),
             };
-            let show = lbd::status::client::Show { json, watch };
+            let show = lbd::status::client::Show {
+                json,
+                watch,
+                answered,
+            };
             ExitCode::from(runtime().block_on(lbd::status::client::show(&socket, show)))
         }
         Command::Reload { config, socket } => reload(&config, socket),

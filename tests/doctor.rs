@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use support::netns::{require_root, Lab};
 use lbd::config::{Config, Environment};
 use lbd::doctor::{diagnose, Facts, Finding, Listening, Process, Severity, VipAnswer, VipProbe};
+use support::netns::{require_root, Lab};
 
 fn config(text: &str) -> Config {
     let env = Environment {
@@ -28,10 +28,11 @@ const CONTROL_PLANE: &str = "vrrp:\n  instances:\n    - name: apiserver\n      i
 
 /// A node where everything is as lbd wants it.
 fn healthy_node() -> Facts {
-    let sysctls: BTreeMap<String, String> = lbd::proxy::kernel::sysctl::proxy_sysctls("6.1.0", false)
-        .into_iter()
-        .map(|s| (s.name.to_string(), s.value.to_string()))
-        .collect();
+    let sysctls: BTreeMap<String, String> =
+        lbd::proxy::kernel::sysctl::proxy_sysctls("6.1.0", false)
+            .into_iter()
+            .map(|s| (s.name.to_string(), s.value.to_string()))
+            .collect();
     Facts {
         kernel_release: "6.1.0".into(),
         modules: ["ip_vs", "ip_vs_rr", "nf_conntrack", "dummy"]

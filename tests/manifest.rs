@@ -317,12 +317,38 @@ fn admin_listener_off_probes_over_the_socket_and_no_modules_without_ipvs() {
         c.image.as_deref(),
         Some(format!("localhost/lbd:v{}", env!("CARGO_PKG_VERSION")).as_str())
     );
+    // The default image is the static binary alone: no nft in it.
+    let cfg = config.to_str().unwrap();
+    let out = lbd(&["manifest", "-c", cfg]);
+    assert!(
+        out.stderr
+            .contains("proxy mode nftables runs the nft binary"),
+        "stderr: {}",
+        out.stderr
+    );
+    let out = lbd(&[
+        "manifest",
+        "-c",
+        cfg,
+        "--image",
+        "registry.example/lbd-nft:1",
+    ]);
+    assert!(!out.stderr.contains("nft binary"), "stderr: {}", out.stderr);
     assert_security(c);
     for p in [&c.liveness_probe, &c.readiness_probe] {
         let p = p.as_ref().expect("probe");
         assert!(p.http_get.is_none());
         let cmd = p.exec.as_ref().and_then(|e| e.command.clone()).unwrap();
-        assert_eq!(cmd, ["lbd", "status", "--socket", "/run/lbd/lbd.sock"]);
+        assert_eq!(
+            cmd,
+            [
+                "lbd",
+                "status",
+                "--answered",
+                "--socket",
+                "/run/lbd/lbd.sock"
+            ]
+        );
     }
     let m = mounts(&pod);
     assert!(m.contains_key("/run/lbd"));

@@ -111,7 +111,7 @@ verify_unit() { # unit-file lbd-binary
 unit_keys() {
     local want k missing=""
     want=("Type=notify" "ExecStartPre=/usr/bin/lbd check -c /etc/lbd/lbd.yaml"
-          "ExecStart=/usr/bin/lbd run -c /etc/lbd/lbd.yaml" 'ExecReload=/bin/kill -HUP $MAINPID'
+          "ExecStart=/usr/bin/lbd run -c /etc/lbd/lbd.yaml" "ExecReload=/usr/bin/lbd reload -c /etc/lbd/lbd.yaml"
           "Restart=always" "NoNewPrivileges=yes" "ProtectSystem=strict" "ProtectHome=yes"
           "RuntimeDirectory=lbd" "RuntimeDirectoryMode=0700" "LimitNOFILE=1048576"
           "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE"
@@ -276,6 +276,18 @@ if command -v containerd >/dev/null && command -v ctr >/dev/null; then
 else
     skip "containerd import" "containerd not installed (scripts/install-deps.sh installs it)"
 fi
+
+# ExecReload, run as systemd would with the packaged binary on a broken
+# file: it must fail, naming the line, before any daemon is asked.
+exec_reload_fails_on_a_bad_file() {
+    local cmd out
+    printf 'node:\n  name: cp1\ntcplb:\n  listeners:\n    - name: x\n      bind: nonsense\n' >"$tmp/bad.yaml"
+    cmd=$(sed -n 's/^ExecReload=//p' "$unit" | sed "s#/usr/bin/lbd#$pkgbin#; s#/etc/lbd/lbd.yaml#$tmp/bad.yaml#")
+    if out=$($cmd 2>&1); then echo "exit 0: $out"; return 1; fi
+    grep -q "^$tmp/bad.yaml:6:" <<<"$out" || { echo "$out"; return 1; }
+    grep -q "not reloaded" <<<"$out" || { echo "$out"; return 1; }
+}
+check "lbd.service ExecReload fails on an invalid file, at its line" exec_reload_fails_on_a_bad_file
 
 # The unit, verified with the packaged binary standing in for /usr/bin/lbd.
 if command -v systemd-analyze >/dev/null; then

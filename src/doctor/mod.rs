@@ -206,10 +206,11 @@ fn sysctls(strict_arp: bool, facts: &Facts, out: &mut Vec<Finding>) {
     if wrong.is_empty() {
         return;
     }
-    let lines: Vec<String> = crate::proxy::kernel::sysctl::proxy_sysctls(&facts.kernel_release, strict_arp)
-        .iter()
-        .map(|s| format!("{} = {}", s.name, s.value))
-        .collect();
+    let lines: Vec<String> =
+        crate::proxy::kernel::sysctl::proxy_sysctls(&facts.kernel_release, strict_arp)
+            .iter()
+            .map(|s| format!("{} = {}", s.name, s.value))
+            .collect();
     out.push(Finding {
         severity: Severity::Problem,
         what: format!("sysctls: {}", wrong.join("; ")),

@@ -470,6 +470,9 @@ fn probes(config: &Config) -> (Probe, Probe) {
                 command: Some(vec![
                     "lbd".into(),
                     "status".into(),
+                    // Alive means answering: exit 3 (a backend down, say)
+                    // must not get lbd restarted.
+                    "--answered".into(),
                     "--socket".into(),
                     config.admin.socket.display().to_string(),
                 ]),
@@ -601,9 +604,23 @@ pub fn render(config_path: &Path, image: &str) -> Result<Rendered, ManifestError
         },
         &files,
     )?;
+    let mut notes = notes(&files);
+    notes.extend(nft_note(&config, image));
     Ok(Rendered {
         yaml: to_yaml(&pod)?,
-        notes: notes(&files),
+        notes,
+    })
+}
+
+/// The nftables proxy mode runs `nft`, which the default image (the
+/// static binary alone, scripts/oci-image.sh) lacks.
+fn nft_note(config: &Config, image: &str) -> Option<String> {
+    let nft = config
+        .proxy
+        .as_ref()
+        .is_some_and(|p| p.mode == ProxyMode::Nftables);
+    (nft && image == default_image()).then(|| {
+        format!("lbd manifest: proxy mode nftables runs the nft binary, which {image} (the static binary alone) does not have: build packaging/Containerfile's default stage (Debian slim with nftables) and pass it as --image (docs/install.md)")
     })
 }
 

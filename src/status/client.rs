@@ -115,6 +115,8 @@ async fn request(
 pub struct Show {
     pub json: bool,
     pub watch: bool,
+    /// Degraded exits 0 too: only "did it answer" counts.
+    pub answered: bool,
 }
 
 /// `lbd status`: prints the daemon's answer once, or every second until
@@ -135,7 +137,11 @@ pub async fn show(socket: &Path, how: Show) -> u8 {
         match fetch(socket).await {
             Ok(report) => {
                 let reasons = degraded(&report);
-                code = if reasons.is_empty() { 0 } else { 3 };
+                code = if reasons.is_empty() || how.answered {
+                    0
+                } else {
+                    3
+                };
                 out = render(&report, &reasons, how);
             }
             Err(e) => {
@@ -148,7 +154,9 @@ pub async fn show(socket: &Path, how: Show) -> u8 {
             out.insert_str(0, "\x1b[H\x1b[2J");
         }
         let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush());
+        let _ = stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush());
         if !how.watch {
             return code;
         }
