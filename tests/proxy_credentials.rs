@@ -8,41 +8,27 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use lbd::config::{
-    ApiServer, ApiServerSource, IpvsConfig, KubeconfigSource, ProxyConfig, ProxyMode,
-};
+use lbd::config::ProxyConfig;
 use lbd::proxy::kube::client_from_config;
 use serde_json::json;
 use support::apiserver::{Kind, TestApiServer};
 
-fn proxy(kubeconfig: &std::path::Path, api_server: Option<String>) -> ProxyConfig {
-    ProxyConfig {
-        mode: ProxyMode::Ipvs,
-        kube_proxy_config: None,
-        kubeconfig: Some(kubeconfig.to_path_buf()),
-        kubeconfig_source: KubeconfigSource::LbdYaml,
-        kubeconfig_overridden: vec![],
-        api_server: api_server.map(|url| ApiServer {
-            url,
-            from: ApiServerSource::LbdYaml,
-        }),
-        cluster_cidr: vec![],
-        masquerade_all: false,
-        node_port_addresses: vec![],
-        hostname_override: None,
-        ipvs: IpvsConfig {
-            scheduler: "rr".into(),
-            strict_arp: false,
-            exclude_cidrs: vec![],
-            sync_period: Duration::from_secs(1),
-            min_sync_period: Duration::from_millis(20),
-            tcp_timeout: None,
-            tcp_fin_timeout: None,
-            udp_timeout: None,
-        },
-        healthz_bind: None,
-        metrics_bind: None,
+/// The proxy section as `lbd run` loads it from lbd.yaml.
+fn load(
+    kubeconfig: &std::path::Path,
+    api_server: Option<String>,
+) -> Result<ProxyConfig, lbd::config::ConfigError> {
+    let dir = kubeconfig.parent().unwrap();
+    let mut yaml = format!(
+        "node:\n  name: cp1\nproxy:\n  mode: ipvs\n  kubeconfig: {}\n",
+        kubeconfig.display()
+    );
+    if let Some(url) = api_server {
+        yaml.push_str(&format!("  api_server: \"{url}\"\n"));
     }
+    let path = dir.join("lbd.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    lbd::config::load(&path).map(|c| c.proxy.unwrap())
 }
 
 async fn list_nodes(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
@@ -70,16 +56,19 @@ async fn api_server_overrides_the_kubeconfigs_server() {
     let kc = dir.path().join("proxy.kubeconfig");
     let yaml = api
         .kubeconfig_yaml()
+        .replace("user: {}", "user: {token: t0ken}")
         .replace(&api.addr.to_string(), &dead_addr.to_string());
     std::fs::write(&kc, yaml).unwrap();
 
     // The kubeconfig alone: its server is closed.
-    assert!(list_nodes(&proxy(&kc, None)).await.is_err());
+    assert!(list_nodes(&load(&kc, None).unwrap()).await.is_err());
     // proxy.api_server wins.
-    let at = proxy(&kc, Some(format!("http://{}", api.addr)));
+    let at = load(&kc, Some(format!("http://{}", api.addr))).unwrap();
     assert_eq!(list_nodes(&at).await.unwrap(), ["cp1"]);
-    // A malformed address is the client's error, named.
-    let bad = proxy(&kc, Some("http://[::1".into()));
-    let err = list_nodes(&bad).await.unwrap_err();
-    assert!(err.contains("proxy.api_server http://[::1"), "{err}");
+    // A malformed address never reaches the client: lbd check refuses it
+    // at its line.
+    let err = load(&kc, Some("http://[::1".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lbd.yaml:6:15: proxy.api_server"), "{err}");
 }

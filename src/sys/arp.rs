@@ -52,32 +52,7 @@ impl ArpSocket {
 
     /// Sends one whole Ethernet frame (destination MAC in bytes 0..6).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        if frame.len() < 14 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "short frame"));
-        }
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_ARP.to_be();
-        sll.sll_ifindex = self.ifindex as i32;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: buf/len describe `frame`, which outlives the call; the
-        // address points to a sockaddr_ll of the size we pass.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        super::packet::send_frame(&self.fd, self.ifindex, frame)
     }
 
     /// The next frame received before `deadline`, None once it passed.
