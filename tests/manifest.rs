@@ -828,3 +828,39 @@ mod daemonset {
         assert_eq!(out.code, Some(2));
     }
 }
+
+/// docs/kubeadm.md's lbd.yaml blocks pass lbd's parser: the first alone
+/// (VIP and balancer, before `kubeadm init`), then with the proxy section
+/// the page appends to it.
+#[test]
+fn kubeadm_page_configs_parse() {
+    let page = std::fs::read_to_string(repo().join("docs/kubeadm.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut lines = page.lines();
+    while let Some(l) = lines.next() {
+        if l == "```yaml" {
+            let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            blocks.push(block.join("\n") + "\n");
+        }
+    }
+    assert_eq!(
+        blocks.len(),
+        2,
+        "the page's lbd.yaml blocks changed: update this test"
+    );
+    let env = lbd::config::Environment {
+        hostname: "cp1".into(),
+        existing_files: None,
+    };
+    let first = lbd::config::parse(&blocks[0], "docs/kubeadm.md block 1", &env)
+        .unwrap_or_else(|e| panic!("{e}\n{}", blocks[0]));
+    assert!(first.vrrp.is_some() && first.tcplb.is_some() && first.proxy.is_none());
+    let both = blocks[0].clone() + &blocks[1];
+    let full = lbd::config::parse(&both, "docs/kubeadm.md blocks 1+2", &env)
+        .unwrap_or_else(|e| panic!("{e}\n{both}"));
+    let proxy = full.proxy.expect("the appended proxy section");
+    assert_eq!(
+        proxy.kubeconfig.as_deref(),
+        Some(Path::new("/etc/lbd/proxy.kubeconfig"))
+    );
+}
