@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # lbd in five minutes: a three-node control plane in network namespaces.
 #
-#   sudo scripts/demo.sh             # builds lbd (release) and runs the demo
-#   sudo DEMO_FAST=1 scripts/demo.sh # shorter timers (what the test runs)
-#   sudo LBD_BIN=path/to/lbd scripts/demo.sh   # use a built binary
+# As root:
+#   scripts/demo.sh                  # builds lbd (release) and runs the demo
+#   DEMO_FAST=1 scripts/demo.sh      # shorter timers (what the test runs)
+#   LBD_BIN=path/to/lbd scripts/demo.sh   # use a built binary
 #
 # Each "node" is a network namespace on one bridge with a TLS "apiserver"
 # (socat, answering GET /healthz) on :6443 and lbd running VRRP for the
@@ -69,9 +70,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---- preflight ---------------------------------------------------------
-[[ $(id -u) == 0 ]] || die "needs root (network namespaces): sudo $0" 2
+[[ $(id -u) == 0 ]] || die "needs root (network namespaces): run it as root" 2
 for tool in ip openssl socat curl; do
-    command -v "$tool" >/dev/null || die "$tool is missing: sudo scripts/install-deps.sh" 2
+    command -v "$tool" >/dev/null || die "$tool is missing: scripts/install-deps.sh (as root) installs it" 2
 done
 if [[ -n ${LBD_BIN:-} ]]; then
     lbd=$LBD_BIN

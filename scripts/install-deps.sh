@@ -14,6 +14,7 @@ PKGS=(
   qemu-system-x86 busybox-static                      # the IPVS VM harness
   iptables ipset                                      # real kube-proxy (ipvs) in the VM
   rpm musl-tools systemd file binutils                # packages: .rpm checks, static musl build, unit verify
+  podman containerd                                   # the OCI image archive, loaded and run by both
   debootstrap                                         # packages: the bullseye userland (tests/packaging.sh)
 )
 missing=()
@@ -26,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # Debian starts these services on install; lbd's tests run their own copies.
-for s in haproxy keepalived nginx; do
+for s in haproxy keepalived nginx containerd; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$s" 2>/dev/null; then
     systemctl stop "$s" || true
   fi

@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# Builds lbd's .deb and .rpm from a static musl binary, into target/packages/.
+# Builds lbd's .deb and .rpm and an OCI image archive from one static musl
+# binary, into target/packages/.
 #
-#   scripts/package.sh            # both packages
+#   scripts/package.sh            # the packages and the image archive
 #   LBD_PKG_TARGET=x86_64-unknown-linux-gnu scripts/package.sh   # another target
+#
+# The binary is built with the `dist` profile (fat LTO, one codegen unit,
+# panic=abort from release) and stripped: 20.9 MB before, see docs/install.md
+# for today's figure; tests/packaging.sh holds it to <= 15 MB.
+# The image archive (lbd_<version>_<arch>.oci.tar) is written without a
+# container engine (scripts/oci-image.sh) and tagged localhost/lbd:v<version>,
+# the image `lbd manifest` names by default:
+#     ctr -n k8s.io images import target/packages/lbd_0.1.0_amd64.oci.tar
+#     podman load -i target/packages/lbd_0.1.0_amd64.oci.tar
 #
 # Installs cargo-deb and cargo-generate-rpm (pinned, `cargo install --locked`)
 # when they are missing: about 2 and 6 minutes on a small machine, once per
@@ -57,12 +67,14 @@ ensure_tool deb cargo-deb "$CARGO_DEB_VERSION"
 ensure_tool generate-rpm cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION"
 
 # 3. The binary.
-say "building lbd for $target (release)"
-cargo build --release --locked --target "$target" --bin lbd >&2
-bin=$target_dir/$target/release/lbd
-# Debug info out (packages stay small), symbols kept: a panic's backtrace
-# still names functions.
-strip --strip-debug "$bin"
+profile=dist
+say "building lbd for $target (profile $profile)"
+cargo build --profile "$profile" --locked --target "$target" --bin lbd >&2
+bin=$target_dir/$target/$profile/lbd
+# Debug info and symbols out: a panic aborts (after logging its message
+# and source location, which are in the binary), so no backtrace needs
+# function names; 3.7 MB less.
+strip "$bin"
 if [[ $target == *-musl ]]; then
     if ! file "$bin" | grep -Eq 'statically linked|static-pie linked'; then
         say "ERROR: $bin is not static: $(file -b "$bin")"
@@ -70,12 +82,23 @@ if [[ $target == *-musl ]]; then
     fi
 fi
 
+size=$(stat -c %s "$bin")
+say "lbd: $size bytes ($(( size / 1000 )) kB)"
+
 # 4. The packages.
 mkdir -p "$out"
 say "building the .deb"
-cargo deb --no-build --no-strip --target "$target" --output "$out" >&2
+cargo deb --no-build --no-strip --profile "$profile" --target "$target" --output "$out" >&2
 say "building the .rpm"
-cargo generate-rpm --target "$target" --output "$out" >&2
+cargo generate-rpm --profile "$profile" --target "$target" --output "$out" >&2
+
+# 5. The image archive, named as `lbd manifest` names the image.
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+arch=$(uname -m)
+[[ $target == aarch64-* ]] && arch=arm64
+[[ $target == x86_64-* ]] && arch=amd64
+say "writing the OCI image archive"
+"$repo/scripts/oci-image.sh" "$bin" "localhost/lbd:v$version" "$out/lbd_${version}_${arch}.oci.tar" "$arch"
 
 say "packages in $out:"
-ls -1 "$out"/*.deb "$out"/*.rpm
+ls -1 "$out"/*.deb "$out"/*.rpm "$out"/*.oci.tar

@@ -48,9 +48,17 @@ pub enum AppError {
     Proxy(#[from] crate::proxy::ProxyError),
 }
 
-/// Runs the daemon until SIGTERM/SIGINT.
-pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
-    let cfg = config::load(&config_path)?;
+/// Runs the daemon until SIGTERM/SIGINT. `opts` (the command line's
+/// overrides) apply to every reload too.
+pub async fn run(config_path: PathBuf, opts: config::LoadOptions) -> Result<(), AppError> {
+    let cfg = config::load_with(&config_path, &opts)?;
+    if let Some(p) = cfg
+        .proxy
+        .as_ref()
+        .filter(|p| p.mode != config::ProxyMode::None)
+    {
+        tracing::info!("proxy credentials: {}", config::describe_credentials(p));
+    }
     // Handlers first: a SIGHUP that arrives right after READY=1 (systemd
     // may send one at once) must reload, not kill the process.
     let mut signals = Signals::install()?;
@@ -70,6 +78,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
         reloads: reloads.record.clone(),
     };
     let control = daemon.balancer.reporter();
+    let (reload_tx, mut reload_asks) = tokio::sync::mpsc::channel(4);
     let admin = Arc::new(AdminState {
         report: Box::new(move || status.report()),
         registry: Arc::new(registry),
@@ -80,6 +89,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
                 .map_err(|e| e.to_string())
         }),
         vrrp: daemon.vrrp.control(),
+        reload: Some(reload_tx),
     });
     serve_admin(&daemon.current.admin, admin.clone(), shutdown.clone()).await?;
 
@@ -99,10 +109,23 @@ pub async fn run(config_path: PathBuf) -> Result<(), AppError> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(config = %config_path.display(), "lbd running");
 
-    while signals.next().await == Request::Reload {
+    // SIGHUP and `lbd reload` (POST /reload) do the same; the latter is
+    // told the outcome.
+    loop {
+        let ticket = tokio::select! {
+            r = signals.next() => match r {
+                Request::Reload => None,
+                Request::Stop => break,
+            },
+            Some(t) = reload_asks.recv() => Some(t),
+        };
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-        let outcome = daemon.reload(&config_path).await;
+        let outcome = daemon.reload(&config_path, &opts).await;
+        let answer = outcome.as_ref().map(|_| ()).map_err(|e| e.to_string());
         reloads.record(outcome);
+        if let Some(t) = ticket {
+            let _ = t.send(answer);
+        }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
 
@@ -225,8 +248,8 @@ impl Daemon {
 
     /// All or nothing: every subsystem prepares (the balancer binds new
     /// sockets and reads TLS files) before any commits.
-    async fn reload(&mut self, path: &Path) -> Result<(), AppError> {
-        let next = config::load(path)?;
+    async fn reload(&mut self, path: &Path, opts: &config::LoadOptions) -> Result<(), AppError> {
+        let next = config::load_with(path, opts)?;
         let tcplb = self.balancer.prepare(next.tcplb.as_ref()).await?;
         let vrrp = self.vrrp.prepare(next.vrrp.as_ref());
         let proxy = self.proxy.prepare(next.proxy.as_ref()).await?;

@@ -7,7 +7,9 @@
 
 pub mod app;
 pub mod config;
+pub mod doctor;
 pub mod health;
+pub mod import;
 pub mod label;
 pub mod manifest;
 pub mod proxy;

@@ -1,5 +1,5 @@
-//! The `lbd` command line (SPEC.md): run, check, status, backend, vrrp,
-//! manifest, version.
+//! The `lbd` command line (SPEC.md): run, check, status, reload, backend,
+//! vrrp, manifest, import, doctor, proxy, version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,11 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a RUST_LOG filter such
+    /// as `info,lbd::vrrp=debug`; overrides RUST_LOG. Default: RUST_LOG, else
+    /// info.
+    #[arg(long, global = true, value_parser = parse_log_filter)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,17 +41,37 @@ enum Command {
     Run {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// The proxy's kubeconfig, over proxy.kubeconfig and the
+        /// KubeProxyConfiguration's clientConnection.kubeconfig.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// This node's name, over node.name (the DaemonSet passes the
+        /// Node's, as kube-proxy's --hostname-override).
+        #[arg(long)]
+        node_name: Option<String>,
     },
     /// Validate a config file; every problem as PATH:LINE:COL: message.
     Check {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Check as `lbd run --kubeconfig PATH` would load it.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Ask the running daemon who holds the VIP and which backends are up.
+    /// Exit 0: healthy, 1: unreachable, 3: answered but degraded.
     Status {
         /// Print the JSON object (for scripts).
         #[arg(long)]
         json: bool,
+        /// Ask again every second until interrupted: the table redrawn, or
+        /// (with --json) one object per line.
+        #[arg(long)]
+        watch: bool,
+        /// Exit 0 whenever lbd answers, degraded or not (for liveness
+        /// probes: a backend down must not restart lbd).
+        #[arg(long)]
+        answered: bool,
         /// Config file whose admin.socket to use.
         #[arg(short, long, conflicts_with = "socket")]
         config: Option<PathBuf>,
@@ -75,13 +100,50 @@ enum Command {
         #[command(subcommand)]
         action: VrrpCommand,
     },
+    /// Validate the config file, then ask the running daemon to reload it;
+    /// prints the outcome. Exit 0: applied, 1: invalid, refused or no daemon.
+    Reload {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Admin socket path; default the file's admin.socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Print the static-pod manifest (YAML) for this config.
     Manifest {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Container image; default ghcr.io/lbd/lbd:v<version>.
+        /// Container image; default localhost/lbd:v<version>.
         #[arg(long)]
         image: Option<String>,
+        /// The proxy-only DaemonSet, its ConfigMap and RBAC, for the nodes
+        /// without a control plane (instead of the static pod).
+        #[arg(long)]
+        daemonset: bool,
+        /// With --daemonset: the apiserver address the nodes' proxies use;
+        /// default proxy.api_server, else https://VIP:PORT from the config.
+        #[arg(long, requires = "daemonset", value_name = "URL")]
+        api_server: Option<String>,
+    },
+    /// Write an lbd.yaml (on stdout) from keepalived.conf, haproxy.cfg and a
+    /// KubeProxyConfiguration; a comment for each thing not mapped.
+    Import {
+        /// keepalived.conf (its track scripts are read too).
+        #[arg(long, value_name = "FILE")]
+        keepalived: Option<PathBuf>,
+        /// haproxy.cfg.
+        #[arg(long, value_name = "FILE")]
+        haproxy: Option<PathBuf>,
+        /// A KubeProxyConfiguration (kube-proxy's config.conf).
+        #[arg(long = "kube-proxy", value_name = "FILE")]
+        kube_proxy: Option<PathBuf>,
+    },
+    /// Check this node for lbd, before and after installing it: modules,
+    /// sysctls, keepalived/haproxy/kube-proxy, ports, the VIP on the LAN,
+    /// files; a fix for each finding. Exit 0: no problem, 1: problems.
+    Doctor {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Version, git commit, build target.
     Version,
@@ -153,16 +215,47 @@ fn vrrp_command(action: VrrpCommand) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// A `--log-level` that tracing's filter accepts (else a usage error, exit 2).
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a log level or filter: {e}"))
+}
+
+/// Logs on stderr: `--log-level`, else RUST_LOG, else info. Colour only when
+/// stderr is a terminal: journald and `kubectl logs` would show the escape
+/// codes as text.
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    use std::io::IsTerminal;
+    let from_env = || tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let filter = level
+        .and_then(|l| tracing_subscriber::EnvFilter::builder().parse(l).ok())
+        .or_else(from_env)
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// A panic anywhere, in any task, stops the whole process: logged, then
+/// abort, whatever the build's panic strategy. Otherwise tokio would end
+/// only the task, and lbd would run on without its VRRP driver or an accept
+/// loop, holding the VIP without serving; aborted, it loses the VIP (the
+/// backups take over, the address expires) and its supervisor starts it
+/// again.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "lbd panicked; aborting so that its supervisor restarts it");
+        default(info);
+        std::process::abort();
+    }));
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -193,11 +286,77 @@ fn check_summary(c: &lbd::config::Config) -> String {
         if let Some(kpc) = &p.kube_proxy_config {
             parts.push(format!("KubeProxyConfiguration {} merged", kpc.display()));
         }
+        if p.mode != lbd::config::ProxyMode::None {
+            parts.push(lbd::config::describe_credentials(p));
+        }
     }
     if parts.is_empty() {
         "admin only".into()
     } else {
         parts.join(", ")
+    }
+}
+
+/// `lbd doctor -c PATH`: the config (its problems are findings), the node's
+/// facts, the running lbd's status when its socket answers.
+fn doctor(path: &std::path::Path) -> ExitCode {
+    let (config, problems) = match lbd::config::load(path) {
+        Ok(c) => (Some(c), Vec::new()),
+        Err(e) => (None, e.problems.iter().map(|p| p.to_string()).collect()),
+    };
+    let mut facts = lbd::doctor::facts::gather(config.as_ref());
+    if let Some(c) = &config {
+        if c.admin.socket.exists() {
+            facts.status = runtime()
+                .block_on(lbd::status::client::fetch(&c.admin.socket))
+                .ok();
+        }
+    }
+    let findings = lbd::doctor::diagnose(config.as_ref(), &problems, &facts);
+    print!("{}", lbd::doctor::render(&findings));
+    if findings
+        .iter()
+        .any(|f| f.severity == lbd::doctor::Severity::Problem)
+    {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `lbd reload`: the file must pass `lbd check` before the daemon is
+/// asked, so that a bad edit is reported here, at its line, and the
+/// daemon's own refusal (a port it cannot bind, say) comes back too.
+fn reload(path: &std::path::Path, socket: Option<PathBuf>) -> ExitCode {
+    let config = match lbd::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "{}: not reloaded (the running config stays)",
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let socket = socket.unwrap_or(config.admin.socket);
+    match runtime().block_on(lbd::status::client::reload(&socket)) {
+        Ok(lbd::status::client::ReloadOutcome::Applied) => {
+            println!("{}: reloaded", path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(lbd::status::client::ReloadOutcome::Refused(why)) => {
+            eprintln!("{why}");
+            eprintln!(
+                "{}: reload refused (the running config stays)",
+                path.display()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -210,15 +369,24 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config } => {
-            // `lbd run` supervises a worker that is `lbd run` again
-            // (src/supervisor.rs).
+        Command::Run {
+            config,
+            kubeconfig,
+            node_name,
+        } => {
+            // `lbd run` supervises a worker that is `lbd run` again, with
+            // the same arguments (src/supervisor.rs).
             let worker = lbd::supervisor::take_worker_role();
-            init_logging(cli.log_format);
+            init_logging(cli.log_format, cli.log_level.as_deref());
             if !worker {
                 return ExitCode::from(lbd::supervisor::run(&config));
             }
-            match runtime().block_on(lbd::app::run(config)) {
+            abort_on_panic();
+            let opts = lbd::config::LoadOptions {
+                kubeconfig,
+                node_name,
+            };
+            match runtime().block_on(lbd::app::run(config, opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
@@ -226,19 +394,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match lbd::config::load_with_warnings(&config) {
-            Ok((c, warnings)) => {
-                for w in &warnings {
-                    eprintln!("warning: {w}");
-                }
-                println!("{}: ok ({})", config.display(), check_summary(&c));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(1)
-            }
-        },
         Command::Backend {
             action,
             listener,
@@ -269,28 +424,19 @@ fn main() -> ExitCode {
             }
         }
         Command::Vrrp { action } => vrrp_command(action),
-        Command::Status {
-            json,
-            config,
-            socket,
-        } => {
-            let socket = match admin_socket(socket, config) {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            match runtime().block_on(lbd::status::client::fetch(&socket)) {
-                Ok(report) => {
-                    if json {
-                        match serde_json::to_string_pretty(&report) {
-                            Ok(s) => println!("{s}"),
-                            Err(e) => {
-                                eprintln!("lbd: {e}");
-                                return ExitCode::from(1);
-                            }
-                        }
-                    } else {
-                        print!("{}", lbd::status::client::render_table(&report));
+        Command::Check { config, kubeconfig } => {
+            match lbd::config::load_with_warnings(
+                &config,
+                &lbd::config::LoadOptions {
+                    kubeconfig,
+                    ..Default::default()
+                },
+            ) {
+                Ok((c, warnings)) => {
+                    for w in &warnings {
+                        eprintln!("warning: {w}");
                     }
+                    println!("{}: ok ({})", config.display(), check_summary(&c));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -299,9 +445,43 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Manifest { config, image } => {
+        Command::Status {
+            json,
+            watch,
+            answered,
+            config,
+            socket,
+        } => {
+            let socket = match admin_socket(socket, config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let show = lbd::status::client::Show {
+                json,
+                watch,
+                answered,
+            };
+            ExitCode::from(runtime().block_on(lbd::status::client::show(&socket, show)))
+        }
+        Command::Reload { config, socket } => reload(&config, socket),
+        Command::Manifest {
+            config,
+            image,
+            daemonset,
+            api_server,
+        } => {
             let image = image.unwrap_or_else(lbd::manifest::default_image);
-            match lbd::manifest::render(&config, &image) {
+            let rendered = if daemonset {
+                lbd::manifest::render_daemonset(&config, &image, api_server.as_deref())
+            } else {
+                lbd::manifest::render(&config, &image).map(|r| {
+                    for n in &r.notes {
+                        eprintln!("{n}");
+                    }
+                    r.yaml
+                })
+            };
+            match rendered {
                 Ok(yaml) => {
                     print!("{yaml}");
                     ExitCode::SUCCESS
@@ -312,6 +492,38 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Import {
+            keepalived,
+            haproxy,
+            kube_proxy,
+        } => {
+            let sources = match lbd::import::read_sources(
+                keepalived.as_deref(),
+                haproxy.as_deref(),
+                kube_proxy.as_deref(),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match lbd::import::import(&sources) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(lbd::import::ImportError::NothingToImport) => {
+                    eprintln!("{}", lbd::import::ImportError::NothingToImport);
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Doctor { config } => doctor(&config),
         Command::Version => {
             println!(
                 "lbd {} (commit {}, target {})",

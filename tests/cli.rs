@@ -67,6 +67,18 @@ fn check_exit_codes_and_positions() {
 const KPC: &str =
     "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n";
 
+/// A kubeconfig `lbd check` accepts: a server, a token, its current context.
+const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\n\
+    clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n    insecure-skip-tls-verify: true\n\
+    users:\n- name: u\n  user:\n    token: abc\n\
+    contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n";
+
+fn write_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
+    let kc = dir.join("proxy.kubeconfig");
+    std::fs::write(&kc, KUBECONFIG).unwrap();
+    kc
+}
+
 /// `lbd check` reads the KubeProxyConfiguration lbd.yaml names, as `lbd
 /// run` does, and says so; its problems are reported at their own file's
 /// line and column, after lbd.yaml's.
@@ -75,12 +87,14 @@ fn check_merges_the_kube_proxy_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let kpc = dir.path().join("kube-proxy.yaml");
     std::fs::write(&kpc, KPC).unwrap();
+    let kc = write_kubeconfig(dir.path());
     let cfg = dir.path().join("lbd.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "proxy:\n  mode: none\n  kube_proxy_config: {}\n",
-            kpc.display()
+            "proxy:\n  mode: none\n  kube_proxy_config: {}\n  kubeconfig: {}\n",
+            kpc.display(),
+            kc.display()
         ),
     )
     .unwrap();
@@ -88,9 +102,10 @@ fn check_merges_the_kube_proxy_configuration() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!(
-            "{}: ok (proxy mode ipvs, KubeProxyConfiguration {} merged)\n",
+            "{}: ok (proxy mode ipvs, KubeProxyConfiguration {} merged, kubeconfig {} (from proxy.kubeconfig in lbd.yaml))\n",
             cfg.display(),
-            kpc.display()
+            kpc.display(),
+            kc.display()
         ),
         "{}",
         String::from_utf8_lossy(&out.stderr)
@@ -106,8 +121,9 @@ fn check_merges_the_kube_proxy_configuration() {
     std::fs::write(
         &cfg,
         format!(
-            "proxy:\n  mode: none\n  kube_proxy_config: {}\n  masquerade_all: 1\n",
-            kpc.display()
+            "proxy:\n  mode: none\n  kube_proxy_config: {}\n  masquerade_all: 1\n  kubeconfig: {}\n",
+            kpc.display(),
+            kc.display()
         ),
     )
     .unwrap();
@@ -128,7 +144,11 @@ fn check_merges_the_kube_proxy_configuration() {
     let missing = dir.path().join("nope.yaml");
     std::fs::write(
         &cfg,
-        format!("proxy:\n  kube_proxy_config: {}\n", missing.display()),
+        format!(
+            "proxy:\n  kube_proxy_config: {}\n  kubeconfig: {}\n",
+            missing.display(),
+            kc.display()
+        ),
     )
     .unwrap();
     assert_eq!(
@@ -140,7 +160,11 @@ fn check_merges_the_kube_proxy_configuration() {
     );
     std::fs::write(
         &cfg,
-        format!("proxy:\n  kube_proxy_config: {}\n", dir.path().display()),
+        format!(
+            "proxy:\n  kube_proxy_config: {}\n  kubeconfig: {}\n",
+            dir.path().display(),
+            kc.display()
+        ),
     )
     .unwrap();
     assert_eq!(
@@ -160,13 +184,15 @@ fn status_dash_c_loads_the_merged_config() {
     let dir = tempfile::tempdir().unwrap();
     let kpc = dir.path().join("kube-proxy.yaml");
     std::fs::write(&kpc, format!("{KPC}metricsBindAddress: localhost\n")).unwrap();
+    let kc = write_kubeconfig(dir.path());
     let socket = dir.path().join("lbd.sock");
     let cfg = dir.path().join("lbd.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "proxy:\n  kube_proxy_config: {}\nadmin:\n  socket: {}\n",
+            "proxy:\n  kube_proxy_config: {}\n  kubeconfig: {}\nadmin:\n  socket: {}\n",
             kpc.display(),
+            kc.display(),
             socket.display()
         ),
     )
@@ -352,4 +378,188 @@ fn sd_notify_ready_reloading_stopping() {
     assert!(recv().contains("STOPPING=1"));
     let st = child.wait().unwrap();
     assert!(st.success(), "{st:?}");
+}
+
+fn status_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(lbd_bin()).args(args).output().unwrap()
+}
+
+/// SPEC.md's exit codes: 3 while a backend is down (the reason on its own
+/// line), 0 once it is gone; `--watch --json` prints one object a second
+/// until interrupted and exits with the last answer's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_exit_codes_degraded_healthy_and_watch() {
+    let up = echo_backend("a", true).await;
+    let down: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let port = free_port();
+    let bind = ([127, 0, 0, 1], port).into();
+    let health = "{ type: tcp, interval: 100ms }";
+    let two = listener_yaml(
+        "apiserver",
+        bind,
+        &[up.to_string(), down.to_string()],
+        "roundrobin",
+        health,
+        "",
+    );
+    let d = Lbd::start(&(node_section("cp1") + &tcplb_section(None, &[two]))).await;
+    let sock = d.socket.to_str().unwrap().to_string();
+    eventually(
+        std::time::Duration::from_secs(5),
+        "the dead backend marked down",
+        || {
+            let sock = sock.clone();
+            async move { status_cmd(&["status", "--socket", &sock]).status.code() == Some(3) }
+        },
+    )
+    .await;
+    let out = status_cmd(&["status", "--socket", &sock]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!(
+            "DEGRADED: listener apiserver: 1 of 2 backends down ({down})"
+        )),
+        "{table}"
+    );
+    let out = status_cmd(&["status", "--answered", "--socket", &sock]);
+    assert_eq!(out.status.code(), Some(0), "--answered: alive is enough");
+    let out = status_cmd(&["status", "--json", "--socket", &sock]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tcplb"][0]["backends"][1]["healthy"], false);
+
+    // --watch --json: one compact object per line, SIGINT ends it.
+    let watch = Command::new(lbd_bin())
+        .args(["status", "--watch", "--json", "--socket", &sock])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = watch.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "the last answer was degraded");
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert!(
+        (2..=4).contains(&lines.len()),
+        "one line a second for 2.5 s: {lines:?}"
+    );
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["node"], "cp1");
+    }
+
+    // `lbd reload` with the dead backend gone: applied, then healthy.
+    let one = listener_yaml("apiserver", bind, &[&up], "roundrobin", health, "");
+    std::fs::write(
+        &d.config,
+        node_section("cp1") + &tcplb_section(None, &[one]) + "\n" + &admin_section(&d.socket),
+    )
+    .unwrap();
+    let cfg = d.config.to_str().unwrap().to_string();
+    let out = status_cmd(&["reload", "-c", &cfg]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{cfg}: reloaded\n")
+    );
+    eventually(
+        std::time::Duration::from_secs(5),
+        "healthy after the reload",
+        || {
+            let sock = sock.clone();
+            async move { status_cmd(&["status", "--socket", &sock]).status.code() == Some(0) }
+        },
+    )
+    .await;
+    let out = status_cmd(&["status", "--socket", &sock]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("DEGRADED"));
+}
+
+/// `lbd reload`: a file that fails `lbd check` never reaches the daemon
+/// (exit 1, file:line:col); one the daemon refuses (its port is taken)
+/// comes back refused (exit 1) and the running config stays; no daemon,
+/// exit 1 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_validates_then_reports_the_daemons_answer() {
+    let b = echo_backend("a", true).await;
+    let port = free_port();
+    let health = "{ type: tcp, interval: 100ms }";
+    let first = listener_yaml(
+        "apiserver",
+        ([127, 0, 0, 1], port).into(),
+        &[&b],
+        "roundrobin",
+        health,
+        "",
+    );
+    let d = Lbd::start(&(node_section("cp1") + &tcplb_section(None, &[first]))).await;
+    let cfg = d.config.to_str().unwrap().to_string();
+    let write =
+        |body: String| std::fs::write(&d.config, body + "\n" + &admin_section(&d.socket)).unwrap();
+
+    write(node_section("cp1") + "tcplb:\n  listeners:\n    - name: x\n      bind: nonsense\n");
+    let out = status_cmd(&["reload", "-c", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{cfg}:6:")), "{err}");
+    assert!(
+        err.contains("not reloaded (the running config stays)"),
+        "{err}"
+    );
+    assert_eq!(
+        d.status().await["config"]["reloads_failed"],
+        0,
+        "the daemon was not asked"
+    );
+
+    // Valid, but its new port is held by someone else: the daemon refuses.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = listener_yaml(
+        "other",
+        taken.local_addr().unwrap(),
+        &[&b],
+        "roundrobin",
+        health,
+        "",
+    );
+    let first = listener_yaml(
+        "apiserver",
+        ([127, 0, 0, 1], port).into(),
+        &[&b],
+        "roundrobin",
+        health,
+        "",
+    );
+    write(node_section("cp1") + &tcplb_section(None, &[first, second]));
+    let out = status_cmd(&["reload", "-c", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reload refused (the running config stays)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&taken.local_addr().unwrap().to_string()),
+        "{err}"
+    );
+    let s = d.status().await;
+    assert_eq!(s["config"]["reloads_failed"], 1);
+    assert_eq!(
+        s["tcplb"].as_array().unwrap().len(),
+        1,
+        "still the old listeners"
+    );
+
+    let out = status_cmd(&["reload", "-c", &cfg, "--socket", "/nonexistent/lbd.sock"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lbd is not running"));
 }

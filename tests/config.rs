@@ -316,14 +316,41 @@ metricsBindAddress: 0.0.0.0:10249
 mode: ipvs
 ";
 
+/// A kubeconfig `load` accepts: a server, a token, its current context.
+const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\n\
+    clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n\
+    users:\n- name: u\n  user:\n    token: abc\n\
+    contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n";
+
+fn kubeconfig_in(dir: &std::path::Path) -> PathBuf {
+    let kc = dir.join("kube-proxy.kubeconfig");
+    std::fs::write(&kc, KUBECONFIG).unwrap();
+    kc
+}
+
+/// The kubeadm KubeProxyConfiguration, naming a kubeconfig in `dir`
+/// (kubeadm's own path exists only in kube-proxy's pod).
+fn kubeadm_kpc_in(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let kc = kubeconfig_in(dir);
+    let kpc = dir.join("kube-proxy.yaml");
+    std::fs::write(
+        &kpc,
+        KUBEADM_KPC.replace(
+            "/var/lib/kube-proxy/kubeconfig.conf",
+            &kc.display().to_string(),
+        ),
+    )
+    .unwrap();
+    (kpc, kc)
+}
+
 /// `load` is what `lbd run` sees: the KubeProxyConfiguration's fields
 /// override the proxy section's; what it leaves empty or zero, or does not
 /// say, stays as lbd.yaml has it.
 #[test]
 fn load_merges_the_kube_proxy_configuration_over_the_proxy_section() {
     let dir = tempfile::tempdir().unwrap();
-    let kpc = dir.path().join("kube-proxy.yaml");
-    std::fs::write(&kpc, KUBEADM_KPC).unwrap();
+    let (kpc, kc) = kubeadm_kpc_in(dir.path());
     let cfg = dir.path().join("lbd.yaml");
     std::fs::write(
         &cfg,
@@ -340,9 +367,10 @@ fn load_merges_the_kube_proxy_configuration_over_the_proxy_section() {
     // From the KubeProxyConfiguration.
     assert_eq!(p.mode, ProxyMode::Ipvs);
     assert_eq!(p.cluster_cidr, ["10.244.0.0/16".parse().unwrap()]);
+    assert_eq!(p.kubeconfig, Some(kc));
     assert_eq!(
-        p.kubeconfig,
-        Some(PathBuf::from("/var/lib/kube-proxy/kubeconfig.conf"))
+        p.kubeconfig_source,
+        KubeconfigSource::KubeProxyConfiguration
     );
     assert_eq!(p.ipvs.scheduler, "wlc");
     assert_eq!(p.ipvs.sync_period, Duration::from_secs(60));
@@ -377,8 +405,9 @@ fn load_reports_problems_of_both_files_in_order() {
     std::fs::write(
         &cfg,
         format!(
-            "proxy:\n  kube_proxy_config: {}\n  bogus: 1\nadmin: {{listen: nowhere}}\n",
-            kpc.display()
+            "proxy:\n  kube_proxy_config: {}\n  bogus: 1\n  kubeconfig: {}\nadmin: {{listen: nowhere}}\n",
+            kpc.display(),
+            kubeconfig_in(dir.path()).display()
         ),
     )
     .unwrap();
@@ -394,7 +423,7 @@ fn load_reports_problems_of_both_files_in_order() {
         got,
         [
             (c.clone(), 3, 3),
-            (c.clone(), 4, 17),
+            (c.clone(), 5, 17),
             (k.clone(), 9, 15),
             (k.clone(), 12, 7),
         ],

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Packaging checks, run by .ci/run (root): builds the .deb and .rpm with
-# scripts/package.sh, installs and purges the .deb on this machine, installs
-# and erases the .rpm in a throwaway root, checks the systemd unit with
-# systemd-analyze, and lints the Containerfile. The static binary must also
-# run on an older userland: the .deb is installed with dpkg in a Debian 11
-# (bullseye) chroot, where `lbd version`, `lbd check` and `lbd manifest`
+# Packaging checks, run by .ci/run (root): builds the .deb, the .rpm and the
+# OCI image archive with scripts/package.sh, installs and purges the .deb on
+# this machine, installs and erases the .rpm in a throwaway root, checks the
+# systemd unit with systemd-analyze, holds the binary to its size bound,
+# takes the image archive apart (layout, digests, config), loads it into
+# podman and a private containerd (`ctr -n k8s.io images import`) and runs
+# `lbd version` from it, and lints the Containerfile. The static binary must
+# also run on an older userland: the .deb is installed with dpkg in a Debian
+# 11 (bullseye) chroot, where `lbd version`, `lbd check` and `lbd manifest`
 # must print what they print here (the chroot: scripts/old-userland.sh,
 # debootstrap once per machine, ~2 min, cached in ~/.cache/lbd-rootfs).
 #
-#   sudo tests/packaging.sh
-#   LBD_PKG_SKIP_BUILD=1 sudo tests/packaging.sh   # reuse target/packages/*
+# As root:
+#   tests/packaging.sh
+#   LBD_PKG_SKIP_BUILD=1 tests/packaging.sh   # reuse target/packages/*
 #
 # Ends with "N passed, N failed, N skipped"; exits 1 if anything failed.
 set -uo pipefail
@@ -21,10 +25,16 @@ tmp=$(mktemp -d /tmp/lbd-pkgtest.XXXXXX)
 passed=0 failed=0 skipped=0
 deb_installed_by_us=0
 
+containerd_pid=
 cleanup() {
-    # Leave the machine as found: the .deb this test installed goes again.
+    # Leave the machine as found: the .deb this test installed goes again,
+    # the containerd it started stops.
     if [[ $deb_installed_by_us == 1 ]] && dpkg -s lbd >/dev/null 2>&1; then
         dpkg -P lbd >/dev/null 2>&1 || true
+    fi
+    if [[ -n $containerd_pid ]]; then
+        kill "$containerd_pid" 2>/dev/null || true
+        wait "$containerd_pid" 2>/dev/null || true
     fi
     rm -rf "$tmp"
 }
@@ -101,7 +111,7 @@ verify_unit() { # unit-file lbd-binary
 unit_keys() {
     local want k missing=""
     want=("Type=notify" "ExecStartPre=/usr/bin/lbd check -c /etc/lbd/lbd.yaml"
-          "ExecStart=/usr/bin/lbd run -c /etc/lbd/lbd.yaml" 'ExecReload=/bin/kill -HUP $MAINPID'
+          "ExecStart=/usr/bin/lbd run -c /etc/lbd/lbd.yaml" "ExecReload=/usr/bin/lbd reload -c /etc/lbd/lbd.yaml"
           "Restart=always" "NoNewPrivileges=yes" "ProtectSystem=strict" "ProtectHome=yes"
           "RuntimeDirectory=lbd" "RuntimeDirectoryMode=0700" "LimitNOFILE=1048576"
           "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE"
@@ -130,8 +140,163 @@ if [[ ${LBD_PKG_SKIP_BUILD:-0} != 1 ]]; then
 fi
 deb=$(ls -t "$out"/lbd_*.deb 2>/dev/null | head -n1)
 rpm_file=$(ls -t "$out"/lbd-*.rpm 2>/dev/null | head -n1)
+image=$(ls -t "$out"/lbd_*.oci.tar 2>/dev/null | head -n1)
 [[ -n $deb ]] || { fail ".deb in $out"; finish; }
 [[ -n $rpm_file ]] || { fail ".rpm in $out"; finish; }
+[[ -n $image ]] || { fail "OCI image archive in $out"; finish; }
+
+# -- the packaged binary: static, and small (20.9 MB before the dist profile)
+mkdir -p "$tmp/pkgbin"
+dpkg-deb -x "$deb" "$tmp/pkgbin"
+pkgbin=$tmp/pkgbin/usr/bin/lbd
+max_size=15000000
+size=$(stat -c %s "$pkgbin")
+if (( size <= max_size )); then
+    pass "packaged /usr/bin/lbd is $size bytes (<= $max_size)"
+else
+    fail "packaged /usr/bin/lbd is $size bytes, over $max_size"
+fi
+if file "$pkgbin" | grep -Eq 'statically linked|static-pie linked'; then
+    pass "packaged /usr/bin/lbd is static"
+else
+    fail "packaged /usr/bin/lbd is static" "$(file -b "$pkgbin")"
+fi
+
+# -- the OCI image archive, taken apart with nothing but tar, jq and sha256sum
+image_name=$("$pkgbin" manifest -c "$repo/packaging/lbd.yaml" | sed -n 's/^ *image: *//p')
+oci_blob() { echo "$tmp/oci/blobs/sha256/${1#sha256:}"; }
+oci_desc() { # digest size what: the blob exists, with that size and digest
+    local b
+    b=$(oci_blob "$1")
+    [[ -f $b ]] || { echo "$3: blob $1 missing"; return; }
+    [[ $(stat -c %s "$b") == "$2" ]] || echo "$3: size $(stat -c %s "$b") != $2"
+    [[ sha256:$(sha256sum "$b" | cut -d' ' -f1) == "$1" ]] || echo "$3: digest mismatch"
+}
+oci_structure() {
+    local d=$tmp/oci errs="" m cfg layer f
+    rm -rf "$d" && mkdir -p "$d" && tar -xf "$image" -C "$d"
+    [[ $(jq -r .imageLayoutVersion "$d/oci-layout") == 1.0.0 ]] || errs+="oci-layout"$'\n'
+    [[ $(jq -r .schemaVersion "$d/index.json") == 2 ]] || errs+="index schemaVersion"$'\n'
+    [[ $(jq '.manifests | length' "$d/index.json") == 1 ]] || errs+="index: not one manifest"$'\n'
+    [[ $(jq -r '.manifests[0].annotations["io.containerd.image.name"]' "$d/index.json") == "$image_name" ]] \
+        || errs+="index: the image name is not lbd manifest's $image_name"$'\n'
+    [[ $(jq -r '.manifests[0].annotations["org.opencontainers.image.ref.name"]' "$d/index.json") == "${image_name##*:}" ]] \
+        || errs+="index: ref.name is not the tag"$'\n'
+    m=$(jq -r '.manifests[0].digest' "$d/index.json")
+    errs+=$(oci_desc "$m" "$(jq -r '.manifests[0].size' "$d/index.json")" manifest)
+    m=$(oci_blob "$m")
+    [[ $(jq -r .mediaType "$m") == application/vnd.oci.image.manifest.v1+json ]] || errs+="manifest mediaType"$'\n'
+    cfg=$(jq -r .config.digest "$m")
+    errs+=$(oci_desc "$cfg" "$(jq -r .config.size "$m")" config)
+    [[ $(jq '.layers | length' "$m") == 1 ]] || errs+="manifest: not one layer"$'\n'
+    layer=$(jq -r '.layers[0].digest' "$m")
+    errs+=$(oci_desc "$layer" "$(jq -r '.layers[0].size' "$m")" layer)
+    [[ $(jq -r '.layers[0].mediaType' "$m") == application/vnd.oci.image.layer.v1.tar+gzip ]] || errs+="layer mediaType"$'\n'
+    cfg=$(oci_blob "$cfg")
+    layer=$(oci_blob "$layer")
+    [[ $(jq -r '.rootfs.diff_ids[0]' "$cfg") == "sha256:$(gzip -dc "$layer" | sha256sum | cut -d' ' -f1)" ]] \
+        || errs+="config: diff_id is not the uncompressed layer's digest"$'\n'
+    [[ $(uname -m) != x86_64 || $(jq -r '.os + "/" + .architecture' "$cfg") == linux/amd64 ]] || errs+="config: os/arch"$'\n'
+    [[ $(jq -c .config.Entrypoint "$cfg") == '["/usr/bin/lbd"]' ]] || errs+="config: Entrypoint"$'\n'
+    [[ $(jq -r .config.User "$cfg") == 0:0 ]] || errs+="config: User"$'\n'
+    mkdir -p "$d/rootfs"
+    tar -xzf "$layer" -C "$d/rootfs"
+    cmp -s "$d/rootfs/usr/bin/lbd" "$pkgbin" || errs+="layer: usr/bin/lbd is not the packaged binary"$'\n'
+    [[ $(tar -tvzf "$layer" usr/bin/lbd | awk '{print $1, $2}') == "-rwxr-xr-x 0/0" ]] \
+        || errs+="layer: usr/bin/lbd is not 0755 root"$'\n'
+    # docker load and podman load read manifest.json.
+    [[ $(jq -r '.[0].RepoTags[0]' "$d/manifest.json") == "$image_name" ]] || errs+="manifest.json: RepoTags"$'\n'
+    for f in $(jq -r '.[0].Config, .[0].Layers[]' "$d/manifest.json"); do
+        [[ -f $d/$f ]] || errs+="manifest.json: $f missing"$'\n'
+    done
+    [[ -z $errs ]] || { printf '%s\n' "$errs"; return 1; }
+}
+check "OCI archive: layout, index, manifest, config and layer digests, the binary inside" oci_structure
+oci_reproducible() {
+    "$repo/scripts/oci-image.sh" "$pkgbin" "$image_name" "$tmp/again.oci.tar" 2>/dev/null
+    cmp "$image" "$tmp/again.oci.tar"
+}
+check "OCI archive: the same binary gives the same bytes" oci_reproducible
+
+lbd_version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)
+# podman, rootful, in a private store. Where the sandbox lacks
+# CAP_SYS_RESOURCE, podman's default rlimits cannot be set: lower ones are
+# tried next.
+if command -v podman >/dev/null; then
+    pod() {
+        podman --root "$tmp/podman/root" --runroot "$tmp/podman/run" --tmpdir "$tmp/podman/tmp" \
+            --storage-driver vfs --cgroup-manager cgroupfs --events-backend file "$@"
+    }
+    mkdir -p "$tmp/podman/tmp"
+    check "podman load -i the archive" pod load -i "$image"
+    podman_named() { pod images --format '{{.Repository}}:{{.Tag}}' | grep -qx "$image_name"; }
+    check "podman: the image is $image_name" podman_named
+    podman_run() {
+        local o
+        o=$(pod run --rm --network none "$image_name" version 2>&1) \
+            || o=$(pod run --rm --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+                   "$image_name" version 2>&1) \
+            || { echo "$o"; return 1; }
+        grep -q "^lbd $lbd_version " <<<"$o" || { echo "$o"; return 1; }
+    }
+    # This sandbox's cgroups (hybrid v1/v2) and missing CAP_SYS_RESOURCE stop
+    # crun and runc before the image runs: that is the host, not the image
+    # (ctr run below runs the same archive); said as a skip.
+    if out=$(podman_run 2>&1); then
+        pass "podman run --rm $image_name version"
+    elif grep -Eq 'cgroups in hybrid mode|setrlimit|error setting rlimit' <<<"$out"; then
+        skip "podman run --rm $image_name version" "the host's container runtime cannot start any container here: $(tail -n1 <<<"$out")"
+    else
+        fail "podman run --rm $image_name version" "$out"
+    fi
+else
+    skip "podman load/run" "podman not installed (scripts/install-deps.sh installs it)"
+fi
+
+# containerd, the kubelet's runtime: a private instance, the k8s.io
+# namespace the kubelet reads, then the image run by ctr.
+if command -v containerd >/dev/null && command -v ctr >/dev/null; then
+    cdir=$tmp/containerd
+    mkdir -p "$cdir"
+    {
+        echo 'version = 2'
+        echo "root = \"$cdir/root\""
+        echo "state = \"$cdir/state\""
+        echo 'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]'
+        echo '[grpc]'
+        echo "  address = \"$cdir/containerd.sock\""
+        echo '[ttrpc]'
+        echo "  address = \"$cdir/containerd.sock.ttrpc\""
+    } >"$cdir/config.toml"
+    containerd --config "$cdir/config.toml" >"$cdir/log" 2>&1 &
+    containerd_pid=$!
+    for _ in $(seq 100); do [[ -S $cdir/containerd.sock ]] && break; sleep 0.1; done
+    ctr_() { ctr --address "$cdir/containerd.sock" -n k8s.io "$@"; }
+    check "ctr -n k8s.io images import the archive" ctr_ images import --snapshotter native "$image"
+    ctr_named() { ctr_ images ls -q | grep -qx "$image_name"; }
+    check "ctr: the image is $image_name" ctr_named
+    ctr_run() {
+        local o
+        o=$(ctr_ run --rm --snapshotter native --net-host "$image_name" "lbd-pkgtest-$$" /usr/bin/lbd version 2>&1) \
+            || { echo "$o"; return 1; }
+        grep -q "^lbd $lbd_version " <<<"$o" || { echo "$o"; return 1; }
+    }
+    check "ctr run $image_name lbd version" ctr_run
+else
+    skip "containerd import" "containerd not installed (scripts/install-deps.sh installs it)"
+fi
+
+# ExecReload, run as systemd would with the packaged binary on a broken
+# file: it must fail, naming the line, before any daemon is asked.
+exec_reload_fails_on_a_bad_file() {
+    local cmd out
+    printf 'node:\n  name: cp1\ntcplb:\n  listeners:\n    - name: x\n      bind: nonsense\n' >"$tmp/bad.yaml"
+    cmd=$(sed -n 's/^ExecReload=//p' "$unit" | sed "s#/usr/bin/lbd#$pkgbin#; s#/etc/lbd/lbd.yaml#$tmp/bad.yaml#")
+    if out=$($cmd 2>&1); then echo "exit 0: $out"; return 1; fi
+    grep -q "^$tmp/bad.yaml:6:" <<<"$out" || { echo "$out"; return 1; }
+    grep -q "not reloaded" <<<"$out" || { echo "$out"; return 1; }
+}
+check "lbd.service ExecReload fails on an invalid file, at its line" exec_reload_fails_on_a_bad_file
 
 # The unit, verified with the packaged binary standing in for /usr/bin/lbd.
 if command -v systemd-analyze >/dev/null; then

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lbd::config::{IpvsConfig, ProxyConfig, ProxyMode};
+use lbd::config::{IpvsConfig, KubeconfigSource, ProxyConfig, ProxyMode};
 use lbd::proxy::kernel::ipvs::IpvsCall;
 use lbd::proxy::kernel::{DataPlane, FakeKernel};
 use lbd::proxy::{PlaneFactory, Proxy, ProxyError};
@@ -64,6 +64,9 @@ fn config(kubeconfig: &Path) -> ProxyConfig {
         mode: ProxyMode::Ipvs,
         kube_proxy_config: None,
         kubeconfig: Some(kubeconfig.to_path_buf()),
+        kubeconfig_source: KubeconfigSource::LbdYaml,
+        kubeconfig_overridden: vec![],
+        api_server: None,
         cluster_cidr: vec!["10.244.0.0/16".parse().unwrap()],
         masquerade_all: false,
         node_port_addresses: vec![],

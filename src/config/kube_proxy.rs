@@ -17,7 +17,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::error::Problem;
-use super::model::{IpvsConfig, ProxyConfig, ProxyMode};
+use super::model::{IpvsConfig, KubeconfigSource, ProxyConfig, ProxyMode};
 use super::parse::{Cx, Obj};
 use super::yaml::{parse_document, Node, Pos};
 
@@ -60,25 +60,53 @@ pub enum BindAddressError {
     NotIpPort(String),
 }
 
+/// What applying a KubeProxyConfiguration did beyond the fields it set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Where its `clientConnection.kubeconfig` is, when that became the
+    /// proxy's kubeconfig (lbd.yaml did not name one).
+    pub kubeconfig_at: Option<Pos>,
+}
+
 /// Applies the KubeProxyConfiguration in `text` (named `path` in messages)
 /// to `cfg`. All-or-nothing: on error `cfg` is unchanged, and every problem
 /// is returned with its line and column.
-pub fn apply(text: &str, path: &str, cfg: &mut ProxyConfig) -> Result<(), Vec<Problem>> {
+///
+/// Its `clientConnection.kubeconfig` only counts when lbd.yaml names none:
+/// lbd.yaml's `proxy.kubeconfig` is the more specific setting (written for
+/// lbd, while the KubeProxyConfiguration was written for kube-proxy, whose
+/// kubeadm copy names a path inside kube-proxy's pod). The one not used is
+/// recorded in `kubeconfig_overridden`.
+pub fn apply(text: &str, path: &str, cfg: &mut ProxyConfig) -> Result<Applied, Vec<Problem>> {
     let root = parse_document(text).map_err(|e| vec![Problem::at(path, e.pos, e.message)])?;
-    // Files a KubeProxyConfiguration names are kube-proxy's to check.
+    // Files a KubeProxyConfiguration names are checked by the loader when
+    // lbd uses them.
     let any_file = |_: &Path| true;
     let mut cx = Cx::new(path, &any_file);
     let mut out = cfg.clone();
-    read(&mut cx, &root, &mut out);
+    let mut applied = Applied::default();
+    read(&mut cx, &root, &mut out, &mut applied);
     let problems = cx.into_problems();
     if !problems.is_empty() {
         return Err(problems);
     }
     *cfg = out;
-    Ok(())
+    Ok(applied)
 }
 
-fn read(cx: &mut Cx<'_>, root: &Node, out: &mut ProxyConfig) {
+/// `clientConnection.kubeconfig`, below lbd.yaml's and the flag's.
+fn take_kubeconfig(out: &mut ProxyConfig, path: PathBuf, at: Pos, applied: &mut Applied) {
+    if out.kubeconfig.is_some() {
+        out.kubeconfig_overridden
+            .push((KubeconfigSource::KubeProxyConfiguration, path));
+    } else {
+        out.kubeconfig = Some(path);
+        out.kubeconfig_source = KubeconfigSource::KubeProxyConfiguration;
+        applied.kubeconfig_at = Some(at);
+    }
+}
+
+fn read(cx: &mut Cx<'_>, root: &Node, out: &mut ProxyConfig, applied: &mut Applied) {
     let Some(mut o) = cx.obj(root, "a KubeProxyConfiguration") else {
         return;
     };
@@ -121,8 +149,8 @@ fn read(cx: &mut Cx<'_>, root: &Node, out: &mut ProxyConfig) {
         .get("clientConnection")
         .and_then(|n| cx.obj(n, "clientConnection"))
     {
-        if let Some((k, _)) = text(cx, &mut c, "kubeconfig") {
-            out.kubeconfig = Some(PathBuf::from(k));
+        if let Some((k, at)) = text(cx, &mut c, "kubeconfig") {
+            take_kubeconfig(out, PathBuf::from(k), at, applied);
         }
     }
     if let Some(mut i) = o.get("ipvs").and_then(|n| cx.obj(n, "ipvs")) {
@@ -321,6 +349,9 @@ mod tests {
             mode: ProxyMode::Ipvs,
             kube_proxy_config: None,
             kubeconfig: None,
+            kubeconfig_source: KubeconfigSource::InCluster,
+            kubeconfig_overridden: vec![],
+            api_server: None,
             cluster_cidr: vec![],
             masquerade_all: false,
             node_port_addresses: vec![],
@@ -565,6 +596,41 @@ winkernel:
         )
         .unwrap();
         assert_eq!(c, want);
+    }
+
+    /// lbd.yaml's kubeconfig wins; the KubeProxyConfiguration's is kept
+    /// only as the one it overrides, or used, with its position, when
+    /// lbd.yaml names none.
+    #[test]
+    fn lbd_yaml_kubeconfig_wins_over_the_kube_proxy_configurations() {
+        let kpc = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+                   clientConnection:\n  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf\n";
+        let mut c = base();
+        c.kubeconfig = Some(PathBuf::from("/etc/kubernetes/lbd.kubeconfig"));
+        c.kubeconfig_source = KubeconfigSource::LbdYaml;
+        let applied = apply(kpc, "kp.yaml", &mut c).unwrap();
+        assert_eq!(applied.kubeconfig_at, None);
+        assert_eq!(
+            c.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/etc/kubernetes/lbd.kubeconfig"))
+        );
+        assert_eq!(c.kubeconfig_source, KubeconfigSource::LbdYaml);
+        assert_eq!(
+            c.kubeconfig_overridden,
+            [(
+                KubeconfigSource::KubeProxyConfiguration,
+                PathBuf::from("/var/lib/kube-proxy/kubeconfig.conf")
+            )]
+        );
+
+        let mut c = base();
+        let applied = apply(kpc, "kp.yaml", &mut c).unwrap();
+        assert_eq!(applied.kubeconfig_at, Some(Pos { line: 4, col: 15 }));
+        assert_eq!(
+            c.kubeconfig_source,
+            KubeconfigSource::KubeProxyConfiguration
+        );
+        assert!(c.kubeconfig_overridden.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! names, merged into the proxy section. [`parse`] is the pure part, for
 //! text already in memory.
 mod error;
+mod files;
 pub mod kube_proxy;
 mod load;
 mod model;
@@ -13,6 +14,9 @@ pub mod yaml;
 
 pub use error::{ConfigError, Problem};
 pub use kube_proxy::KubeProxyConfigError;
-pub use load::{load, load_with_warnings};
+pub use load::{
+    api_server_from_vip, describe_credentials, load, load_with, load_with_warnings, LoadOptions,
+    SERVICE_ACCOUNT_TOKEN,
+};
 pub use model::*;
-pub use parse::{parse, parse_duration, DurationError, Environment};
+pub use parse::{format_duration, parse, parse_duration, DurationError, Environment};

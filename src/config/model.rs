@@ -214,12 +214,66 @@ pub enum ProxyMode {
     None,
 }
 
+/// Where the proxy's kubeconfig comes from, highest precedence first:
+/// `lbd run --kubeconfig`, lbd.yaml's `proxy.kubeconfig`, the
+/// KubeProxyConfiguration's `clientConnection.kubeconfig`, else the
+/// in-cluster service account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum KubeconfigSource {
+    Flag,
+    LbdYaml,
+    KubeProxyConfiguration,
+    InCluster,
+}
+
+impl KubeconfigSource {
+    /// For logs and `lbd check`: where the setting was written.
+    pub fn describe(self) -> &'static str {
+        match self {
+            KubeconfigSource::Flag => "--kubeconfig",
+            KubeconfigSource::LbdYaml => "proxy.kubeconfig in lbd.yaml",
+            KubeconfigSource::KubeProxyConfiguration => {
+                "clientConnection.kubeconfig in the KubeProxyConfiguration"
+            }
+            KubeconfigSource::InCluster => "in-cluster service account",
+        }
+    }
+}
+
+/// The apiserver address the proxy talks to instead of the kubeconfig's
+/// server or the in-cluster `KUBERNETES_SERVICE_HOST` (kube-proxy's
+/// `--master`). In-cluster, `KUBERNETES_SERVICE_HOST` is the `kubernetes`
+/// Service's ClusterIP, which only the proxy itself programs: it cannot be
+/// the way in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiServer {
+    /// `https://HOST:PORT`.
+    pub url: String,
+    pub from: ApiServerSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ApiServerSource {
+    /// `proxy.api_server` in lbd.yaml.
+    LbdYaml,
+    /// The VIP of this VRRP instance on the port of this tcplb listener
+    /// (the one the instance tracks): the control-plane endpoint.
+    Vip { instance: String, listener: String },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProxyConfig {
     pub mode: ProxyMode,
     pub kube_proxy_config: Option<PathBuf>,
-    /// None: in-cluster.
+    /// None: in-cluster. The one of highest precedence (see
+    /// [`KubeconfigSource`]).
     pub kubeconfig: Option<PathBuf>,
+    pub kubeconfig_source: KubeconfigSource,
+    /// Kubeconfigs of lower precedence that `kubeconfig` overrides; logged at
+    /// start, shown by `lbd check`.
+    pub kubeconfig_overridden: Vec<(KubeconfigSource, PathBuf)>,
+    /// Overrides the kubeconfig's server; in-cluster, the address to use.
+    pub api_server: Option<ApiServer>,
     pub cluster_cidr: Vec<IpNet>,
     pub masquerade_all: bool,
     /// Empty: NodePorts on every local address.

@@ -38,12 +38,20 @@ pub enum KubeError {
     InCluster(#[from] kube::config::InClusterError),
     #[error("kubernetes client: {0}")]
     Client(#[from] kube::Error),
+    #[error("proxy.api_server {url}: {source}")]
+    ApiServer {
+        url: String,
+        source: http::uri::InvalidUri,
+    },
 }
 
 /// A client from `ProxyConfig.kubeconfig` (kube-proxy's
-/// clientConnection.kubeconfig), or the in-cluster service account.
+/// clientConnection.kubeconfig), or the in-cluster service account; at
+/// `ProxyConfig.api_server` when set (kube-proxy's `--master`): in-cluster
+/// that is the apiserver's real address, never the `kubernetes` Service's
+/// ClusterIP that only this proxy programs.
 pub async fn client_from_config(cfg: &ProxyConfig) -> Result<Client, KubeError> {
-    let config = match &cfg.kubeconfig {
+    let mut config = match &cfg.kubeconfig {
         Some(path) => {
             let err = |source| KubeError::Kubeconfig {
                 path: path.display().to_string(),
@@ -56,6 +64,12 @@ pub async fn client_from_config(cfg: &ProxyConfig) -> Result<Client, KubeError> 
         }
         None => kube::Config::incluster()?,
     };
+    if let Some(a) = &cfg.api_server {
+        config.cluster_url = a.url.parse().map_err(|source| KubeError::ApiServer {
+            url: a.url.clone(),
+            source,
+        })?;
+    }
     Ok(Client::try_from(config)?)
 }
 

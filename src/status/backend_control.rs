@@ -168,5 +168,5 @@ pub async fn request(
     };
     tokio::time::timeout(Duration::from_secs(5), work)
         .await
-        .unwrap_or(Err(StatusError::Timeout { path }))
+        .unwrap_or(Err(StatusError::Timeout { path, secs: 5 }))
 }

@@ -19,8 +19,8 @@ pub enum StatusError {
         path: String,
         source: std::io::Error,
     },
-    #[error("lbd did not answer on {path} within 5s")]
-    Timeout { path: String },
+    #[error("lbd did not answer on {path} within {secs}s")]
+    Timeout { path: String, secs: u64 },
     #[error("lbd answered badly on {path}: {message}")]
     Protocol { path: String, message: String },
 }
@@ -38,14 +38,39 @@ pub async fn fetch(socket: &Path) -> Result<StatusReport, StatusError> {
     serde_json::from_slice(&body).map_err(|e| proto(e.to_string()))
 }
 
-/// One request to the daemon at `socket`: the answer's status and body,
-/// whatever the status; within 5 s.
+/// What the daemon said to `POST /reload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied,
+    /// The file was refused; the previous config still runs.
+    Refused(String),
+}
+
+/// Asks the daemon at `socket` to reload its config file, and waits for
+/// the outcome (a reload binds and reads files: 30 s at most).
+pub async fn reload(socket: &Path) -> Result<ReloadOutcome, StatusError> {
+    let (status, body) = request(socket, http::Method::POST, "/reload").await?;
+    let said = String::from_utf8_lossy(&body).trim_end().to_string();
+    match status {
+        http::StatusCode::OK => Ok(ReloadOutcome::Applied),
+        http::StatusCode::UNPROCESSABLE_ENTITY => Ok(ReloadOutcome::Refused(said)),
+        other => Err(StatusError::Protocol {
+            path: socket.display().to_string(),
+            message: format!("HTTP {other}: {said}"),
+        }),
+    }
+}
+
+/// One HTTP/1.1 request on the admin socket, bounded in time (5 s for a
+/// GET, 30 s for a POST, which waits for the reload); the answer's status
+/// and body, whatever the status.
 pub async fn request(
     socket: &Path,
     method: http::Method,
     uri: &str,
 ) -> Result<(http::StatusCode, Bytes), StatusError> {
     let path = socket.display().to_string();
+    let limit = if method == http::Method::GET { 5 } else { 30 };
     let p = path.clone();
     let work = async move {
         let stream = UnixStream::connect(socket)
@@ -81,9 +106,119 @@ pub async fn request(
             .to_bytes();
         Ok((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(5), work)
+    tokio::time::timeout(Duration::from_secs(limit), work)
         .await
-        .unwrap_or(Err(StatusError::Timeout { path }))
+        .unwrap_or(Err(StatusError::Timeout { path, secs: limit }))
+}
+
+/// How `lbd status` shows the answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Show {
+    pub json: bool,
+    pub watch: bool,
+    /// Degraded exits 0 too: only "did it answer" counts.
+    pub answered: bool,
+}
+
+/// `lbd status`: prints the daemon's answer once, or every second until
+/// SIGINT with `watch`; returns the exit code of the last answer (SPEC.md:
+/// 0 healthy, 1 unreachable, 3 degraded).
+pub async fn show(socket: &Path, how: Show) -> u8 {
+    use std::io::{IsTerminal, Write};
+    let redraw = how.watch && !how.json && std::io::stdout().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut code = 1;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c(), if how.watch => return code,
+        }
+        let mut out = String::new();
+        match fetch(socket).await {
+            Ok(report) => {
+                let reasons = degraded(&report);
+                code = if reasons.is_empty() || how.answered {
+                    0
+                } else {
+                    3
+                };
+                out = render(&report, &reasons, how);
+            }
+            Err(e) => {
+                code = 1;
+                eprintln!("{e}");
+            }
+        }
+        if redraw {
+            // Home and clear, then the table: a redraw in place, as watch(1).
+            out.insert_str(0, "\x1b[H\x1b[2J");
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush());
+        if !how.watch {
+            return code;
+        }
+    }
+}
+
+/// One answer as `lbd status` prints it: the table and a line for each
+/// reason it is degraded, or the JSON object (pretty once; one line each
+/// when watching, for `jq` and log files).
+fn render(report: &StatusReport, reasons: &[String], how: Show) -> String {
+    if how.json {
+        let mut s = if how.watch {
+            serde_json::to_string(report)
+        } else {
+            serde_json::to_string_pretty(report)
+        }
+        .unwrap_or_default();
+        s.push('\n');
+        return s;
+    }
+    let mut s = render_table(report);
+    for r in reasons {
+        let _ = writeln!(s, "DEGRADED: {r}");
+    }
+    s
+}
+
+/// Why an answering lbd is not healthy, one reason each: a backend down, a
+/// listener with none up, an instance in FAULT, the proxy not synced.
+/// Empty: healthy. `lbd status` exits 3 when there is a reason.
+pub fn degraded(r: &StatusReport) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in &r.vrrp {
+        if v.state == crate::vrrp::fsm::State::Fault {
+            out.push(format!("VRRP instance {} is in FAULT", v.name));
+        }
+    }
+    for l in r.tcplb.iter().filter(|l| !l.draining) {
+        let down: Vec<String> = l
+            .backends
+            .iter()
+            .filter(|b| !b.healthy)
+            .map(|b| b.address.to_string())
+            .collect();
+        if !down.is_empty() {
+            out.push(format!(
+                "listener {}: {} of {} backends down ({})",
+                l.name,
+                down.len(),
+                l.backends.len(),
+                down.join(", ")
+            ));
+        }
+    }
+    if let Some(p) = r.proxy.as_ref().filter(|p| !p.synced) {
+        out.push(match &p.last_error {
+            Some(e) => format!("proxy ({}) not synced: {e}", p.mode),
+            None => format!("proxy ({}) not synced yet", p.mode),
+        });
+    }
+    out
 }
 
 fn ago(secs: u64) -> String {

@@ -1,7 +1,8 @@
 //! The admin server: `/healthz`, `/readyz`, `/metrics`, `/status` on the
 //! unix socket (0600) and on the optional TCP `admin.listen`; the
 //! maintenance requests (`POST /vrrp/release`, ...) on the unix socket
-//! only, from root only (SO_PEERCRED), never over TCP.
+//! only, from root only (SO_PEERCRED), never over TCP; so is `POST
+//! /reload` (what `lbd reload` sends), since it changes what the node serves.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -13,7 +14,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -32,7 +33,14 @@ pub struct AdminState {
     pub drain_backend: Box<DrainBackend>,
     /// `lbd vrrp release|resume`.
     pub vrrp: crate::vrrp::VrrpControl,
+    /// Where `POST /reload` asks the daemon's main loop to reload; the
+    /// answer comes back on the ticket.
+    pub reload: Option<tokio::sync::mpsc::Sender<ReloadTicket>>,
 }
+
+/// One reload asked over the socket: the outcome goes back on it (the
+/// refusal's reason as text).
+pub type ReloadTicket = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// Who is asking: maintenance requests need root on the unix socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +64,29 @@ pub(super) fn text(
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
+/// `POST /reload`: the main loop reloads as on SIGHUP (all or nothing) and
+/// says how it went: 200 applied, 422 refused (the last good config stays,
+/// the reason in the body), 503 if the daemon cannot take it now.
+async fn reload(state: &AdminState, caller: Caller) -> Response<Full<Bytes>> {
+    let plain = "text/plain";
+    let Some(tx) = state.reload.as_ref().filter(|_| caller == Caller::Root) else {
+        return text(
+            StatusCode::FORBIDDEN,
+            plain,
+            "reload only on the admin unix socket, as root\n",
+        );
+    };
+    let (ticket, answer) = tokio::sync::oneshot::channel();
+    if tx.send(ticket).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, plain, "shutting down\n");
+    }
+    match answer.await {
+        Ok(Ok(())) => text(StatusCode::OK, plain, "reloaded\n"),
+        Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, plain, format!("{e}\n")),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, plain, "shutting down\n"),
+    }
+}
+
 async fn handle(
     state: Arc<AdminState>,
     req: Request<Incoming>,
@@ -68,6 +99,9 @@ async fn handle(
     };
     if let Some(verb) = req.uri().path().strip_prefix("/vrrp/") {
         return Ok(super::vrrp_control::handle(&state.vrrp, &req, verb, caller).await);
+    }
+    if req.method() == http::Method::POST && req.uri().path() == "/reload" {
+        return Ok(reload(&state, caller).await);
     }
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return Ok(text(
@@ -114,7 +148,7 @@ async fn handle(
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /healthz /readyz /metrics /status\n",
+            "not found: try /healthz /readyz /metrics /status, POST /reload\n",
         ),
     })
 }
@@ -125,8 +159,10 @@ where
 {
     tokio::spawn(async move {
         let svc = service_fn(move |req| handle(state.clone(), req, caller));
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        // HTTP/1.1 only: curl, the kubelet's probes and `lbd status` speak
+        // it, and no HTTP/2 stack is linked in for them (650 KiB of h2).
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
         tokio::select! {
             _ = conn => {}
             _ = shutdown.cancelled() => {}

@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 
 pub mod addr;
+pub mod arp;
 pub mod fd;
 pub mod link;
 pub mod netns;

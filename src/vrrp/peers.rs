@@ -166,6 +166,8 @@ mod tests {
             virtual_ips: vec![],
             master: master.map(|m| m.parse().unwrap()),
             transitions: 0,
+            faults: Vec::new(),
+            released: false,
             since_seconds: 0,
             version: 3,
             advert_interval_ms: 100,

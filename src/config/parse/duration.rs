@@ -20,6 +20,23 @@ pub enum DurationError {
     TooLong(String),
 }
 
+/// `d` as lbd.yaml writes it, in the largest unit that is exact: `30s`,
+/// `1m30s` is `90s`, `1500ms`, `2h`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0s".into()
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 /// Parses a sequence of number + unit (`h`, `m`, `s`, `ms`, `us`); a bare
 /// `0` is zero, any other number needs a unit.
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {

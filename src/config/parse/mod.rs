@@ -16,12 +16,13 @@ use super::model::*;
 use super::yaml::{parse_document, Node, Pos, Value};
 
 mod duration;
+mod hints;
 mod node_admin;
 mod proxy;
 mod tcplb;
 mod vrrp;
 
-pub use duration::{parse_duration, DurationError};
+pub use duration::{format_duration, parse_duration, DurationError};
 use node_admin::default_admin;
 
 /// Facts about the machine that defaults and checks depend on, passed in so
@@ -58,6 +59,10 @@ pub(super) struct Reading {
     /// The KubeProxyConfiguration `proxy.kube_proxy_config` names, when
     /// the file exists.
     pub kube_proxy_config: Option<FileRef>,
+    /// Every file named that exists, for the loader to look inside.
+    pub files: Vec<NamedFile>,
+    /// Where the proxy section starts, when there is one.
+    pub proxy_at: Option<Pos>,
     /// Every problem, in the order of their position.
     pub problems: Vec<Problem>,
     /// What is valid but worth saying (a TLS file that does not exist yet).
@@ -65,9 +70,37 @@ pub(super) struct Reading {
 }
 
 /// A file lbd.yaml names, and where it names it.
+#[derive(Debug, Clone)]
 pub(super) struct FileRef {
     pub path: PathBuf,
     pub at: Pos,
+}
+
+/// What a named file must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    /// One or more CA certificates (PEM).
+    CaBundle,
+    /// A certificate chain, end entity first (PEM).
+    Certificate,
+    /// A private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    PrivateKey,
+    /// A kubeconfig and the files it names.
+    Kubeconfig,
+    /// Read by the loader's merge, not here.
+    KubeProxyConfiguration,
+}
+
+/// A file a key names, that exists.
+#[derive(Debug, Clone)]
+pub(crate) struct NamedFile {
+    /// The key, as messages name it (`tls.ca_file`).
+    pub what: String,
+    pub kind: FileKind,
+    pub path: PathBuf,
+    pub at: Pos,
+    /// For a private key: the certificate it must belong to.
+    pub certificate: Option<PathBuf>,
 }
 
 /// Reads lbd.yaml's `text`, asking `file_exists` about the files it names.
@@ -83,6 +116,8 @@ pub(super) fn read(
             return Reading {
                 config: None,
                 kube_proxy_config: None,
+                files: Vec::new(),
+                proxy_at: None,
                 problems: vec![Problem::at(path, e.pos, e.message)],
                 warnings: Vec::new(),
             }
@@ -94,6 +129,8 @@ pub(super) fn read(
     Reading {
         config: Some(config),
         kube_proxy_config: cx.kube_proxy_config.take(),
+        files: std::mem::take(&mut cx.files),
+        proxy_at: cx.proxy_at,
         problems: cx.into_problems(),
         warnings,
     }
@@ -108,6 +145,9 @@ pub(super) struct Cx<'f> {
     /// Set by the proxy section.
     kube_proxy_config: Option<FileRef>,
     warnings: Vec<Problem>,
+    /// Every named file that exists.
+    files: Vec<NamedFile>,
+    proxy_at: Option<Pos>,
 }
 
 impl<'f> Cx<'f> {
@@ -118,6 +158,8 @@ impl<'f> Cx<'f> {
             file_exists,
             kube_proxy_config: None,
             warnings: Vec::new(),
+            files: Vec::new(),
+            proxy_at: None,
         }
     }
 
@@ -179,8 +221,8 @@ impl Cx<'_> {
                 self.err(*pos, format!("duplicate key {key:?} in {what}"));
             }
             if !used {
-                let hint = closest(key, known)
-                    .map(|k| format!(" (did you mean {k:?}?)"))
+                let hint = hints::hint(key, what, known, NESTED)
+                    .map(|h| format!(" ({h})"))
                     .unwrap_or_default();
                 self.err(*pos, format!("unknown key {key:?} in {what}{hint}"));
             }
@@ -343,10 +385,19 @@ impl Cx<'_> {
         None
     }
 
-    fn file(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
+    /// A file that must exist and hold `kind`; the loader looks inside.
+    fn file(&mut self, node: &Node, what: &str, kind: FileKind) -> Option<PathBuf> {
         let s = self.nonempty_string(node, what)?;
         let p = PathBuf::from(s);
-        if !(self.file_exists)(&p) {
+        if (self.file_exists)(&p) {
+            self.files.push(NamedFile {
+                what: what.to_string(),
+                kind,
+                path: p.clone(),
+                at: node.pos,
+                certificate: None,
+            });
+        } else {
             self.err(node.pos, format!("{what}: {} does not exist", p.display()));
         }
         Some(p)
@@ -354,10 +405,25 @@ impl Cx<'_> {
 
     /// A file that may appear later (a CA that `kubeadm init` writes after
     /// lbd started): missing is a warning saying what happens meanwhile.
-    fn file_or_later(&mut self, node: &Node, what: &str, meanwhile: &str) -> Option<PathBuf> {
+    /// A file that exists is looked into by the loader as `kind`.
+    fn file_or_later(
+        &mut self,
+        node: &Node,
+        what: &str,
+        kind: FileKind,
+        meanwhile: &str,
+    ) -> Option<PathBuf> {
         let s = self.nonempty_string(node, what)?;
         let p = PathBuf::from(s);
-        if !(self.file_exists)(&p) {
+        if (self.file_exists)(&p) {
+            self.files.push(NamedFile {
+                what: what.to_string(),
+                kind,
+                path: p.clone(),
+                at: node.pos,
+                certificate: None,
+            });
+        } else {
             self.warnings.push(Problem::at(
                 self.path,
                 node.pos,
@@ -365,6 +431,22 @@ impl Cx<'_> {
             ));
         }
         Some(p)
+    }
+
+    /// Marks the private key just read as `cert`'s, so the loader checks
+    /// that they belong together.
+    fn pair_key_with_certificate(&mut self, key: Option<&Path>, cert: Option<&Path>) {
+        let (Some(key), Some(cert)) = (key, cert) else {
+            return;
+        };
+        if let Some(f) = self
+            .files
+            .iter_mut()
+            .rev()
+            .find(|f| f.kind == FileKind::PrivateKey && f.path == key)
+        {
+            f.certificate = Some(cert.to_path_buf());
+        }
     }
 
     /// A key every such mapping must have.
@@ -404,7 +486,10 @@ impl Cx<'_> {
             .flat_map(|t| t.listeners.iter().map(|l| l.name.clone()))
             .collect();
         let vrrp = o.get("vrrp").map(|n| self.vrrp(n, &listener_names));
-        let proxy = o.get("proxy").map(|n| self.proxy(n));
+        let proxy = o.get("proxy").map(|n| {
+            self.proxy_at = Some(n.pos);
+            self.proxy(n)
+        });
         let admin = match o.get("admin") {
             Some(n) => self.admin(n),
             None => default_admin(),
@@ -424,29 +509,34 @@ impl Cx<'_> {
     }
 }
 
-/// The known key nearest to a misspelt one, when it is close enough to help.
-fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|k| (edit_distance(key, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min()
-        .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
+/// Keys that belong one level further down, for the hint.
+const NESTED: &[hints::Nested] = &[
+    hints::Nested {
+        section: "the config file",
+        child: "vrrp",
+        keys: &["instances"],
+    },
+    hints::Nested {
+        section: "the config file",
+        child: "tcplb",
+        keys: &["listeners", "shutdown_grace"],
+    },
+    hints::Nested {
+        section: "a listener",
+        child: "health",
+        keys: tcplb::HEALTH_KEYS,
+    },
+    hints::Nested {
+        section: "health",
+        child: "tls",
+        keys: tcplb::TLS_KEYS,
+    },
+    hints::Nested {
+        section: "proxy",
+        child: "ipvs",
+        keys: proxy::IPVS_KEYS,
+    },
+];
 
 fn default_config(env: &Environment) -> Config {
     Config {

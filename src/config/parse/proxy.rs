@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::super::model::{IpvsConfig, ProxyConfig, ProxyMode};
+use super::super::model::{
+    ApiServer, ApiServerSource, IpvsConfig, KubeconfigSource, ProxyConfig, ProxyMode,
+};
 use super::super::yaml::{Node, Value};
-use super::{Cx, FileRef};
+use super::{Cx, FileKind, FileRef};
 
 const PROXY_KEYS: &[&str] = &[
     "mode",
@@ -21,9 +23,10 @@ const PROXY_KEYS: &[&str] = &[
     "ipvs",
     "healthz_bind",
     "metrics_bind",
+    "api_server",
 ];
 
-const IPVS_KEYS: &[&str] = &[
+pub(super) const IPVS_KEYS: &[&str] = &[
     "scheduler",
     "strict_arp",
     "exclude_cidrs",
@@ -57,7 +60,11 @@ impl Cx<'_> {
             }
         }
         if let Some(n) = o.get("kube_proxy_config") {
-            p.kube_proxy_config = self.file(n, "proxy.kube_proxy_config");
+            p.kube_proxy_config = self.file(
+                n,
+                "proxy.kube_proxy_config",
+                FileKind::KubeProxyConfiguration,
+            );
             // The loader reads it; a missing one is reported already.
             self.kube_proxy_config = p
                 .kube_proxy_config
@@ -65,9 +72,18 @@ impl Cx<'_> {
                 .filter(|f| (self.file_exists)(f))
                 .map(|path| FileRef { path, at: n.pos });
         }
-        p.kubeconfig = o
-            .get("kubeconfig")
-            .and_then(|n| self.file(n, "proxy.kubeconfig"));
+        if let Some(n) = o.get("kubeconfig") {
+            p.kubeconfig = self.file(n, "proxy.kubeconfig", FileKind::Kubeconfig);
+            if p.kubeconfig.is_some() {
+                p.kubeconfig_source = KubeconfigSource::LbdYaml;
+            }
+        }
+        if let Some(n) = o.get("api_server") {
+            p.api_server = self.api_server(n).map(|url| ApiServer {
+                url,
+                from: ApiServerSource::LbdYaml,
+            });
+        }
         if let Some(n) = o.get("cluster_cidr") {
             p.cluster_cidr = self.cidr_list(n, "proxy.cluster_cidr");
         }
@@ -95,6 +111,29 @@ impl Cx<'_> {
         }
         self.finish(o, "proxy", PROXY_KEYS);
         p
+    }
+
+    /// `https://HOST:PORT` (or http), as kube-proxy's `--master`.
+    fn api_server(&mut self, n: &Node) -> Option<String> {
+        let s = self.nonempty_string(n, "proxy.api_server")?;
+        let s = s.trim().trim_end_matches('/').to_string();
+        let ok = s
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| matches!(u.scheme_str(), Some("https" | "http")))
+            .filter(|u| u.host().is_some_and(|h| !h.is_empty()))
+            .filter(|u| {
+                u.path_and_query()
+                    .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+            });
+        if ok.is_none() {
+            self.err(
+                n.pos,
+                format!("proxy.api_server: {s:?} is not a URL like https://10.31.90.0:8443"),
+            );
+            return None;
+        }
+        Some(s)
     }
 
     /// A list of CIDRs, or one string of comma-separated CIDRs as kube-proxy takes.
@@ -190,6 +229,9 @@ fn default_proxy() -> ProxyConfig {
         mode: ProxyMode::Ipvs,
         kube_proxy_config: None,
         kubeconfig: None,
+        kubeconfig_source: KubeconfigSource::InCluster,
+        kubeconfig_overridden: Vec::new(),
+        api_server: None,
         cluster_cidr: Vec::new(),
         masquerade_all: false,
         node_port_addresses: Vec::new(),

@@ -9,7 +9,7 @@ use super::super::model::{
     TcplbConfig, TlsConfig,
 };
 use super::super::yaml::{Node, Pos, Value};
-use super::{Cx, Obj};
+use super::{Cx, FileKind, Obj};
 
 const LISTENER_KEYS: &[&str] = &[
     "name",
@@ -28,7 +28,7 @@ const LISTENER_KEYS: &[&str] = &[
 
 const HEDGE_KEYS: &[&str] = &["enabled", "min_delay", "max_delay"];
 
-const HEALTH_KEYS: &[&str] = &[
+pub(super) const HEALTH_KEYS: &[&str] = &[
     "type",
     "path",
     "expect_status",
@@ -48,7 +48,7 @@ const OBSERVE: &[(&str, HealthObserve)] = &[
     ("none", HealthObserve::None),
 ];
 
-const TLS_KEYS: &[&str] = &[
+pub(super) const TLS_KEYS: &[&str] = &[
     "ca_file",
     "server_name",
     "insecure_skip_verify",
@@ -364,7 +364,7 @@ impl Cx<'_> {
         const MEANWHILE: &str = "until it appears the checks are a TLS handshake without verification, then verified HTTPS (watched, no reload needed)";
         t.ca_file = o
             .get("ca_file")
-            .and_then(|n| self.file_or_later(n, "tls.ca_file", MEANWHILE));
+            .and_then(|n| self.file_or_later(n, "tls.ca_file", FileKind::CaBundle, MEANWHILE));
         t.server_name = o
             .get("server_name")
             .and_then(|n| self.nonempty_string(n, "tls.server_name"));
@@ -373,10 +373,11 @@ impl Cx<'_> {
         }
         t.cert_file = o
             .get("cert_file")
-            .and_then(|n| self.file_or_later(n, "tls.cert_file", MEANWHILE));
+            .and_then(|n| self.file_or_later(n, "tls.cert_file", FileKind::Certificate, MEANWHILE));
         t.key_file = o
             .get("key_file")
-            .and_then(|n| self.file_or_later(n, "tls.key_file", MEANWHILE));
+            .and_then(|n| self.file_or_later(n, "tls.key_file", FileKind::PrivateKey, MEANWHILE));
+        self.pair_key_with_certificate(t.key_file.as_deref(), t.cert_file.as_deref());
         if t.cert_file.is_some() != t.key_file.is_some() {
             self.err(
                 o.pos,

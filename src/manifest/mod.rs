@@ -23,18 +23,19 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::config::{Config, ProxyMode};
 
-/// Where the config is mounted inside the container; the container's command
-/// reads it from here whatever its path on the host.
-pub const CONFIG_MOUNT: &str = "/etc/lbd/lbd.yaml";
+pub mod daemonset;
 
 /// The capabilities lbd needs and nothing more: NET_ADMIN for addresses,
 /// IPVS and sysctls over netlink, NET_RAW for VRRP (IP protocol 112) and
 /// gratuitous ARP, NET_BIND_SERVICE for listeners below 1024.
 pub const CAPABILITIES: [&str; 3] = ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"];
 
-/// The image the manifest refers to unless `--image` says otherwise.
+/// The image the manifest refers to unless `--image` says otherwise: the
+/// name scripts/package.sh tags its OCI archive with, so that an archive
+/// imported on the node (`ctr -n k8s.io images import`) is what the kubelet
+/// runs, with no registry (`localhost/`: never pulled from anywhere).
 pub fn default_image() -> String {
-    format!("ghcr.io/lbd/lbd:v{}", env!("CARGO_PKG_VERSION"))
+    format!("localhost/lbd:v{}", env!("CARGO_PKG_VERSION"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +55,14 @@ pub enum ManifestError {
         path: PathBuf,
         message: String,
     },
-    #[error("lbd manifest: {} is named both as the config and as {what}, mounted at {CONFIG_MOUNT}", path.display())]
-    MountClash { what: String, path: PathBuf },
+    #[error("lbd manifest: the config {} lies in {}: the pod would see all of it; keep lbd.yaml in a directory of its own, such as /etc/lbd", path.display(), path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
+    ConfigDirectory { path: PathBuf },
     #[error("lbd manifest: cannot render YAML: {0}")]
     Yaml(String),
+    #[error("lbd manifest --daemonset: the config has no proxy section (or mode none): nothing to run on the other nodes")]
+    NoProxy,
+    #[error("lbd manifest --daemonset: no apiserver address for the nodes' proxies: set proxy.api_server, give --api-server https://VIP:PORT, or a VRRP instance that tracks a listener (its VIP and port are used)")]
+    NoApiServer,
 }
 
 /// One host file the pod mounts read-only at the same path.
@@ -66,6 +71,11 @@ pub struct HostFile {
     /// Which setting names it, for messages (`proxy.kubeconfig`, ...).
     pub what: String,
     pub path: PathBuf,
+    /// A health check's CA, certificate or key: lbd starts without it and
+    /// watches for it (before `kubeadm init` there is no cluster CA yet).
+    pub may_appear_later: bool,
+    /// Whether it is there now (filled in by [`referenced_files`]).
+    pub exists: bool,
 }
 
 /// The files the config names directly: health TLS material, the proxy's
@@ -84,6 +94,8 @@ pub fn named_files(config: &Config) -> Vec<HostFile> {
                 out.push(HostFile {
                     what: format!("vrrp instance {} notify", i.name),
                     path: PathBuf::from(p),
+                    may_appear_later: false,
+                    exists: true,
                 });
             }
         }
@@ -100,6 +112,8 @@ pub fn named_files(config: &Config) -> Vec<HostFile> {
                     out.push(HostFile {
                         what: format!("tcplb listener {} health.tls.{key}", l.name),
                         path: p.clone(),
+                        may_appear_later: true,
+                        exists: true,
                     });
                 }
             }
@@ -110,12 +124,16 @@ pub fn named_files(config: &Config) -> Vec<HostFile> {
             out.push(HostFile {
                 what: "proxy.kube_proxy_config".into(),
                 path: p.clone(),
+                may_appear_later: false,
+                exists: true,
             });
         }
         if let Some(p) = &proxy.kubeconfig {
             out.push(HostFile {
                 what: "proxy.kubeconfig".into(),
                 path: p.clone(),
+                may_appear_later: false,
+                exists: true,
             });
         }
     }
@@ -132,6 +150,9 @@ pub fn referenced_files(config: &Config) -> Result<Vec<HostFile>, ManifestError>
     let mut out = named_files(config);
     if let Some(kc) = config.proxy.as_ref().and_then(|p| p.kubeconfig.as_ref()) {
         out.extend(kubeconfig_files(kc)?);
+    }
+    for f in &mut out {
+        f.exists = f.path.exists();
     }
     Ok(out)
 }
@@ -172,6 +193,8 @@ fn kubeconfig_files(path: &Path) -> Result<Vec<HostFile>, ManifestError> {
             out.push(HostFile {
                 what: format!("{what} in the kubeconfig {}", path.display()),
                 path: PathBuf::from(p),
+                may_appear_later: false,
+                exists: true,
             });
         }
     };
@@ -230,7 +253,7 @@ pub fn static_pod(
     files: &[HostFile],
 ) -> Result<Pod, ManifestError> {
     let vols = volumes(config, opts, files)?;
-    let container = container(config, &opts.image, vols.mounts);
+    let container = container(config, opts, vols.mounts);
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some("lbd".into()),
@@ -261,9 +284,12 @@ pub fn static_pod(
     })
 }
 
-/// The host paths the pod mounts: the config at [`CONFIG_MOUNT`], the files
-/// it names (each once, read-only, at its own path), the admin socket's
-/// directory, and the kernel modules for IPVS.
+/// The host paths the pod mounts, each at the same path in the container:
+/// the config's directory (so an editor's rename-replace of lbd.yaml is
+/// seen, and a file beside it needs no mount of its own), every other file
+/// the config names, read-only (the directory of a health check's CA or
+/// key that does not exist yet, so it is seen when `kubeadm init` writes
+/// it), the admin socket's directory, and the kernel modules for IPVS.
 fn volumes(
     config: &Config,
     opts: &ManifestOptions,
@@ -275,17 +301,19 @@ fn volumes(
             path: opts.config_path.clone(),
         });
     }
+    let config_dir = match opts.config_path.parent() {
+        Some(d) if d != Path::new("/") && d != Path::new("/etc") => d.to_path_buf(),
+        _ => {
+            return Err(ManifestError::ConfigDirectory {
+                path: opts.config_path.clone(),
+            })
+        }
+    };
     let mut vols = Volumes::default();
-    vols.add(
-        "config",
-        &opts.config_path,
-        Path::new(CONFIG_MOUNT),
-        "File",
-        true,
-    );
+    vols.add("config", &config_dir, &config_dir, "Directory", true);
 
     let mut seen = BTreeSet::new();
-    seen.insert(opts.config_path.clone());
+    seen.insert(config_dir.clone());
     for f in files {
         if !f.path.is_absolute() {
             return Err(ManifestError::RelativePath {
@@ -293,16 +321,28 @@ fn volumes(
                 path: f.path.clone(),
             });
         }
-        if !seen.insert(f.path.clone()) {
+        if f.path.starts_with(&config_dir) {
             continue;
         }
-        if f.path == Path::new(CONFIG_MOUNT) {
-            return Err(ManifestError::MountClash {
-                what: f.what.clone(),
-                path: f.path.clone(),
-            });
+        let (host, type_) = match (f.exists, f.may_appear_later, f.path.parent()) {
+            (true, _, _) => (f.path.clone(), "File"),
+            (false, true, Some(dir)) if dir != Path::new("/") => {
+                (dir.to_path_buf(), "DirectoryOrCreate")
+            }
+            _ => {
+                return Err(ManifestError::Referenced {
+                    what: f.what.clone(),
+                    path: f.path.clone(),
+                    message: "does not exist".into(),
+                })
+            }
+        };
+        // A directory mounted already covers the files in it.
+        if seen.iter().any(|s| host.starts_with(s)) {
+            continue;
         }
-        vols.add(&volume_name(&f.path), &f.path, &f.path, "File", true);
+        seen.insert(host.clone());
+        vols.add(&volume_name(&host), &host, &host, type_, true);
     }
 
     // The admin socket's directory, writable: lbd creates the socket there and
@@ -335,17 +375,17 @@ fn volumes(
 
 /// The one container: `lbd run` on the mounted config, probed on the admin
 /// interface, with only the capabilities it needs.
-fn container(config: &Config, image: &str, mounts: Vec<VolumeMount>) -> Container {
+fn container(config: &Config, opts: &ManifestOptions, mounts: Vec<VolumeMount>) -> Container {
     let (liveness, readiness) = probes(config);
     Container {
         name: "lbd".into(),
-        image: Some(image.to_string()),
+        image: Some(opts.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec![
             "lbd".into(),
             "run".into(),
             "-c".into(),
-            CONFIG_MOUNT.into(),
+            opts.config_path.display().to_string(),
         ]),
         liveness_probe: Some(liveness),
         readiness_probe: Some(readiness),
@@ -430,6 +470,9 @@ fn probes(config: &Config) -> (Probe, Probe) {
                 command: Some(vec![
                     "lbd".into(),
                     "status".into(),
+                    // Alive means answering: exit 3 (a backend down, say)
+                    // must not get lbd restarted.
+                    "--answered".into(),
                     "--socket".into(),
                     config.admin.socket.display().to_string(),
                 ]),
@@ -544,7 +587,7 @@ pub fn to_yaml(pod: &Pod) -> Result<String, ManifestError> {
 
 /// `lbd manifest -c CONFIG --image IMAGE`: load, look inside the files the
 /// config names, build the Pod, render it.
-pub fn render(config_path: &Path, image: &str) -> Result<String, ManifestError> {
+pub fn render(config_path: &Path, image: &str) -> Result<Rendered, ManifestError> {
     // Exactly what `lbd run` will read, KubeProxyConfiguration included.
     let config = crate::config::load(config_path)?;
     let absolute =
@@ -561,7 +604,61 @@ pub fn render(config_path: &Path, image: &str) -> Result<String, ManifestError> 
         },
         &files,
     )?;
-    to_yaml(&pod)
+    let mut notes = notes(&files);
+    notes.extend(nft_note(&config, image));
+    Ok(Rendered {
+        yaml: to_yaml(&pod)?,
+        notes,
+    })
+}
+
+/// The nftables proxy mode runs `nft`, which the default image (the
+/// static binary alone, scripts/oci-image.sh) lacks.
+fn nft_note(config: &Config, image: &str) -> Option<String> {
+    let nft = config
+        .proxy
+        .as_ref()
+        .is_some_and(|p| p.mode == ProxyMode::Nftables);
+    (nft && image == default_image()).then(|| {
+        format!("lbd manifest: proxy mode nftables runs the nft binary, which {image} (the static binary alone) does not have: build packaging/Containerfile's default stage (Debian slim with nftables) and pass it as --image (docs/install.md)")
+    })
+}
+
+/// The manifest, and what the operator should know about it.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub yaml: String,
+    /// One line each, for stderr.
+    pub notes: Vec<String>,
+}
+
+/// Directories mounted because a file in them is not there yet: the pod
+/// sees all of the directory.
+fn notes(files: &[HostFile]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| !f.exists && f.may_appear_later)
+        .map(|f| {
+            let dir = f.path.parent().unwrap_or(Path::new("/"));
+            format!(
+                "lbd manifest: {} ({}) does not exist yet: the pod mounts {} read-only, all of it, to see it appear (after kubeadm init, copying the file beside lbd.yaml and pointing the config there keeps the rest out of the pod; docs/kubeadm.md)",
+                f.path.display(),
+                f.what,
+                dir.display()
+            )
+        })
+        .collect()
+}
+
+/// `lbd manifest --daemonset -c CONFIG`: the proxy-only DaemonSet, its
+/// ConfigMap and RBAC, for the nodes without a control plane.
+pub fn render_daemonset(
+    config_path: &Path,
+    image: &str,
+    api_server: Option<&str>,
+) -> Result<String, ManifestError> {
+    let config = crate::config::load(config_path)?;
+    daemonset::to_yaml(&daemonset::objects(&config, image, api_server)?)
 }
 
 #[cfg(test)]
