@@ -569,3 +569,35 @@ fn service_addresses_expose_only_service_ports_and_source_ranges_hold() {
     assert!(ns.connects("203.0.113.50:80", "198.51.100.7"));
     assert!(!ns.connects("203.0.113.50:80", "192.0.2.9"));
 }
+
+/// `lbd check` / `lbd doctor` ask this before the proxy's first sync finds
+/// out: a missing nft is NotRunnable naming the program, a broken one
+/// Failed with its status; a working one gives its version line.
+#[test]
+fn availability_reports_a_missing_or_broken_nft() {
+    use lbd::proxy::kernel::nft::{availability, availability_of, NftUnavailable};
+    let missing = NftFirewall {
+        command: vec!["/nonexistent/nft".into()],
+    };
+    match availability_of(&missing) {
+        Err(e @ NftUnavailable::NotRunnable { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with("/nonexistent/nft: cannot run it"), "{msg}");
+            assert!(msg.contains("nftables"), "{msg}");
+        }
+        other => panic!("want NotRunnable, got {other:?}"),
+    }
+    let broken = NftFirewall {
+        command: vec!["false".into()],
+    };
+    assert!(matches!(
+        availability_of(&broken),
+        Err(NftUnavailable::Failed { ref program, .. }) if program == "false"
+    ));
+    if Command::new("nft").arg("--version").output().is_err() {
+        eprintln!("skip: no nft binary on this machine; availability() not checked against it");
+        return;
+    }
+    let v = availability().expect("nft is installed");
+    assert!(v.starts_with("nftables v"), "{v}");
+}

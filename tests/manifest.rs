@@ -289,7 +289,7 @@ fn admin_listener_off_probes_over_the_socket_and_no_modules_without_ipvs() {
     let config = write(
         dir.path(),
         "lbd.yaml",
-        "proxy:\n  mode: nftables\nadmin:\n  listen: \"\"\n",
+        "proxy:\n  mode: none\nadmin:\n  listen: \"\"\n",
     );
     let pod = manifest(&config, &[]);
     let c = container(&pod);

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::error::{ConfigError, Problem};
 use super::kube_proxy;
-use super::model::{Config, ProxyConfig};
+use super::model::{Config, ProxyConfig, ProxyMode};
 use super::parse::{self, Environment, FileRef};
 
 /// Reads and validates lbd.yaml at `path` and, when `proxy.kube_proxy_config`
@@ -33,8 +33,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     };
     // Read even when lbd.yaml has problems, so that one `lbd check` shows
     // those of both files.
+    let mut merged = true;
     if let (Some(kpc), Some(proxy)) = (reading.kube_proxy_config, config.proxy.as_mut()) {
-        problems.extend(merge_kube_proxy_config(&kpc, &shown, proxy));
+        let found = merge_kube_proxy_config(&kpc, &shown, proxy);
+        merged = found.is_empty();
+        problems.extend(found);
+    }
+    // The mode that counts is the merged one: lbd.yaml's `nftables` under a
+    // KubeProxyConfiguration that says `ipvs` is fine. (A KubeProxyConfiguration
+    // that says `nftables` is reported at its own line.)
+    let nftables = config.proxy.as_ref().map(|p| p.mode) == Some(ProxyMode::Nftables);
+    if nftables && merged {
+        problems.push(Problem::at(
+            &shown,
+            reading.proxy_mode_at.unwrap_or_default(),
+            "proxy.mode: nftables is not implemented yet; use ipvs",
+        ));
     }
     if problems.is_empty() {
         Ok(config)

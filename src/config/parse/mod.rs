@@ -58,6 +58,8 @@ pub(super) struct Reading {
     /// The KubeProxyConfiguration `proxy.kube_proxy_config` names, when
     /// the file exists.
     pub kube_proxy_config: Option<FileRef>,
+    /// Where lbd.yaml sets `proxy.mode`, if it does.
+    pub proxy_mode_at: Option<Pos>,
     /// Every problem, in the order of their position.
     pub problems: Vec<Problem>,
 }
@@ -81,6 +83,7 @@ pub(super) fn read(
             return Reading {
                 config: None,
                 kube_proxy_config: None,
+                proxy_mode_at: None,
                 problems: vec![Problem::at(path, e.pos, e.message)],
             }
         }
@@ -90,6 +93,7 @@ pub(super) fn read(
     Reading {
         config: Some(config),
         kube_proxy_config: cx.kube_proxy_config.take(),
+        proxy_mode_at: cx.proxy_mode_at.take(),
         problems: cx.into_problems(),
     }
 }
@@ -102,6 +106,7 @@ pub(super) struct Cx<'f> {
     file_exists: &'f dyn Fn(&Path) -> bool,
     /// Set by the proxy section.
     kube_proxy_config: Option<FileRef>,
+    proxy_mode_at: Option<Pos>,
 }
 
 impl<'f> Cx<'f> {
@@ -111,6 +116,7 @@ impl<'f> Cx<'f> {
             problems: Vec::new(),
             file_exists,
             kube_proxy_config: None,
+            proxy_mode_at: None,
         }
     }
 
