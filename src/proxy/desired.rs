@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::endpoints::{port_endpoints, select, PortEndpoints, TrafficPolicy};
+use super::endpoints::{port_endpoints, select, PortEndpoints, PortPolicies, TrafficPolicy};
 use super::model::{
     protocol_from_k8s, DesiredState, DesiredVs, ObjectKey, Protocol, Scope, ServiceInputs,
     ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL,
@@ -470,6 +470,11 @@ struct ServiceAddresses {
 }
 
 impl ServiceAddresses {
+    /// Whether the Service has a ClusterIP of `ip`'s family.
+    fn has_family(&self, ip: IpAddr) -> bool {
+        self.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4())
+    }
+
     /// None for what kube-proxy's ShouldSkipService skips: no spec,
     /// ExternalName, headless (None) or not yet allocated ("").
     fn of(svc: &Service) -> Option<Self> {
@@ -495,14 +500,25 @@ impl ServiceAddresses {
             return None;
         }
         let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
+        // kube-proxy runs one proxier per family, and a Service exists for a
+        // family's proxier only with a ClusterIP of that family; that proxier
+        // drops external and LoadBalancer IPs of the other family. So a
+        // single-stack Service gets nothing on the other family.
+        let mut ips = |v: Vec<IpAddr>| -> Vec<IpAddr> {
+            v.into_iter()
+                .filter(|ip| cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()))
+                .collect()
+        };
+        let external_ips = ips(parse_all(spec.external_ips.as_ref()));
+        let lb_ips = if is_lb {
+            ips(lb_ingress_ips(svc))
+        } else {
+            Vec::new()
+        };
         Some(ServiceAddresses {
             cluster_ips,
-            external_ips: parse_all(spec.external_ips.as_ref()),
-            lb_ips: if is_lb {
-                lb_ingress_ips(svc)
-            } else {
-                Vec::new()
-            },
+            external_ips,
+            lb_ips,
             has_node_port: matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")),
             persistent: (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
                 spec.session_affinity_config
@@ -562,8 +578,13 @@ fn add_service(
         let Some(svc_port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
             continue;
         };
+        let node_port = port
+            .node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0 && addrs.has_node_port);
         let ctx = PortContext {
             addrs: &addrs,
+            node_port,
             proto,
             label: format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or("")),
             endpoints: port_endpoints(slices, port, proto, params.node_name),
@@ -583,12 +604,9 @@ fn add_service(
                 out.bind_addresses.insert(*ip);
             }
         }
-        let node_port = port
-            .node_port
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0 && addrs.has_node_port);
-        if let Some(np) = node_port {
-            for ip in node_port_ips {
+        if let Some(np) = ctx.node_port {
+            let of_family = node_port_ips.iter().filter(|ip| addrs.has_family(**ip));
+            for ip in of_family {
                 ctx.add(out, *ip, np, VsKind::NodePort, addrs.external_policy);
             }
         }
@@ -600,6 +618,8 @@ fn add_service(
 /// One Service port, as each of its virtual servers is built from it.
 struct PortContext<'a> {
     addrs: &'a ServiceAddresses,
+    /// The port's NodePort, if its Service type has them.
+    node_port: Option<u16>,
     proto: Protocol,
     /// `namespace/name:port-name`.
     label: String,
@@ -608,6 +628,20 @@ struct PortContext<'a> {
 }
 
 impl PortContext<'_> {
+    /// The port's policies as `addr`'s family sees them: kube-proxy's
+    /// proxier of that family only knows its family's external and
+    /// LoadBalancer IPs.
+    fn policies(&self, addr: IpAddr) -> PortPolicies {
+        let same = |ips: &[IpAddr]| ips.iter().any(|ip| ip.is_ipv4() == addr.is_ipv4());
+        PortPolicies {
+            internal: self.addrs.internal_policy,
+            external: self.addrs.external_policy,
+            externally_accessible: self.node_port.is_some()
+                || same(&self.addrs.external_ips)
+                || same(&self.addrs.lb_ips),
+        }
+    }
+
     /// First writer wins on a clash (two Services claiming one external IP
     /// and port): deterministic since Services are sorted.
     fn add(
@@ -636,7 +670,7 @@ impl PortContext<'_> {
                 } else {
                     Vec::new()
                 },
-                real_servers: select(&self.endpoints, addr, policy),
+                real_servers: select(&self.endpoints, addr, &self.policies(addr), policy),
             })
         });
     }
