@@ -731,3 +731,30 @@ fn memoised_compute_equals_full_compute_through_changes() {
     // Node addresses change: every NodePort follows.
     check(&services, &slices, &node_ips[..1]);
 }
+
+/// kube-proxy watches Services with `!service.kubernetes.io/service-proxy-name`
+/// (cmd/kube-proxy/app/server.go): one labelled for another proxy is not
+/// lbd's either, whatever its value; removing the label brings it back.
+#[test]
+fn service_proxy_name_label_leaves_the_service_to_its_proxy() {
+    let mut s = cluster_svc("other", "10.96.0.80", json!([{"port": 80}]));
+    let plain = run(std::slice::from_ref(&s), &[], &[]);
+    assert!(plain
+        .virtual_servers
+        .contains_key(&key("10.96.0.80", 80, Protocol::Tcp)));
+    s.metadata.labels = Some(
+        [(
+            "service.kubernetes.io/service-proxy-name".to_string(),
+            "cilium".to_string(),
+        )]
+        .into(),
+    );
+    let d = run(&[s], &[], &[]);
+    assert!(
+        d.virtual_servers.is_empty(),
+        "{:?}",
+        d.virtual_servers.keys()
+    );
+    assert!(d.bind_addresses.is_empty());
+    assert_eq!(d.services, 0);
+}

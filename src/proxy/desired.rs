@@ -19,7 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use super::endpoints::{port_endpoints, select, PortEndpoints, PortPolicies, TrafficPolicy};
 use super::model::{
     protocol_from_k8s, DesiredState, DesiredVs, ObjectKey, Protocol, Scope, ServiceInputs,
-    ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL,
+    ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
 
 /// kube-proxy's default for sessionAffinityConfig.clientIP.timeoutSeconds.
@@ -476,8 +476,13 @@ impl ServiceAddresses {
     }
 
     /// None for what kube-proxy's ShouldSkipService skips: no spec,
-    /// ExternalName, headless (None) or not yet allocated ("").
+    /// ExternalName, headless (None) or not yet allocated (""); and what
+    /// kube-proxy never sees: a Service labelled for another proxy.
     fn of(svc: &Service) -> Option<Self> {
+        let labels = svc.metadata.labels.as_ref();
+        if labels.is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
+            return None;
+        }
         let spec = svc.spec.as_ref()?;
         if spec.type_.as_deref() == Some("ExternalName") {
             return None;
