@@ -758,3 +758,33 @@ fn service_proxy_name_label_leaves_the_service_to_its_proxy() {
     assert!(d.bind_addresses.is_empty());
     assert_eq!(d.services, 0);
 }
+
+/// kube-proxy ipvs syncProxyRules: an external IP or LoadBalancer IP that
+/// is one of the node's addresses gets its virtual server but is not bound
+/// to kube-ipvs0 (`shouldBind := !nodeAddressSet.Has(...)`), so it is not in
+/// KUBE-IPVS-IPS either and the filter leaves the node's other ports on it
+/// alone. A ClusterIP is always bound.
+#[test]
+fn external_ip_that_is_a_node_address_is_not_bound() {
+    let s = svc(json!({
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.90", "clusterIPs": ["10.96.0.90"],
+                 "externalIPs": ["192.168.1.10", "203.0.113.90"],
+                 "ports": [{"port": 8443, "nodePort": 31090}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.10"}]}}
+    }));
+    let d = run(&[s], &[], &[]);
+    for (a, port) in [
+        ("192.168.1.10", 8443),
+        ("203.0.113.90", 8443),
+        ("10.0.0.10", 8443),
+        ("10.96.0.90", 8443),
+    ] {
+        assert!(
+            d.virtual_servers.contains_key(&key(a, port, Protocol::Tcp)),
+            "{a}:{port}"
+        );
+    }
+    let bound: Vec<String> = d.bind_addresses.iter().map(|a| a.to_string()).collect();
+    assert_eq!(bound, ["10.96.0.90", "203.0.113.90"]);
+}

@@ -606,7 +606,15 @@ fn add_service(
         ] {
             for ip in ips {
                 ctx.add(out, *ip, svc_port, kind, policy);
-                out.bind_addresses.insert(*ip);
+                // An external or LoadBalancer IP that is already one of the
+                // node's addresses is not bound to kube-ipvs0, and so not in
+                // the service-address filter either: binding it would make
+                // the filter refuse the node's other ports on it (SSH,
+                // :6443). kube-proxy ipvs: shouldBind = !nodeAddressSet.Has.
+                let node_owned = kind != VsKind::ClusterIp && params.node_addresses.contains(ip);
+                if !node_owned {
+                    out.bind_addresses.insert(*ip);
+                }
             }
         }
         if let Some(np) = ctx.node_port {
