@@ -601,3 +601,62 @@ fn availability_reports_a_missing_or_broken_nft() {
     let v = availability().expect("nft is installed");
     assert!(v.starts_with("nftables v"), "{v}");
 }
+
+/// kube-proxy ipvs with no clusterCIDR (its default, no local detector):
+/// traffic from a ClusterIP to a service port is marked for masquerade
+/// (`KUBE-CLUSTER-IP src,dst`); with a cluster CIDR, traffic to a ClusterIP
+/// from outside it instead. The real nft takes both renderings.
+#[test]
+fn masquerade_without_cluster_cidr_marks_traffic_from_cluster_ips() {
+    let marks = |cidrs: &[ipnet::IpNet]| -> Vec<(String, String)> {
+        let v = render(
+            &sample(),
+            &NftParams {
+                cluster_cidrs: cidrs,
+                masquerade_all: false,
+            },
+        )
+        .to_value()
+        .unwrap();
+        let mut out = Vec::new();
+        for o in v["nftables"].as_array().unwrap() {
+            let Some(r) = o.get("add").and_then(|a| a.get("rule")) else {
+                continue;
+            };
+            let chain = r["chain"].as_str().unwrap_or("").to_string();
+            let exprs = r["expr"].as_array().unwrap();
+            let sets_mark = exprs.iter().any(|e| e.get("mangle").is_some());
+            for e in exprs {
+                let m = &e["match"];
+                if sets_mark && m["right"] == "@cluster_ips4" {
+                    let first = &m["left"]["concat"][0]["payload"]["field"];
+                    out.push((chain.clone(), first.as_str().unwrap_or("").to_string()));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let chains = |field: &str| {
+        vec![
+            ("output".to_string(), field.to_string()),
+            ("prerouting".to_string(), field.to_string()),
+        ]
+    };
+    assert_eq!(marks(&[]), chains("saddr"));
+    assert_eq!(marks(&cidrs()), chains("daddr"));
+
+    let Some(ns) = Netns::new("nocidr") else {
+        return;
+    };
+    let p = NftParams {
+        cluster_cidrs: &[],
+        masquerade_all: false,
+    };
+    ns.firewall().replace(&render(&sample(), &p)).unwrap();
+    let text = ns.list();
+    assert!(
+        text.contains("ip saddr . meta l4proto . th dport @cluster_ips4"),
+        "{text}"
+    );
+}
