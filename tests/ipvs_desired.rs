@@ -446,7 +446,11 @@ fn test_internal_traffic_policy_e2e() {
         vec![ep("10.244.2.1", "cp2", Some(true), None, None)],
     );
     let cip = key("10.96.0.50", 80, Protocol::Tcp);
-    let d = run(&[lb_service("Cluster", "Local")], &[e.clone()], &[]);
+    let d = run(
+        &[lb_service("Cluster", "Local")],
+        std::slice::from_ref(&e),
+        &[],
+    );
     assert_eq!(d.virtual_servers[&cip].real_servers.len(), 1);
     let mut internal_only = lb_service("Cluster", "Local");
     let spec = internal_only.spec.as_mut().unwrap();

@@ -509,7 +509,7 @@ impl ServiceAddresses {
         // family's proxier only with a ClusterIP of that family; that proxier
         // drops external and LoadBalancer IPs of the other family. So a
         // single-stack Service gets nothing on the other family.
-        let mut ips = |v: Vec<IpAddr>| -> Vec<IpAddr> {
+        let ips = |v: Vec<IpAddr>| -> Vec<IpAddr> {
             v.into_iter()
                 .filter(|ip| cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()))
                 .collect()
