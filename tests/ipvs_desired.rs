@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::proxy::desired::{compute, node_addresses, DesiredParams};
+use lbd::proxy::desired::{compute, node_addresses, DesiredCache, DesiredParams};
 use lbd::proxy::model::{DesiredState, DestKey, Protocol, ServiceKey, VsKind};
 use serde_json::{json, Value};
 
@@ -59,6 +59,7 @@ fn run(services: &[Service], slices: &[EndpointSlice], np: &[&str]) -> DesiredSt
             node_addresses: &node_ips,
             node_port_addresses: &nets,
             scheduler: "rr",
+            node_zone: None,
         },
     )
 }
@@ -615,6 +616,7 @@ fn configured_scheduler_is_used() {
             node_addresses: &node_ips,
             node_port_addresses: &[],
             scheduler: "wlc",
+            node_zone: None,
         },
     );
     assert_eq!(
@@ -712,6 +714,7 @@ fn memoised_compute_equals_full_compute_through_changes() {
             node_addresses: node_ips,
             node_port_addresses: &[],
             scheduler: "rr",
+            node_zone: None,
         };
         let full = compute(services, slices, &p);
         assert_eq!(*cache.compute(services, slices, &p), full);
@@ -791,4 +794,65 @@ fn external_ip_that_is_a_node_address_is_not_bound() {
     }
     let bound: Vec<String> = d.bind_addresses.iter().map(|a| a.to_string()).collect();
     assert_eq!(bound, ["10.96.0.90", "203.0.113.90"]);
+}
+
+/// Zone hints from the EndpointSlice (`hints.forZones`) and the Node's
+/// `topology.kubernetes.io/zone`, through compute: the ClusterIP uses the
+/// endpoints hinted for this zone; a zone change recomputes the table
+/// (kube-proxy topology_test.go "should use topology since all endpoints
+/// have hints ..." and "node in different zone, no endpoint filtering").
+#[test]
+fn zone_hints_pick_this_zones_endpoints() {
+    let s = cluster_svc("hinted", "10.96.0.95", json!([{"port": 80}]));
+    let hinted = |addr: &str, zone: &str| {
+        let mut e = ep(addr, "cp2", Some(true), None, None);
+        e["hints"] = json!({"forZones": [{"name": zone}]});
+        e
+    };
+    let e = eps(
+        "hinted",
+        "hinted-1",
+        "IPv4",
+        json!([{"port": 8080}]),
+        vec![
+            hinted("10.244.1.1", "zone-a"),
+            hinted("10.244.2.1", "zone-b"),
+        ],
+    );
+    let node_ips: Vec<IpAddr> = NODE_IPS.iter().map(|s| ip(s)).collect();
+    let at = |zone: Option<&'static str>| DesiredParams {
+        node_name: NODE,
+        node_addresses: &node_ips,
+        node_port_addresses: &[],
+        scheduler: "rr",
+        node_zone: zone,
+    };
+    let k = key("10.96.0.95", 80, Protocol::Tcp);
+    let real = |d: &DesiredState| -> Vec<String> {
+        d.virtual_servers[&k]
+            .real_servers
+            .keys()
+            .map(|d| d.addr.to_string())
+            .collect()
+    };
+    let (svcs, slices) = (vec![s], vec![e]);
+    assert_eq!(
+        real(&compute(&svcs, &slices, &at(Some("zone-a")))),
+        ["10.244.1.1"]
+    );
+    assert_eq!(
+        real(&compute(&svcs, &slices, &at(Some("zone-b")))),
+        ["10.244.2.1"]
+    );
+    let both = ["10.244.1.1", "10.244.2.1"];
+    assert_eq!(real(&compute(&svcs, &slices, &at(Some("zone-c")))), both);
+    assert_eq!(real(&compute(&svcs, &slices, &at(None))), both);
+    // The memoised table follows a zone change too.
+    let mut cache = DesiredCache::default();
+    cache.compute(&svcs, &slices, &at(Some("zone-a")));
+    assert!(!cache.matches(&at(Some("zone-b"))));
+    assert_eq!(
+        real(cache.compute(&svcs, &slices, &at(Some("zone-b")))),
+        ["10.244.2.1"]
+    );
 }

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::endpoints::{port_endpoints, select, PortEndpoints, PortPolicies, TrafficPolicy};
+use super::endpoints::{port_endpoints, select, Here, PortEndpoints, PortPolicies, TrafficPolicy};
 use super::model::{
     protocol_from_k8s, DesiredState, DesiredVs, ObjectKey, Protocol, Scope, ServiceInputs,
     ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
@@ -35,6 +35,21 @@ pub struct DesiredParams<'a> {
     /// kube-proxy's nodePortAddresses; empty = every node address.
     pub node_port_addresses: &'a [IpNet],
     pub scheduler: &'a str,
+    /// The Node's `topology.kubernetes.io/zone` (zone topology hints).
+    pub node_zone: Option<&'a str>,
+}
+
+/// The label kube-proxy reads the node's zone from.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The Node's zone label, for topology hints.
+pub fn node_zone(node: &Node) -> Option<&str> {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ZONE_LABEL))
+        .map(String::as_str)
+        .filter(|z| !z.is_empty())
 }
 
 /// Node addresses (InternalIP, ExternalIP) from the Node object.
@@ -78,7 +93,7 @@ where
 /// it through random changes).
 #[derive(Debug, Default)]
 pub struct DesiredCache {
-    /// node name, node addresses, nodePortAddresses, scheduler
+    /// node name, node addresses, nodePortAddresses, scheduler, zone
     params: Option<ParamsSig>,
     entries: HashMap<ObjectKey, CacheEntry>,
     table: DesiredState,
@@ -98,7 +113,7 @@ pub struct DesiredCache {
     version: u64,
 }
 
-type ParamsSig = (String, Vec<IpAddr>, Vec<IpNet>, String);
+type ParamsSig = (String, Vec<IpAddr>, Vec<IpNet>, String, Option<String>);
 /// A Service's resourceVersion and its slices' `name=resourceVersion`.
 type Stamp = (String, Vec<String>);
 
@@ -108,6 +123,7 @@ fn params_sig(params: &DesiredParams<'_>) -> ParamsSig {
         params.node_addresses.to_vec(),
         params.node_port_addresses.to_vec(),
         params.scheduler.to_string(),
+        params.node_zone.map(str::to_string),
     )
 }
 
@@ -592,7 +608,15 @@ fn add_service(
             node_port,
             proto,
             label: format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or("")),
-            endpoints: port_endpoints(slices, port, proto, params.node_name),
+            endpoints: port_endpoints(
+                slices,
+                port,
+                proto,
+                Here {
+                    node_name: params.node_name,
+                    zone: params.node_zone,
+                },
+            ),
             scheduler: params.scheduler,
         };
         for (ips, kind, policy) in [
