@@ -236,6 +236,7 @@ fn main() {
             node_addresses: &[],
             node_port_addresses: &[],
             scheduler: "rr",
+            node_zone: None,
         },
     );
     let compute_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -246,6 +247,7 @@ fn main() {
         node_addresses: &[],
         node_port_addresses: &[],
         scheduler: "rr",
+        node_zone: None,
     };
     cache.compute(&services, &slices, &p);
     let t = Instant::now();

@@ -435,6 +435,54 @@ fn load_reports_problems_of_both_files_in_order() {
         .contains("\"userspace\" is not supported"));
 }
 
+/// kube-proxy's nftables mode has no lbd data plane yet: `check` refuses
+/// it where it is set (lbd.yaml, or the KubeProxyConfiguration that
+/// overrides it), instead of a proxy that starts and programs nothing.
+#[test]
+fn load_refuses_mode_nftables_where_it_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lbd.yaml");
+    let kpc = dir.path().join("kube-proxy.yaml");
+    let problems = |lbd: &str, kp: &str| -> Vec<String> {
+        std::fs::write(&kpc, kp).unwrap();
+        std::fs::write(&cfg, lbd.replace("KPC", &kpc.display().to_string())).unwrap();
+        match load(&cfg) {
+            Ok(_) => vec![],
+            Err(e) => e
+                .problems
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}:{}:{}: {}",
+                        p.path == kpc.display().to_string(),
+                        p.line,
+                        p.col,
+                        p.message
+                    )
+                })
+                .collect(),
+        }
+    };
+    assert_eq!(
+        problems("proxy:\n  mode: nftables\n", KUBEADM_KPC),
+        ["false:2:9: proxy.mode: nftables is not implemented yet; use ipvs"]
+    );
+    // The KubeProxyConfiguration's mode wins, either way.
+    let under_kpc = "proxy:\n  mode: nftables\n  kube_proxy_config: KPC\n";
+    assert_eq!(problems(under_kpc, KUBEADM_KPC), Vec::<String>::new());
+    assert_eq!(
+        problems(under_kpc, &KUBEADM_KPC.replace("mode: ipvs", "mode: \"\"")),
+        ["false:2:9: proxy.mode: nftables is not implemented yet; use ipvs"]
+    );
+    assert_eq!(
+        problems(
+            "proxy:\n  mode: ipvs\n  kube_proxy_config: KPC\n",
+            &KUBEADM_KPC.replace("mode: ipvs", "mode: nftables")
+        ),
+        ["true:12:7: mode: \"nftables\" is not implemented yet; use ipvs"]
+    );
+}
+
 #[test]
 fn load_without_a_file_says_so_without_a_position() {
     let e = load(std::path::Path::new("/nonexistent/lbd.yaml")).unwrap_err();

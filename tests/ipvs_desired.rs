@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::proxy::desired::{compute, node_addresses, DesiredParams};
+use lbd::proxy::desired::{compute, node_addresses, DesiredCache, DesiredParams};
 use lbd::proxy::model::{DesiredState, DestKey, Protocol, ServiceKey, VsKind};
 use serde_json::{json, Value};
 
@@ -59,6 +59,7 @@ fn run(services: &[Service], slices: &[EndpointSlice], np: &[&str]) -> DesiredSt
             node_addresses: &node_ips,
             node_port_addresses: &nets,
             scheduler: "rr",
+            node_zone: None,
         },
     )
 }
@@ -334,18 +335,18 @@ fn load_balancer_service_gets_every_address_kind() {
         (key("192.168.1.10", 30080, Protocol::Tcp), VsKind::NodePort),
         (key("10.0.0.10", 30080, Protocol::Tcp), VsKind::NodePort),
     ];
-    // The IPv6 node address gets no IPv4-only NodePort? It gets a virtual
-    // server (kube-proxy programs every node IP) but no real server.
-    assert_eq!(d.virtual_servers.len(), expect.len() + 1);
+    // A single-stack IPv4 Service: nothing on the IPv6 node address
+    // (kube-proxy's IPv6 proxier does not know the Service).
+    assert_eq!(d.virtual_servers.len(), expect.len());
     for (k, kind) in expect {
         let vs = &d.virtual_servers[&k];
         assert_eq!(vs.kind, kind, "{k}");
         assert_eq!(vs.real_servers, all, "{k}");
         assert!(!vs.local_only);
     }
-    assert!(d.virtual_servers[&key("fd00:1::10", 30080, Protocol::Tcp)]
-        .real_servers
-        .is_empty());
+    assert!(!d
+        .virtual_servers
+        .contains_key(&key("fd00:1::10", 30080, Protocol::Tcp)));
     assert_eq!(
         d.virtual_servers[&key("203.0.113.50", 80, Protocol::Tcp)].source_ranges,
         vec!["198.51.100.0/24".parse::<IpNet>().unwrap()]
@@ -399,8 +400,12 @@ fn internal_traffic_policy_local_limits_only_cluster_ip() {
     );
 }
 
+/// kube-proxy's IPVS `syncEndpoint`: `externalTrafficPolicy: Local` with no
+/// local endpoint falls back to the cluster endpoints instead of an empty
+/// virtual server (topology_test.go "iTP: Cluster, eTP: Local" with every
+/// endpoint remote; ipvs's onlyNodeLocalEndpoints branch).
 #[test]
-fn local_policy_without_local_endpoint_has_no_real_server() {
+fn local_policy_without_local_endpoint_falls_back_to_cluster_endpoints() {
     let s = lb_service("Local", "Cluster");
     let e = eps(
         "lb",
@@ -410,17 +415,55 @@ fn local_policy_without_local_endpoint_has_no_real_server() {
         vec![ep("10.244.2.1", "cp2", Some(true), None, None)],
     );
     let d = run(&[s], &[e], &[]);
-    assert!(
-        d.virtual_servers[&key("192.168.1.10", 30080, Protocol::Tcp)]
+    for k in [
+        key("192.168.1.10", 30080, Protocol::Tcp),
+        key("10.96.0.50", 80, Protocol::Tcp),
+    ] {
+        let rs: Vec<String> = d.virtual_servers[&k]
             .real_servers
-            .is_empty()
+            .keys()
+            .map(|d| d.addr.to_string())
+            .collect();
+        assert_eq!(rs, ["10.244.2.1"], "{k:?}");
+    }
+    // The Local policy still holds for the firewall (no masquerade of
+    // external traffic), as kube-proxy keeps its local sets.
+    assert!(d.virtual_servers[&key("192.168.1.10", 30080, Protocol::Tcp)].local_only);
+}
+
+/// The same for `internalTrafficPolicy: Local`: on a Service that also takes
+/// external traffic the ClusterIP falls back to the cluster endpoints; on a
+/// ClusterIP-only Service it stays empty (kube-proxy ipvs
+/// `TestTestInternalTrafficPolicyE2E` "internalTrafficPolicy is local with
+/// zero local endpoints", topology_test.go "no cluster endpoints for
+/// iTP:Local internal-only service").
+#[test]
+fn test_internal_traffic_policy_e2e() {
+    let e = eps(
+        "lb",
+        "lb-1",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}]),
+        vec![ep("10.244.2.1", "cp2", Some(true), None, None)],
     );
-    assert_eq!(
-        d.virtual_servers[&key("10.96.0.50", 80, Protocol::Tcp)]
-            .real_servers
-            .len(),
-        1
+    let cip = key("10.96.0.50", 80, Protocol::Tcp);
+    let d = run(
+        &[lb_service("Cluster", "Local")],
+        std::slice::from_ref(&e),
+        &[],
     );
+    assert_eq!(d.virtual_servers[&cip].real_servers.len(), 1);
+    let mut internal_only = lb_service("Cluster", "Local");
+    let spec = internal_only.spec.as_mut().unwrap();
+    spec.type_ = Some("ClusterIP".into());
+    spec.external_ips = None;
+    for p in spec.ports.iter_mut().flatten() {
+        p.node_port = None;
+    }
+    internal_only.status = None;
+    let d = run(&[internal_only], &[e], &[]);
+    assert!(d.virtual_servers[&cip].real_servers.is_empty());
+    assert_eq!(d.virtual_servers.len(), 1, "{:?}", d.virtual_servers.keys());
 }
 
 #[test]
@@ -474,13 +517,57 @@ fn node_port_addresses_filter_node_ips() {
         .filter(|(_, v)| v.kind == VsKind::NodePort)
         .map(|(k, _)| *k)
         .collect();
+    // The selected IPv6 address gets nothing: the Service is IPv4-only.
+    assert_eq!(nodeports, vec![key("192.168.1.10", 31000, Protocol::Udp)]);
+}
+
+/// kube-proxy ipvs `TestNodePortIPv6` / `TestIPv6Proxier` and the
+/// per-family proxiers: a single-stack Service's NodePorts, external IPs and
+/// LoadBalancer IPs exist only in its family; a dual-stack one gets both.
+#[test]
+fn test_node_port_single_stack_stays_in_its_family() {
+    let v4 = svc(json!({
+        "metadata": {"name": "v4", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.70", "clusterIPs": ["10.96.0.70"],
+                 "externalIPs": ["203.0.113.70", "2001:db8::70"],
+                 "ports": [{"port": 80, "nodePort": 31070}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.71"}, {"ip": "2001:db8::71"}]}}
+    }));
+    let mut dual = v4.clone();
+    dual.metadata.name = Some("dual".into());
+    let spec = dual.spec.as_mut().unwrap();
+    spec.cluster_ip = Some("10.96.0.71".into());
+    spec.cluster_ips = Some(vec!["10.96.0.71".into(), "fd00:96::71".into()]);
+    for p in spec.ports.iter_mut().flatten() {
+        p.node_port = Some(31071);
+        p.port = 81;
+    }
+    let alone = run(std::slice::from_ref(&v4), &[], &[]);
+    assert!(!alone.bind_addresses.contains(&ip("2001:db8::70")));
+    assert!(!alone.bind_addresses.contains(&ip("2001:db8::71")));
+    let d = run(&[v4, dual], &[], &[]);
+    let addrs = |port: u16| -> Vec<String> {
+        d.virtual_servers
+            .keys()
+            .filter(|k| k.port == port)
+            .map(|k| k.addr.to_string())
+            .collect()
+    };
+    assert_eq!(addrs(31070), ["10.0.0.10", "192.168.1.10"]);
+    assert_eq!(addrs(80), ["10.96.0.70", "203.0.113.70", "203.0.113.71"]);
+    assert_eq!(addrs(31071), ["10.0.0.10", "192.168.1.10", "fd00:1::10"]);
     assert_eq!(
-        nodeports,
-        vec![
-            key("192.168.1.10", 31000, Protocol::Udp),
-            key("fd00:1::10", 31000, Protocol::Udp)
+        addrs(81),
+        [
+            "10.96.0.71",
+            "203.0.113.70",
+            "203.0.113.71",
+            "2001:db8::70",
+            "2001:db8::71",
+            "fd00:96::71"
         ]
     );
+    assert!(d.bind_addresses.contains(&ip("2001:db8::70")));
 }
 
 #[test]
@@ -529,6 +616,7 @@ fn configured_scheduler_is_used() {
             node_addresses: &node_ips,
             node_port_addresses: &[],
             scheduler: "wlc",
+            node_zone: None,
         },
     );
     assert_eq!(
@@ -626,6 +714,7 @@ fn memoised_compute_equals_full_compute_through_changes() {
             node_addresses: node_ips,
             node_port_addresses: &[],
             scheduler: "rr",
+            node_zone: None,
         };
         let full = compute(services, slices, &p);
         assert_eq!(*cache.compute(services, slices, &p), full);
@@ -648,4 +737,122 @@ fn memoised_compute_equals_full_compute_through_changes() {
     check(&services, &slices, &node_ips);
     // Node addresses change: every NodePort follows.
     check(&services, &slices, &node_ips[..1]);
+}
+
+/// kube-proxy watches Services with `!service.kubernetes.io/service-proxy-name`
+/// (cmd/kube-proxy/app/server.go): one labelled for another proxy is not
+/// lbd's either, whatever its value; removing the label brings it back.
+#[test]
+fn service_proxy_name_label_leaves_the_service_to_its_proxy() {
+    let mut s = cluster_svc("other", "10.96.0.80", json!([{"port": 80}]));
+    let plain = run(std::slice::from_ref(&s), &[], &[]);
+    assert!(plain
+        .virtual_servers
+        .contains_key(&key("10.96.0.80", 80, Protocol::Tcp)));
+    s.metadata.labels = Some(
+        [(
+            "service.kubernetes.io/service-proxy-name".to_string(),
+            "cilium".to_string(),
+        )]
+        .into(),
+    );
+    let d = run(&[s], &[], &[]);
+    assert!(
+        d.virtual_servers.is_empty(),
+        "{:?}",
+        d.virtual_servers.keys()
+    );
+    assert!(d.bind_addresses.is_empty());
+    assert_eq!(d.services, 0);
+}
+
+/// kube-proxy ipvs syncProxyRules: an external IP or LoadBalancer IP that
+/// is one of the node's addresses gets its virtual server but is not bound
+/// to kube-ipvs0 (`shouldBind := !nodeAddressSet.Has(...)`), so it is not in
+/// KUBE-IPVS-IPS either and the filter leaves the node's other ports on it
+/// alone. A ClusterIP is always bound.
+#[test]
+fn external_ip_that_is_a_node_address_is_not_bound() {
+    let s = svc(json!({
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.90", "clusterIPs": ["10.96.0.90"],
+                 "externalIPs": ["192.168.1.10", "203.0.113.90"],
+                 "ports": [{"port": 8443, "nodePort": 31090}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.10"}]}}
+    }));
+    let d = run(&[s], &[], &[]);
+    for (a, port) in [
+        ("192.168.1.10", 8443),
+        ("203.0.113.90", 8443),
+        ("10.0.0.10", 8443),
+        ("10.96.0.90", 8443),
+    ] {
+        assert!(
+            d.virtual_servers.contains_key(&key(a, port, Protocol::Tcp)),
+            "{a}:{port}"
+        );
+    }
+    let bound: Vec<String> = d.bind_addresses.iter().map(|a| a.to_string()).collect();
+    assert_eq!(bound, ["10.96.0.90", "203.0.113.90"]);
+}
+
+/// Zone hints from the EndpointSlice (`hints.forZones`) and the Node's
+/// `topology.kubernetes.io/zone`, through compute: the ClusterIP uses the
+/// endpoints hinted for this zone; a zone change recomputes the table
+/// (kube-proxy topology_test.go "should use topology since all endpoints
+/// have hints ..." and "node in different zone, no endpoint filtering").
+#[test]
+fn zone_hints_pick_this_zones_endpoints() {
+    let s = cluster_svc("hinted", "10.96.0.95", json!([{"port": 80}]));
+    let hinted = |addr: &str, zone: &str| {
+        let mut e = ep(addr, "cp2", Some(true), None, None);
+        e["hints"] = json!({"forZones": [{"name": zone}]});
+        e
+    };
+    let e = eps(
+        "hinted",
+        "hinted-1",
+        "IPv4",
+        json!([{"port": 8080}]),
+        vec![
+            hinted("10.244.1.1", "zone-a"),
+            hinted("10.244.2.1", "zone-b"),
+        ],
+    );
+    let node_ips: Vec<IpAddr> = NODE_IPS.iter().map(|s| ip(s)).collect();
+    let at = |zone: Option<&'static str>| DesiredParams {
+        node_name: NODE,
+        node_addresses: &node_ips,
+        node_port_addresses: &[],
+        scheduler: "rr",
+        node_zone: zone,
+    };
+    let k = key("10.96.0.95", 80, Protocol::Tcp);
+    let real = |d: &DesiredState| -> Vec<String> {
+        d.virtual_servers[&k]
+            .real_servers
+            .keys()
+            .map(|d| d.addr.to_string())
+            .collect()
+    };
+    let (svcs, slices) = (vec![s], vec![e]);
+    assert_eq!(
+        real(&compute(&svcs, &slices, &at(Some("zone-a")))),
+        ["10.244.1.1"]
+    );
+    assert_eq!(
+        real(&compute(&svcs, &slices, &at(Some("zone-b")))),
+        ["10.244.2.1"]
+    );
+    let both = ["10.244.1.1", "10.244.2.1"];
+    assert_eq!(real(&compute(&svcs, &slices, &at(Some("zone-c")))), both);
+    assert_eq!(real(&compute(&svcs, &slices, &at(None))), both);
+    // The memoised table follows a zone change too.
+    let mut cache = DesiredCache::default();
+    cache.compute(&svcs, &slices, &at(Some("zone-a")));
+    assert!(!cache.matches(&at(Some("zone-b"))));
+    assert_eq!(
+        real(cache.compute(&svcs, &slices, &at(Some("zone-b")))),
+        ["10.244.2.1"]
+    );
 }

@@ -249,6 +249,7 @@ fn desired_params<'a>(node_ips: &'a [IpAddr]) -> DesiredParams<'a> {
         node_addresses: node_ips,
         node_port_addresses: &[],
         scheduler: "rr",
+        node_zone: None,
     }
 }
 

@@ -569,3 +569,94 @@ fn service_addresses_expose_only_service_ports_and_source_ranges_hold() {
     assert!(ns.connects("203.0.113.50:80", "198.51.100.7"));
     assert!(!ns.connects("203.0.113.50:80", "192.0.2.9"));
 }
+
+/// `lbd check` / `lbd doctor` ask this before the proxy's first sync finds
+/// out: a missing nft is NotRunnable naming the program, a broken one
+/// Failed with its status; a working one gives its version line.
+#[test]
+fn availability_reports_a_missing_or_broken_nft() {
+    use lbd::proxy::kernel::nft::{availability, availability_of, NftUnavailable};
+    let missing = NftFirewall {
+        command: vec!["/nonexistent/nft".into()],
+    };
+    match availability_of(&missing) {
+        Err(e @ NftUnavailable::NotRunnable { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with("/nonexistent/nft: cannot run it"), "{msg}");
+            assert!(msg.contains("nftables"), "{msg}");
+        }
+        other => panic!("want NotRunnable, got {other:?}"),
+    }
+    let broken = NftFirewall {
+        command: vec!["false".into()],
+    };
+    assert!(matches!(
+        availability_of(&broken),
+        Err(NftUnavailable::Failed { ref program, .. }) if program == "false"
+    ));
+    if Command::new("nft").arg("--version").output().is_err() {
+        eprintln!("skip: no nft binary on this machine; availability() not checked against it");
+        return;
+    }
+    let v = availability().expect("nft is installed");
+    assert!(v.starts_with("nftables v"), "{v}");
+}
+
+/// kube-proxy ipvs with no clusterCIDR (its default, no local detector):
+/// traffic from a ClusterIP to a service port is marked for masquerade
+/// (`KUBE-CLUSTER-IP src,dst`); with a cluster CIDR, traffic to a ClusterIP
+/// from outside it instead. The real nft takes both renderings.
+#[test]
+fn masquerade_without_cluster_cidr_marks_traffic_from_cluster_ips() {
+    let marks = |cidrs: &[ipnet::IpNet]| -> Vec<(String, String)> {
+        let v = render(
+            &sample(),
+            &NftParams {
+                cluster_cidrs: cidrs,
+                masquerade_all: false,
+            },
+        )
+        .to_value()
+        .unwrap();
+        let mut out = Vec::new();
+        for o in v["nftables"].as_array().unwrap() {
+            let Some(r) = o.get("add").and_then(|a| a.get("rule")) else {
+                continue;
+            };
+            let chain = r["chain"].as_str().unwrap_or("").to_string();
+            let exprs = r["expr"].as_array().unwrap();
+            let sets_mark = exprs.iter().any(|e| e.get("mangle").is_some());
+            for e in exprs {
+                let m = &e["match"];
+                if sets_mark && m["right"] == "@cluster_ips4" {
+                    let first = &m["left"]["concat"][0]["payload"]["field"];
+                    out.push((chain.clone(), first.as_str().unwrap_or("").to_string()));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let chains = |field: &str| {
+        vec![
+            ("output".to_string(), field.to_string()),
+            ("prerouting".to_string(), field.to_string()),
+        ]
+    };
+    assert_eq!(marks(&[]), chains("saddr"));
+    assert_eq!(marks(&cidrs()), chains("daddr"));
+
+    let Some(ns) = Netns::new("nocidr") else {
+        return;
+    };
+    let p = NftParams {
+        cluster_cidrs: &[],
+        masquerade_all: false,
+    };
+    ns.firewall().replace(&render(&sample(), &p)).unwrap();
+    let text = ns.list();
+    assert!(
+        text.contains("ip saddr . meta l4proto . th dport @cluster_ips4"),
+        "{text}"
+    );
+}

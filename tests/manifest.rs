@@ -302,14 +302,10 @@ fn kube_proxy_configuration_kubeconfig_and_mode_are_followed() {
 #[test]
 fn admin_listener_off_probes_over_the_socket_and_no_modules_without_ipvs() {
     let dir = tempfile::tempdir().unwrap();
-    let kc = write(dir.path(), "proxy.kubeconfig", KUBECONFIG);
     let config = write(
         dir.path(),
         "lbd.yaml",
-        &format!(
-            "proxy:\n  mode: nftables\n  kubeconfig: {}\nadmin:\n  listen: \"\"\n",
-            kc.display()
-        ),
+        "proxy:\n  mode: none\nadmin:\n  listen: \"\"\n",
     );
     let pod = manifest(&config, &[]);
     let c = container(&pod);
@@ -317,22 +313,10 @@ fn admin_listener_off_probes_over_the_socket_and_no_modules_without_ipvs() {
         c.image.as_deref(),
         Some(format!("localhost/lbd:v{}", env!("CARGO_PKG_VERSION")).as_str())
     );
-    // The default image is the static binary alone: no nft in it.
+    // The default image is the static binary alone: no nft in it, which
+    // mode none does not need (ipvs does: proxy_modes_that_need_nft_say_so).
     let cfg = config.to_str().unwrap();
     let out = lbd(&["manifest", "-c", cfg]);
-    assert!(
-        out.stderr
-            .contains("proxy mode nftables runs the nft binary"),
-        "stderr: {}",
-        out.stderr
-    );
-    let out = lbd(&[
-        "manifest",
-        "-c",
-        cfg,
-        "--image",
-        "registry.example/lbd-nft:1",
-    ]);
     assert!(!out.stderr.contains("nft binary"), "stderr: {}", out.stderr);
     assert_security(c);
     for p in [&c.liveness_probe, &c.readiness_probe] {
@@ -863,4 +847,33 @@ fn kubeadm_page_configs_parse() {
         proxy.kubeconfig.as_deref(),
         Some(Path::new("/etc/lbd/proxy.kubeconfig"))
     );
+}
+
+#[test]
+fn proxy_modes_that_need_nft_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = write(dir.path(), "proxy.kubeconfig", KUBECONFIG);
+    let config = write(
+        dir.path(),
+        "lbd.yaml",
+        &format!(
+            "proxy:\n  mode: ipvs\n  kubeconfig: {}\nadmin:\n  listen: \"\"\n",
+            kc.display()
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let out = lbd(&["manifest", "-c", cfg]);
+    assert!(
+        out.stderr.contains("proxy mode ipvs runs the nft binary"),
+        "stderr: {}",
+        out.stderr
+    );
+    let out = lbd(&[
+        "manifest",
+        "-c",
+        cfg,
+        "--image",
+        "registry.example/lbd-nft:1",
+    ]);
+    assert!(!out.stderr.contains("nft binary"), "stderr: {}", out.stderr);
 }

@@ -32,6 +32,10 @@ pub enum KubeProxyConfigError {
     ApiVersion(String),
     #[error("mode: {0:?} is not supported (ipvs or nftables)")]
     Mode(String),
+    /// kube-proxy's nftables mode: lbd has no such data plane yet, and a
+    /// proxy that starts and programs nothing would blackhole every Service.
+    #[error("mode: \"nftables\" is not implemented yet; use ipvs")]
+    NftablesNotImplemented,
     #[error("{field}: {value:?}: {source}")]
     Cidr {
         field: &'static str,
@@ -117,7 +121,7 @@ fn read(cx: &mut Cx<'_>, root: &Node, out: &mut ProxyConfig, applied: &mut Appli
     if let Some((mode, at)) = text(cx, &mut o, "mode") {
         match mode.as_str() {
             "ipvs" => out.mode = ProxyMode::Ipvs,
-            "nftables" => out.mode = ProxyMode::Nftables,
+            "nftables" => report(cx, at, KubeProxyConfigError::NftablesNotImplemented),
             _ => report(cx, at, KubeProxyConfigError::Mode(mode)),
         }
     }

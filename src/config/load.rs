@@ -73,10 +73,12 @@ pub fn load_with_warnings(
     }
     // Read even when lbd.yaml has problems, so that one `lbd check` shows
     // those of both files.
+    let mut merged = true;
     if let Some(proxy) = config.proxy.as_mut() {
         let mut kubeconfig_at = None;
         if let Some(kpc) = &reading.kube_proxy_config {
             let (kpc_problems, at) = merge_kube_proxy_config(kpc, &shown, proxy);
+            merged = kpc_problems.is_empty();
             problems.extend(kpc_problems);
             kubeconfig_at = at;
         }
@@ -90,6 +92,17 @@ pub fn load_with_warnings(
                 problems.extend(kube_proxy_kubeconfig(kpc_path, kc, at, &mut files));
             }
         }
+    }
+    // The mode that counts is the merged one: lbd.yaml's `nftables` under a
+    // KubeProxyConfiguration that says `ipvs` is fine. (A KubeProxyConfiguration
+    // that says `nftables` is reported at its own line.)
+    let nftables = config.proxy.as_ref().map(|p| p.mode) == Some(ProxyMode::Nftables);
+    if nftables && merged {
+        problems.push(Problem::at(
+            &shown,
+            reading.proxy_mode_at.unwrap_or_default(),
+            "proxy.mode: nftables is not implemented yet; use ipvs",
+        ));
     }
     // Only the kubeconfig that is used is looked into.
     let used = config.proxy.as_ref().and_then(|p| p.kubeconfig.clone());

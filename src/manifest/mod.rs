@@ -612,15 +612,21 @@ pub fn render(config_path: &Path, image: &str) -> Result<Rendered, ManifestError
     })
 }
 
-/// The nftables proxy mode runs `nft`, which the default image (the
-/// static binary alone, scripts/oci-image.sh) lacks.
+/// The proxy's ipvs mode programs its filter and masquerade rules with
+/// `nft` (docs/proxy.md), which the default image (the static binary
+/// alone, scripts/oci-image.sh) lacks.
 fn nft_note(config: &Config, image: &str) -> Option<String> {
-    let nft = config
+    let mode = config
         .proxy
         .as_ref()
-        .is_some_and(|p| p.mode == ProxyMode::Nftables);
-    (nft && image == default_image()).then(|| {
-        format!("lbd manifest: proxy mode nftables runs the nft binary, which {image} (the static binary alone) does not have: build packaging/Containerfile's default stage (Debian slim with nftables) and pass it as --image (docs/install.md)")
+        .map(|p| p.mode)
+        .filter(|m| *m != ProxyMode::None)?;
+    let name = match mode {
+        ProxyMode::Nftables => "nftables",
+        _ => "ipvs",
+    };
+    (image == default_image()).then(|| {
+        format!("lbd manifest: proxy mode {name} runs the nft binary, which {image} (the static binary alone) does not have: build packaging/Containerfile's default stage (Debian slim with nftables) and pass it as --image (docs/install.md)")
     })
 }
 

@@ -16,10 +16,10 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::endpoints::{port_endpoints, select, PortEndpoints, TrafficPolicy};
+use super::endpoints::{port_endpoints, select, Here, PortEndpoints, PortPolicies, TrafficPolicy};
 use super::model::{
     protocol_from_k8s, DesiredState, DesiredVs, ObjectKey, Protocol, Scope, ServiceInputs,
-    ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL,
+    ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
 
 /// kube-proxy's default for sessionAffinityConfig.clientIP.timeoutSeconds.
@@ -35,6 +35,21 @@ pub struct DesiredParams<'a> {
     /// kube-proxy's nodePortAddresses; empty = every node address.
     pub node_port_addresses: &'a [IpNet],
     pub scheduler: &'a str,
+    /// The Node's `topology.kubernetes.io/zone` (zone topology hints).
+    pub node_zone: Option<&'a str>,
+}
+
+/// The label kube-proxy reads the node's zone from.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The Node's zone label, for topology hints.
+pub fn node_zone(node: &Node) -> Option<&str> {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ZONE_LABEL))
+        .map(String::as_str)
+        .filter(|z| !z.is_empty())
 }
 
 /// Node addresses (InternalIP, ExternalIP) from the Node object.
@@ -78,7 +93,7 @@ where
 /// it through random changes).
 #[derive(Debug, Default)]
 pub struct DesiredCache {
-    /// node name, node addresses, nodePortAddresses, scheduler
+    /// node name, node addresses, nodePortAddresses, scheduler, zone
     params: Option<ParamsSig>,
     entries: HashMap<ObjectKey, CacheEntry>,
     table: DesiredState,
@@ -98,7 +113,7 @@ pub struct DesiredCache {
     version: u64,
 }
 
-type ParamsSig = (String, Vec<IpAddr>, Vec<IpNet>, String);
+type ParamsSig = (String, Vec<IpAddr>, Vec<IpNet>, String, Option<String>);
 /// A Service's resourceVersion and its slices' `name=resourceVersion`.
 type Stamp = (String, Vec<String>);
 
@@ -108,6 +123,7 @@ fn params_sig(params: &DesiredParams<'_>) -> ParamsSig {
         params.node_addresses.to_vec(),
         params.node_port_addresses.to_vec(),
         params.scheduler.to_string(),
+        params.node_zone.map(str::to_string),
     )
 }
 
@@ -470,9 +486,19 @@ struct ServiceAddresses {
 }
 
 impl ServiceAddresses {
+    /// Whether the Service has a ClusterIP of `ip`'s family.
+    fn has_family(&self, ip: IpAddr) -> bool {
+        self.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4())
+    }
+
     /// None for what kube-proxy's ShouldSkipService skips: no spec,
-    /// ExternalName, headless (None) or not yet allocated ("").
+    /// ExternalName, headless (None) or not yet allocated (""); and what
+    /// kube-proxy never sees: a Service labelled for another proxy.
     fn of(svc: &Service) -> Option<Self> {
+        let labels = svc.metadata.labels.as_ref();
+        if labels.is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
+            return None;
+        }
         let spec = svc.spec.as_ref()?;
         if spec.type_.as_deref() == Some("ExternalName") {
             return None;
@@ -495,14 +521,25 @@ impl ServiceAddresses {
             return None;
         }
         let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
+        // kube-proxy runs one proxier per family, and a Service exists for a
+        // family's proxier only with a ClusterIP of that family; that proxier
+        // drops external and LoadBalancer IPs of the other family. So a
+        // single-stack Service gets nothing on the other family.
+        let ips = |v: Vec<IpAddr>| -> Vec<IpAddr> {
+            v.into_iter()
+                .filter(|ip| cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()))
+                .collect()
+        };
+        let external_ips = ips(parse_all(spec.external_ips.as_ref()));
+        let lb_ips = if is_lb {
+            ips(lb_ingress_ips(svc))
+        } else {
+            Vec::new()
+        };
         Some(ServiceAddresses {
             cluster_ips,
-            external_ips: parse_all(spec.external_ips.as_ref()),
-            lb_ips: if is_lb {
-                lb_ingress_ips(svc)
-            } else {
-                Vec::new()
-            },
+            external_ips,
+            lb_ips,
             has_node_port: matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")),
             persistent: (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
                 spec.session_affinity_config
@@ -562,11 +599,24 @@ fn add_service(
         let Some(svc_port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
             continue;
         };
+        let node_port = port
+            .node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0 && addrs.has_node_port);
         let ctx = PortContext {
             addrs: &addrs,
+            node_port,
             proto,
             label: format!("{ns}/{name}:{}", port.name.as_deref().unwrap_or("")),
-            endpoints: port_endpoints(slices, port, proto, params.node_name),
+            endpoints: port_endpoints(
+                slices,
+                port,
+                proto,
+                Here {
+                    node_name: params.node_name,
+                    zone: params.node_zone,
+                },
+            ),
             scheduler: params.scheduler,
         };
         for (ips, kind, policy) in [
@@ -580,15 +630,20 @@ fn add_service(
         ] {
             for ip in ips {
                 ctx.add(out, *ip, svc_port, kind, policy);
-                out.bind_addresses.insert(*ip);
+                // An external or LoadBalancer IP that is already one of the
+                // node's addresses is not bound to kube-ipvs0, and so not in
+                // the service-address filter either: binding it would make
+                // the filter refuse the node's other ports on it (SSH,
+                // :6443). kube-proxy ipvs: shouldBind = !nodeAddressSet.Has.
+                let node_owned = kind != VsKind::ClusterIp && params.node_addresses.contains(ip);
+                if !node_owned {
+                    out.bind_addresses.insert(*ip);
+                }
             }
         }
-        let node_port = port
-            .node_port
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0 && addrs.has_node_port);
-        if let Some(np) = node_port {
-            for ip in node_port_ips {
+        if let Some(np) = ctx.node_port {
+            let of_family = node_port_ips.iter().filter(|ip| addrs.has_family(**ip));
+            for ip in of_family {
                 ctx.add(out, *ip, np, VsKind::NodePort, addrs.external_policy);
             }
         }
@@ -600,6 +655,8 @@ fn add_service(
 /// One Service port, as each of its virtual servers is built from it.
 struct PortContext<'a> {
     addrs: &'a ServiceAddresses,
+    /// The port's NodePort, if its Service type has them.
+    node_port: Option<u16>,
     proto: Protocol,
     /// `namespace/name:port-name`.
     label: String,
@@ -608,6 +665,20 @@ struct PortContext<'a> {
 }
 
 impl PortContext<'_> {
+    /// The port's policies as `addr`'s family sees them: kube-proxy's
+    /// proxier of that family only knows its family's external and
+    /// LoadBalancer IPs.
+    fn policies(&self, addr: IpAddr) -> PortPolicies {
+        let same = |ips: &[IpAddr]| ips.iter().any(|ip| ip.is_ipv4() == addr.is_ipv4());
+        PortPolicies {
+            internal: self.addrs.internal_policy,
+            external: self.addrs.external_policy,
+            externally_accessible: self.node_port.is_some()
+                || same(&self.addrs.external_ips)
+                || same(&self.addrs.lb_ips),
+        }
+    }
+
     /// First writer wins on a clash (two Services claiming one external IP
     /// and port): deterministic since Services are sorted.
     fn add(
@@ -636,7 +707,7 @@ impl PortContext<'_> {
                 } else {
                     Vec::new()
                 },
-                real_servers: select(&self.endpoints, addr, policy),
+                real_servers: select(&self.endpoints, addr, &self.policies(addr), policy),
             })
         });
     }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::desired::node_addresses;
+use super::desired::{node_addresses, node_zone};
 use super::engine::{Engine, EngineSettings, Inputs, Reply, Step, SyncOutcome};
 use super::kernel::{DataPlane, HostSettings, KernelError, KernelOp};
 use super::kube::{start_watchers, Watched};
@@ -101,6 +101,7 @@ impl Syncer {
         node: Option<&Node>,
         now: Instant,
     ) -> SyncOutcome {
+        self.engine.set_node_zone(node.and_then(node_zone));
         self.run(Inputs::All { services, slices }, node, now)
     }
 
@@ -114,6 +115,7 @@ impl Syncer {
         node: Option<&Node>,
         now: Instant,
     ) -> SyncOutcome {
+        self.engine.set_node_zone(node.and_then(node_zone));
         if self.wants_full(node, now) {
             self.schedule.on(now, Event::FullRequested);
             return SyncOutcome::full_required();
@@ -407,6 +409,7 @@ impl SyncLoop {
         };
         let started = Instant::now();
         let node = self.watched.caches.node.state().into_iter().next();
+        self.health.set_node(node.as_deref());
         // Only the changed Services are read and synced, unless everything
         // is due (relist, period, failure, node change).
         let changed = self.watched.tracker().take();

@@ -130,12 +130,17 @@ impl EngineSettings {
     }
 
     /// The inputs of the desired table besides the caches.
-    pub fn desired_params<'a>(&'a self, node_addresses: &'a [IpAddr]) -> DesiredParams<'a> {
+    pub fn desired_params<'a>(
+        &'a self,
+        node_addresses: &'a [IpAddr],
+        node_zone: Option<&'a str>,
+    ) -> DesiredParams<'a> {
         DesiredParams {
             node_name: &self.node_name,
             node_addresses,
             node_port_addresses: &self.node_port_addresses,
             scheduler: &self.scheduler,
+            node_zone,
         }
     }
 
@@ -322,6 +327,8 @@ pub struct Engine {
     nft: FirewallState,
     counter: ChangeCounter,
     sync: Option<SyncState>,
+    /// The Node's zone label, for topology hints ([`Engine::set_node_zone`]).
+    node_zone: Option<String>,
 }
 
 impl Engine {
@@ -336,6 +343,16 @@ impl Engine {
             nft: FirewallState::default(),
             counter: ChangeCounter::default(),
             sync: None,
+            node_zone: None,
+        }
+    }
+
+    /// The Node's zone for topology hints; a change makes the next sync a
+    /// full one ([`Engine::needs_full`]), as every Service's endpoints may
+    /// change.
+    pub fn set_node_zone(&mut self, zone: Option<&str>) {
+        if self.node_zone.as_deref() != zone {
+            self.node_zone = zone.map(str::to_string);
         }
     }
 
@@ -367,9 +384,11 @@ impl Engine {
     /// (every NodePort can move).
     pub fn needs_full(&self, node_addresses: &[IpAddr]) -> bool {
         self.kernel.is_none()
-            || !self
-                .desired
-                .matches(&self.settings.desired_params(node_addresses))
+            || !self.desired.matches(
+                &self
+                    .settings
+                    .desired_params(node_addresses, self.node_zone.as_deref()),
+            )
     }
 
     /// Starts a sync: brings the desired table up to date with `inputs` and
@@ -387,7 +406,9 @@ impl Engine {
         if matches!(inputs, Inputs::Changed(_)) && self.needs_full(node_addresses) {
             return Step::Done(Box::new(SyncOutcome::full_required()));
         }
-        let params = self.settings.desired_params(node_addresses);
+        let params = self
+            .settings
+            .desired_params(node_addresses, self.node_zone.as_deref());
         let node_port_ips = super::desired::node_port_ips(&params);
         let (scope, counting) = match inputs {
             Inputs::All { services, slices } => {

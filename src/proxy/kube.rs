@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{ObjectKey, ServiceInputs};
+use super::model::{ObjectKey, ServiceInputs, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
 use crate::config::ProxyConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +254,11 @@ pub fn start_watchers(
     let t = Arc::clone(&tracker);
     let services = spawn_watch(
         Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
+        // kube-proxy's own selectors (cmd/kube-proxy/app/server.go): not
+        // another proxy's Services, not headless ones.
+        watcher::Config::default()
+            .labels(&format!("!{SERVICE_PROXY_NAME_LABEL}"))
+            .fields("spec.clusterIP!=None"),
         "services",
         dirty.clone(),
         shutdown.clone(),
@@ -273,7 +277,7 @@ pub fn start_watchers(
     let t = Arc::clone(&tracker);
     let slices = spawn_watch(
         Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default(),
+        watcher::Config::default().labels(&format!("!{HEADLESS_LABEL}")),
         "endpointslices",
         dirty.clone(),
         shutdown.clone(),

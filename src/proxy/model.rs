@@ -288,6 +288,12 @@ impl IpvsInfo {
 
 /// Label that ties an EndpointSlice to its Service (discovery.k8s.io/v1).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// A Service carrying this label belongs to another proxy (kube-proxy
+/// watches Services with `!service.kubernetes.io/service-proxy-name`).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The EndpointSlices of headless Services carry it; kube-proxy does not
+/// watch them (DNS serves those Services).
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 /// Kubernetes spelling of a Service protocol; absent means TCP.
 pub fn protocol_from_k8s(p: Option<&str>) -> Option<Protocol> {

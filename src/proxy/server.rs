@@ -1,7 +1,11 @@
 //! The proxy's own HTTP endpoints, with kube-proxy's meaning:
-//! `healthz_bind` serves `/healthz` and `/livez` (200 while the last sync is
-//! recent or nothing waits to be synced, 503 otherwise, JSON body with
-//! `lastUpdated` and `currentTime`); `metrics_bind` serves `/metrics`
+//! `healthz_bind` serves `/healthz` and `/livez` (kube-proxy's
+//! healthcheck/proxy_health.go: `/livez` 200 unless a queued change has
+//! waited longer than the timeout; `/healthz` also 503 when the node is not
+//! eligible: unknown, being deleted, or tainted
+//! `ToBeDeletedByClusterAutoscaler`, so load balancers drain it first; JSON
+//! body with `lastUpdated`, `currentTime`, `healthy` and, on `/healthz`,
+//! `nodeEligible`); `metrics_bind` serves `/metrics`
 //! (Prometheus text), `/healthz` and `/proxyMode`.
 
 use std::convert::Infallible;
@@ -23,6 +27,24 @@ struct HealthState {
     last_updated: Option<SystemTime>,
     oldest_pending: Option<SystemTime>,
     timeout: Duration,
+    node_eligible: bool,
+}
+
+/// The taint the cluster autoscaler puts on a node it is about to delete.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// kube-proxy's NodeEligible: a Node is known, not being deleted and not
+/// tainted for deletion by the cluster autoscaler.
+pub fn node_eligible(node: Option<&k8s_openapi::api::core::v1::Node>) -> bool {
+    let Some(node) = node else {
+        return false;
+    };
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
+    node.metadata.deletion_timestamp.is_none() && !tainted
 }
 
 /// kube-proxy's ProxierHealthServer: a sync queued and not done within
@@ -36,6 +58,7 @@ pub struct ProxyHealth {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthReport {
     pub healthy: bool,
+    pub node_eligible: bool,
     pub last_updated: Option<SystemTime>,
     pub current_time: SystemTime,
 }
@@ -47,6 +70,7 @@ impl ProxyHealth {
                 last_updated: None,
                 oldest_pending: None,
                 timeout,
+                node_eligible: false,
             })),
         }
     }
@@ -58,6 +82,11 @@ impl ProxyHealth {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The Node as last seen (None: not seen yet), for `/healthz`.
+    pub fn set_node(&self, node: Option<&k8s_openapi::api::core::v1::Node>) {
+        self.lock().node_eligible = node_eligible(node);
     }
 
     /// A change is waiting to be synced (the oldest one counts).
@@ -80,6 +109,7 @@ impl ProxyHealth {
         };
         HealthReport {
             healthy,
+            node_eligible: s.node_eligible,
             last_updated: s.last_updated,
             current_time: now,
         }
@@ -105,15 +135,34 @@ fn respond(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes
     r
 }
 
-/// The `/healthz` and `/livez` answer.
-pub fn health_response(h: &ProxyHealth, now: SystemTime) -> Response<Full<Bytes>> {
+/// Which of kube-proxy's two health answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthPath {
+    /// `/healthz`: healthy and the node eligible.
+    Healthz,
+    /// `/livez`: healthy only.
+    Livez,
+}
+
+/// The `/healthz` or `/livez` answer, as kube-proxy's handlers write it: a
+/// 200 reports `lastUpdated` as now.
+pub fn health_response(
+    h: &ProxyHealth,
+    path: HealthPath,
+    now: SystemTime,
+) -> Response<Full<Bytes>> {
     let r = h.report(now);
-    let body = serde_json::json!({
-        "lastUpdated": r.last_updated.map(rfc3339).unwrap_or_default(),
+    let ok = r.healthy && (path == HealthPath::Livez || r.node_eligible);
+    let last = if ok { Some(now) } else { r.last_updated };
+    let mut body = serde_json::json!({
+        "lastUpdated": last.map(rfc3339).unwrap_or_default(),
         "currentTime": rfc3339(r.current_time),
-        "nodeEligible": true,
+        "healthy": r.healthy,
     });
-    let status = if r.healthy {
+    if path == HealthPath::Healthz {
+        body["nodeEligible"] = serde_json::json!(r.node_eligible);
+    }
+    let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -163,7 +212,8 @@ pub async fn serve_healthz(
     shutdown: CancellationToken,
 ) {
     let handler = move |req: &Request<Incoming>| match req.uri().path() {
-        "/healthz" | "/livez" => health_response(&health, SystemTime::now()),
+        "/healthz" => health_response(&health, HealthPath::Healthz, SystemTime::now()),
+        "/livez" => health_response(&health, HealthPath::Livez, SystemTime::now()),
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -230,13 +280,76 @@ mod tests {
     #[test]
     fn health_body_is_kube_proxy_json() {
         let h = ProxyHealth::new(Duration::from_secs(60));
+        h.set_node(Some(&node(false, &[])));
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         h.updated(t0);
         h.queued(t0);
-        let r = health_response(&h, t0 + Duration::from_secs(120));
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let r = health_response(&h, t0 + Duration::from_secs(1));
-        assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()["content-type"], "application/json");
+        for path in [HealthPath::Healthz, HealthPath::Livez] {
+            let r = health_response(&h, path, t0 + Duration::from_secs(120));
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let r = health_response(&h, path, t0 + Duration::from_secs(1));
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["content-type"], "application/json");
+            assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        }
+    }
+
+    fn node(deleting: bool, taints: &[&str]) -> k8s_openapi::api::core::v1::Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": if deleting {
+                serde_json::json!({"name": "n", "deletionTimestamp": "2026-12-04T00:00:00Z"})
+            } else {
+                serde_json::json!({"name": "n"})
+            },
+            "spec": {"taints": taints.iter().map(|k| serde_json::json!({"key": k, "effect": "NoSchedule"})).collect::<Vec<_>>()}
+        }))
+        .unwrap()
+    }
+
+    async fn body(r: Response<Full<Bytes>>) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    /// kube-proxy healthcheck_test.go `TestHealthzServer` / `TestLivezServer`
+    /// with node eligibility: `/healthz` is 503 for an unknown node, one
+    /// being deleted and one tainted ToBeDeletedByClusterAutoscaler; `/livez`
+    /// ignores the node; a 200 reports lastUpdated as now.
+    #[tokio::test]
+    async fn test_healthz_server_node_eligibility() {
+        let h = ProxyHealth::new(Duration::from_secs(60));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        h.updated(t0);
+        let now = t0 + Duration::from_secs(5);
+        let cases: [(&str, Option<k8s_openapi::api::core::v1::Node>, bool); 5] = [
+            ("unknown node", None, false),
+            ("eligible", Some(node(false, &[])), true),
+            ("being deleted", Some(node(true, &[])), false),
+            (
+                "autoscaler taint",
+                Some(node(false, &[TO_BE_DELETED_TAINT])),
+                false,
+            ),
+            (
+                "other taint",
+                Some(node(false, &["node.kubernetes.io/unschedulable"])),
+                true,
+            ),
+        ];
+        for (name, n, eligible) in cases {
+            h.set_node(n.as_ref());
+            let r = health_response(&h, HealthPath::Healthz, now);
+            let want = if eligible { 200 } else { 503 };
+            assert_eq!(r.status().as_u16(), want, "{name}");
+            let v = body(r).await;
+            assert_eq!(v["nodeEligible"], serde_json::json!(eligible), "{name}");
+            assert_eq!(v["healthy"], serde_json::json!(true), "{name}");
+            let last = if eligible { rfc3339(now) } else { rfc3339(t0) };
+            assert_eq!(v["lastUpdated"], serde_json::json!(last), "{name}");
+            let l = health_response(&h, HealthPath::Livez, now);
+            assert_eq!(l.status().as_u16(), 200, "{name}: livez");
+            assert!(body(l).await.get("nodeEligible").is_none(), "{name}");
+        }
     }
 }

@@ -63,6 +63,8 @@ pub(super) struct Reading {
     pub files: Vec<NamedFile>,
     /// Where the proxy section starts, when there is one.
     pub proxy_at: Option<Pos>,
+    /// Where lbd.yaml sets `proxy.mode`, if it does.
+    pub proxy_mode_at: Option<Pos>,
     /// Every problem, in the order of their position.
     pub problems: Vec<Problem>,
     /// What is valid but worth saying (a TLS file that does not exist yet).
@@ -118,6 +120,7 @@ pub(super) fn read(
                 kube_proxy_config: None,
                 files: Vec::new(),
                 proxy_at: None,
+                proxy_mode_at: None,
                 problems: vec![Problem::at(path, e.pos, e.message)],
                 warnings: Vec::new(),
             }
@@ -131,6 +134,7 @@ pub(super) fn read(
         kube_proxy_config: cx.kube_proxy_config.take(),
         files: std::mem::take(&mut cx.files),
         proxy_at: cx.proxy_at,
+        proxy_mode_at: cx.proxy_mode_at.take(),
         problems: cx.into_problems(),
         warnings,
     }
@@ -148,6 +152,7 @@ pub(super) struct Cx<'f> {
     /// Every named file that exists.
     files: Vec<NamedFile>,
     proxy_at: Option<Pos>,
+    proxy_mode_at: Option<Pos>,
 }
 
 impl<'f> Cx<'f> {
@@ -160,6 +165,7 @@ impl<'f> Cx<'f> {
             warnings: Vec::new(),
             files: Vec::new(),
             proxy_at: None,
+            proxy_mode_at: None,
         }
     }
 

@@ -55,6 +55,7 @@ impl Cx<'_> {
             return p;
         };
         if let Some(n) = o.get("mode") {
+            self.proxy_mode_at = Some(n.pos);
             if let Some(m) = self.choice(n, "proxy.mode", MODES) {
                 p.mode = m;
             }

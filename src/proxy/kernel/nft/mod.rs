@@ -91,6 +91,57 @@ impl Firewall for NftFirewall {
     }
 }
 
+/// Why the `nft` binary cannot be the way in: for `lbd check` / `lbd
+/// doctor`, before the proxy finds out at its first sync.
+#[derive(Debug, thiserror::Error)]
+pub enum NftUnavailable {
+    #[error(
+        "{program}: cannot run it ({source}); the proxy needs the nft binary (Debian package nftables) for its masquerade and filter rules"
+    )]
+    NotRunnable {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} --version failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+/// Whether plain `nft` (from PATH, as the proxy runs it) can be run; its
+/// version line (`nftables v1.0.6 (Lester Gooch #5)`) when it can.
+pub fn availability() -> Result<String, NftUnavailable> {
+    availability_of(&NftFirewall::default())
+}
+
+/// Whether this firewall's command can be run (`nft --version`, or the
+/// wrapped command's).
+pub fn availability_of(fw: &NftFirewall) -> Result<String, NftUnavailable> {
+    let (program, args) = match fw.command.split_first() {
+        Some((p, a)) => (p.as_str(), a),
+        None => ("nft", &[][..]),
+    };
+    let out = std::process::Command::new(program)
+        .args(args)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| NftUnavailable::NotRunnable {
+            program: program.to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NftUnavailable::Failed {
+            program: program.to_string(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// In-memory firewall for tests: keeps every document it was given and the
 /// sets' contents as the kernel would hold them after each (a table
 /// replace empties and refills them; deleting an element the set does not

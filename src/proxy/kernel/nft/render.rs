@@ -50,6 +50,11 @@ impl Fam {
         json!({"concat": [self.field("daddr"), {"meta": {"key": "l4proto"}},
                           {"payload": {"protocol": "th", "field": "dport"}}]})
     }
+    /// `ip saddr . meta l4proto . th dport`: a service address as the source
+    fn src_svc_tuple(self) -> Value {
+        json!({"concat": [self.field("saddr"), {"meta": {"key": "l4proto"}},
+                          {"payload": {"protocol": "th", "field": "dport"}}]})
+    }
     /// `ip daddr . meta l4proto . th dport . ip saddr`
     fn src_tuple(self) -> Value {
         json!({"concat": [self.field("daddr"), {"meta": {"key": "l4proto"}},
@@ -299,6 +304,20 @@ fn mark_rules(w: &mut DocWriter, fam: Fam, params: &NftParams<'_>) {
                 vec![
                     matches("==", fam.svc_tuple(), fam.set_ref("cluster_ips")),
                     matches("!=", fam.field("saddr"), fam.set_ref("cluster_cidr")),
+                    set_mark(),
+                ],
+            ));
+        } else {
+            // No cluster CIDR (kube-proxy's default: no local detector):
+            // kube-proxy ipvs marks traffic whose source is a ClusterIP
+            // sending to a service port (`--match-set KUBE-CLUSTER-IP
+            // src,dst`): the node picks a kube-ipvs0 address as the source
+            // of its own connections to a VIP, and the reply could not come
+            // back to it unmasqueraded.
+            w.command(&rule(
+                c,
+                vec![
+                    matches("==", fam.src_svc_tuple(), fam.set_ref("cluster_ips")),
                     set_mark(),
                 ],
             ));
