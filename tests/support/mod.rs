@@ -26,5 +26,6 @@ pub mod kube_objects;
 pub mod lbd;
 pub mod netns;
 pub mod pki;
+pub mod proxy_diff;
 pub mod vm;
 pub mod vrrp;
