@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
@@ -74,21 +74,12 @@ fn kube_ipvs0() -> BTreeSet<String> {
 
 /// The node: this VM, in zone-a, with both families' addresses.
 async fn node(o: &Objects) {
-    let n: Node = serde_json::from_value(json!({"metadata": {"name": NODE,
-        "labels": {"topology.kubernetes.io/zone": "zone-a"}}}))
-    .unwrap();
-    o.nodes.create(&PostParams::default(), &n).await.unwrap();
-    o.nodes
-        .patch_status(
-            NODE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"addresses": [
-                {"type": "InternalIP", "address": NODE_IP},
-                {"type": "InternalIP", "address": NODE_IP6},
-                {"type": "Hostname", "address": NODE}]}})),
-        )
-        .await
-        .unwrap();
+    o.node_with(
+        NODE,
+        &[NODE_IP, NODE_IP6],
+        json!({"topology.kubernetes.io/zone": "zone-a"}),
+    )
+    .await;
 }
 
 async fn create(o: &Objects, s: &Scenario) {
