@@ -23,64 +23,21 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
-use support::kube_cluster::{
-    kube_binaries, ClusterOptions, KubeCluster, SERVICE_CIDR_V4, SERVICE_CIDR_V6,
-};
-use support::kube_objects::{canonical_ipvsadm, Objects};
+use support::kube_cluster::{ClusterOptions, KubeCluster, SERVICE_CIDR_V4, SERVICE_CIDR_V6};
+use support::kube_objects::Objects;
 use support::lbd::Lbd;
 use support::proxy_diff::{
     differences, owners, random_scenario, table_scenarios, unexplained, Difference, Scenario,
 };
-
-const NODE: &str = "cp1";
-const NODE_IP: &str = "192.168.1.10";
-const NODE_IP6: &str = "fd00:1::10";
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ipvs_table() -> Vec<String> {
-    canonical_ipvsadm(&sh("ipvsadm -Ln"))
-}
-
-fn kube_ipvs0() -> BTreeSet<String> {
-    let out = Command::new("ip")
-        .args(["-o", "addr", "show", "dev", "kube-ipvs0"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let i = f.iter().position(|w| *w == "inet" || *w == "inet6")?;
-            Some(f.get(i + 1)?.split('/').next()?.to_string())
-        })
-        .collect()
-}
-
-/// The node: this VM, in zone-a, with both families' addresses.
-async fn node(o: &Objects) {
-    o.node_with(
-        NODE,
-        &[NODE_IP, NODE_IP6],
-        json!({"topology.kubernetes.io/zone": "zone-a"}),
-    )
-    .await;
-}
+use support::proxy_vm::{
+    clean_kernel, ipvs_table, kube_ipvs0, node, settle, start_kube_proxy, write_kube_proxy_config,
+};
 
 async fn create(o: &Objects, s: &Scenario) {
     for v in &s.objects {
@@ -130,90 +87,6 @@ async fn delete(o: &Objects, s: &Scenario) {
     }
 }
 
-struct KubeProxy(Child);
-
-impl Drop for KubeProxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The KubeProxyConfiguration both proxies read: kubeadm's shape, ipvs
-/// mode, kube-proxy's defaults otherwise, plus the group's `extra` lines.
-fn write_kube_proxy_config(cluster: &KubeCluster, group: usize, extra: &str) -> std::path::PathBuf {
-    let kubeconfig = cluster.write_kubeconfig("kube-proxy.kubeconfig", &cluster.kubeconfig_yaml());
-    let path = cluster.dir.path().join(format!("kube-proxy-{group}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
-             mode: ipvs\nclientConnection:\n  kubeconfig: {}\nhostnameOverride: {NODE}\n\
-             healthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
-             conntrack:\n  maxPerCore: 0\nipvs:\n  scheduler: rr\n{extra}",
-            kubeconfig.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn start_kube_proxy(cluster: &KubeCluster, config: &std::path::Path, group: usize) -> KubeProxy {
-    let log =
-        std::fs::File::create(cluster.dir.path().join(format!("kube-proxy-{group}.log"))).unwrap();
-    let child = Command::new(kube_binaries().unwrap().join("kube-proxy"))
-        .arg(format!("--config={}", config.display()))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    KubeProxy(child)
-}
-
-/// Polls until the table holds at least `min` virtual servers and has not
-/// changed for 4 s (both proxies program everything in their first sync,
-/// once their informers have synced), or panics after `secs`.
-async fn settle(what: &str, min: usize, secs: u64) -> Duration {
-    let what = what.to_string();
-    tokio::task::spawn_blocking(move || {
-        let start = Instant::now();
-        let mut last = (Vec::new(), BTreeSet::new());
-        let mut same = 0;
-        loop {
-            let now = (ipvs_table(), kube_ipvs0());
-            let vs = now.0.iter().filter(|l| !l.starts_with(' ')).count();
-            same = if now == last && vs >= min {
-                same + 1
-            } else {
-                0
-            };
-            if same >= 4 {
-                return start.elapsed();
-            }
-            last = now;
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "timed out waiting for: {what}\n{}",
-                sh("ipvsadm -Ln; ip -o addr show dev kube-ipvs0 || true")
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    })
-    .await
-    .unwrap()
-}
-
-/// A clean slate between runs: what `kube-proxy --cleanup` does, faster
-/// (it takes 18-39 s here and exits 1 after a killed kube-proxy).
-fn clean_kernel() {
-    sh(
-        "ipvsadm -C; ip link del kube-ipvs0 2>/dev/null; nft flush ruleset; \
-        ipset destroy 2>/dev/null; true",
-    );
-    assert!(ipvs_table().is_empty());
-}
-
 /// The scenarios of this run: the table tests, then `LBD_DIFF_RANDOM`
 /// (default 4) random ones from `LBD_DIFF_SEED` (default: the clock).
 fn scenarios() -> Vec<Scenario> {
@@ -260,6 +133,16 @@ async fn run_group(
     let took = settle("kube-proxy programmed", 1, 300).await;
     let (kp_table, kp_addrs) = (ipvs_table(), kube_ipvs0());
     drop(kp);
+    // Which families the judge ran (it logs its dual-stack decision).
+    let kp_log =
+        std::fs::read_to_string(cluster.dir.path().join(format!("kube-proxy-{group}.log")))
+            .unwrap_or_default();
+    let families: Vec<&str> = kp_log
+        .lines()
+        .filter(|l| l.contains("IPv6") || l.contains("ipFamily") || l.contains("family"))
+        .take(8)
+        .collect();
+    eprintln!("group {group}: kube-proxy on families: {families:#?}");
     eprintln!(
         "group {group}: kube-proxy settled in {:?} (stable after {took:?})",
         t.elapsed()
@@ -316,11 +199,6 @@ async fn kube_proxy_and_lbd_program_the_same_tables() {
         "timing: etcd + kube-apiserver ready in {:?}",
         boot.elapsed()
     );
-    // The node's addresses, for NodePorts (kube-proxy: every local address).
-    sh(&format!(
-        "ip link add node0 type dummy && ip addr add {NODE_IP}/24 dev node0 && \
-         ip -6 addr add {NODE_IP6}/64 dev node0 nodad && ip link set node0 up"
-    ));
     let o = Objects::new(cluster.client().await);
     node(&o).await;
     let mut groups: BTreeMap<&str, Vec<Scenario>> = BTreeMap::new();

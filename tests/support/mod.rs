@@ -27,5 +27,6 @@ pub mod lbd;
 pub mod netns;
 pub mod pki;
 pub mod proxy_diff;
+pub mod proxy_vm;
 pub mod vm;
 pub mod vrrp;
