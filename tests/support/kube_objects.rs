@@ -69,16 +69,26 @@ impl Objects {
 
     /// A Node with one InternalIP.
     pub async fn node(&self, name: &str, ip: &str) {
-        let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        self.node_with(name, &[ip], json!({})).await;
+    }
+
+    /// A Node with `labels` and these InternalIPs (one per family, the
+    /// primary first).
+    pub async fn node_with(&self, name: &str, ips: &[&str], labels: Value) {
+        let n: Node =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
         self.nodes.create(&PostParams::default(), &n).await.unwrap();
+        let mut addresses: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"type": "InternalIP", "address": ip}))
+            .collect();
+        addresses.push(json!({"type": "Hostname", "address": name}));
         // Status is the kubelet's: written through the subresource.
         self.nodes
             .patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"addresses": [
-                    {"type": "InternalIP", "address": ip},
-                    {"type": "Hostname", "address": name}]}})),
+                &Patch::Merge(json!({"status": {"addresses": addresses}})),
             )
             .await
             .unwrap();

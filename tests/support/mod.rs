@@ -30,6 +30,8 @@ pub mod lbd;
 pub mod netns;
 pub mod nsrun;
 pub mod pki;
+pub mod proxy_diff;
+pub mod proxy_vm;
 pub mod vm;
 pub mod vrrp;
 pub mod wire;

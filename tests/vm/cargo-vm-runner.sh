@@ -46,7 +46,7 @@ case $(basename "$bin") in
 esac
 # A hung test must not eat CI's budget: 5 minutes per boot unless told.
 args+=(-t "${VM_TIMEOUT:-300}")
-for v in RUST_BACKTRACE RUST_LOG RUST_TEST_THREADS RUST_TEST_NOCAPTURE RUST_MIN_STACK LBD_VM_CAPTURE; do
+for v in RUST_BACKTRACE RUST_LOG RUST_TEST_THREADS RUST_TEST_NOCAPTURE RUST_MIN_STACK LBD_VM_CAPTURE LBD_DIFF_SEED LBD_DIFF_RANDOM LBD_BENCH_SERVICES LBD_BENCH_CHANGES; do
   [ -n "${!v-}" ] && args+=(-e "$v=${!v}")
 done
 set +e

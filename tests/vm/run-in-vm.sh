@@ -27,6 +27,12 @@
 #                (default: FILE's own path; repeatable; its shared libraries
 #                too), e.g. the lbd binary at the path a test has from
 #                env!("CARGO_BIN_EXE_lbd")
+#   -n GUEST=HOST  a NIC (virtio-net, qemu user networking with restrict=on:
+#                the guest reaches nothing but these) on which a guest
+#                connection to GUEST (IP:PORT in 10.0.2.0/24, e.g.
+#                10.0.2.100:6443) is relayed to HOST (IP:PORT on the host's
+#                loopback) by a socat per connection (repeatable). The guest
+#                is 10.0.2.15/24 on eth0
 #   -t SECS      host-side timeout for the whole VM (default 600)
 #   -v           verbose: show kernel boot messages
 # env:
@@ -62,24 +68,26 @@ VM_MEM=${VM_MEM:-1024}
 MODS=ip_vs,ip_vs_rr,ip_vs_wrr,ip_vs_sh,nf_conntrack,dummy,veth
 ENVS=()
 FILES=()
+FORWARDS=()
 TIMEOUT=600
 VERBOSE=0
 
 die() { echo "run-in-vm: $*" >&2; exit 125; }
 log() { [ "$VERBOSE" = 1 ] && echo "run-in-vm: $*" >&2 || true; }
 
-while getopts "m:e:f:t:vh" o; do
+while getopts "m:e:f:n:t:vh" o; do
   case $o in
     m) MODS=$OPTARG ;;
     e) ENVS+=("$OPTARG") ;;
     f) FILES+=("$OPTARG") ;;
+    n) FORWARDS+=("$OPTARG") ;;
     t) TIMEOUT=$OPTARG ;;
     v) VERBOSE=1 ;;
-    *) sed -n '2,54p' "$0"; exit 2 ;;
+    *) sed -n '2,60p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND-1))
-[ $# -ge 2 ] || { sed -n '2,54p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,60p' "$0"; exit 2; }
 DIR=$1; shift
 [ "${1:-}" = "--" ] && shift
 [ $# -ge 1 ] || die "no command"
@@ -199,7 +207,8 @@ MOD_GLOBS="kernel/net/netfilter kernel/net/ipv4/netfilter kernel/net/ipv6/netfil
  kernel/net/ipv4/tunnel4.ko kernel/net/ipv4/ip_tunnel.ko kernel/net/ipv6/ip6_tunnel.ko
  kernel/drivers/net/dummy.ko kernel/drivers/net/veth.ko kernel/drivers/net/macvlan.ko
  kernel/drivers/net/ipvlan kernel/drivers/net/vxlan kernel/drivers/net/tun.ko
- kernel/drivers/net/nlmon.ko kernel/lib/libcrc32c.ko"
+ kernel/drivers/net/nlmon.ko kernel/lib/libcrc32c.ko
+ kernel/drivers/net/virtio_net.ko kernel/drivers/virtio"
 TOOLS="ip ipvsadm nft ${VM_EXTRA_BINS:-}"
 # tcpdump (optional): captures on nlmon inside the VM (fixture refresh)
 command -v tcpdump >/dev/null && TOOLS="$TOOLS tcpdump"
@@ -332,6 +341,21 @@ q() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
   fi
 } > "$PST/.vm/cmd"
 echo "$MODS" | tr ', ' '\n\n' | sed '/^$/d' > "$PST/.vm/modules"
+# user networking: the guest's side of each -n forward; the NIC is set up
+# by init before CMD runs
+NET=()
+if [ ${#FORWARDS[@]} -gt 0 ]; then
+  fwd=""
+  for f in "${FORWARDS[@]}"; do
+    guest=${f%%=*}; host=${f#*=}
+    case $guest in 10.0.2.*:[0-9]*) ;; *) die "-n $f: GUEST must be 10.0.2.X:PORT" ;; esac
+    case $host in 127.*:[0-9]*|localhost:[0-9]*) ;; *) die "-n $f: HOST must be on the host's loopback" ;; esac
+    command -v socat >/dev/null || die "missing host tool: socat (for -n)"
+    fwd="$fwd,guestfwd=tcp:$guest-cmd:socat - TCP:$host"
+  done
+  NET=(-netdev "user,id=n0,restrict=on,net=10.0.2.0/24$fwd" -device virtio-net-pci,netdev=n0,romfile=)
+  echo "10.0.2.15/24" > "$PST/.vm/net"
+fi
 # uncompressed: building it is instant and the guest need not decompress
 ( cd "$PST" && find . ! -name . | LC_ALL=C sort | "$BUSYBOX" cpio -o -H newc -R 0:0 2>/dev/null ) > "$WORK/payload.cpio"
 # the kernel unpacks concatenated cpio archives (each may be compressed)
@@ -361,6 +385,7 @@ timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -nodefaults -no-user-config \
   "${ACCEL[@]}" "${BIOS[@]+"${BIOS[@]}"}" -smp "$VM_SMP" -m "$VM_MEM" -display none -no-reboot \
   -chardev stdio,id=con,signal=off -serial chardev:con \
   -serial file:"$WORK/status" \
+  "${NET[@]+"${NET[@]}"}" \
   -kernel "$VMLINUZ" -initrd "$WORK/initrd" \
   -append "console=ttyS0 $KLOG panic=-1 rdinit=/init edd=off mitigations=off tsc=reliable no_timer_check i8042.noaux i8042.nokbd i8042.nopnp" \
   </dev/null
@@ -396,6 +421,11 @@ fail=0
 for m in $(cat /.vm/modules); do
   modprobe "$m" || { echo "vm-init: modprobe $m failed" >&2; fail=1; }
 done
+if [ -s /.vm/net ]; then
+  modprobe virtio_pci && modprobe virtio_net &&
+    ip link set eth0 up && ip addr add "$(cat /.vm/net)" dev eth0 ||
+    { echo "vm-init: no NIC for the -n forwards" >&2; fail=1; }
+fi
 if [ $fail = 0 ]; then
   /bin/sh /.vm/cmd </dev/null
   rc=$?

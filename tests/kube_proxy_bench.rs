@@ -1,0 +1,261 @@
+//! Issue 12's benchmark, run by bench/kube-proxy-vs-lbd.sh (not a CI
+//! test: it skips unless `LBD_BENCH_SERVICES` is set, and runs only in the
+//! VM): `LBD_BENCH_SERVICES` ClusterIP Services with 5 endpoints each
+//! through the real kube-apiserver, then the real kube-proxy
+//! (`--proxy-mode=ipvs`) and the real `lbd` binary one after the other on a
+//! clean table with the same KubeProxyConfiguration. For each: full sync
+//! (process start to the kernel holding every virtual and real server),
+//! one endpoint change (from just before the API write to `ipvsadm`
+//! showing the new real server; `LBD_BENCH_CHANGES`, default 3), and the
+//! process's CPU seconds and RSS once the table is complete and after the
+//! changes. Prints one line per figure and the ratios lbd / kube-proxy.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::kube_cluster::{ClusterOptions, KubeCluster};
+use support::kube_objects::{cluster_ip, endpoints, ports, slice, Objects};
+use support::lbd::Lbd;
+use support::proxy_vm::{clean_kernel, node, sh, start_kube_proxy, write_kube_proxy_config};
+
+const ENDPOINTS: usize = 5;
+
+/// Service `i`'s ClusterIP (10.96.10.0 up: clear of `kubernetes`).
+fn service_ip(i: usize) -> String {
+    format!("10.96.{}.{}", 10 + i / 250, 1 + i % 250)
+}
+
+/// Endpoint `j` of Service `i`.
+fn endpoint_ip(i: usize, j: usize) -> String {
+    format!("10.{}.{}.{}", 200 + j, i / 250, 1 + i % 250)
+}
+
+/// Virtual and real servers the kernel holds, from /proc/net/ip_vs (one
+/// read, no netlink dump per poll).
+fn kernel_counts() -> (usize, usize) {
+    let text = std::fs::read_to_string("/proc/net/ip_vs").unwrap_or_default();
+    let vs = text.lines().filter(|l| l.starts_with("TCP ")).count();
+    let rs = text
+        .lines()
+        .skip(3)
+        .filter(|l| l.starts_with("  -> "))
+        .count();
+    (vs, rs)
+}
+
+/// CPU seconds (user + system) and RSS / peak RSS in MiB of `pid`.
+fn usage(pid: u32) -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime is the 12th.
+    let rest = stat.rsplit_once(')').map(|r| r.1).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        ticks / 100.0,
+        kib("VmRSS:") / 1024.0,
+        kib("VmHWM:") / 1024.0,
+    )
+}
+
+/// Creates the Services and their slices, 16 requests in flight.
+async fn create_services(o: &Objects, n: usize) {
+    stream::iter(0..n)
+        .for_each_concurrent(16, |i| async move {
+            let name = format!("b{i}");
+            o.service(cluster_ip(
+                &name,
+                &service_ip(i),
+                ports(&[("http", "TCP", 80, 0)]),
+            ))
+            .await;
+            let addrs: Vec<String> = (0..ENDPOINTS).map(|j| endpoint_ip(i, j)).collect();
+            let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+            o.slice(slice(
+                &name,
+                &format!("{name}-1"),
+                "IPv4",
+                &[("http", "TCP", 80)],
+                &addrs,
+            ))
+            .await;
+        })
+        .await;
+}
+
+#[derive(Default)]
+struct Figures {
+    full_sync: Duration,
+    cpu_at_sync: f64,
+    rss_at_sync: f64,
+    changes: Vec<Duration>,
+    cpu_end: f64,
+    rss_end: f64,
+    peak_rss: f64,
+}
+
+/// Waits for the full table, then makes `changes` endpoint changes, each
+/// to another Service, and times each to the kernel.
+async fn measure(o: &Objects, pid: u32, started: Instant, n: usize, changes: usize) -> Figures {
+    let want = (n + 1, n * ENDPOINTS);
+    loop {
+        let (vs, rs) = kernel_counts();
+        if vs >= want.0 && rs >= want.1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "no full table after an hour: {vs} virtual, {rs} real servers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut fig = Figures {
+        full_sync: started.elapsed(),
+        ..Figures::default()
+    };
+    (fig.cpu_at_sync, fig.rss_at_sync, _) = usage(pid);
+    // Let the first sync's aftermath (periodic resync timers) pass.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for c in 0..changes {
+        let i = (n / 2 + c * 97) % n;
+        let mut addrs: Vec<String> = (0..ENDPOINTS).map(|j| endpoint_ip(i, j)).collect();
+        let new = format!("10.250.{}.{}", c / 250, 1 + c % 250);
+        addrs.push(new.clone());
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let vip = format!("{}:80", service_ip(i));
+        let t = Instant::now();
+        o.slices
+            .patch(
+                &format!("b{i}-1"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "endpoints": endpoints(&addrs) })),
+            )
+            .await
+            .unwrap();
+        loop {
+            if sh(&format!("ipvsadm -Ln -t {vip}")).contains(&format!("{new}:8080")) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(600),
+                "change {c} never reached the kernel"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        fig.changes.push(t.elapsed());
+    }
+    (fig.cpu_end, fig.rss_end, fig.peak_rss) = usage(pid);
+    fig
+}
+
+/// Puts the changed slices back as they were, for the next proxy.
+async fn undo_changes(o: &Objects, n: usize, changes: usize) {
+    for c in 0..changes {
+        let i = (n / 2 + c * 97) % n;
+        let addrs: Vec<String> = (0..ENDPOINTS).map(|j| endpoint_ip(i, j)).collect();
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        o.set_endpoints(&format!("b{i}-1"), endpoints(&addrs)).await;
+    }
+}
+
+fn print(name: &str, n: usize, f: &Figures) {
+    let ms: Vec<String> = f
+        .changes
+        .iter()
+        .map(|d| format!("{}", d.as_millis()))
+        .collect();
+    eprintln!(
+        "bench {name} services={n} endpoints={ENDPOINTS}: full_sync_s={:.2} cpu_s_at_sync={:.2} \
+         rss_mib_at_sync={:.1} change_ms=[{}] cpu_s_end={:.2} rss_mib_end={:.1} peak_rss_mib={:.1}",
+        f.full_sync.as_secs_f64(),
+        f.cpu_at_sync,
+        f.rss_at_sync,
+        ms.join(","),
+        f.cpu_end,
+        f.rss_end,
+        f.peak_rss
+    );
+}
+
+fn median(d: &[Duration]) -> f64 {
+    let mut v: Vec<f64> = d.iter().map(Duration::as_secs_f64).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_proxy_vs_lbd() {
+    let Some(n) = std::env::var("LBD_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        eprintln!("skipping: a benchmark, bench/kube-proxy-vs-lbd.sh runs it");
+        return;
+    };
+    if !support::vm::in_vm("kube_proxy_bench") {
+        return;
+    }
+    let changes: usize = std::env::var("LBD_BENCH_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let Some(cluster) = KubeCluster::start("kube_proxy_bench", ClusterOptions::default()).await
+    else {
+        return;
+    };
+    let o = Objects::new(cluster.client().await);
+    node(&o).await;
+    let t = Instant::now();
+    create_services(&o, n).await;
+    eprintln!(
+        "bench: {n} Services + {n} EndpointSlices created in {:?}",
+        t.elapsed()
+    );
+    let config = write_kube_proxy_config(&cluster, 0, "");
+
+    let started = Instant::now();
+    let kp = start_kube_proxy(&cluster, &config, 0);
+    let kp_fig = measure(&o, kp.0.id(), started, n, changes).await;
+    drop(kp);
+    print("kube-proxy", n, &kp_fig);
+    clean_kernel();
+    undo_changes(&o, n, changes).await;
+
+    let started = Instant::now();
+    let lbd = Lbd::start(&format!(
+        "proxy:\n  kube_proxy_config: {}\n",
+        config.display()
+    ))
+    .await;
+    let lbd_fig = measure(&o, lbd.child.id(), started, n, changes).await;
+    drop(lbd);
+    print("lbd", n, &lbd_fig);
+    clean_kernel();
+
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    eprintln!(
+        "bench ratios services={n} (lbd / kube-proxy; targets: change <= 0.1 at 10k, \
+         full sync <= 0.33, RSS <= 0.7): change_median={:.3} full_sync={:.3} \
+         cpu_at_sync={:.3} rss_at_sync={:.3} peak_rss={:.3}",
+        ratio(median(&lbd_fig.changes), median(&kp_fig.changes)),
+        ratio(
+            lbd_fig.full_sync.as_secs_f64(),
+            kp_fig.full_sync.as_secs_f64()
+        ),
+        ratio(lbd_fig.cpu_at_sync, kp_fig.cpu_at_sync),
+        ratio(lbd_fig.rss_at_sync, kp_fig.rss_at_sync),
+        ratio(lbd_fig.peak_rss, kp_fig.peak_rss)
+    );
+}
