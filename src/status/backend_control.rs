@@ -16,15 +16,12 @@
 //! degraded.
 
 use std::path::Path;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::net::UnixStream;
 
 use super::client::StatusError;
 
@@ -122,51 +119,18 @@ pub async fn request(
     listener: &str,
     backend: &str,
 ) -> Result<ControlAnswer, StatusError> {
-    let path = socket.display().to_string();
-    let p = path.clone();
     let body = serde_json::to_vec(&BackendRequest {
         listener: listener.to_string(),
         backend: backend.to_string(),
     })
     .unwrap_or_default();
-    let work = async move {
-        let stream = UnixStream::connect(socket)
-            .await
-            .map_err(|source| StatusError::Connect {
-                path: p.clone(),
-                source,
-            })?;
-        let proto = |message: String| StatusError::Protocol {
-            path: p.clone(),
-            message,
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| proto(e.to_string()))?;
-        tokio::spawn(conn);
-        let req = http::Request::post(if drain { DRAIN_PATH } else { ENABLE_PATH })
-            .header(http::header::HOST, "lbd")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| proto(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| proto(e.to_string()))?;
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| proto(e.to_string()))?
-            .to_bytes();
-        serde_json::from_slice::<ControlAnswer>(&bytes).map_err(|e| {
-            proto(format!(
-                "{e}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-            ))
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(5), work)
-        .await
-        .unwrap_or(Err(StatusError::Timeout { path, secs: 5 }))
+    let uri = if drain { DRAIN_PATH } else { ENABLE_PATH };
+    let (_, bytes) = super::client::request_with(socket, Method::POST, uri, Some(body)).await?;
+    serde_json::from_slice::<ControlAnswer>(&bytes).map_err(|e| StatusError::Protocol {
+        path: socket.display().to_string(),
+        message: format!(
+            "{e}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        ),
+    })
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
@@ -69,6 +69,16 @@ pub async fn request(
     method: http::Method,
     uri: &str,
 ) -> Result<(http::StatusCode, Bytes), StatusError> {
+    request_with(socket, method, uri, None).await
+}
+
+/// [`request`] with a JSON body.
+pub async fn request_with(
+    socket: &Path,
+    method: http::Method,
+    uri: &str,
+    json: Option<Vec<u8>>,
+) -> Result<(http::StatusCode, Bytes), StatusError> {
     let path = socket.display().to_string();
     let limit = if method == http::Method::GET { 5 } else { 30 };
     let p = path.clone();
@@ -87,11 +97,15 @@ pub async fn request(
             .await
             .map_err(|e| proto(e.to_string()))?;
         tokio::spawn(conn);
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method)
             .uri(uri)
-            .header(http::header::HOST, "lbd")
-            .body(Empty::<Bytes>::new())
+            .header(http::header::HOST, "lbd");
+        if json.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(json.unwrap_or_default())))
             .map_err(|e| proto(e.to_string()))?;
         let resp = sender
             .send_request(req)

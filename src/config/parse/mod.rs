@@ -393,31 +393,29 @@ impl Cx<'_> {
 
     /// A file that must exist and hold `kind`; the loader looks inside.
     fn file(&mut self, node: &Node, what: &str, kind: FileKind) -> Option<PathBuf> {
-        let s = self.nonempty_string(node, what)?;
-        let p = PathBuf::from(s);
-        if (self.file_exists)(&p) {
-            self.files.push(NamedFile {
-                what: what.to_string(),
-                kind,
-                path: p.clone(),
-                at: node.pos,
-                certificate: None,
-            });
-        } else {
-            self.err(node.pos, format!("{what}: {} does not exist", p.display()));
-        }
-        Some(p)
+        self.named_file(node, what, kind, None)
     }
 
     /// A file that may appear later (a CA that `kubeadm init` writes after
     /// lbd started): missing is a warning saying what happens meanwhile.
-    /// A file that exists is looked into by the loader as `kind`.
     fn file_or_later(
         &mut self,
         node: &Node,
         what: &str,
         kind: FileKind,
         meanwhile: &str,
+    ) -> Option<PathBuf> {
+        self.named_file(node, what, kind, Some(meanwhile))
+    }
+
+    /// A file that exists is recorded for the loader to look into as
+    /// `kind`; a missing one is an error, or with `later` a warning.
+    fn named_file(
+        &mut self,
+        node: &Node,
+        what: &str,
+        kind: FileKind,
+        later: Option<&str>,
     ) -> Option<PathBuf> {
         let s = self.nonempty_string(node, what)?;
         let p = PathBuf::from(s);
@@ -429,12 +427,14 @@ impl Cx<'_> {
                 at: node.pos,
                 certificate: None,
             });
-        } else {
+        } else if let Some(meanwhile) = later {
             self.warnings.push(Problem::at(
                 self.path,
                 node.pos,
                 format!("{what}: {} does not exist yet; {meanwhile}", p.display()),
             ));
+        } else {
+            self.err(node.pos, format!("{what}: {} does not exist", p.display()));
         }
         Some(p)
     }
