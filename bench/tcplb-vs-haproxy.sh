@@ -277,7 +277,7 @@ LBDU_PID=$!
 PIDS+=($LBDU_PID)
 
 # ---- wait until every proxy sees all its backends up -------------------------
-lbd_up() { "$LBD" status --json --socket "$WORK/$1.sock" 2>/dev/null |
+lbd_up() { "$LBD" status --json --answered --socket "$WORK/$1.sock" 2>/dev/null |
     jq '[.tcplb[].backends[] | select(.healthy)] | length' 2>/dev/null || echo 0; }
 ha_up() { curl -s --max-time 1 "http://127.0.0.1:${1:-$HA_STATS}/;csv" 2>/dev/null |
     awk -F, '$2 ~ /^[bi][0-9]$/ && $18 == "UP"' | wc -l; }

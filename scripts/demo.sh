@@ -197,7 +197,7 @@ for i in "${NODES[@]}"; do
     start_lbd "$i"
 done
 
-status_json() { "$lbd" status --json --socket "$work/n$1/lbd.sock" 2>/dev/null; }
+status_json() { "$lbd" status --json --answered --socket "$work/n$1/lbd.sock" 2>/dev/null; }
 state_of() { status_json "$1" | sed -n 's/.*"state": *"\([A-Z]*\)".*/\1/p' | head -n1; }
 wait_for() { # seconds description command...
     local secs=$1 what=$2 end

@@ -351,6 +351,7 @@ fn preemption(net: u8, preempt: bool) {
                 lbd_bin(),
                 "status",
                 "--json",
+                "--answered",
                 "--socket",
                 sock.to_str().unwrap(),
             ]);

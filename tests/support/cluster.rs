@@ -219,6 +219,7 @@ impl Cluster {
             lbd_bin(),
             "status",
             "--json",
+            "--answered",
             "--socket",
             sock.to_str().unwrap(),
         ]);
@@ -238,6 +239,7 @@ impl Cluster {
             lbd_bin(),
             "status",
             "--json",
+            "--answered",
             "--socket",
             sock.to_str().unwrap(),
         ]);
