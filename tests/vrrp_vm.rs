@@ -124,6 +124,10 @@ fn ownership(net: u8, ifname: &str, v6: bool) {
     std::thread::sleep(Duration::from_secs(1));
     w.take_max_none();
     c.kill_tree(0);
+    let killed = std::time::Instant::now();
+    // What the new lbd can find: under TCG on a loaded host a start can
+    // take seconds, and a VIP that lapsed first is not ours to adopt.
+    let left_at_kill = vip_seen(&c, ifname).and_then(|v| v.2);
     c.start(0);
     let log = c.log(0);
     let adopted = wait_for(Duration::from_secs(20), || {
@@ -131,7 +135,13 @@ fn ownership(net: u8, ifname: &str, v6: bool) {
             .unwrap_or_default()
             .contains("VIPs of a previous lbd found")
     });
-    assert!(adopted.is_some(), "{tag} not adopted\n{}", c.logs());
+    assert!(
+        adopted.is_some(),
+        "{tag} not adopted (valid_lft {left_at_kill:?} s at the kill, {:?} since; VIP there now: {})\n{}",
+        killed.elapsed(),
+        vip_seen(&c, ifname).is_some(),
+        c.logs()
+    );
     eventually_sync(Duration::from_secs(20), "master after restart", || {
         master(&c)
     });
