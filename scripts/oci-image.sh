@@ -13,9 +13,15 @@
 # entrypoint lbd, `run -c /etc/lbd/lbd.yaml`, user 0 (the pod grants it
 # NET_ADMIN, NET_RAW and NET_BIND_SERVICE only).
 #
-# Reproducible: the same binary, name and SOURCE_DATE_EPOCH (default: the
-# last commit's time) give the same bytes. Needs bash, GNU tar, gzip,
-# sha256sum, stat.
+# And /usr/sbin/nft with the shared libraries and loader it links to, taken
+# from this host (Debian's nftables package): the proxy programs its
+# masquerade and filter table through `nft -j -f -`, so an image without it
+# would program IPVS but blackhole what needs masquerading. NFT=none leaves
+# it out (an image for VRRP and tcplb only); NFT=PATH takes another nft.
+#
+# Reproducible: the same binary, nft files, name and SOURCE_DATE_EPOCH
+# (default: the last commit's time) give the same bytes. Needs bash, GNU
+# tar, gzip, sha256sum, stat, and ldd when nft is included.
 set -euo pipefail
 
 bin=${1:?usage: oci-image.sh BINARY IMAGE-NAME OUT.tar [ARCH]}
@@ -40,6 +46,28 @@ blobs=$work/layout/blobs/sha256
 mkdir -p "$work/rootfs/usr/bin" "$work/rootfs/etc/lbd" "$work/rootfs/run/lbd" "$blobs"
 install -m 0755 "$bin" "$work/rootfs/usr/bin/lbd"
 
+# nft and what it loads, each file at the path the loader looks for it
+# (copied with -L: the image has no symlinks to resolve).
+nft=${NFT:-/usr/sbin/nft}
+dirs=(usr etc run)
+history="scripts/oci-image.sh: /usr/bin/lbd"
+if [[ $nft != none ]]; then
+    [[ -x $nft ]] || { echo "oci-image: $nft not found (apt-get install nftables, or NFT=none)" >&2; exit 2; }
+    mkdir -p "$work/rootfs/usr/sbin"
+    install -m 0755 "$nft" "$work/rootfs/usr/sbin/nft"
+    libs=$(ldd "$nft" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+    [[ -n $libs ]] || { echo "oci-image: ldd found no libraries for $nft" >&2; exit 2; }
+    for l in $libs; do
+        mkdir -p "$work/rootfs$(dirname "$l")"
+        cp -L "$l" "$work/rootfs$l"
+        chmod 0755 "$work/rootfs$l"  # the loader is opened for exec
+        top=${l#/}
+        top=${top%%/*}
+        [[ " ${dirs[*]} " == *" $top "* ]] || dirs+=("$top")
+    done
+    history+=", /usr/sbin/nft $("$nft" --version 2>/dev/null | head -n1 | tr -d '"')"
+fi
+
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 size() { stat -c %s "$1"; }
 # Moves FILE into the blob store under its digest; prints the digest.
@@ -54,14 +82,14 @@ blob() {
 # depends on the binary.
 tar --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric-owner \
     --format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-    -C "$work/rootfs" -cf "$work/layer.tar" usr etc run
+    -C "$work/rootfs" -cf "$work/layer.tar" "${dirs[@]}"
 diff_id=$(sha "$work/layer.tar")
 gzip -9n "$work/layer.tar"
 layer_size=$(size "$work/layer.tar.gz")
 layer=$(blob "$work/layer.tar.gz")
 
 cat >"$work/config.json" <<EOF
-{"architecture":"$arch","os":"linux","created":"$created","config":{"User":"0:0","Env":["PATH=/usr/bin:/bin"],"Entrypoint":["/usr/bin/lbd"],"Cmd":["run","-c","/etc/lbd/lbd.yaml"],"Labels":{"org.opencontainers.image.title":"lbd","org.opencontainers.image.version":"$version"}},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created":"$created","created_by":"scripts/oci-image.sh: /usr/bin/lbd"}]}
+{"architecture":"$arch","os":"linux","created":"$created","config":{"User":"0:0","Env":["PATH=/usr/bin:/usr/sbin:/bin:/sbin"],"Entrypoint":["/usr/bin/lbd"],"Cmd":["run","-c","/etc/lbd/lbd.yaml"],"Labels":{"org.opencontainers.image.title":"lbd","org.opencontainers.image.version":"$version"}},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},"history":[{"created":"$created","created_by":"$history"}]}
 EOF
 config_size=$(size "$work/config.json")
 config=$(blob "$work/config.json")

@@ -660,3 +660,48 @@ fn masquerade_without_cluster_cidr_marks_traffic_from_cluster_ips() {
         "{text}"
     );
 }
+
+/// nft reads the document through /proc/self/fd/0, never `/dev/stdin`: a
+/// distroless image or a chroot has no /dev/stdin, and `nft -f -` (what the
+/// nftables crate's helpers run) fails there with "Could not open file
+/// /dev/stdin". Here nft runs in a mount namespace whose /dev is an empty
+/// tmpfs.
+#[test]
+fn nft_needs_no_dev_stdin() {
+    let Some(ns) = Netns::new("nodev") else {
+        return;
+    };
+    let script = "mount -t tmpfs none /dev && test ! -e /dev/stdin && exec nft \"$@\"";
+    let fw = NftFirewall {
+        command: [
+            "ip", "netns", "exec", &ns.0, "unshare", "--mount", "sh", "-c", script, "nft",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let p = NftParams {
+        cluster_cidrs: &cidrs(),
+        masquerade_all: false,
+    };
+    fw.replace(&render(&sample(), &p))
+        .expect("nft applies the table without /dev/stdin");
+    let text = ns.list();
+    assert!(text.contains("table inet lbd-proxy"), "{text}");
+    assert!(text.contains("10.96.0.1"), "{text}");
+    // The same wrapper with `-f -`, as the crate runs it, is refused: the
+    // namespace really has no /dev/stdin.
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, "unshare", "--mount", "sh", "-c", script, "nft", "-j", "-f",
+            "-",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/dev/stdin"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

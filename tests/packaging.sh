@@ -212,6 +212,29 @@ oci_structure() {
     [[ -z $errs ]] || { printf '%s\n' "$errs"; return 1; }
 }
 check "OCI archive: layout, index, manifest, config and layer digests, the binary inside" oci_structure
+# The layer's nft, with only its own files: the proxy programs its table
+# through it (nft -j -f /proc/self/fd/0). In a chroot of the unpacked layer
+# with /proc mounted (no /dev), in a throwaway network and mount namespace
+# (unshare: nothing to clean up on this host).
+oci_nft() {
+    local r=$tmp/oci/rootfs doc='{"nftables":[{"add":{"table":{"family":"inet","name":"lbd_pkgtest"}}}]}'
+    [[ -f $r/usr/sbin/nft && $(stat -c %a "$r/usr/sbin/nft") == 755 ]] \
+        || { echo "layer: usr/sbin/nft missing or not 0755"; return 1; }
+    [[ ! -e $r/dev/stdin ]] || { echo "layer: has /dev/stdin, so the check proves nothing"; return 1; }
+    mkdir -p "$r/proc"
+    # shellcheck disable=SC2016
+    printf '%s' "$doc" | unshare --mount --net --fork sh -c '
+        mount -t proc proc "$1/proc" || exit 1
+        chroot "$1" /usr/sbin/nft -j -f /proc/self/fd/0 || exit 1
+        chroot "$1" /usr/sbin/nft -j list table inet lbd_pkgtest </dev/null' sh "$r" >"$tmp/nft.out" 2>&1 \
+        || { cat "$tmp/nft.out"; return 1; }
+    grep -q '"name": *"lbd_pkgtest"' "$tmp/nft.out" || { cat "$tmp/nft.out"; return 1; }
+}
+if [[ $(id -u) == 0 ]] && command -v unshare >/dev/null; then
+    check "OCI archive: its nft applies a table in a chroot of the layer (no /dev/stdin)" oci_nft
+else
+    skip "OCI archive: its nft in a chroot of the layer" "needs root and unshare"
+fi
 oci_reproducible() {
     "$repo/scripts/oci-image.sh" "$pkgbin" "$image_name" "$tmp/again.oci.tar" 2>/dev/null
     cmp "$image" "$tmp/again.oci.tar"

@@ -604,29 +604,10 @@ pub fn render(config_path: &Path, image: &str) -> Result<Rendered, ManifestError
         },
         &files,
     )?;
-    let mut notes = notes(&files);
-    notes.extend(nft_note(&config, image));
+    // No note about nft: the default image carries it (scripts/oci-image.sh).
     Ok(Rendered {
         yaml: to_yaml(&pod)?,
-        notes,
-    })
-}
-
-/// The proxy's ipvs mode programs its filter and masquerade rules with
-/// `nft` (docs/proxy.md), which the default image (the static binary
-/// alone, scripts/oci-image.sh) lacks.
-fn nft_note(config: &Config, image: &str) -> Option<String> {
-    let mode = config
-        .proxy
-        .as_ref()
-        .map(|p| p.mode)
-        .filter(|m| *m != ProxyMode::None)?;
-    let name = match mode {
-        ProxyMode::Nftables => "nftables",
-        _ => "ipvs",
-    };
-    (image == default_image()).then(|| {
-        format!("lbd manifest: proxy mode {name} runs the nft binary, which {image} (the static binary alone) does not have: build packaging/Containerfile's default stage (Debian slim with nftables) and pass it as --image (docs/install.md)")
+        notes: notes(&files),
     })
 }
 

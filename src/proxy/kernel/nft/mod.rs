@@ -5,7 +5,7 @@
 //! KUBE-LOAD-BALANCER-SOURCE-CIDR, KUBE-IPVS-FILTER).
 //!
 //! The table is rendered in full from the desired state ([`render`], pure)
-//! and replaced in one `nft -j -f -` transaction: add (so delete cannot
+//! and replaced in one `nft -j -f /proc/self/fd/0` transaction: add (so delete cannot
 //! fail), delete, then the new table. Nothing outside our table is touched.
 //! The rules depend only on [`NftParams`]; what follows the Services is the
 //! sets' elements. A changed-only sync therefore changes elements only
@@ -47,8 +47,11 @@ pub struct NftParams<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("nft: {0}")]
-    Nft(#[from] nftables::helper::NftablesError),
+    #[error("{program}: cannot run it: {source}")]
+    Run {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("nft rejected the ruleset: {0}")]
     Rejected(String),
     #[error("nft ruleset does not match the nftables schema: {0}")]
@@ -70,24 +73,67 @@ pub struct NftFirewall {
 
 impl Firewall for NftFirewall {
     fn replace(&self, ruleset: &NftDocument) -> Result<(), NftError> {
-        use nftables::helper::{apply_ruleset_raw, NftablesError, DEFAULT_ARGS, DEFAULT_NFT};
         // The document goes to nft as text, without a typed copy of it (tens
         // of MB at 10k Services); every document render and
         // render_element_changes make is checked against the crate's schema
         // through FakeFirewall in the tests.
-        let text = ruleset.as_str();
-        let r = match self.command.split_first() {
-            None => apply_ruleset_raw(text, DEFAULT_NFT, DEFAULT_ARGS),
-            Some((prog, args)) => apply_ruleset_raw(text, Some(prog.as_str()), args),
+        let (program, args) = match self.command.split_first() {
+            Some((p, a)) => (p.as_str(), a),
+            None => ("nft", &[][..]),
         };
-        match r {
-            Ok(_) => Ok(()),
-            // Keep nft's own words: they say which element or hook failed.
-            Err(NftablesError::NftFailed { stderr, .. }) => {
-                Err(NftError::Rejected(stderr.trim().to_string()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        run_nft(program, args, ruleset.as_str())
+    }
+}
+
+/// How nft reads the document: the pipe on its standard input, by a name
+/// that exists wherever /proc does. `nft -f -` (what the nftables crate's
+/// helpers pass) makes nft 1.0.x open `/dev/stdin`, which a distroless
+/// image or a chroot does not have; /proc is there wherever lbd runs (it
+/// reads /proc/sys).
+const NFT_ARGS: [&str; 3] = ["-j", "-f", "/proc/self/fd/0"];
+
+/// Runs `program args -j -f /proc/self/fd/0` with `payload` written to its
+/// standard input while its output is read (no pipe can fill and stall).
+fn run_nft(program: &str, args: &[String], payload: &str) -> Result<(), NftError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let run = |source| NftError::Run {
+        program: program.to_string(),
+        source,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .args(NFT_ARGS)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(run)?;
+    let mut stdin = child.stdin.take();
+    let (written, out) = std::thread::scope(|s| {
+        let writer = s.spawn(move || match stdin.as_mut() {
+            Some(w) => w.write_all(payload.as_bytes()),
+            None => Ok(()),
+        });
+        let out = child.wait_with_output();
+        (writer.join(), out)
+    });
+    let out = out.map_err(run)?;
+    if !out.status.success() {
+        // Keep nft's own words: they say which element or hook failed.
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let said = if stderr.is_empty() {
+            format!("exit status {}", out.status)
+        } else {
+            stderr
+        };
+        return Err(NftError::Rejected(said));
+    }
+    match written {
+        Ok(Ok(())) => Ok(()),
+        // nft exited 0 without reading all of it: not applied as sent.
+        Ok(Err(e)) => Err(run(e)),
+        Err(_) => Err(run(std::io::Error::other("the writer thread panicked"))),
     }
 }
 
