@@ -768,6 +768,42 @@ fn adopted_vips_are_kept_until_a_master_is_heard_or_renewed_on_takeover() {
     assert_eq!(a.handle(ms(100), Input::Tick), vec![Action::RenewVips]);
     assert_eq!(a.handle(ms(150), advert(9, 150)), vec![Action::RemoveVips]);
     assert!(!a.handle(ms(200), Input::Tick).contains(&Action::RenewVips));
+    // Shut down while waiting (3 intervals of 40.95 s): the adopted VIPs go
+    // within two intervals capped at 2 s, not at the end of the wait.
+    let slow = VirtualRouterParams {
+        advert_interval_cs: 4095,
+        ..params(100)
+    };
+    let mut s = VirtualRouter::new(slow);
+    s.handle(ms(0), Input::Adopted);
+    s.handle(ms(0), Input::Startup);
+    assert!(s.next_deadline().unwrap() > ms(100_000));
+    assert!(s
+        .handle(ms(500), Input::Shutdown)
+        .contains(&changed(State::Backup, State::Initialize)));
+    assert!(s.holds_vips());
+    assert_eq!(s.next_deadline(), Some(ms(2500)));
+    assert_eq!(s.handle(ms(2500), Input::Tick), vec![Action::RemoveVips]);
+    assert!(!s.holds_vips());
+    // Released while waiting, then a clock that jumps past both the
+    // renewal and the end of the wait (found by fuzz/vrrp_input): the VIPs
+    // go and no renewal stays armed in the past.
+    let mut j = VirtualRouter::new(VirtualRouterParams {
+        vip_renew: Some(ms(1000)),
+        ..params(100)
+    });
+    j.handle(ms(0), Input::Adopted);
+    j.handle(ms(0), Input::Startup);
+    j.handle(ms(0), Input::Release);
+    let end = j.next_deadline().unwrap();
+    assert_eq!(end, ms(1000));
+    assert_eq!(j.handle(ms(12_288), Input::Tick), vec![Action::RemoveVips]);
+    assert!(!j.holds_vips());
+    assert_eq!(
+        j.next_deadline(),
+        None,
+        "a released Backup without VIPs waits for nothing"
+    );
     // Only before the first Startup.
     r.handle(t + ms(1), Input::Shutdown);
     r.handle(t + ms(1), advert(9, 200));

@@ -7,7 +7,8 @@
 //! fault, tracking, release/resume, reload (Reconfigure) and time inputs
 //! in between. Properties: no panic, and after every step the actions agree
 //! with the state: VIPs are added only when not held, removed and renewed
-//! only when held, always held while MASTER and otherwise only while a
+//! only when held, renewed only by a MASTER or by a BACKUP holding adopted
+//! ones (it waits out Master_Down_Interval), always held while MASTER and otherwise only while a
 //! deadline to let them go runs; every state change is reported once with
 //! the right `from`; a priority-0 advert only comes with a master leaving
 //! on purpose (shutdown, release, a fault that leaves the link usable);
@@ -38,6 +39,8 @@ struct Instance {
     peers: Vec<IpAddr>,
     now: Duration,
     holds_vips: bool,
+    /// The VIPs held are a predecessor's (Adopted), not added since.
+    adopted_held: bool,
     started: bool,
     /// The time of the last input (the driver's clock never goes back).
     fed: Duration,
@@ -108,6 +111,7 @@ impl Instance {
             peers,
             now: Duration::ZERO,
             holds_vips: false,
+            adopted_held: false,
             started: false,
             fed: Duration::ZERO,
         }
@@ -139,6 +143,7 @@ impl Instance {
         };
         if input == Input::Adopted && !self.started {
             self.holds_vips = true;
+            self.adopted_held = true;
         }
         self.started |= input == Input::Startup;
         let actions = self.router.handle(self.now, input.clone());
@@ -154,6 +159,7 @@ impl Instance {
                 Action::AddVips => {
                     assert!(!self.holds_vips, "AddVips twice: {input:?} -> {actions:?}");
                     self.holds_vips = true;
+                    self.adopted_held = false;
                 }
                 Action::RemoveVips => {
                     assert!(
@@ -161,12 +167,17 @@ impl Instance {
                         "RemoveVips without VIPs: {input:?} -> {actions:?}"
                     );
                     self.holds_vips = false;
+                    self.adopted_held = false;
                 }
                 Action::RenewVips => {
                     assert!(self.holds_vips, "RenewVips without VIPs: {input:?}");
+                    // A Backup renews only VIPs it adopted, while it
+                    // waits out Master_Down_Interval (fsm: adoption).
                     assert!(
-                        was_master || after == State::Master,
-                        "renewal outside MASTER"
+                        was_master
+                            || after == State::Master
+                            || (after == State::Backup && self.adopted_held),
+                        "renewal outside MASTER: {input:?} in {before:?} -> {actions:?}"
                     );
                 }
                 Action::StateChanged { from, to } => {

@@ -65,7 +65,15 @@ impl VirtualRouter {
             // Adopted VIPs and never started: nothing to hand over.
             State::Initialize => return self.drop_vips(out),
             State::Master => self.leave(now, out),
-            State::Backup | State::Fault => self.clear_timers(),
+            State::Backup | State::Fault => {
+                self.clear_timers();
+                // Adopted VIPs a Backup was keeping for Master_Down_Interval
+                // (up to minutes at long intervals): no one renews them once
+                // we stop, so they go like a leaving master's, at the latest
+                // two intervals (2 s at most) from now.
+                let bound = now + leave_bound(self.params.advert_interval_cs);
+                self.leave_until = self.leave_until.map(|t| t.min(bound));
+            }
         }
         self.master = None;
         self.set_state(now, State::Initialize, out);
@@ -419,6 +427,9 @@ impl VirtualRouter {
     /// The VIPs go now (if held), ending any wait for a successor.
     fn drop_vips(&mut self, out: &mut Vec<Action>) {
         self.leave_until = None;
+        // Nothing left to renew: a renewal due in the same tick (a clock
+        // that jumped past both) must not stay armed in the past.
+        self.renew_at = None;
         if self.holds_vips {
             self.holds_vips = false;
             out.push(Action::RemoveVips);
