@@ -8,6 +8,7 @@
 #   scripts/fuzz-smoke.sh                        # every target, FUZZ_SECONDS each
 #   FUZZ_SECONDS=60 FUZZ_TARGETS="vrrp_input" scripts/fuzz-smoke.sh
 #   FUZZ_RUNS=1000000 scripts/fuzz-smoke.sh      # a number of inputs instead of a time
+#   scripts/fuzz-smoke.sh --build-only           # install cargo-fuzz, build, stop
 #
 # Stable, not nightly: cargo-fuzz's coverage instrumentation is stable -C
 # flags (sancov); RUSTC_BOOTSTRAP=1 lets stable cargo and rustc take the few
@@ -16,8 +17,12 @@
 # debug assertions and overflow checks on, so an overflow is a crash too.
 # cargo-fuzz is installed (pinned, `cargo install --locked`, ~3 min once per
 # machine, into ~/.cargo/bin) when missing. The first build of the targets
-# takes 5-15 minutes (a release build of lbd and its dependencies with
-# instrumentation); its target directory is kept outside the checkout,
+# is a release build of lbd and its dependencies with instrumentation.
+# cargo-fuzz makes that one codegen unit per crate (the fastest fuzzing,
+# 15+ minutes to build on two cores, most of it one core compiling lbd);
+# FUZZ_CODEGEN_UNITS (default 16) trades some speed per input for a build
+# that uses every core, which a bounded smoke run gains more from
+# (FUZZ_CODEGEN_UNITS=1 for long runs). Its target directory is kept outside the checkout,
 # ${FUZZ_TARGET_DIR:-~/.cache/lbd-fuzz/target}, so a fresh clone (CI)
 # rebuilds only lbd itself.
 #
@@ -40,8 +45,9 @@ fi
 target_dir=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/lbd-fuzz/target}
 triple=$(rustc -vV | sed -n 's/^host: //p')
 start=$(date +%s)
-cargo fuzz build -O -a -s none --target-dir "$target_dir"
+cargo fuzz build -O -a -s none --codegen-units "${FUZZ_CODEGEN_UNITS:-16}" --target-dir "$target_dir"
 echo "fuzz-smoke: targets built in $(( $(date +%s) - start ))s"
+[[ ${1:-} == --build-only ]] && exit 0
 targets=${FUZZ_TARGETS:-$(cargo fuzz list)}
 if [[ -n $runs ]]; then bound=(-runs="$runs"); else bound=(-max_total_time="$secs"); fi
 passed=0 failed=0
