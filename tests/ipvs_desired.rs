@@ -7,7 +7,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lbd::proxy::desired::{compute, node_addresses, DesiredCache, DesiredParams};
+use lbd::proxy::desired::{
+    compute, node_addresses, node_port_ips, primary_node_ips, DesiredCache, DesiredParams,
+    NodeAddresses,
+};
 use lbd::proxy::model::{DesiredState, DestKey, Protocol, ServiceKey, VsKind};
 use serde_json::{json, Value};
 
@@ -58,6 +61,8 @@ fn run(services: &[Service], slices: &[EndpointSlice], np: &[&str]) -> DesiredSt
             node_name: NODE,
             node_addresses: &node_ips,
             node_port_addresses: &nets,
+            node_port_primary: false,
+            primary_ips: &[],
             scheduler: "rr",
             node_zone: None,
         },
@@ -615,6 +620,8 @@ fn configured_scheduler_is_used() {
             node_name: NODE,
             node_addresses: &node_ips,
             node_port_addresses: &[],
+            node_port_primary: false,
+            primary_ips: &[],
             scheduler: "wlc",
             node_zone: None,
         },
@@ -648,6 +655,103 @@ fn same_inputs_in_any_order_give_the_same_table() {
     let d2 = run(&services, &slices, &[]);
     assert_eq!(d1, d2);
     assert_eq!(format!("{d1:?}"), format!("{d2:?}"));
+}
+
+/// kube-proxy ipvs with nodePortAddresses unset (`NodeIPs`: every local
+/// address but kube-ipvs0's, then loopback and IPv6 link-local dropped),
+/// with CIDRs (the local addresses inside them, loopback too when asked),
+/// and with `primary` (the Node's primary IPs, when local).
+#[test]
+fn node_port_ips_follow_kube_proxy_node_port_addresses() {
+    let host: Vec<IpAddr> = [
+        "127.0.0.1",
+        "::1",
+        "192.168.1.10",
+        "10.0.0.10",
+        "172.16.5.1",
+        "fe80::1",
+        "fd00:1::10",
+    ]
+    .iter()
+    .map(|s| ip(s))
+    .collect();
+    let primary = [ip("192.168.1.10"), ip("fd00:1::10")];
+    let np = |nets: &[&str], use_primary: bool| -> Vec<IpAddr> {
+        let nets: Vec<IpNet> = nets.iter().map(|s| s.parse().unwrap()).collect();
+        let mut v = node_port_ips(&DesiredParams {
+            node_name: NODE,
+            node_addresses: &host,
+            primary_ips: &primary,
+            node_port_addresses: &nets,
+            node_port_primary: use_primary,
+            scheduler: "rr",
+            node_zone: None,
+        });
+        v.sort();
+        v
+    };
+    let ips = |l: &[&str]| -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = l.iter().map(|s| ip(s)).collect();
+        v.sort();
+        v
+    };
+    // Unset: a secondary interface's 172.16.5.1 too, not only the Node's.
+    assert_eq!(
+        np(&[], false),
+        ips(&["192.168.1.10", "10.0.0.10", "172.16.5.1", "fd00:1::10"])
+    );
+    assert_eq!(np(&["10.0.0.0/8"], false), ips(&["10.0.0.10"]));
+    assert_eq!(
+        np(&["127.0.0.0/8", "fd00:1::/64"], false),
+        ips(&["127.0.0.1", "fd00:1::10"])
+    );
+    assert_eq!(np(&[], true), ips(&["192.168.1.10", "fd00:1::10"]));
+    // A primary IP that is not on the host serves nothing.
+    let only = [ip("192.168.1.99")];
+    let none = node_port_ips(&DesiredParams {
+        node_name: NODE,
+        node_addresses: &host,
+        primary_ips: &only,
+        node_port_addresses: &[],
+        node_port_primary: true,
+        scheduler: "rr",
+        node_zone: None,
+    });
+    assert!(none.is_empty(), "{none:?}");
+}
+
+/// kube-proxy's `GetNodeHostIPs`: the first InternalIP (else ExternalIP)
+/// and the first of the other family; NodeAddresses takes the host's
+/// listing over the Node object's, and the Node's where there is none.
+#[test]
+fn primary_ips_and_node_addresses_sources() {
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": "cp1"},
+        "status": {"addresses": [
+            {"type": "ExternalIP", "address": "203.0.113.10"},
+            {"type": "InternalIP", "address": "192.168.1.10"},
+            {"type": "InternalIP", "address": "192.168.1.11"},
+            {"type": "ExternalIP", "address": "2001:db8::10"}]}
+    }))
+    .unwrap();
+    assert_eq!(
+        primary_node_ips(&n),
+        vec![ip("192.168.1.10"), ip("2001:db8::10")]
+    );
+    let ext_only: Node = serde_json::from_value(json!({
+        "metadata": {"name": "cp1"},
+        "status": {"addresses": [{"type": "ExternalIP", "address": "203.0.113.10"}]}
+    }))
+    .unwrap();
+    assert_eq!(primary_node_ips(&ext_only), vec![ip("203.0.113.10")]);
+
+    let host = [ip("172.16.5.1"), ip("192.168.1.10")];
+    let a = NodeAddresses::new(Some(&host), Some(&n));
+    assert_eq!(a.addresses, host.to_vec());
+    assert_eq!(a.primary, primary_node_ips(&n));
+    let b = NodeAddresses::new(None, Some(&n));
+    assert_eq!(b.addresses, node_addresses(&n));
+    assert_eq!(NodeAddresses::new(None, None), NodeAddresses::default());
 }
 
 #[test]
@@ -713,6 +817,8 @@ fn memoised_compute_equals_full_compute_through_changes() {
             node_name: NODE,
             node_addresses: node_ips,
             node_port_addresses: &[],
+            node_port_primary: false,
+            primary_ips: &[],
             scheduler: "rr",
             node_zone: None,
         };
@@ -824,6 +930,8 @@ fn zone_hints_pick_this_zones_endpoints() {
         node_name: NODE,
         node_addresses: &node_ips,
         node_port_addresses: &[],
+        node_port_primary: false,
+        primary_ips: &[],
         scheduler: "rr",
         node_zone: zone,
     };

@@ -52,6 +52,7 @@ fn settings() -> EngineSettings {
         node_name: NODE.into(),
         scheduler: "rr".into(),
         node_port_addresses: vec![],
+        node_port_primary: false,
         exclude_cidrs: vec![],
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         masquerade_all: false,

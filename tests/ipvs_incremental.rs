@@ -248,6 +248,8 @@ fn desired_params<'a>(node_ips: &'a [IpAddr]) -> DesiredParams<'a> {
         node_name: NODE,
         node_addresses: node_ips,
         node_port_addresses: &[],
+        node_port_primary: false,
+        primary_ips: &[],
         scheduler: "rr",
         node_zone: None,
     }
@@ -773,4 +775,72 @@ fn nft_ruleset_is_rendered_only_when_the_table_changed() {
     );
     ok(&from_scratch.sync(&sv, &sl, Some(&n), t1));
     assert_eq!(fw.sets(), fresh.sets());
+}
+
+/// NodePorts go on the host's addresses as the data plane lists them
+/// (kube-proxy ipvs `NodeIPs`), not only the Node object's; the listing is
+/// taken again at each full sync (a VIP that arrived, a new interface
+/// address) and kept through changed-only ones.
+#[test]
+fn node_ports_follow_the_host_addresses_at_full_syncs() {
+    let (mut w, mut t) = (World::default(), ChangeTracker::default());
+    let n = node("192.168.1.10");
+    let mut v = svc("np", "10.96.0.5", json!({"type": "NodePort"}));
+    v["spec"]["ports"][0]["nodePort"] = json!(30080);
+    w.put_service(&mut t, v);
+    w.put_slice(&mut t, eps("np", "np-1", &["10.244.0.1"]));
+    t.take();
+    let mut p = Proxy::new();
+    p.addrs.set_host_addresses(Some(vec![
+        ip("127.0.0.1"),
+        ip("192.168.1.10"),
+        ip("172.16.5.1"),
+        ip("fe80::1"),
+    ]));
+    let node_ports = |p: &Proxy| -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = p
+            .ipvs
+            .snapshot()
+            .into_iter()
+            .map(|(vs, _)| vs.key())
+            .filter(|k| k.port == 30080)
+            .map(|k| k.addr)
+            .collect();
+        v.sort();
+        v
+    };
+    let t0 = Instant::now();
+    let (sv, sl) = w.all();
+    ok(&p.syncer.sync(&sv, &sl, Some(&n), t0));
+    // The secondary address too; loopback and link-local not.
+    assert_eq!(node_ports(&p), vec![ip("172.16.5.1"), ip("192.168.1.10")]);
+    // A new address (the VIP arriving): a changed-only sync keeps the
+    // listing it has, the next full sync takes it.
+    p.addrs.set_host_addresses(Some(vec![
+        ip("192.168.1.10"),
+        ip("172.16.5.1"),
+        ip("192.168.1.100"),
+    ]));
+    w.put_slice(&mut t, eps("np", "np-1", &["10.244.0.1", "10.244.0.2"]));
+    let d = t.take();
+    ok(&p.syncer.sync_changed(&w.inputs(&d.services), Some(&n), t0));
+    assert_eq!(node_ports(&p), vec![ip("172.16.5.1"), ip("192.168.1.10")]);
+    let (sv, sl) = w.all();
+    let t1 = t0 + Duration::from_secs(31);
+    ok(&p.syncer.sync(&sv, &sl, Some(&n), t1));
+    assert_eq!(
+        node_ports(&p),
+        vec![ip("172.16.5.1"), ip("192.168.1.10"), ip("192.168.1.100")]
+    );
+    assert_eq!(
+        dests(&p, key("192.168.1.100", 30080, Protocol::Tcp)).map(|d| d.len()),
+        Some(2)
+    );
+    // Where the data plane cannot list them: the Node object's addresses.
+    p.addrs.set_host_addresses(None);
+    let (sv, sl) = w.all();
+    ok(&p
+        .syncer
+        .sync(&sv, &sl, Some(&n), t1 + Duration::from_secs(31)));
+    assert_eq!(node_ports(&p), vec![ip("192.168.1.10")]);
 }

@@ -412,8 +412,20 @@ fn dummy_link_addresses_and_sysctls() {
         assert!(matches!(r[301], Ok(false)));
         assert!(link.addresses().await.unwrap().is_empty());
 
-        // A non-dummy link of that name is refused, never used.
+        // The host's addresses (NodePorts' candidates): every other link's,
+        // loopback and link-local included, never kube-ipvs0's.
         sh("ip link add lbdt-veth0 type veth peer name lbdt-veth1");
+        sh("ip addr add 192.168.77.10/24 dev lbdt-veth0");
+        sh("ip addr add fd00:77::10/64 dev lbdt-veth0 nodad");
+        assert!(link.bind(ip("10.96.0.3")).await.unwrap());
+        let host = link.host_addresses().await.unwrap();
+        for want in ["127.0.0.1", "192.168.77.10", "fd00:77::10"] {
+            assert!(host.contains(&ip(want)), "{want} missing from {host:?}");
+        }
+        assert!(!host.contains(&ip("10.96.0.3")), "kube-ipvs0's: {host:?}");
+        assert!(link.unbind(ip("10.96.0.3")).await.unwrap());
+
+        // A non-dummy link of that name is refused, never used.
         let err = DummyLink::ensure(handle.clone(), "lbdt-veth0")
             .await
             .unwrap_err();

@@ -63,6 +63,7 @@ mod proxy {
                 node_name: node.into(),
                 scheduler: "rr".into(),
                 node_port_addresses: vec![],
+                node_port_primary: false,
                 exclude_cidrs: vec![],
                 cluster_cidrs: vec![],
                 masquerade_all: false,

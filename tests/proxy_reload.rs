@@ -70,6 +70,7 @@ fn config(kubeconfig: &Path) -> ProxyConfig {
         cluster_cidr: vec!["10.244.0.0/16".parse().unwrap()],
         masquerade_all: false,
         node_port_addresses: vec![],
+        node_port_primary: false,
         hostname_override: None,
         ipvs: IpvsConfig {
             scheduler: "rr".into(),

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use super::error::Problem;
 use super::model::{IpvsConfig, KubeconfigSource, ProxyConfig, ProxyMode};
 use super::parse::{Cx, Obj};
-use super::yaml::{parse_document, Node, Pos};
+use super::yaml::{parse_document, Node, Pos, Value};
 
 /// What is wrong with a value of a KubeProxyConfiguration; the loader
 /// reports it at the value's line and column, as a [`Problem`] of the
@@ -42,6 +42,9 @@ pub enum KubeProxyConfigError {
         value: String,
         source: ipnet::AddrParseError,
     },
+    /// kube-proxy's validation: `primary` only as the whole list.
+    #[error("nodePortAddresses: can't use both \"primary\" and CIDRs")]
+    PrimaryWithCidrs,
     #[error("{field}: {value:?} is not a duration")]
     Duration { field: &'static str, value: String },
     #[error("{field}: {source}")]
@@ -136,9 +139,15 @@ fn read(cx: &mut Cx<'_>, root: &Node, out: &mut ProxyConfig, applied: &mut Appli
         out.masquerade_all = b;
     }
     if let Some(n) = o.get("nodePortAddresses") {
-        // "primary" (kube-proxy 1.29+): the node's primary IPs, which is
-        // what lbd uses when the list is empty (the Node's addresses).
-        out.node_port_addresses = cidr_list(cx, n, "nodePortAddresses", &["primary"]);
+        // "primary" (kube-proxy 1.29+), valid only alone: the node's
+        // primary IPs. Anything else is a list of CIDRs.
+        if is_primary(n) {
+            out.node_port_primary = true;
+            out.node_port_addresses.clear();
+        } else {
+            out.node_port_addresses = cidr_list(cx, n, "nodePortAddresses", &["primary"]);
+            out.node_port_primary = false;
+        }
     }
     if let Some((h, _)) = text(cx, &mut o, "hostnameOverride") {
         out.hostname_override = Some(h.to_lowercase());
@@ -246,10 +255,24 @@ fn cidr(cx: &mut Cx<'_>, field: &'static str, s: &str, at: Pos) -> Option<IpNet>
 }
 
 /// A list of CIDRs, without the keywords in `skip`.
+/// `[primary]` (or the string itself): kube-proxy's nodePortAddresses
+/// special value.
+pub(crate) fn is_primary(n: &Node) -> bool {
+    match &n.value {
+        Value::Str(s) => s.trim() == "primary",
+        Value::Seq(items) => {
+            items.len() == 1 && matches!(&items[0].value, Value::Str(s) if s.trim() == "primary")
+        }
+        _ => false,
+    }
+}
+
 fn cidr_list(cx: &mut Cx<'_>, n: &Node, field: &'static str, skip: &[&str]) -> Vec<IpNet> {
     let items = cx.list(n, field, |cx, item| {
         let s = cx.string(item)?;
         if skip.contains(&s.trim()) {
+            // Only `primary` is skipped, and only as one entry of several.
+            report(cx, item.pos, KubeProxyConfigError::PrimaryWithCidrs);
             return Some(None);
         }
         Some(cidr(cx, field, &s, item.pos))
@@ -359,6 +382,7 @@ mod tests {
             cluster_cidr: vec![],
             masquerade_all: false,
             node_port_addresses: vec![],
+            node_port_primary: false,
             hostname_override: None,
             ipvs: IpvsConfig {
                 scheduler: "rr".into(),
@@ -428,7 +452,6 @@ metricsBindAddress: 0.0.0.0:10249
 mode: ipvs
 nodePortAddresses:
 - 192.168.0.0/16
-- primary
 oomScoreAdj: null
 portRange: ""
 showHiddenMetricsForProxy: ""
@@ -472,6 +495,29 @@ winkernel:
         assert_eq!(c.healthz_bind, Some("0.0.0.0:10256".parse().unwrap()));
         assert_eq!(c.metrics_bind, Some("0.0.0.0:10249".parse().unwrap()));
         assert_eq!(c.hostname_override, None);
+        assert!(!c.node_port_primary);
+    }
+
+    /// kube-proxy 1.29+: `primary` alone is the node's primary IPs; beside
+    /// CIDRs it is invalid (kube-proxy's validation says the same).
+    #[test]
+    fn node_port_addresses_primary() {
+        let kp = |list: &str| {
+            format!("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nnodePortAddresses: {list}\n")
+        };
+        let mut c = base();
+        c.node_port_addresses = vec!["10.0.0.0/8".parse().unwrap()];
+        apply(&kp("[primary]"), "kp.yaml", &mut c).unwrap();
+        assert!(c.node_port_primary);
+        assert!(c.node_port_addresses.is_empty());
+        let bad = kp("[10.0.0.0/8, primary]");
+        let at = pos_of(&bad, "primary]");
+        assert_eq!(
+            problems(&bad),
+            [format!(
+                "kp.yaml:{at}: nodePortAddresses: can't use both \"primary\" and CIDRs"
+            )]
+        );
     }
 
     /// The problems as the loader prints them.

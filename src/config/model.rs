@@ -276,8 +276,12 @@ pub struct ProxyConfig {
     pub api_server: Option<ApiServer>,
     pub cluster_cidr: Vec<IpNet>,
     pub masquerade_all: bool,
-    /// Empty: NodePorts on every local address.
+    /// Empty: NodePorts on every local address (loopback and IPv6
+    /// link-local aside), as kube-proxy's ipvs mode.
     pub node_port_addresses: Vec<IpNet>,
+    /// `nodePortAddresses: [primary]`: NodePorts on the node's primary IPs
+    /// only (the Node's first InternalIP, else ExternalIP, per family).
+    pub node_port_primary: bool,
     /// Overrides node.name for the Node object and topology.
     pub hostname_override: Option<String>,
     pub ipvs: IpvsConfig,

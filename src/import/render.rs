@@ -304,7 +304,9 @@ fn proxy(out: &mut String, d: &Draft) {
     if c.masquerade_all {
         let _ = writeln!(body, "{p}masquerade_all: true");
     }
-    if !c.node_port_addresses.is_empty() {
+    if c.node_port_primary {
+        let _ = writeln!(body, "{p}node_port_addresses: primary");
+    } else if !c.node_port_addresses.is_empty() {
         let _ = writeln!(
             body,
             "{p}node_port_addresses: {}",

@@ -122,7 +122,9 @@ pub fn proxy_config_yaml(p: &ProxyConfig, api_server: &str) -> String {
     if p.masquerade_all {
         let _ = writeln!(s, "  masquerade_all: true");
     }
-    if !p.node_port_addresses.is_empty() {
+    if p.node_port_primary {
+        let _ = writeln!(s, "  node_port_addresses: primary");
+    } else if !p.node_port_addresses.is_empty() {
         let _ = writeln!(s, "  node_port_addresses: {}", nets(&p.node_port_addresses));
     }
     let i = &p.ipvs;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::sys::rtnl::is_link_local_v6;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -30,10 +31,15 @@ pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 pub struct DesiredParams<'a> {
     /// This node's name (the EndpointSlice `nodeName` for Local policies).
     pub node_name: &'a str,
-    /// Candidate addresses for NodePorts (the node's addresses).
+    /// The node's addresses ([`NodeAddresses::addresses`]): candidates
+    /// for NodePorts, and what makes an external IP the node's own.
     pub node_addresses: &'a [IpAddr],
-    /// kube-proxy's nodePortAddresses; empty = every node address.
+    /// The Node's primary IPs ([`primary_node_ips`]).
+    pub primary_ips: &'a [IpAddr],
+    /// kube-proxy's nodePortAddresses CIDRs ([`node_port_ips`]).
     pub node_port_addresses: &'a [IpNet],
+    /// nodePortAddresses `primary`: the primary IPs only.
+    pub node_port_primary: bool,
     pub scheduler: &'a str,
     /// The Node's `topology.kubernetes.io/zone` (zone topology hints).
     pub node_zone: Option<&'a str>,
@@ -50,6 +56,64 @@ pub fn node_zone(node: &Node) -> Option<&str> {
         .and_then(|l| l.get(ZONE_LABEL))
         .map(String::as_str)
         .filter(|z| !z.is_empty())
+}
+
+/// What the proxy knows of this node's addresses, from the host and the
+/// Node object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeAddresses {
+    /// Every address on the host's links but kube-ipvs0 (kube-proxy's ipvs
+    /// `NodeIPs`), loopback and link-local included; where the data plane
+    /// cannot list them, the Node object's InternalIP and ExternalIP
+    /// addresses.
+    pub addresses: Vec<IpAddr>,
+    /// [`primary_node_ips`] of the Node object.
+    pub primary: Vec<IpAddr>,
+}
+
+impl NodeAddresses {
+    /// `host`: the data plane's listing (None: not known); `node`: the
+    /// Node object, when the watch has it.
+    pub fn new(host: Option<&[IpAddr]>, node: Option<&Node>) -> Self {
+        let mut addresses = match (host, node) {
+            (Some(h), _) => h.to_vec(),
+            (None, Some(n)) => node_addresses(n),
+            (None, None) => Vec::new(),
+        };
+        addresses.sort();
+        addresses.dedup();
+        NodeAddresses {
+            addresses,
+            primary: node.map(primary_node_ips).unwrap_or_default(),
+        }
+    }
+}
+
+/// The Node's primary IPs as kube-proxy finds them (`GetNodeHostIPs`):
+/// the first InternalIP, else ExternalIP, and the first of the other
+/// family after it; loopback ones left out (kube-proxy drops them from
+/// `primary`).
+pub fn primary_node_ips(node: &Node) -> Vec<IpAddr> {
+    let listed = || {
+        node.status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+    };
+    let by_type = |t: &'static str| {
+        listed()
+            .filter(move |a| a.type_ == t)
+            .filter_map(|a| a.address.parse::<IpAddr>().ok())
+    };
+    let all: Vec<IpAddr> = by_type("InternalIP").chain(by_type("ExternalIP")).collect();
+    let Some(first) = all.first().copied() else {
+        return Vec::new();
+    };
+    let mut out = vec![first];
+    out.extend(all.iter().find(|a| a.is_ipv6() != first.is_ipv6()));
+    out.retain(|a| !a.is_loopback());
+    out
 }
 
 /// Node addresses (InternalIP, ExternalIP) from the Node object.
@@ -113,7 +177,15 @@ pub struct DesiredCache {
     version: u64,
 }
 
-type ParamsSig = (String, Vec<IpAddr>, Vec<IpNet>, String, Option<String>);
+type ParamsSig = (
+    String,
+    Vec<IpAddr>,
+    Vec<IpAddr>,
+    Vec<IpNet>,
+    bool,
+    String,
+    Option<String>,
+);
 /// A Service's resourceVersion and its slices' `name=resourceVersion`.
 type Stamp = (String, Vec<String>);
 
@@ -121,7 +193,9 @@ fn params_sig(params: &DesiredParams<'_>) -> ParamsSig {
     (
         params.node_name.to_string(),
         params.node_addresses.to_vec(),
+        params.primary_ips.to_vec(),
         params.node_port_addresses.to_vec(),
+        params.node_port_primary,
         params.scheduler.to_string(),
         params.node_zone.map(str::to_string),
     )
@@ -425,15 +499,24 @@ fn slices_of<'a>(
         .unwrap_or(&[])
 }
 
-/// The node addresses NodePorts are served on.
+/// The node addresses NodePorts are served on, as kube-proxy's ipvs mode
+/// picks them (pkg/proxy/util NodePortAddresses, ipvs `NodeIPs`): with
+/// nodePortAddresses unset, every node address but loopback and IPv6
+/// link-local; with CIDRs, the node addresses inside one (loopback too, if
+/// asked for); with `primary`, the primary IPs that are node addresses.
 pub fn node_port_ips(params: &DesiredParams<'_>) -> Vec<IpAddr> {
     params
         .node_addresses
         .iter()
         .copied()
         .filter(|a| {
-            params.node_port_addresses.is_empty()
-                || params.node_port_addresses.iter().any(|n| n.contains(a))
+            if params.node_port_primary {
+                params.primary_ips.contains(a)
+            } else if params.node_port_addresses.is_empty() {
+                !a.is_loopback() && !is_link_local_v6(a)
+            } else {
+                params.node_port_addresses.iter().any(|n| n.contains(a))
+            }
         })
         .collect()
 }

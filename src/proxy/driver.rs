@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::desired::{node_addresses, node_zone};
+use super::desired::{node_zone, NodeAddresses};
 use super::engine::{Engine, EngineSettings, Inputs, Reply, Step, SyncOutcome};
 use super::kernel::{DataPlane, HostSettings, KernelError, KernelOp};
 use super::kube::{start_watchers, Watched};
@@ -39,6 +39,11 @@ pub struct Syncer {
     /// Host settings a reload changed, applied before the next sync (and
     /// again after each until they succeed).
     host: Option<HostSettings>,
+    /// The host's addresses (kube-ipvs0's aside) as of the last full
+    /// sync, which lists them (None: the data plane does not know them).
+    /// Changed-only syncs use these: listing every address costs O(bound
+    /// service addresses), the full sync's price, not an endpoint change's.
+    host_addresses: Option<Vec<IpAddr>>,
 }
 
 impl Syncer {
@@ -53,6 +58,7 @@ impl Syncer {
             plane: Box::new(plane),
             metrics,
             host: None,
+            host_addresses: None,
         }
     }
 
@@ -87,7 +93,23 @@ impl Syncer {
     /// settings) or the engine's (no kept view of the kernel after a
     /// failure, the node's addresses changed).
     pub fn wants_full(&self, node: Option<&Node>, now: Instant) -> bool {
-        self.schedule.full_due(now) || self.engine.needs_full(&node_ips(node))
+        self.schedule.full_due(now) || self.engine.needs_full(&self.node_addresses(node))
+    }
+
+    /// The node addresses the next sync plans with.
+    fn node_addresses(&self, node: Option<&Node>) -> NodeAddresses {
+        NodeAddresses::new(self.host_addresses.as_deref(), node)
+    }
+
+    /// Lists the host's addresses again (each full sync: a VIP that came or
+    /// went, a new interface address); a failed listing keeps the last.
+    fn refresh_host_addresses(&mut self) {
+        match self.plane.host_addresses() {
+            Ok(a) => self.host_addresses = a,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the host's addresses failed; NodePorts keep the last ones")
+            }
+        }
     }
 
     /// One full sync from complete cache contents: every Service is checked
@@ -102,6 +124,7 @@ impl Syncer {
         now: Instant,
     ) -> SyncOutcome {
         self.engine.set_node_zone(node.and_then(node_zone));
+        self.refresh_host_addresses();
         self.run(Inputs::All { services, slices }, node, now)
     }
 
@@ -131,11 +154,12 @@ impl Syncer {
         };
         let host = self.prepare_host();
         let list = self.schedule.listing_due(now);
+        let node_addresses = self.node_addresses(node);
         let mut out = drive(
             &mut self.engine,
             &*self.plane,
             inputs,
-            &node_ips(node),
+            &node_addresses,
             list,
             now,
         );
@@ -220,13 +244,13 @@ pub(crate) fn drive(
     engine: &mut Engine,
     plane: &dyn DataPlane,
     inputs: Inputs<'_>,
-    node_ips: &[IpAddr],
+    node: &NodeAddresses,
     list: bool,
     now: Instant,
 ) -> SyncOutcome {
     let started = Instant::now();
     let mut applied = None;
-    let mut step = engine.start(inputs, node_ips, list, now);
+    let mut step = engine.start(inputs, node, list, now);
     let mut out = loop {
         let reply = match step {
             Step::ListAll => Reply::Listed(plane.list()),
@@ -246,10 +270,6 @@ pub(crate) fn drive(
     };
     out.ipvs_applied = applied.or_else(|| (!out.full_required).then(|| started.elapsed()));
     out
-}
-
-fn node_ips(node: Option<&Node>) -> Vec<IpAddr> {
-    node.map(node_addresses).unwrap_or_default()
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {

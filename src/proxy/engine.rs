@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::changes::ChangeCounter;
-use super::desired::{DesiredCache, DesiredParams};
+use super::desired::{DesiredCache, DesiredParams, NodeAddresses};
 use super::kernel::nft::{self, NftDocument, NftParams, SetTracker};
 use super::kernel::{HostSettings, KernelError, KernelOp, OpCounts, RealServerListing};
 use super::model::{DesiredState, Scope, ServiceInputs, ServiceKey, Timeouts};
@@ -45,6 +45,8 @@ pub struct EngineSettings {
     pub node_name: String,
     pub scheduler: String,
     pub node_port_addresses: Vec<ipnet::IpNet>,
+    /// nodePortAddresses `primary`: the Node's primary IPs only.
+    pub node_port_primary: bool,
     pub exclude_cidrs: Vec<ipnet::IpNet>,
     pub cluster_cidrs: Vec<ipnet::IpNet>,
     pub masquerade_all: bool,
@@ -64,6 +66,7 @@ impl Default for EngineSettings {
             node_name: String::new(),
             scheduler: "rr".into(),
             node_port_addresses: vec![],
+            node_port_primary: false,
             exclude_cidrs: vec![],
             cluster_cidrs: vec![],
             masquerade_all: false,
@@ -96,6 +99,7 @@ impl EngineSettings {
                 cfg.ipvs.scheduler.clone()
             },
             node_port_addresses: cfg.node_port_addresses.clone(),
+            node_port_primary: cfg.node_port_primary,
             exclude_cidrs: cfg.ipvs.exclude_cidrs.clone(),
             cluster_cidrs: cfg.cluster_cidr.clone(),
             masquerade_all: cfg.masquerade_all,
@@ -132,13 +136,15 @@ impl EngineSettings {
     /// The inputs of the desired table besides the caches.
     pub fn desired_params<'a>(
         &'a self,
-        node_addresses: &'a [IpAddr],
+        node: &'a NodeAddresses,
         node_zone: Option<&'a str>,
     ) -> DesiredParams<'a> {
         DesiredParams {
             node_name: &self.node_name,
-            node_addresses,
+            node_addresses: &node.addresses,
+            primary_ips: &node.primary,
             node_port_addresses: &self.node_port_addresses,
+            node_port_primary: self.node_port_primary,
             scheduler: &self.scheduler,
             node_zone,
         }
@@ -382,7 +388,7 @@ impl Engine {
     /// kept view of the kernel (first sync, or the last one failed), or the
     /// node's addresses or the settings the table depends on changed
     /// (every NodePort can move).
-    pub fn needs_full(&self, node_addresses: &[IpAddr]) -> bool {
+    pub fn needs_full(&self, node_addresses: &NodeAddresses) -> bool {
         self.kernel.is_none()
             || !self.desired.matches(
                 &self
@@ -399,7 +405,7 @@ impl Engine {
     pub fn start(
         &mut self,
         inputs: Inputs<'_>,
-        node_addresses: &[IpAddr],
+        node_addresses: &NodeAddresses,
         list_kernel: bool,
         now: Instant,
     ) -> Step<'_> {
@@ -761,7 +767,7 @@ mod tests {
             services: &w.0,
             slices: &w.1,
         };
-        drive(e, plane, inputs, &[], list, now)
+        drive(e, plane, inputs, &NodeAddresses::default(), list, now)
     }
 
     fn key(a: &str) -> ServiceKey {
@@ -808,7 +814,7 @@ mod tests {
 
         // lbd restarts: a new engine, the same kernel.
         let mut e = Engine::new(settings(), true);
-        assert!(e.needs_full(&[]));
+        assert!(e.needs_full(&NodeAddresses::default()));
         let o = full(&mut e, &plane, &w, true, t0 + Duration::from_secs(5));
         assert_eq!((o.failed, o.changes), (0, 0), "{o:?}");
         assert!(o.full && o.all_services);
@@ -869,7 +875,14 @@ mod tests {
             service: None,
             slices: vec![w.1[2].clone()],
         }];
-        let o = drive(&mut e, &plane, Inputs::Changed(&changed), &[], false, t0);
+        let o = drive(
+            &mut e,
+            &plane,
+            Inputs::Changed(&changed),
+            &NodeAddresses::default(),
+            false,
+            t0,
+        );
         // Its virtual server (real servers go with it) and its address.
         assert_eq!((o.failed, o.changes), (0, 2), "{o:?}");
         // Both syncs' calls.
@@ -910,8 +923,8 @@ mod tests {
         assert!(table.iter().all(|(_, rs)| rs.len() == 2));
         assert_eq!(k.addresses.snapshot().len(), 3);
         // The view is gone: a changed-only sync is refused...
-        assert!(e.needs_full(&[]));
-        let step = e.start(Inputs::Changed(&[]), &[], false, t0);
+        assert!(e.needs_full(&NodeAddresses::default()));
+        let step = e.start(Inputs::Changed(&[]), &NodeAddresses::default(), false, t0);
         assert!(matches!(step, Step::Done(o) if o.full_required));
         // ... and the full one lists the kernel and adds only what is missing.
         k.ipvs.take_mutations();
@@ -937,7 +950,12 @@ mod tests {
             service: Some(w.0[1].clone()),
             slices: vec![w.1[1].clone()],
         }];
-        let step = e.start(Inputs::Changed(&changed), &[], true, t0);
+        let step = e.start(
+            Inputs::Changed(&changed),
+            &NodeAddresses::default(),
+            true,
+            t0,
+        );
         let want = [Change::AddReal(
             key("10.96.0.2"),
             RealServer::new("10.244.1.3".parse().unwrap(), 8080, 1),

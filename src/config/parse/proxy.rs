@@ -92,7 +92,12 @@ impl Cx<'_> {
             p.masquerade_all = self.boolean(n).unwrap_or(false);
         }
         if let Some(n) = o.get("node_port_addresses") {
-            p.node_port_addresses = self.cidr_list(n, "proxy.node_port_addresses");
+            // kube-proxy's `primary`, alone: the node's primary IPs.
+            if crate::config::kube_proxy::is_primary(n) {
+                p.node_port_primary = true;
+            } else {
+                p.node_port_addresses = self.cidr_list(n, "proxy.node_port_addresses");
+            }
         }
         p.hostname_override = o
             .get("hostname_override")
@@ -236,6 +241,7 @@ fn default_proxy() -> ProxyConfig {
         cluster_cidr: Vec::new(),
         masquerade_all: false,
         node_port_addresses: Vec::new(),
+        node_port_primary: false,
         hostname_override: None,
         ipvs: default_ipvs(),
         healthz_bind: Some(SocketAddr::from(([0, 0, 0, 0], 10256))),
@@ -270,6 +276,15 @@ mod tests {
         // A bare address is one host.
         assert_eq!(p.node_port_addresses, nets(&["10.0.0.0/8", "10.1.2.3/32"]));
         assert_eq!(p.ipvs.exclude_cidrs, nets(&["10.9.0.0/16"]));
+        assert!(!p.node_port_primary);
+        for primary in ["primary", "[primary]"] {
+            let p = check(&format!("proxy:\n  node_port_addresses: {primary}\n"))
+                .unwrap()
+                .proxy
+                .unwrap();
+            assert!(p.node_port_primary, "{primary}");
+            assert!(p.node_port_addresses.is_empty());
+        }
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub trait ServiceAddresses: Send + Sync {
     /// Creates the link if needed.
     fn prepare(&self) -> Result<(), AddressError>;
     fn list(&self) -> Result<BTreeSet<IpAddr>, AddressError>;
+    /// The addresses on the host's other links, kube-ipvs0's excluded: the
+    /// node addresses NodePorts are served on. None: not known here (the
+    /// proxy then takes the Node object's addresses).
+    fn host_addresses(&self) -> Result<Option<Vec<IpAddr>>, AddressError> {
+        Ok(None)
+    }
     fn add(&self, addr: IpAddr) -> Result<(), AddressError>;
     fn remove(&self, addr: IpAddr) -> Result<(), AddressError>;
     /// Binds several, one result per address; the default calls `add`.
@@ -48,11 +54,18 @@ pub trait ServiceAddresses: Send + Sync {
 #[derive(Debug, Clone, Default)]
 pub struct FakeAddresses {
     pub addrs: Arc<Mutex<BTreeSet<IpAddr>>>,
+    /// The host's other addresses; None (the default): unknown.
+    pub host: Arc<Mutex<Option<Vec<IpAddr>>>>,
 }
 
 impl FakeAddresses {
     pub fn snapshot(&self) -> BTreeSet<IpAddr> {
         self.addrs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets what [`ServiceAddresses::host_addresses`] answers.
+    pub fn set_host_addresses(&self, addrs: Option<Vec<IpAddr>>) {
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = addrs;
     }
 }
 
@@ -62,6 +75,9 @@ impl ServiceAddresses for FakeAddresses {
     }
     fn list(&self) -> Result<BTreeSet<IpAddr>, AddressError> {
         Ok(self.snapshot())
+    }
+    fn host_addresses(&self) -> Result<Option<Vec<IpAddr>>, AddressError> {
+        Ok(self.host.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
     fn add(&self, addr: IpAddr) -> Result<(), AddressError> {
         self.addrs
@@ -144,6 +160,10 @@ impl ServiceAddresses for DummyAddresses {
     fn list(&self) -> Result<BTreeSet<IpAddr>, AddressError> {
         let l = self.link()?;
         Ok(self.rt.block_on(l.addresses())?.into_iter().collect())
+    }
+    fn host_addresses(&self) -> Result<Option<Vec<IpAddr>>, AddressError> {
+        let l = self.link()?;
+        Ok(Some(self.rt.block_on(l.host_addresses())?))
     }
     fn add(&self, addr: IpAddr) -> Result<(), AddressError> {
         let l = self.link()?;

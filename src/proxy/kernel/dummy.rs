@@ -124,6 +124,33 @@ impl DummyLink {
             })
     }
 
+    /// Every address on the host's other links (loopback and IPv6
+    /// link-local included): what kube-proxy's ipvs mode takes as the node's
+    /// addresses (`NodeIPs`: all local addresses but kube-ipvs0's). One dump
+    /// of every link's addresses, kube-ipvs0's dropped here.
+    pub async fn host_addresses(&self) -> Result<Vec<IpAddr>, DummyError> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| DummyError::Netlink {
+            op: "list addresses",
+            target: "every link".to_string(),
+            source,
+        })?;
+        let mut out: Vec<IpAddr> = msgs
+            .iter()
+            .filter(|m| m.header.index != self.index)
+            .filter_map(address_of)
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// The addresses bound to the link, IPv6 link-local ones excluded (the
     /// kernel's, never ours).
     pub async fn addresses(&self) -> Result<Vec<IpAddr>, DummyError> {

@@ -12,6 +12,7 @@
 //! same trait and the engine does not change.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use super::model::{RealServer, ServiceKey, Timeouts};
 use super::plan::{Change, KernelState};
@@ -88,6 +89,12 @@ pub trait DataPlane: Send + Sync {
     fn list_real_servers(&self, keys: &[ServiceKey]) -> Result<RealServerListing, KernelError>;
     /// Applies `changes` in order, one result per change.
     fn apply(&self, changes: &[Change]) -> Vec<Result<(), KernelError>>;
+    /// The addresses on the host's links but the data plane's own
+    /// (kube-ipvs0): the node addresses for NodePorts, as kube-proxy's ipvs
+    /// mode finds them. None: not known (the Node object's are used).
+    fn host_addresses(&self) -> Result<Option<Vec<IpAddr>>, KernelError> {
+        Ok(None)
+    }
     /// Whether this data plane keeps the nftables table (`inet lbd-proxy`:
     /// masquerade, source ranges, the service-address filter).
     fn has_firewall(&self) -> bool;
@@ -107,6 +114,9 @@ impl<T: DataPlane + ?Sized> DataPlane for Box<T> {
     }
     fn apply(&self, changes: &[Change]) -> Vec<Result<(), KernelError>> {
         (**self).apply(changes)
+    }
+    fn host_addresses(&self) -> Result<Option<Vec<IpAddr>>, KernelError> {
+        (**self).host_addresses()
     }
     fn has_firewall(&self) -> bool {
         (**self).has_firewall()

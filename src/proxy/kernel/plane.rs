@@ -58,6 +58,10 @@ impl DataPlane for IpvsDataPlane {
         Ok(KernelState::from_listing(listing, bound))
     }
 
+    fn host_addresses(&self) -> Result<Option<Vec<IpAddr>>, KernelError> {
+        Ok(self.addresses.host_addresses()?)
+    }
+
     fn list_real_servers(&self, keys: &[ServiceKey]) -> Result<RealServerListing, KernelError> {
         keys.iter()
             .map(|k| match self.ipvs.list_dests(k) {
