@@ -44,7 +44,16 @@ fn master(c: &Cluster) -> bool {
     c.try_instance(0).is_some_and(|st| st["state"] == "MASTER")
 }
 
+/// The ownership runs take turns. Run side by side in one VM (2 vCPUs under
+/// TCG), both IPv4 runs failed their crash-restart step on 5.10 every time
+/// (the restarted lbd found no VIP of its predecessor to adopt, though the
+/// VIP was still there with lifetime left), and pass every time one after
+/// the other (138 s for the four instead of 123 s). The cause is not found
+/// yet: noted in the closing note of stop 18.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ownership(net: u8, ifname: &str, v6: bool) {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     // Long enough for a restart under emulation (the guest's vCPUs starve
     // on a loaded host): adoption needs the VIP still there.
     let lifetime = Duration::from_secs(5);

@@ -60,7 +60,7 @@
 # exit status: CMD's status; 124 = host timeout; 125 = VM died without status
 set -euo pipefail
 
-SELF_VERSION=13   # bump to invalidate cached base initramfs
+SELF_VERSION=14   # bump to invalidate cached base initramfs
 VM_CACHE=${LBD_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lbd-vm}
 VM_ACCEL=${VM_ACCEL:-tcg}
 VM_SMP=${VM_SMP:-2}
@@ -410,8 +410,12 @@ ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
-mount -t tmpfs tmp /tmp
-mount -t tmpfs run /run
+# A file -f put under /tmp or /run (a checkout under /tmp: its lbd binary
+# at the host's path) must stay visible; the initramfs is RAM already, so
+# only an empty one gets its own tmpfs.
+for d in /tmp /run; do
+  [ -n "$(ls -A "$d" 2>/dev/null)" ] || mount -t tmpfs "${d#/}" "$d"
+done
 mount -t tmpfs shm /dev/shm
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 stty -onlcr -echo 2>/dev/null </dev/console
