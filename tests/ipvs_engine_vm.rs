@@ -276,7 +276,10 @@ fn settings() -> EngineSettings {
     EngineSettings {
         node_name: "cp1".into(),
         scheduler: "rr".into(),
-        node_port_addresses: vec![],
+        // The client's side only: unset, NodePorts would go on the backend
+        // links' addresses too (kube-proxy's every-local-address), where no
+        // traffic comes and drained real servers go at the first recheck.
+        node_port_addresses: vec!["10.250.1.0/24".parse().unwrap()],
         node_port_primary: false,
         exclude_cidrs: vec![],
         cluster_cidrs: vec!["10.250.0.0/16".parse().unwrap()],
@@ -414,6 +417,17 @@ async fn engine_programs_ipvs_traffic_flows_drains_and_restarts_without_flush() 
         })
     });
     assert!(sh("ip -o addr show dev kube-ipvs0").contains("10.96.0.20/32"));
+    // nodePortAddresses 10.250.1.0/24 of the host's addresses (listed from
+    // the kernel): the backend links' 10.250.2.1 and 10.250.3.1 get none.
+    let node_ports: Vec<String> = ipvs_table()
+        .into_iter()
+        .filter(|l| l.contains(":30080"))
+        .collect();
+    assert_eq!(
+        node_ports,
+        ["TCP 10.250.1.1:30080 rr"],
+        "NodePort addresses"
+    );
     if nft {
         // The table follows the IPVS changes within the same sync.
         tokio::task::block_in_place(|| wait_until("first sync done", 60, || run.synced()));
