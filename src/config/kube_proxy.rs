@@ -145,7 +145,7 @@ fn read(cx: &mut Cx<'_>, root: &Node, out: &mut ProxyConfig, applied: &mut Appli
             out.node_port_primary = true;
             out.node_port_addresses.clear();
         } else {
-            out.node_port_addresses = cidr_list(cx, n, "nodePortAddresses", &["primary"]);
+            out.node_port_addresses = cidr_list(cx, n, "nodePortAddresses", true);
             out.node_port_primary = false;
         }
     }
@@ -176,7 +176,7 @@ fn read_ipvs(cx: &mut Cx<'_>, o: &mut Obj<'_>, out: &mut IpvsConfig) {
         out.scheduler = s;
     }
     if let Some(n) = o.get("excludeCIDRs") {
-        out.exclude_cidrs = cidr_list(cx, n, "ipvs.excludeCIDRs", &[]);
+        out.exclude_cidrs = cidr_list(cx, n, "ipvs.excludeCIDRs", false);
     }
     if let Some(b) = o.get("strictARP").and_then(|n| cx.boolean(n)) {
         out.strict_arp = b;
@@ -267,11 +267,18 @@ pub(crate) fn is_primary(n: &Node) -> bool {
     }
 }
 
-fn cidr_list(cx: &mut Cx<'_>, n: &Node, field: &'static str, skip: &[&str]) -> Vec<IpNet> {
+/// A list of CIDRs. `primary_allowed_alone`: an entry `primary` there
+/// (nodePortAddresses, where it is valid only as the whole list) gets
+/// kube-proxy's message instead of a CIDR syntax error.
+fn cidr_list(
+    cx: &mut Cx<'_>,
+    n: &Node,
+    field: &'static str,
+    primary_allowed_alone: bool,
+) -> Vec<IpNet> {
     let items = cx.list(n, field, |cx, item| {
         let s = cx.string(item)?;
-        if skip.contains(&s.trim()) {
-            // Only `primary` is skipped, and only as one entry of several.
+        if primary_allowed_alone && s.trim() == "primary" {
             report(cx, item.pos, KubeProxyConfigError::PrimaryWithCidrs);
             return Some(None);
         }
