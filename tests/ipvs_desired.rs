@@ -11,7 +11,9 @@ use lbd::proxy::desired::{
     compute, node_addresses, node_port_ips, primary_node_ips, DesiredCache, DesiredParams,
     NodeAddresses,
 };
-use lbd::proxy::model::{DesiredState, DestKey, Protocol, ServiceKey, VsKind};
+use lbd::proxy::model::{
+    DesiredState, DestKey, HealthCheck, ObjectKey, Protocol, ServiceKey, VsKind,
+};
 use serde_json::{json, Value};
 
 fn svc(v: Value) -> Service {
@@ -963,4 +965,91 @@ fn zone_hints_pick_this_zones_endpoints() {
         real(cache.compute(&svcs, &slices, &at(Some("zone-b")))),
         ["10.244.2.1"]
     );
+}
+
+/// kube-proxy's `NeedsHealthCheck` and `LocalReadyEndpoints`: only a
+/// LoadBalancer with `externalTrafficPolicy: Local` and a
+/// healthCheckNodePort gets a health check; its count is of distinct ready
+/// local addresses over all its ports (10.244.1.1:8080 and :8443 are one),
+/// terminating and other nodes' endpoints left out.
+#[test]
+fn health_check_node_port_for_local_load_balancers_only() {
+    let with_hc = |name: &str, ty: &str, etp: &str, hc: Option<u16>| {
+        let mut spec = json!({
+            "type": ty, "clusterIP": "10.96.0.60", "clusterIPs": ["10.96.0.60"],
+            "externalTrafficPolicy": etp,
+            "ports": [{"name": "http", "port": 80, "nodePort": 30081},
+                      {"name": "https", "port": 443, "nodePort": 30443}]
+        });
+        if let Some(p) = hc {
+            spec["healthCheckNodePort"] = json!(p);
+        }
+        svc(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.60"}]}}
+        }))
+    };
+    let slices_for = |name: &str| {
+        eps(
+            name,
+            &format!("{name}-1"),
+            "IPv4",
+            json!([{"name": "http", "port": 8080}, {"name": "https", "port": 8443}]),
+            vec![
+                ep("10.244.1.1", NODE, Some(true), None, None),
+                ep("10.244.1.2", NODE, Some(true), None, None),
+                ep("10.244.1.3", NODE, Some(false), Some(true), Some(true)),
+                ep("10.244.2.1", "cp2", Some(true), None, None),
+            ],
+        )
+    };
+    let services = [
+        with_hc("local-lb", "LoadBalancer", "Local", Some(32000)),
+        with_hc("cluster-lb", "LoadBalancer", "Cluster", None),
+        with_hc("local-np", "NodePort", "Local", None),
+        with_hc("local-lb-no-port", "LoadBalancer", "Local", None),
+    ];
+    let slices: Vec<_> = services
+        .iter()
+        .map(|s| slices_for(s.metadata.name.as_deref().unwrap()))
+        .collect();
+    let d = run(&services, &slices, &[]);
+    let hcs: Vec<_> = d.health_checks.iter().collect();
+    assert_eq!(
+        hcs,
+        vec![(
+            &ObjectKey::new("default", "local-lb"),
+            &HealthCheck {
+                port: 32000,
+                local_endpoints: 2
+            }
+        )]
+    );
+
+    // No local endpoint: still served (a 503 tells the cloud to skip us).
+    let only_remote = eps(
+        "local-lb",
+        "local-lb-1",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}]),
+        vec![ep("10.244.2.1", "cp2", Some(true), None, None)],
+    );
+    let d = run(&services[..1], &[only_remote], &[]);
+    assert_eq!(
+        d.health_checks[&ObjectKey::new("default", "local-lb")].local_endpoints,
+        0
+    );
+
+    // A Service left to another proxy has no health check here either.
+    let mut other = services[0].clone();
+    other.metadata.labels = Some(
+        [(
+            "service.kubernetes.io/service-proxy-name".to_string(),
+            "other".to_string(),
+        )]
+        .into(),
+    );
+    let d = run(&[other], &slices[..1], &[]);
+    assert!(d.health_checks.is_empty());
 }

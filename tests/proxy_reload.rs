@@ -349,3 +349,94 @@ async fn no_proxy_reports_nothing_and_nftables_says_why() {
     assert!(s.last_error.is_some() && !s.synced);
     assert_eq!(made.load(Ordering::SeqCst), 0);
 }
+
+/// One GET on a health-check node port over loopback: the status, or None
+/// when nothing listens.
+async fn health_check(port: u16) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok())?;
+    Some((code, out))
+}
+
+/// The whole loop: a LoadBalancer Service with `externalTrafficPolicy:
+/// Local` gets its healthCheckNodePort served (every address with
+/// nodePortAddresses unset, so loopback reaches it), 503 while this node
+/// has no ready endpoint of it, 200 once it has, and closed when the
+/// Service goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_node_port_follows_local_endpoints() {
+    let api = api("web", "10.96.0.10").await;
+    let port = free_addr().port();
+    api.apply(
+        Kind::Service,
+        json!({"metadata": {"name": "lb", "namespace": "default"},
+               "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                        "externalTrafficPolicy": "Local", "healthCheckNodePort": port,
+                        "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}}),
+    );
+    let remote_only = |addrs: &[(&str, &str)]| {
+        let eps: Vec<Value> = addrs
+            .iter()
+            .map(|(a, n)| json!({"addresses": [a], "nodeName": n, "conditions": {"ready": true}}))
+            .collect();
+        json!({"metadata": {"name": "lb-1", "namespace": "default",
+                            "labels": {"kubernetes.io/service-name": "lb"}},
+               "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": eps})
+    };
+    api.apply(Kind::EndpointSlice, remote_only(&[("10.244.2.1", "cp2")]));
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), "kc", &api);
+    let (_k, planes, _) = kernel();
+    let (_p, stop) = start(Some(&config(&kc)), planes).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        last = health_check(port).await;
+        if last.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, body) = last.expect("the health check port never opened");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"localEndpoints\":0"), "{body}");
+
+    api.apply(
+        Kind::EndpointSlice,
+        remote_only(&[("10.244.2.1", "cp2"), ("10.244.1.7", NODE)]),
+    );
+    let mut seen = None;
+    for _ in 0..1000 {
+        seen = health_check(port).await;
+        if seen.as_ref().is_some_and(|(c, _)| *c == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, body) = seen.expect("the port closed");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"localEndpoints\":1"), "{body}");
+    assert!(body.contains("\"serviceProxyHealthy\":true"), "{body}");
+
+    api.delete(Kind::Service, "default", "lb");
+    let mut closed = false;
+    for _ in 0..1000 {
+        if health_check(port).await.is_none() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "a deleted Service's health check still answers");
+    stop.cancel();
+}

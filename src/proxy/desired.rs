@@ -8,7 +8,7 @@
 //! table and the same plan.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -19,8 +19,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::endpoints::{port_endpoints, select, Here, PortEndpoints, PortPolicies, TrafficPolicy};
 use super::model::{
-    protocol_from_k8s, DesiredState, DesiredVs, ObjectKey, Protocol, Scope, ServiceInputs,
-    ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
+    protocol_from_k8s, DesiredState, DesiredVs, HealthCheck, ObjectKey, Protocol, Scope,
+    ServiceInputs, ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
 
 /// kube-proxy's default for sessionAffinityConfig.clientIP.timeoutSeconds.
@@ -392,6 +392,9 @@ impl DesiredCache {
             }
         }
         self.table.services -= frag.services;
+        for k in frag.health_checks.keys() {
+            self.table.health_checks.remove(k);
+        }
     }
 
     /// Puts `key`'s new fragment in the table: a virtual server another
@@ -434,6 +437,9 @@ impl DesiredCache {
             self.table.bind_addresses.insert(*a);
         }
         self.table.services += frag.services;
+        self.table
+            .health_checks
+            .extend(frag.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
     }
 }
 
@@ -551,6 +557,7 @@ fn merge(out: &mut DesiredState, frag: DesiredState) {
     }
     out.bind_addresses.extend(frag.bind_addresses);
     out.services += frag.services;
+    out.health_checks.extend(frag.health_checks);
 }
 
 /// What a Service's spec says about the addresses it is reachable on, read
@@ -566,6 +573,9 @@ struct ServiceAddresses {
     internal_policy: TrafficPolicy,
     /// loadBalancerSourceRanges; empty = everyone.
     source_ranges: Vec<IpNet>,
+    /// kube-proxy's `NeedsHealthCheck`: a LoadBalancer with
+    /// externalTrafficPolicy Local, and its healthCheckNodePort.
+    health_check_port: Option<u16>,
 }
 
 impl ServiceAddresses {
@@ -635,6 +645,15 @@ impl ServiceAddresses {
             }),
             external_policy: TrafficPolicy::from_k8s(spec.external_traffic_policy.as_deref()),
             internal_policy: TrafficPolicy::from_k8s(spec.internal_traffic_policy.as_deref()),
+            health_check_port: spec
+                .health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| {
+                    *p != 0
+                        && is_lb
+                        && TrafficPolicy::from_k8s(spec.external_traffic_policy.as_deref())
+                            == TrafficPolicy::Local
+                }),
             source_ranges: spec
                 .load_balancer_source_ranges
                 .iter()
@@ -675,6 +694,9 @@ fn add_service(
     let ns = svc.metadata.namespace.as_deref().unwrap_or("");
     let name = svc.metadata.name.as_deref().unwrap_or("");
     let mut added = false;
+    // Counted by address, as kube-proxy does: 10.0.0.1:80 and
+    // 10.0.0.1:443 are one endpoint; terminating ones are not ready.
+    let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
     for port in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
         let Some(proto) = protocol_from_k8s(port.protocol.as_deref()) else {
             continue;
@@ -702,6 +724,12 @@ fn add_service(
             ),
             scheduler: params.scheduler,
         };
+        local_ready.extend(
+            ctx.endpoints
+                .iter()
+                .filter(|(_, e)| e.local && e.ready)
+                .map(|(k, _)| k.addr),
+        );
         for (ips, kind, policy) in [
             (&addrs.cluster_ips, VsKind::ClusterIp, addrs.internal_policy),
             (
@@ -731,6 +759,15 @@ fn add_service(
             }
         }
         added = true;
+    }
+    if let Some(port) = addrs.health_check_port.filter(|_| added) {
+        out.health_checks.insert(
+            ObjectKey::new(ns, name),
+            HealthCheck {
+                port,
+                local_endpoints: local_ready.len(),
+            },
+        );
     }
     added
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::desired::{node_zone, NodeAddresses};
 use super::engine::{Engine, EngineSettings, Inputs, Reply, Step, SyncOutcome};
+use super::health_check::{ListenAddresses, ServiceHealthServer};
 use super::kernel::{DataPlane, HostSettings, KernelError, KernelOp};
 use super::kube::{start_watchers, Watched};
 use super::metrics::{OpLabels, ProxyMetrics};
@@ -94,6 +95,19 @@ impl Syncer {
     /// failure, the node's addresses changed).
     pub fn wants_full(&self, node: Option<&Node>, now: Instant) -> bool {
         self.schedule.full_due(now) || self.engine.needs_full(&self.node_addresses(node))
+    }
+
+    /// Where the health-check node ports listen: everywhere with
+    /// `nodePortAddresses` unset (kube-proxy's MatchAll), else on the
+    /// selected NodePort addresses.
+    pub fn health_check_addresses(&self, node: Option<&Node>) -> ListenAddresses {
+        let settings = self.engine.settings();
+        if settings.node_port_addresses.is_empty() && !settings.node_port_primary {
+            return None;
+        }
+        let addrs = self.node_addresses(node);
+        let params = settings.desired_params(&addrs, None);
+        Some(super::desired::node_port_ips(&params))
     }
 
     /// The node addresses the next sync plans with.
@@ -341,10 +355,12 @@ impl Runner {
             dirty,
             reporter,
             metrics,
+            health_checks: ServiceHealthServer::new(health.clone()),
             health,
         };
         queued(&lp.health, &lp.metrics);
         let r = lp.run(&mut updates, &shutdown).await;
+        lp.health_checks.close_all();
         tasks.shutdown().await;
         r
     }
@@ -358,6 +374,7 @@ struct SyncLoop {
     reporter: ProxyReporter,
     metrics: ProxyMetrics,
     health: ProxyHealth,
+    health_checks: ServiceHealthServer,
 }
 
 impl SyncLoop {
@@ -452,6 +469,12 @@ impl SyncLoop {
         })
         .await;
         let (s, outcome) = joined.map_err(|e| ProxyError::Task(format!("sync: {e}")))?;
+        if !outcome.full_required {
+            let node = self.watched.caches.node.state().into_iter().next();
+            let at = s.health_check_addresses(node.as_deref());
+            self.health_checks
+                .sync(&s.engine().table().health_checks, &at);
+        }
         self.syncer = Some(s);
         if outcome.full_required {
             // Nothing was done (the checks above make this rare): go again

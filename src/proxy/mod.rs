@@ -10,7 +10,8 @@
 //!   as steps a data plane answers; `changes`: kube-proxy's change counters.
 //! - `kernel`: the data planes and their narrow kernel traits, with fakes.
 //! - `kube`: the watchers; `driver`: the syncer and the async loop;
-//!   `report`: the status; `server`: healthz and metrics; `metrics`.
+//!   `report`: the status; `server`: healthz and metrics; `health_check`:
+//!   the healthCheckNodePort servers; `metrics`.
 //! - `control`: [`Proxy`], the entry points `app` calls (start, reload,
 //!   report).
 
@@ -25,6 +26,7 @@ pub mod desired;
 pub mod driver;
 pub mod endpoints;
 pub mod engine;
+pub mod health_check;
 pub mod kernel;
 pub mod kube;
 pub mod metrics;

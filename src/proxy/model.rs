@@ -409,6 +409,19 @@ pub struct DesiredState {
     pub bind_addresses: BTreeSet<IpAddr>,
     /// Services that contributed at least one virtual server.
     pub services: usize,
+    /// kube-proxy's service health checks: the LoadBalancer Services with
+    /// `externalTrafficPolicy: Local` and a `healthCheckNodePort`, so an
+    /// external load balancer sends only to nodes with a local endpoint.
+    pub health_checks: BTreeMap<ObjectKey, HealthCheck>,
+}
+
+/// One Service's health-check node port and what it answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub port: u16,
+    /// Distinct ready local endpoint addresses over all the Service's
+    /// ports (kube-proxy's `LocalReadyEndpoints`).
+    pub local_endpoints: usize,
 }
 
 impl DesiredState {

@@ -122,7 +122,7 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-fn respond(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn respond(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     if let Ok(v) = http::HeaderValue::from_str(ctype) {
@@ -170,7 +170,7 @@ pub fn health_response(
     respond(status, "application/json", body.to_string())
 }
 
-async fn serve<F>(listener: TcpListener, handler: F, shutdown: CancellationToken)
+pub(crate) async fn serve<F>(listener: TcpListener, handler: F, shutdown: CancellationToken)
 where
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
