@@ -12,7 +12,7 @@ PKGS=(
   keepalived                                          # VRRP interop peer
   haproxy iperf3 wrk nginx-light jq                   # benchmarks against haproxy
   qemu-system-x86 busybox-static                      # the IPVS VM harness
-  iptables ipset                                      # real kube-proxy (ipvs) in the VM
+  iptables ipset conntrack                            # real kube-proxy in the VM; judges of cleanup-kube-proxy and conntrack cleanup
   rpm musl-tools systemd file binutils                # packages: .rpm checks, static musl build, unit verify
   podman containerd                                   # the OCI image archive, loaded and run by both
   debootstrap                                         # packages: the bullseye userland (tests/packaging.sh)
