@@ -165,6 +165,7 @@ fn main() {
         firewall,
         // The benchmark's host is not changed: sysctls are not its subject.
         sysctls: Arc::new(FakeSysctls::default()),
+        conntrack: None,
     };
 
     let services: Vec<Arc<Service>> = (0..n).map(service).collect();

@@ -12,7 +12,7 @@ use lbd::proxy::desired::{
     NodeAddresses,
 };
 use lbd::proxy::model::{
-    DesiredState, DestKey, HealthCheck, ObjectKey, Protocol, ServiceKey, VsKind,
+    DesiredState, DestKey, FlowPort, HealthCheck, ObjectKey, Protocol, ServiceKey, VsKind,
 };
 use serde_json::{json, Value};
 
@@ -1052,4 +1052,47 @@ fn health_check_node_port_for_local_load_balancers_only() {
     );
     let d = run(&[other], &slices[..1], &[]);
     assert!(d.health_checks.is_empty());
+}
+
+/// What the conntrack cleanup is given: each UDP/SCTP port of a Service
+/// with every address clients send to and its serving endpoints (ready, or
+/// terminating but serving; not the not-serving ones), whatever the
+/// traffic policy selected for this node; TCP ports are not its business.
+#[test]
+fn flow_ports_list_udp_and_sctp_ports_with_their_serving_endpoints() {
+    let s = svc(json!({
+        "metadata": {"name": "dns", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                 "externalIPs": ["203.0.113.10"], "externalTrafficPolicy": "Local",
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "nodePort": 30054}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.11"}]}}
+    }));
+    let sl = eps(
+        "dns",
+        "dns-1",
+        "IPv4",
+        json!([{"name": "dns", "port": 5353, "protocol": "UDP"},
+               {"name": "dns-tcp", "port": 5353, "protocol": "TCP"}]),
+        vec![
+            ep("10.244.1.1", NODE, Some(true), None, None),
+            ep("10.244.2.1", "cp2", Some(true), None, None),
+            ep("10.244.2.2", "cp2", Some(false), Some(true), Some(true)),
+            ep("10.244.2.3", "cp2", Some(false), Some(false), Some(true)),
+        ],
+    );
+    let d = run(&[s], &[sl], &[]);
+    let ports = &d.flow_ports[&ObjectKey::new("default", "dns")];
+    assert_eq!(
+        **ports,
+        vec![FlowPort {
+            protocol: Protocol::Udp,
+            port: 53,
+            addresses: vec![ip("10.96.0.10"), ip("203.0.113.10"), ip("203.0.113.11")],
+            node_port: Some(30053),
+            serving: [ip("10.244.1.1"), ip("10.244.2.1"), ip("10.244.2.2")].into(),
+        }]
+    );
+    let tcp_only = cluster_svc("web", "10.96.0.20", json!([{"name": "http", "port": 80}]));
+    assert!(run(&[tcp_only], &[], &[]).flow_ports.is_empty());
 }

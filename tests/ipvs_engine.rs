@@ -13,7 +13,9 @@ use lbd::proxy::driver::Runner;
 use lbd::proxy::engine::EngineSettings;
 use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsCall};
 use lbd::proxy::kernel::nft::FakeFirewall;
-use lbd::proxy::kernel::{FakeAddresses, FakeSysctls, IpvsDataPlane};
+use lbd::proxy::kernel::{
+    Conntrack, FakeAddresses, FakeConntrack, FakeSysctls, Flow, IpvsDataPlane,
+};
 use lbd::proxy::metrics::ProxyMetrics;
 use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
 use lbd::proxy::report::ProxyReporter;
@@ -104,6 +106,16 @@ async fn start(
     addrs: &FakeAddresses,
     s: EngineSettings,
 ) -> Running {
+    start_with_conntrack(api, ipvs, addrs, s, None).await
+}
+
+async fn start_with_conntrack(
+    api: &TestApiServer,
+    ipvs: &FakeIpvs,
+    addrs: &FakeAddresses,
+    s: EngineSettings,
+    conntrack: Option<FakeConntrack>,
+) -> Running {
     let status = ProxyReporter::default();
     let firewall = FakeFirewall::default();
     let metrics = ProxyMetrics::new();
@@ -115,6 +127,7 @@ async fn start(
             addresses: Arc::new(addrs.clone()),
             firewall: Some(Arc::new(firewall.clone())),
             sysctls: Arc::new(FakeSysctls::default()),
+            conntrack: conntrack.map(|c| Arc::new(c) as Arc<dyn Conntrack>),
         }),
         reporter: status.clone(),
         metrics: metrics.clone(),
@@ -628,4 +641,76 @@ async fn changes_between_full_syncs_touch_only_their_services() {
     assert!(addrs.snapshot().contains(&ip("10.96.0.32")));
     assert!(addrs.snapshot().contains(&ip("10.96.0.33")));
     run.stop().await;
+}
+
+/// kube-proxy's stale UDP flow cleanup through the whole loop: a DNS
+/// Service loses an endpoint; the tracked flow to it is deleted once the
+/// kernel is programmed, the flow to the endpoint that stays is kept, and
+/// so are TCP flows and flows to other addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flows_to_a_removed_endpoint_are_deleted() {
+    let api = TestApiServer::start().await;
+    api.apply(Kind::Node, node());
+    api.apply(
+        Kind::Service,
+        service(
+            "dns",
+            "10.96.0.10",
+            json!([{"name": "dns", "port": 53, "protocol": "UDP"}]),
+        ),
+    );
+    let dns_slice = |addrs: &[&str]| {
+        let eps: Vec<Value> = addrs
+            .iter()
+            .map(|a| json!({"addresses": [a], "nodeName": "cp2", "conditions": {"ready": true}}))
+            .collect();
+        json!({"metadata": {"name": "dns-1", "namespace": "default",
+                            "labels": {"kubernetes.io/service-name": "dns"}},
+               "addressType": "IPv4", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+               "endpoints": eps})
+    };
+    api.apply(
+        Kind::EndpointSlice,
+        dns_slice(&["10.244.1.1", "10.244.1.2"]),
+    );
+    let ct = FakeConntrack::default();
+    let flow = |proto: Protocol, sport: u16, dst: &str, reply: &str| Flow {
+        protocol: proto,
+        orig_src: ip("10.0.0.1"),
+        orig_dst: ip(dst),
+        orig_src_port: sport,
+        orig_dst_port: 53,
+        reply_src: ip(reply),
+        zone: 0,
+    };
+    let to_kept = flow(Protocol::Udp, 1001, "10.96.0.10", "10.244.1.1");
+    let to_removed = flow(Protocol::Udp, 1002, "10.96.0.10", "10.244.1.2");
+    let tcp = flow(Protocol::Tcp, 1003, "10.96.0.10", "10.244.1.2");
+    let elsewhere = flow(Protocol::Udp, 1004, "10.96.0.99", "10.244.1.2");
+    for f in [to_kept, to_removed, tcp, elsewhere] {
+        ct.insert(f);
+    }
+    let ipvs = FakeIpvs::default();
+    let addrs = FakeAddresses::default();
+    let r = start_with_conntrack(&api, &ipvs, &addrs, settings(), Some(ct.clone())).await;
+    let k = ServiceKey {
+        addr: ip("10.96.0.10"),
+        port: 53,
+        protocol: Protocol::Udp,
+    };
+    eventually("both endpoints programmed", || {
+        dests(&ipvs, k).is_some_and(|d| d.len() == 2)
+    })
+    .await;
+    assert_eq!(ct.flows().len(), 4, "nothing is stale while both serve");
+
+    api.apply(Kind::EndpointSlice, dns_slice(&["10.244.1.1"]));
+    eventually("the removed endpoint's flow deleted", || {
+        !ct.flows().contains(&to_removed)
+    })
+    .await;
+    assert_eq!(dests(&ipvs, k).map(|d| d.len()), Some(1));
+    let left: BTreeSet<Flow> = ct.flows().into_iter().collect();
+    assert_eq!(left, BTreeSet::from([to_kept, tcp, elsewhere]));
+    r.stop().await;
 }

@@ -311,6 +311,7 @@ async fn start(api: &TestApiServer, firewall: bool) -> Running {
             addresses: Arc::new(DummyAddresses::new()),
             firewall: firewall.then(|| Arc::new(NftFirewall::default()) as Arc<dyn Firewall>),
             sysctls: Arc::new(ProcSysctls),
+            conntrack: None,
         }),
         reporter: status.clone(),
         metrics: ProxyMetrics::new(),

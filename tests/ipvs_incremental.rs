@@ -63,6 +63,7 @@ impl Proxy {
                 addresses: Arc::new(addrs.clone()),
                 firewall: Some(Arc::new(fw.clone())),
                 sysctls: Arc::new(FakeSysctls::default()),
+                conntrack: None,
             },
             metrics.clone(),
         );
@@ -702,6 +703,7 @@ fn nft_ruleset_is_rendered_only_when_the_table_changed() {
             addresses: Arc::new(FakeAddresses::default()),
             firewall: Some(Arc::new(fw.clone())),
             sysctls: Arc::new(FakeSysctls::default()),
+            conntrack: None,
         },
         ProxyMetrics::new(),
     );
@@ -770,6 +772,7 @@ fn nft_ruleset_is_rendered_only_when_the_table_changed() {
             addresses: Arc::new(FakeAddresses::default()),
             firewall: Some(Arc::new(fresh.clone())),
             sysctls: Arc::new(FakeSysctls::default()),
+            conntrack: None,
         },
         ProxyMetrics::new(),
     );

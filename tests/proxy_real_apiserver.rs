@@ -78,6 +78,7 @@ mod proxy {
                 addresses: Arc::new(addrs.clone()),
                 firewall: None,
                 sysctls: Arc::new(FakeSysctls::default()),
+                conntrack: None,
             }),
             reporter: status.clone(),
             metrics: ProxyMetrics::new(),

@@ -19,7 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::endpoints::{port_endpoints, select, Here, PortEndpoints, PortPolicies, TrafficPolicy};
 use super::model::{
-    protocol_from_k8s, DesiredState, DesiredVs, HealthCheck, ObjectKey, Protocol, Scope,
+    protocol_from_k8s, DesiredState, DesiredVs, FlowPort, HealthCheck, ObjectKey, Protocol, Scope,
     ServiceInputs, ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
 
@@ -395,6 +395,9 @@ impl DesiredCache {
         for k in frag.health_checks.keys() {
             self.table.health_checks.remove(k);
         }
+        for k in frag.flow_ports.keys() {
+            self.table.flow_ports.remove(k);
+        }
     }
 
     /// Puts `key`'s new fragment in the table: a virtual server another
@@ -440,6 +443,11 @@ impl DesiredCache {
         self.table
             .health_checks
             .extend(frag.health_checks.iter().map(|(k, v)| (k.clone(), *v)));
+        self.table.flow_ports.extend(
+            frag.flow_ports
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::clone(v))),
+        );
     }
 }
 
@@ -558,6 +566,7 @@ fn merge(out: &mut DesiredState, frag: DesiredState) {
     out.bind_addresses.extend(frag.bind_addresses);
     out.services += frag.services;
     out.health_checks.extend(frag.health_checks);
+    out.flow_ports.extend(frag.flow_ports);
 }
 
 /// What a Service's spec says about the addresses it is reachable on, read
@@ -697,6 +706,7 @@ fn add_service(
     // Counted by address, as kube-proxy does: 10.0.0.1:80 and
     // 10.0.0.1:443 are one endpoint; terminating ones are not ready.
     let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut flow_ports = Vec::new();
     for port in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
         let Some(proto) = protocol_from_k8s(port.protocol.as_deref()) else {
             continue;
@@ -730,6 +740,26 @@ fn add_service(
                 .filter(|(_, e)| e.local && e.ready)
                 .map(|(k, _)| k.addr),
         );
+        if matches!(proto, Protocol::Udp | Protocol::Sctp) {
+            flow_ports.push(FlowPort {
+                protocol: proto,
+                port: svc_port,
+                addresses: addrs
+                    .cluster_ips
+                    .iter()
+                    .chain(&addrs.external_ips)
+                    .chain(&addrs.lb_ips)
+                    .copied()
+                    .collect(),
+                node_port: ctx.node_port,
+                serving: ctx
+                    .endpoints
+                    .iter()
+                    .filter(|(_, e)| e.serving)
+                    .map(|(k, _)| k.addr)
+                    .collect(),
+            });
+        }
         for (ips, kind, policy) in [
             (&addrs.cluster_ips, VsKind::ClusterIp, addrs.internal_policy),
             (
@@ -759,6 +789,10 @@ fn add_service(
             }
         }
         added = true;
+    }
+    if !flow_ports.is_empty() {
+        out.flow_ports
+            .insert(ObjectKey::new(ns, name), Arc::new(flow_ports));
     }
     if let Some(port) = addrs.health_check_port.filter(|_| added) {
         out.health_checks.insert(

@@ -6,6 +6,7 @@
 //! watchers, the schedule's deadlines, syncs on a blocking thread, the
 //! status snapshot, and settings from reloads.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,10 +24,11 @@ use super::health_check::{ListenAddresses, ServiceHealthServer};
 use super::kernel::{DataPlane, HostSettings, KernelError, KernelOp};
 use super::kube::{start_watchers, Watched};
 use super::metrics::{OpLabels, ProxyMetrics};
-use super::model::ServiceInputs;
+use super::model::{FlowPort, ObjectKey, ServiceInputs};
 use super::report::{LastSync, ProxyReporter};
 use super::schedule::{Decision, Event, Schedule, SyncKind, SyncReport};
 use super::server::ProxyHealth;
+use super::stale_flows::stale_flows;
 use super::ProxyError;
 use crate::status::ProxyDataPlane;
 
@@ -45,6 +47,9 @@ pub struct Syncer {
     /// Changed-only syncs use these: listing every address costs O(bound
     /// service addresses), the full sync's price, not an endpoint change's.
     host_addresses: Option<Vec<IpAddr>>,
+    /// The UDP/SCTP ports as of the last complete conntrack cleanup; the
+    /// cleanup runs again when they change, and at every full sync.
+    flows_cleaned: Option<BTreeMap<ObjectKey, Arc<Vec<FlowPort>>>>,
 }
 
 impl Syncer {
@@ -60,6 +65,7 @@ impl Syncer {
             metrics,
             host: None,
             host_addresses: None,
+            flows_cleaned: None,
         }
     }
 
@@ -184,6 +190,7 @@ impl Syncer {
             self.schedule.on(now, Event::FullRequested);
             return out;
         }
+        self.clean_flows(kind == SyncKind::Full, &mut out);
         let took = started.elapsed();
         self.schedule.on(
             now + took,
@@ -197,6 +204,55 @@ impl Syncer {
         );
         self.record(&out, took);
         out
+    }
+
+    /// kube-proxy's conntrack cleanup after the kernel is programmed: UDP
+    /// and SCTP flows still pointing at endpoints that are gone are
+    /// deleted, so their clients reach a live one at the next packet.
+    /// Failures are counted and logged but do not fail the sync (the
+    /// table is right; the flows are retried next time), as kube-proxy.
+    fn clean_flows(&mut self, full: bool, out: &mut SyncOutcome) {
+        let ports = &self.engine.table().flow_ports;
+        if !full && self.flows_cleaned.as_ref() == Some(ports) {
+            return;
+        }
+        if ports.is_empty() {
+            self.flows_cleaned = Some(BTreeMap::new());
+            return;
+        }
+        let flows = match self.plane.list_flows() {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                out.ops.failed(KernelOp::ListFlows);
+                out.errors.push((KernelOp::ListFlows, e.to_string()));
+                return;
+            }
+        };
+        out.ops.ok(KernelOp::ListFlows);
+        let stale = stale_flows(&flows, ports);
+        let mut complete = true;
+        for (f, r) in stale.iter().zip(self.plane.delete_flows(&stale)) {
+            match r {
+                Ok(()) => {
+                    tracing::debug!(flow = %f, "stale conntrack entry deleted");
+                    out.ops.ok(KernelOp::DeleteFlow);
+                }
+                Err(e) => {
+                    complete = false;
+                    out.ops.failed(KernelOp::DeleteFlow);
+                    out.errors.push((KernelOp::DeleteFlow, e.to_string()));
+                }
+            }
+        }
+        if !stale.is_empty() {
+            tracing::info!(
+                deleted = stale.len(),
+                of = flows.len(),
+                "stale UDP/SCTP conntrack entries"
+            );
+        }
+        self.flows_cleaned = complete.then(|| ports.clone());
     }
 
     /// Applies host settings a reload changed; kept for the next sync if

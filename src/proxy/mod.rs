@@ -11,7 +11,8 @@
 //! - `kernel`: the data planes and their narrow kernel traits, with fakes.
 //! - `kube`: the watchers; `driver`: the syncer and the async loop;
 //!   `report`: the status; `server`: healthz and metrics; `health_check`:
-//!   the healthCheckNodePort servers; `metrics`.
+//!   the healthCheckNodePort servers; `stale_flows`: which UDP/SCTP
+//!   conntrack entries point at removed endpoints; `metrics`.
 //! - `control`: [`Proxy`], the entry points `app` calls (start, reload,
 //!   report).
 
@@ -35,6 +36,7 @@ pub mod plan;
 pub mod report;
 pub mod schedule;
 pub mod server;
+pub mod stale_flows;
 
 /// Why the proxy cannot start or run.
 #[derive(Debug, thiserror::Error)]

@@ -413,6 +413,24 @@ pub struct DesiredState {
     /// `externalTrafficPolicy: Local` and a `healthCheckNodePort`, so an
     /// external load balancer sends only to nodes with a local endpoint.
     pub health_checks: BTreeMap<ObjectKey, HealthCheck>,
+    /// The UDP and SCTP ports of each Service, for the conntrack cleanup.
+    pub flow_ports: BTreeMap<ObjectKey, Arc<Vec<FlowPort>>>,
+}
+
+/// A UDP or SCTP Service port as kube-proxy's conntrack cleanup
+/// (`conntrack.CleanStaleEntries`) sees it: where clients send to, and
+/// which endpoints may answer. A flow to these addresses (or NodePort)
+/// whose reply comes from anything else is stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowPort {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// ClusterIPs, external IPs and LoadBalancer IPs, both families.
+    pub addresses: Vec<IpAddr>,
+    pub node_port: Option<u16>,
+    /// Addresses of the serving endpoints (ready, or terminating and still
+    /// serving), whether or not this node sends to them.
+    pub serving: BTreeSet<IpAddr>,
 }
 
 /// One Service's health-check node port and what it answers with.

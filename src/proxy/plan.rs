@@ -347,9 +347,10 @@ impl Builder<'_> {
     /// no connection or the drain bound passes, then deleted.
     fn removed_real_server(&mut self, key: &ServiceKey, rs: &DestKey, h: &RealServer) {
         // UDP has no connection end to wait for: an entry would only keep
-        // sending datagrams to a gone endpoint (kube-proxy deletes UDP real
-        // servers at once too).
-        if key.protocol == Protocol::Udp {
+        // sending datagrams to a gone endpoint. kube-proxy deletes UDP and
+        // SCTP real servers at once (IsRsGracefulTerminationNeeded), and
+        // so does lbd.
+        if matches!(key.protocol, Protocol::Udp | Protocol::Sctp) {
             self.del_rs.push(Change::DeleteReal(*key, *rs));
             return;
         }
@@ -669,22 +670,43 @@ mod tests {
         assert!(t.is_empty());
     }
 
+    /// kube-proxy's IsRsGracefulTerminationNeeded: UDP and SCTP real
+    /// servers go at once, with connections or not; TCP drains.
     #[test]
-    fn udp_real_server_is_deleted_at_once() {
-        let v = vk("10.96.0.10", 53, Protocol::Udp);
-        let mut d = DesiredState::default();
-        d.virtual_servers.insert(v, dvs(v, &[rk("10.244.0.1", 53)]));
-        let mut k = KernelState::default();
-        k.virtual_servers.insert(
-            v,
-            kvs(
+    fn udp_and_sctp_real_servers_are_deleted_at_once() {
+        for (proto, drained) in [
+            (Protocol::Udp, false),
+            (Protocol::Sctp, false),
+            (Protocol::Tcp, true),
+        ] {
+            let v = vk("10.96.0.10", 53, proto);
+            let mut d = DesiredState::default();
+            d.virtual_servers.insert(v, dvs(v, &[rk("10.244.0.1", 53)]));
+            let mut k = KernelState::default();
+            k.virtual_servers.insert(
                 v,
-                &[(rk("10.244.0.1", 53), 1, 0), (rk("10.244.0.9", 53), 1, 7)],
-            ),
-        );
-        let p = fresh(&d, &k);
-        assert_eq!(p.changes, vec![Change::DeleteReal(v, rk("10.244.0.9", 53))]);
-        assert_eq!(p.draining, 0);
+                kvs(
+                    v,
+                    &[(rk("10.244.0.1", 53), 1, 0), (rk("10.244.0.9", 53), 1, 7)],
+                ),
+            );
+            let p = fresh(&d, &k);
+            if drained {
+                assert_eq!(p.draining, 1, "{proto}");
+                assert!(
+                    !p.changes
+                        .contains(&Change::DeleteReal(v, rk("10.244.0.9", 53))),
+                    "{proto}"
+                );
+            } else {
+                assert_eq!(
+                    p.changes,
+                    vec![Change::DeleteReal(v, rk("10.244.0.9", 53))],
+                    "{proto}"
+                );
+                assert_eq!(p.draining, 0, "{proto}");
+            }
+        }
     }
 
     #[test]

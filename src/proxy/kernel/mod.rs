@@ -18,6 +18,7 @@ use super::model::{RealServer, ServiceKey, Timeouts};
 use super::plan::{Change, KernelState};
 
 pub mod addresses;
+pub mod conntrack;
 pub mod dummy;
 pub mod ipvs;
 pub mod nft;
@@ -25,6 +26,7 @@ pub mod plane;
 pub mod sysctl;
 
 pub use addresses::{AddressError, DummyAddresses, FakeAddresses, ServiceAddresses};
+pub use conntrack::{Conntrack, ConntrackError, FakeConntrack, Flow, NetlinkConntrack};
 pub use nft::{FakeFirewall, Firewall, NftDocument, NftError, NftFirewall};
 pub use plane::{FakeKernel, IpvsDataPlane};
 pub use sysctl::{FakeSysctls, ProcSysctls, SysctlError, Sysctls};
@@ -41,6 +43,8 @@ pub enum KernelError {
     Nft(Box<NftError>),
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    Conntrack(Box<conntrack::ConntrackError>),
     #[error("{op}: the data plane returned no result")]
     NoResult { op: KernelOp },
     #[error("the data plane answered another step: {0}")]
@@ -50,6 +54,12 @@ pub enum KernelError {
 impl From<ipvs::IpvsError> for KernelError {
     fn from(e: ipvs::IpvsError) -> Self {
         KernelError::Ipvs(Box::new(e))
+    }
+}
+
+impl From<conntrack::ConntrackError> for KernelError {
+    fn from(e: conntrack::ConntrackError) -> Self {
+        KernelError::Conntrack(Box::new(e))
     }
 }
 
@@ -100,6 +110,15 @@ pub trait DataPlane: Send + Sync {
     fn has_firewall(&self) -> bool;
     /// Applies one nftables document in one transaction.
     fn apply_firewall(&self, doc: &NftDocument) -> Result<(), KernelError>;
+    /// The UDP and SCTP flows the kernel tracks (None: this data plane
+    /// has no conntrack access, so no cleanup).
+    fn list_flows(&self) -> Result<Option<Vec<Flow>>, KernelError> {
+        Ok(None)
+    }
+    /// Deletes these flows, one result each.
+    fn delete_flows(&self, flows: &[Flow]) -> Vec<Result<(), KernelError>> {
+        flows.iter().map(|_| Ok(())).collect()
+    }
 }
 
 impl<T: DataPlane + ?Sized> DataPlane for Box<T> {
@@ -124,6 +143,12 @@ impl<T: DataPlane + ?Sized> DataPlane for Box<T> {
     fn apply_firewall(&self, doc: &NftDocument) -> Result<(), KernelError> {
         (**self).apply_firewall(doc)
     }
+    fn list_flows(&self) -> Result<Option<Vec<Flow>>, KernelError> {
+        (**self).list_flows()
+    }
+    fn delete_flows(&self, flows: &[Flow]) -> Vec<Result<(), KernelError>> {
+        (**self).delete_flows(flows)
+    }
 }
 
 /// A kind of kernel operation: the `op` label of lbd's kernel metrics and
@@ -147,10 +172,14 @@ pub enum KernelOp {
     Prepare,
     /// A step the data plane did not answer as asked.
     Apply,
+    /// The conntrack table listed for the stale-flow cleanup.
+    ListFlows,
+    /// One stale UDP/SCTP flow deleted.
+    DeleteFlow,
 }
 
 impl KernelOp {
-    pub const ALL: [KernelOp; 15] = [
+    pub const ALL: [KernelOp; 17] = [
         KernelOp::AddService,
         KernelOp::UpdateService,
         KernelOp::DeleteService,
@@ -166,6 +195,8 @@ impl KernelOp {
         KernelOp::NftReplace,
         KernelOp::Prepare,
         KernelOp::Apply,
+        KernelOp::ListFlows,
+        KernelOp::DeleteFlow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -185,6 +216,8 @@ impl KernelOp {
             KernelOp::NftReplace => "nft_replace",
             KernelOp::Prepare => "prepare",
             KernelOp::Apply => "apply",
+            KernelOp::ListFlows => "list_flows",
+            KernelOp::DeleteFlow => "delete_flow",
         }
     }
 

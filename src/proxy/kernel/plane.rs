@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::addresses::{AddressError, DummyAddresses, FakeAddresses, ServiceAddresses};
+use super::conntrack::{Conntrack, FakeConntrack, Flow, NetlinkConntrack};
 use super::ipvs::{FakeIpvs, IpvsError, IpvsHandle, IpvsOp, NetlinkIpvs};
 use super::nft::{FakeFirewall, Firewall, NftDocument, NftFirewall};
 use super::sysctl::{proxy_sysctls, FakeSysctls, ProcSysctls, Sysctls};
@@ -22,6 +23,8 @@ pub struct IpvsDataPlane {
     /// None: no nftables table (masquerade left to someone else).
     pub firewall: Option<Arc<dyn Firewall>>,
     pub sysctls: Arc<dyn Sysctls>,
+    /// None: no conntrack access (stale UDP/SCTP flows are left to expire).
+    pub conntrack: Option<Arc<dyn Conntrack>>,
 }
 
 impl IpvsDataPlane {
@@ -34,6 +37,13 @@ impl IpvsDataPlane {
             addresses: Arc::new(DummyAddresses::new()),
             firewall: Some(Arc::new(NftFirewall::default())),
             sysctls: Arc::new(ProcSysctls),
+            conntrack: match NetlinkConntrack::new() {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no conntrack access: stale UDP/SCTP flows to removed endpoints are not deleted");
+                    None
+                }
+            },
         })
     }
 }
@@ -106,6 +116,24 @@ impl DataPlane for IpvsDataPlane {
         match &self.firewall {
             Some(fw) => Ok(fw.replace(doc)?),
             None => Ok(()),
+        }
+    }
+
+    fn list_flows(&self) -> Result<Option<Vec<Flow>>, KernelError> {
+        match &self.conntrack {
+            Some(ct) => Ok(Some(ct.list()?)),
+            None => Ok(None),
+        }
+    }
+
+    fn delete_flows(&self, flows: &[Flow]) -> Vec<Result<(), KernelError>> {
+        match &self.conntrack {
+            Some(ct) => ct
+                .delete(flows)
+                .into_iter()
+                .map(|r| r.map_err(KernelError::from))
+                .collect(),
+            None => flows.iter().map(|_| Ok(())).collect(),
         }
     }
 }
@@ -193,6 +221,7 @@ pub struct FakeKernel {
     pub addresses: FakeAddresses,
     pub firewall: FakeFirewall,
     pub sysctls: FakeSysctls,
+    pub conntrack: FakeConntrack,
 }
 
 impl FakeKernel {
@@ -203,6 +232,7 @@ impl FakeKernel {
             addresses: Arc::new(self.addresses.clone()),
             firewall: Some(Arc::new(self.firewall.clone())),
             sysctls: Arc::new(self.sysctls.clone()),
+            conntrack: Some(Arc::new(self.conntrack.clone())),
         }
     }
 }
