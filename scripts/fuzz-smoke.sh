@@ -2,7 +2,8 @@
 # Bounded fuzzing with libFuzzer (cargo-fuzz) on the stable toolchain, for
 # CI and by hand. Targets (fuzz/fuzz_targets/): vrrp_decode (the VRRP codec),
 # vrrp_input (a received datagram through the driver's input path into the
-# state machine), ipvs_decode (IPVS generic netlink), config_parse and
+# state machine), ipvs_decode (IPVS generic netlink), conntrack_decode
+# (ctnetlink, the stale-flow cleanup's dump), config_parse and
 # config_reload (old and new config text, as a reload parses them).
 #
 #   scripts/fuzz-smoke.sh                        # every target, FUZZ_SECONDS each

@@ -526,6 +526,65 @@ mod tests {
     }
 
     #[test]
+    fn golden_bytes_decode_to_the_flows_put_there() {
+        // Replies of a real kernel (6.18) to a ctnetlink dump, after
+        // `conntrack -I` put these two flows in a namespace's table.
+        let cases: [(&[u8], Flow); 2] = [
+            (
+                include_bytes!("../../../fuzz/seeds/conntrack_decode/kernel-dump-udp-v4-zone"),
+                Flow { zone: 3, ..flow() },
+            ),
+            (
+                include_bytes!("../../../fuzz/seeds/conntrack_decode/kernel-dump-sctp-v6"),
+                Flow {
+                    protocol: Protocol::Sctp,
+                    orig_src: "fd00::1".parse().unwrap(),
+                    orig_dst: "fd00:96::10".parse().unwrap(),
+                    orig_src_port: 1009,
+                    orig_dst_port: 3868,
+                    reply_src: "fd00:244::2".parse().unwrap(),
+                    zone: 0,
+                },
+            ),
+        ];
+        for (bytes, want) in cases {
+            let len = NetlinkBuffer::new_checked(bytes).unwrap().length() as usize;
+            let m = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes[..len]).unwrap();
+            let NetlinkPayload::InnerMessage(NetfilterMessage {
+                inner: NetfilterMessageInner::Conntrack(c),
+                ..
+            }) = m.payload
+            else {
+                panic!("not a conntrack message");
+            };
+            assert_eq!(flow_from_message(&c), Some(want));
+            // The delete lbd sends for it carries the same original tuple
+            // and zone as the kernel's entry.
+            let del = encode(delete_message(&want), 9, false);
+            let back = NetlinkMessage::<NetfilterMessage>::deserialize(&del).unwrap();
+            let NetlinkPayload::InnerMessage(NetfilterMessage {
+                inner: NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)),
+                ..
+            }) = back.payload
+            else {
+                panic!("not a delete");
+            };
+            let (ConntrackMessage::New(orig) | ConntrackMessage::Get(orig)) = &c else {
+                panic!("a dump answers with NEW messages");
+            };
+            let tuple = |a: &[ConntrackAttribute]| {
+                a.iter()
+                    .find_map(|x| match x {
+                        ConntrackAttribute::CtaTupleOrig(t) => Some(tuple_parts(t)),
+                        _ => None,
+                    })
+                    .unwrap()
+            };
+            assert_eq!(tuple(&attrs), tuple(orig));
+        }
+    }
+
+    #[test]
     fn fake_deletes_what_it_is_told() {
         let ct = FakeConntrack::default();
         let mut other = flow();
