@@ -283,6 +283,18 @@ mod tests {
         Ok((status, body))
     }
 
+    /// Whether `port` stops answering within a second (a closed server's
+    /// task ends at its next poll).
+    async fn closes(port: u16) -> bool {
+        for _ in 0..50 {
+            if get(port).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     fn wanted(entries: &[(&str, u16, usize)]) -> BTreeMap<ObjectKey, HealthCheck> {
         entries
             .iter()
@@ -332,27 +344,11 @@ mod tests {
         srv.sync(&wanted(&[("a", p2, 3)]), &lo);
         assert_eq!(srv.open_ports(), vec![(ObjectKey::new("default", "a"), p2)]);
         assert_eq!(get(p2).await.unwrap().0, 200);
-        let mut closed = false;
-        for _ in 0..50 {
-            if get(p1).await.is_err() {
-                closed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(closed, "the old port still answers");
+        assert!(closes(p1).await, "the old port still answers");
 
         srv.sync(&BTreeMap::new(), &lo);
         assert!(srv.open_ports().is_empty());
-        let mut closed = false;
-        for _ in 0..50 {
-            if get(p2).await.is_err() {
-                closed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(closed, "a removed Service's port still answers");
+        assert!(closes(p2).await, "a removed Service's port still answers");
     }
 
     /// A port someone else holds: not opened, tried again at the next sync

@@ -24,7 +24,7 @@ use netlink_packet_netfilter::conntrack::{
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 use crate::proxy::model::Protocol;
 
@@ -147,20 +147,8 @@ impl std::fmt::Debug for NetlinkConntrack {
 
 impl NetlinkConntrack {
     pub fn new() -> Result<Self, ConntrackError> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        nix::sys::socket::setsockopt(
-            &sock,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs() as _, 0),
-        )
-        .map_err(std::io::Error::from)?;
-        let _ = sock.set_rx_buf_sz(1024 * 1024);
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(1);
+        let (sock, seq) =
+            super::blocking_netlink_socket(NETLINK_NETFILTER, RECV_TIMEOUT, 1024 * 1024)?;
         Ok(NetlinkConntrack {
             conn: Mutex::new(Conn {
                 sock,
@@ -374,6 +362,21 @@ fn tuple_parts(tuples: &[Tuple]) -> TupleParts {
     out
 }
 
+/// One ctnetlink message from bytes as read from the socket (one whole
+/// netlink message); None for anything else or what does not decode.
+pub fn decode(bytes: &[u8]) -> Option<ConntrackMessage> {
+    match NetlinkMessage::<NetfilterMessage>::deserialize(bytes)
+        .ok()?
+        .payload
+    {
+        NetlinkPayload::InnerMessage(NetfilterMessage {
+            inner: NetfilterMessageInner::Conntrack(c),
+            ..
+        }) => Some(c),
+        _ => None,
+    }
+}
+
 /// The flow a dumped entry describes; None for what the cleanup cannot
 /// act on (no ports, another protocol, a tuple missing a part).
 pub fn flow_from_message(m: &ConntrackMessage) -> Option<Flow> {
@@ -468,14 +471,7 @@ mod tests {
             let nl = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
             // (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
             assert_eq!(nl.message_type(), (1 << 8) | 2);
-            let m = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes).unwrap();
-            let NetlinkPayload::InnerMessage(NetfilterMessage {
-                inner: NetfilterMessageInner::Conntrack(c),
-                ..
-            }) = m.payload
-            else {
-                panic!("not a conntrack message");
-            };
+            let c = decode(&bytes).expect("a conntrack message");
             // The request has no reply tuple: the flow read back has none.
             assert!(flow_from_message(&c).is_none());
             let ConntrackMessage::Delete(mut attrs) = c else {
@@ -507,15 +503,9 @@ mod tests {
             for v in [0x00u8, 0xff, 0x80] {
                 let mut b = bytes.clone();
                 b[i] = v;
-                if let Ok(m) = NetlinkMessage::<NetfilterMessage>::deserialize(&b) {
+                if let Some(c) = decode(&b) {
                     decoded += 1;
-                    if let NetlinkPayload::InnerMessage(NetfilterMessage {
-                        inner: NetfilterMessageInner::Conntrack(c),
-                        ..
-                    }) = m.payload
-                    {
-                        let _ = flow_from_message(&c);
-                    }
+                    let _ = flow_from_message(&c);
                 }
             }
         }
@@ -549,24 +539,12 @@ mod tests {
         ];
         for (bytes, want) in cases {
             let len = NetlinkBuffer::new_checked(bytes).unwrap().length() as usize;
-            let m = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes[..len]).unwrap();
-            let NetlinkPayload::InnerMessage(NetfilterMessage {
-                inner: NetfilterMessageInner::Conntrack(c),
-                ..
-            }) = m.payload
-            else {
-                panic!("not a conntrack message");
-            };
+            let c = decode(&bytes[..len]).expect("a conntrack message");
             assert_eq!(flow_from_message(&c), Some(want));
             // The delete lbd sends for it carries the same original tuple
             // and zone as the kernel's entry.
             let del = encode(delete_message(&want), 9, false);
-            let back = NetlinkMessage::<NetfilterMessage>::deserialize(&del).unwrap();
-            let NetlinkPayload::InnerMessage(NetfilterMessage {
-                inner: NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)),
-                ..
-            }) = back.payload
-            else {
+            let Some(ConntrackMessage::Delete(attrs)) = decode(&del) else {
                 panic!("not a delete");
             };
             let (ConntrackMessage::New(orig) | ConntrackMessage::Get(orig)) = &c else {

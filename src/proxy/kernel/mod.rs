@@ -31,6 +31,34 @@ pub use nft::{FakeFirewall, Firewall, NftDocument, NftError, NftFirewall};
 pub use plane::{FakeKernel, IpvsDataPlane};
 pub use sysctl::{FakeSysctls, ProcSysctls, SysctlError, Sysctls};
 
+/// A blocking netlink socket of `protocol`, connected to the kernel, with
+/// a receive timeout (a wedged socket must not hang the sync thread) and a
+/// larger receive buffer where allowed; and a first sequence number
+/// derived from the clock, so a restarted lbd's requests are not taken
+/// for stale replies of its previous life.
+pub(crate) fn blocking_netlink_socket(
+    protocol: isize,
+    timeout: std::time::Duration,
+    rcvbuf: usize,
+) -> std::io::Result<(netlink_sys::Socket, u32)> {
+    let mut sock = netlink_sys::Socket::new(protocol)?;
+    sock.bind_auto()?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    nix::sys::socket::setsockopt(
+        &sock,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(timeout.as_secs() as _, 0),
+    )
+    .map_err(std::io::Error::from)?;
+    // Best effort: a smaller buffer still works, with fewer replies queued.
+    let _ = sock.set_rx_buf_sz(rcvbuf);
+    let seq = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1);
+    Ok((sock, seq))
+}
+
 /// What can go wrong programming a data plane. Small (the large errors
 /// are boxed): a full sync at 10k Services holds one result per change.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ use netlink_packet_core::{
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::GenlMessage;
-use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_GENERIC, Socket};
 
 use super::genl::{
     dest_from_attrs, info_from_attrs, service_af, service_from_attrs, timeouts_from_attrs,
@@ -94,26 +94,14 @@ impl NetlinkIpvs {
     /// Opens the socket and resolves the family id. `FamilyNotFound` means
     /// the kernel has no IPVS (module missing or not loadable).
     pub fn new() -> Result<Self, IpvsError> {
-        let mut sock = Socket::new(NETLINK_GENERIC)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        nix::sys::socket::setsockopt(
-            &sock,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs() as _, 0),
-        )
-        .map_err(std::io::Error::from)?;
-        // Best effort, both: a smaller buffer still holds a batch's acks,
-        // and without NETLINK_CAP_ACK (kernels before 4.3) an error ack
-        // only carries a copy of the request.
-        let _ = sock.set_rx_buf_sz(SOCK_RCVBUF);
+        let (sock, seq) = crate::proxy::kernel::blocking_netlink_socket(
+            NETLINK_GENERIC,
+            RECV_TIMEOUT,
+            SOCK_RCVBUF,
+        )?;
+        // Without NETLINK_CAP_ACK (kernels before 4.3) an error ack only
+        // carries a copy of the request: best effort.
         let _ = sock.set_cap_ack(true);
-        // A time-derived start keeps a restarted lbd's sequence numbers
-        // distinct from stale replies of its previous life.
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(1);
         let mut conn = Conn {
             sock,
             seq,
