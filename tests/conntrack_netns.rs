@@ -25,6 +25,17 @@ fn have_conntrack_tool(test: &str) -> bool {
     ok
 }
 
+/// (protocol, source, destination, source port, port, reply from, zone)
+type FlowSpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    u16,
+    u16,
+    &'static str,
+    Option<u16>,
+);
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -113,118 +124,103 @@ fn stale_udp_and_sctp_flows_are_deleted_from_the_kernel_table() {
     let mut lab = Lab::new("ct");
     let ns = lab.add_ns("node");
     // The DNS Service 10.96.0.10:53 (UDP) and fd00:96::10, NodePort 30053;
-    // 10.244.1.1 serves, 10.244.1.2 was removed.
-    insert(
-        &lab,
-        &ns,
-        "udp",
-        "10.0.0.1",
-        "10.96.0.10",
-        1001,
-        53,
-        "10.244.1.1",
-        None,
-    );
-    insert(
-        &lab,
-        &ns,
-        "udp",
-        "10.0.0.1",
-        "10.96.0.10",
-        1002,
-        53,
-        "10.244.1.2",
-        None,
-    );
-    insert(
-        &lab,
-        &ns,
-        "udp",
-        "10.0.0.2",
-        "10.96.0.10",
-        1003,
-        53,
-        "10.244.1.2",
-        Some(5),
-    );
-    insert(
-        &lab,
-        &ns,
-        "udp",
-        "10.0.0.1",
-        "192.168.1.10",
-        1004,
-        30053,
-        "10.244.1.2",
-        None,
-    );
-    insert(
-        &lab,
-        &ns,
-        "tcp",
-        "10.0.0.1",
-        "10.96.0.10",
-        1005,
-        53,
-        "10.244.1.2",
-        None,
-    );
-    insert(
-        &lab,
-        &ns,
-        "udp",
-        "10.0.0.1",
-        "10.96.0.99",
-        1006,
-        53,
-        "10.244.1.2",
-        None,
-    );
-    insert(
-        &lab,
-        &ns,
-        "udp",
-        "fd00::1",
-        "fd00:96::10",
-        1007,
-        53,
-        "fd00:244::2",
-        None,
-    );
-    insert(
-        &lab,
-        &ns,
-        "udp",
-        "fd00::1",
-        "fd00:96::10",
-        1008,
-        53,
-        "fd00:244::1",
-        None,
-    );
-    // An SCTP Service on the same address, its endpoint gone too.
-    insert(
-        &lab,
-        &ns,
-        "sctp",
-        "10.0.0.1",
-        "10.96.0.10",
-        1009,
-        3868,
-        "10.244.1.2",
-        None,
-    );
-    insert(
-        &lab,
-        &ns,
-        "sctp",
-        "10.0.0.1",
-        "10.96.0.10",
-        1010,
-        3868,
-        "10.244.1.1",
-        None,
-    );
+    // 10.244.1.1 serves, 10.244.1.2 was removed. An SCTP Service on the
+    // same address, port 3868, its endpoint 10.244.1.2 gone too.
+    let flows: [FlowSpec; 10] = [
+        (
+            "udp",
+            "10.0.0.1",
+            "10.96.0.10",
+            1001,
+            53,
+            "10.244.1.1",
+            None,
+        ),
+        (
+            "udp",
+            "10.0.0.1",
+            "10.96.0.10",
+            1002,
+            53,
+            "10.244.1.2",
+            None,
+        ),
+        (
+            "udp",
+            "10.0.0.2",
+            "10.96.0.10",
+            1003,
+            53,
+            "10.244.1.2",
+            Some(5),
+        ),
+        (
+            "udp",
+            "10.0.0.1",
+            "192.168.1.10",
+            1004,
+            30053,
+            "10.244.1.2",
+            None,
+        ),
+        (
+            "tcp",
+            "10.0.0.1",
+            "10.96.0.10",
+            1005,
+            53,
+            "10.244.1.2",
+            None,
+        ),
+        (
+            "udp",
+            "10.0.0.1",
+            "10.96.0.99",
+            1006,
+            53,
+            "10.244.1.2",
+            None,
+        ),
+        (
+            "udp",
+            "fd00::1",
+            "fd00:96::10",
+            1007,
+            53,
+            "fd00:244::2",
+            None,
+        ),
+        (
+            "udp",
+            "fd00::1",
+            "fd00:96::10",
+            1008,
+            53,
+            "fd00:244::1",
+            None,
+        ),
+        (
+            "sctp",
+            "10.0.0.1",
+            "10.96.0.10",
+            1009,
+            3868,
+            "10.244.1.2",
+            None,
+        ),
+        (
+            "sctp",
+            "10.0.0.1",
+            "10.96.0.10",
+            1010,
+            3868,
+            "10.244.1.1",
+            None,
+        ),
+    ];
+    for (proto, src, dst, sport, dport, reply, zone) in flows {
+        insert(&lab, &ns, proto, src, dst, sport, dport, reply, zone);
+    }
     let before = listed(&lab, &ns);
     assert_eq!(before.lines().count(), 10, "{before}");
 

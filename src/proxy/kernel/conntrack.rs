@@ -14,10 +14,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netlink_packet_core::{
-    DefaultNla, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK,
-    NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{DefaultNla, NetlinkBuffer, NetlinkMessage, NetlinkPayload, Nla};
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol as CtProtocol, Tuple,
 };
@@ -296,15 +293,7 @@ impl Conntrack for NetlinkConntrack {
 
 /// One ctnetlink request, framed (NLM_F_ACK so a delete is answered).
 pub fn encode(msg: NetfilterMessage, seq: u32, dump: bool) -> Vec<u8> {
-    let mut nl = NetlinkMessage::from(msg);
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | NLM_F_ACK | if dump { NLM_F_DUMP } else { 0 };
-    hdr.sequence_number = seq;
-    nl.header = hdr;
-    nl.finalize();
-    let mut out = vec![0u8; nl.buffer_len()];
-    nl.serialize(&mut out);
-    out
+    super::frame_request(msg, seq, dump)
 }
 
 fn protocol_of(p: CtProtocol) -> Option<Protocol> {

@@ -59,6 +59,26 @@ pub(crate) fn blocking_netlink_socket(
     Ok((sock, seq))
 }
 
+/// One request, framed for the socket: NLM_F_ACK so even a plain request
+/// is answered, NLM_F_DUMP for a listing.
+pub(crate) fn frame_request<T>(msg: T, seq: u32, dump: bool) -> Vec<u8>
+where
+    T: netlink_packet_core::NetlinkSerializable + Into<netlink_packet_core::NetlinkPayload<T>>,
+{
+    use netlink_packet_core::{
+        NetlinkHeader, NetlinkMessage, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    };
+    let mut nl = NetlinkMessage::from(msg);
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_ACK | if dump { NLM_F_DUMP } else { 0 };
+    hdr.sequence_number = seq;
+    nl.header = hdr;
+    nl.finalize();
+    let mut out = vec![0u8; nl.buffer_len()];
+    nl.serialize(&mut out);
+    out
+}
+
 /// What can go wrong programming a data plane. Small (the large errors
 /// are boxed): a full sync at 10k Services holds one result per change.
 #[derive(Debug, thiserror::Error)]

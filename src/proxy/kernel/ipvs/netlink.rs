@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NetlinkSerializable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkSerializable, NLM_F_ACK, NLM_F_REQUEST,
 };
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -257,14 +257,7 @@ where
 {
     conn.seq = conn.seq.wrapping_add(1);
     let seq = conn.seq;
-    let mut nl = NetlinkMessage::from(msg);
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | NLM_F_ACK | if dump { NLM_F_DUMP } else { 0 };
-    hdr.sequence_number = seq;
-    nl.header = hdr;
-    nl.finalize();
-    let mut out = vec![0u8; nl.buffer_len()];
-    nl.serialize(&mut out);
+    let out = crate::proxy::kernel::frame_request(msg, seq, dump);
     conn.sock.send(&out, 0).map_err(TransactError::Io)?;
 
     let mut replies = Vec::new();
