@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use tokio::io::AsyncWriteExt;
 
 use super::{
@@ -108,11 +109,11 @@ async fn run_inner(opts: &Options, out: &mut dyn Write) -> std::io::Result<u8> {
     }
     if opts.ipvs {
         match lbd_proxy_configured(&opts.config) {
-            Ok(false) => {}
-            Ok(true) => {
+            Ok(None) => {}
+            Ok(Some(mode)) => {
                 writeln!(
                     out,
-                    "{me}: refused: --ipvs: lbd's proxy is configured in {} (proxy.mode): \
+                    "{me}: refused: --ipvs: lbd's proxy is configured in {} (proxy.mode {mode}): \
                      the IPVS services and {KUBE_IPVS0} are lbd's now",
                     opts.config.display()
                 )?;
@@ -252,8 +253,8 @@ async fn inventory(
     let mut kernel = Kernel::default();
     if opts.ipvs {
         match ipvs_inventory(&mut kernel).await {
-            Ok((ipvs, note)) => {
-                if let Some(n) = note {
+            Ok((ipvs, notes)) => {
+                for n in notes {
                     writeln!(out, "{n}")?;
                 }
                 inv.ipvs = Some(ipvs);
@@ -267,14 +268,12 @@ async fn inventory(
     Ok((inv, kernel))
 }
 
-/// The virtual services, kube-ipvs0's addresses and the host's others; a
-/// note when the kernel has no IPVS (then there is nothing of it to
-/// remove).
-async fn ipvs_inventory(
-    kernel: &mut Kernel,
-) -> Result<(IpvsInventory, Option<String>), RemoveError> {
+/// The virtual services, kube-ipvs0's addresses and the host's others;
+/// notes when the kernel has no IPVS (then there is nothing of it to
+/// remove) or kube-ipvs0 is not a dummy.
+async fn ipvs_inventory(kernel: &mut Kernel) -> Result<(IpvsInventory, Vec<String>), RemoveError> {
     let mut inv = IpvsInventory::default();
-    let mut note = None;
+    let mut notes = Vec::new();
     let listed = tokio::task::spawn_blocking(|| {
         let h = NetlinkIpvs::new()?;
         let services = h.list_services()?;
@@ -288,15 +287,25 @@ async fn ipvs_inventory(
             kernel.ipvs = Some(Arc::new(h));
         }
         Err(IpvsError::FamilyNotFound) => {
-            note = Some("skipped: IPVS is not in this kernel (no services to remove)".into());
+            notes.push("skipped: IPVS is not in this kernel (no services to remove)".into());
         }
         Err(e) => return Err(e.into()),
     }
     let handle = crate::sys::rtnl::connect().map_err(|e| RemoveError::Rtnetlink(e.to_string()))?;
     let link = link_by_name(&handle, KUBE_IPVS0)
         .await
-        .map_err(|e| RemoveError::Rtnetlink(format!("find link {KUBE_IPVS0}: {e}")))?
-        .map(|l| l.header.index);
+        .map_err(|e| RemoveError::Rtnetlink(format!("find link {KUBE_IPVS0}: {e}")))?;
+    // kube-proxy's is a dummy; a real interface of that name is someone's.
+    let link = match link {
+        Some(l) if is_dummy(&l) => Some(l.header.index),
+        Some(_) => {
+            notes.push(format!(
+                "kept: link {KUBE_IPVS0}: not a dummy link, so not kube-proxy's"
+            ));
+            None
+        }
+        None => None,
+    };
     let msgs: Vec<_> = handle
         .address()
         .get()
@@ -316,7 +325,16 @@ async fn ipvs_inventory(
     inv.link = link.map(|_| on_link);
     kernel.link = link;
     kernel.rtnl = Some(handle);
-    Ok((inv, note))
+    Ok((inv, notes))
+}
+
+fn is_dummy(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Dummy))),
+        _ => false,
+    })
 }
 
 async fn apply(a: &Action, kernel: &Kernel) -> Result<(), RemoveError> {
@@ -459,14 +477,16 @@ fn kube_proxy_pids() -> Vec<u32> {
         .collect()
 }
 
-/// Whether lbd's own proxy is configured in `path`: then the IPVS table and
-/// kube-ipvs0 are lbd's. An absent file configures nothing.
-fn lbd_proxy_configured(path: &Path) -> Result<bool, String> {
+/// The mode of lbd's own proxy if `path` configures one: then the IPVS
+/// table and kube-ipvs0 are lbd's. An absent file configures nothing; one
+/// that does not load cannot tell (an error: the caller refuses).
+fn lbd_proxy_configured(path: &Path) -> Result<Option<String>, String> {
     if !path.exists() {
-        return Ok(false);
+        return Ok(None);
     }
     let config = crate::config::load(path).map_err(|e| e.to_string())?;
     Ok(config
         .proxy
-        .is_some_and(|p| p.mode != crate::config::ProxyMode::None))
+        .filter(|p| p.mode != crate::config::ProxyMode::None)
+        .map(|p| format!("{:?}", p.mode).to_lowercase()))
 }
