@@ -201,8 +201,9 @@ fn proxy_command(action: ProxyCommand) -> ExitCode {
                 node_ports: node_port_range,
                 config,
             };
-            let mut out = std::io::stdout();
-            let code = runtime().block_on(lbd::proxy::cleanup::edge::run(&opts, &mut out));
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            let code =
+                runtime().block_on(lbd::proxy::cleanup::edge::run(&opts, &mut out, &mut err));
             ExitCode::from(code)
         }
     }

@@ -113,6 +113,10 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// Feeds `doc` to `program` inside `ns`.
 fn restore(ns: &str, program: &str, doc: &str) -> Output {
     use std::io::Write;
@@ -378,7 +382,7 @@ fn refused_while_kube_proxy_runs_unless_forced() {
 
     let before = snapshot(&lab, &ns);
     let refused = lbd(&lab, &ns, &[]);
-    let text = stdout(&refused);
+    let text = stderr(&refused);
     assert_eq!(refused.status.code(), Some(1), "{text}");
     assert!(text.contains("refused: kube-proxy is running"), "{text}");
     assert!(text.contains(&fake.child.id().to_string()), "{text}");
@@ -449,7 +453,7 @@ fn ipvs_removes_kube_ipvs0_unless_lbds_proxy_is_configured() {
     let cfg = cfg.display().to_string();
 
     let refused = lbd(&lab, &ns, &["--ipvs", "-c", &cfg]);
-    let text = stdout(&refused);
+    let text = stderr(&refused);
     assert_eq!(refused.status.code(), Some(1), "{text}");
     assert!(text.contains("lbd's proxy is configured"), "{text}");
     assert!(lab

@@ -78,24 +78,29 @@ pub enum RemoveError {
 }
 
 /// `lbd proxy cleanup-kube-proxy`; the exit code (0 done or nothing to do,
-/// 1 refused or something failed). Lines go to `out`.
-pub async fn run(opts: &Options, out: &mut dyn Write) -> u8 {
-    match run_inner(opts, out).await {
+/// 1 refused or something failed). What it finds and does goes to `out`,
+/// a refusal to `err`.
+pub async fn run(opts: &Options, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match run_inner(opts, out, err).await {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(out, "lbd proxy cleanup-kube-proxy: cannot write: {e}");
+            let _ = writeln!(err, "lbd proxy cleanup-kube-proxy: cannot write: {e}");
             1
         }
     }
 }
 
-async fn run_inner(opts: &Options, out: &mut dyn Write) -> std::io::Result<u8> {
+async fn run_inner(
+    opts: &Options,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<u8> {
     let me = "lbd proxy cleanup-kube-proxy";
     if !opts.force {
         let pids = kube_proxy_pids();
         if !pids.is_empty() {
             writeln!(
-                out,
+                err,
                 "{me}: refused: kube-proxy is running on this host (pid {}): it would put \
                  its rules back at its next sync, and the flap disturbs traffic; stop it \
                  first (its DaemonSet or unit), or pass --force",
@@ -112,7 +117,7 @@ async fn run_inner(opts: &Options, out: &mut dyn Write) -> std::io::Result<u8> {
             Ok(None) => {}
             Ok(Some(mode)) => {
                 writeln!(
-                    out,
+                    err,
                     "{me}: refused: --ipvs: lbd's proxy is configured in {} (proxy.mode {mode}): \
                      the IPVS services and {KUBE_IPVS0} are lbd's now",
                     opts.config.display()
@@ -121,7 +126,7 @@ async fn run_inner(opts: &Options, out: &mut dyn Write) -> std::io::Result<u8> {
             }
             Err(e) => {
                 writeln!(
-                    out,
+                    err,
                     "{me}: refused: --ipvs: cannot tell whether lbd's proxy is configured: {e}"
                 )?;
                 return Ok(1);
