@@ -188,7 +188,7 @@ async fn run_inner(
 /// IPVS and rtnetlink, opened once for listing and removing.
 #[derive(Default)]
 struct Kernel {
-    ipvs: Option<Arc<NetlinkIpvs>>,
+    ipvs: Option<Arc<dyn IpvsHandle>>,
     rtnl: Option<rtnetlink::Handle>,
     link: Option<u32>,
 }
@@ -494,4 +494,43 @@ fn lbd_proxy_configured(path: &Path) -> Result<Option<String>, String> {
         .proxy
         .filter(|p| p.mode != crate::config::ProxyMode::None)
         .map(|p| format!("{:?}", p.mode).to_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::kernel::ipvs::FakeIpvs;
+    use crate::proxy::model::{Protocol, ServiceKey, VirtualServer};
+
+    #[tokio::test]
+    async fn an_ipvs_service_is_deleted_once_and_gone_is_done() {
+        let fake = Arc::new(FakeIpvs::new());
+        let vs = VirtualServer::new("10.96.0.1".parse().unwrap(), 443, Protocol::Tcp, "rr");
+        fake.add_service(&vs).unwrap();
+        let kernel = Kernel {
+            ipvs: Some(fake.clone()),
+            ..Default::default()
+        };
+        let key: ServiceKey = vs.key();
+        apply(&Action::DeleteIpvsService(key), &kernel)
+            .await
+            .unwrap();
+        assert!(fake.snapshot().is_empty());
+        // Deleted meanwhile (a second run, kube-proxy's own cleanup): done.
+        apply(&Action::DeleteIpvsService(key), &kernel)
+            .await
+            .unwrap();
+        // A real failure is reported.
+        fake.add_service(&vs).unwrap();
+        fake.fail_next(libc::EPERM);
+        assert!(apply(&Action::DeleteIpvsService(key), &kernel)
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_link_that_was_not_listed_is_a_failure_not_a_panic() {
+        let e = apply(&Action::DeleteLink(KUBE_IPVS0.into()), &Kernel::default()).await;
+        assert!(matches!(e, Err(RemoveError::Gone(_))), "{e:?}");
+    }
 }
