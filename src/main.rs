@@ -145,8 +145,68 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// The service proxy's maintenance commands.
+    Proxy {
+        #[command(subcommand)]
+        action: ProxyCommand,
+    },
     /// Version, git commit, build target.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ProxyCommand {
+    /// Remove what kube-proxy left that lbd does not use: its iptables
+    /// chains and jump rules (nat, filter, mangle; IPv4 and IPv6; nft and
+    /// legacy backends), its ipsets, its nftables tables (ip/ip6
+    /// kube-proxy); with --ipvs also its IPVS services and kube-ipvs0.
+    /// Exit 0: done or nothing to do, 1: refused or something failed.
+    CleanupKubeProxy {
+        /// Print what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also the IPVS services on kube-ipvs0 and the NodePorts, and
+        /// kube-ipvs0 itself (dropping the proxy entirely; refused while
+        /// lbd's proxy is configured).
+        #[arg(long)]
+        ipvs: bool,
+        /// Run even though a kube-proxy process runs on this host.
+        #[arg(long)]
+        force: bool,
+        /// With --ipvs: the NodePort range (the apiserver's
+        /// --service-node-port-range).
+        #[arg(long, default_value = "30000-32767", value_name = "FIRST-LAST")]
+        node_port_range: lbd::proxy::cleanup::PortRange,
+        /// The lbd config whose proxy section --ipvs checks (an absent file
+        /// configures no proxy).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+/// `lbd proxy ...`.
+fn proxy_command(action: ProxyCommand) -> ExitCode {
+    match action {
+        ProxyCommand::CleanupKubeProxy {
+            dry_run,
+            ipvs,
+            force,
+            node_port_range,
+            config,
+        } => {
+            let opts = lbd::proxy::cleanup::edge::Options {
+                dry_run,
+                ipvs,
+                force,
+                node_ports: node_port_range,
+                config,
+            };
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            let code =
+                runtime().block_on(lbd::proxy::cleanup::edge::run(&opts, &mut out, &mut err));
+            ExitCode::from(code)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -524,6 +584,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Doctor { config } => doctor(&config),
+        Command::Proxy { action } => proxy_command(action),
         Command::Version => {
             println!(
                 "lbd {} (commit {}, target {})",

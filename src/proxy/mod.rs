@@ -15,6 +15,8 @@
 //!   conntrack entries point at removed endpoints; `metrics`.
 //! - `control`: [`Proxy`], the entry points `app` calls (start, reload,
 //!   report).
+//! - `cleanup`: `lbd proxy cleanup-kube-proxy`, what kube-proxy left that
+//!   lbd does not use (pure core, `cleanup::edge` runs the tools).
 
 use std::net::SocketAddr;
 
@@ -22,6 +24,7 @@ pub use control::{PlaneFactory, Proxy, ProxyReload};
 pub use report::ProxyReporter;
 
 pub mod changes;
+pub mod cleanup;
 pub mod control;
 pub mod desired;
 pub mod driver;
