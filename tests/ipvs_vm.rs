@@ -934,3 +934,72 @@ fn batched_ops_get_their_own_results_from_the_kernel() {
         took / ops.len() as u32
     );
 }
+
+/// `lbd proxy cleanup-kube-proxy --ipvs` on a real IPVS table, judged by
+/// `ipvsadm -Ln` and `ip link`: kube-proxy's virtual servers (on a
+/// kube-ipvs0 address, and NodePorts in the range on a host address) and
+/// the kube-ipvs0 dummy go; a service on another address and one on a
+/// host address outside the NodePort range stay; `--dry-run` changes
+/// nothing; a second run finds nothing.
+#[test]
+fn cleanup_kube_proxy_ipvs_removes_only_kube_proxys_services() {
+    if !in_vm("cleanup_kube_proxy_ipvs_removes_only_kube_proxys_services") {
+        return;
+    }
+    let _turn = private_netns();
+    sh("ip link add kube-ipvs0 type dummy && ip addr add 10.96.0.1/32 dev kube-ipvs0");
+    sh("ip link add eth9 type dummy && ip addr add 192.168.50.10/24 dev eth9 && ip link set eth9 up");
+    sh("ipvsadm -A -t 10.96.0.1:443 -s rr && ipvsadm -a -t 10.96.0.1:443 -r 10.244.0.5:6443 -m");
+    sh("ipvsadm -A -u 192.168.50.10:30053 -s rr && ipvsadm -a -u 192.168.50.10:30053 -r 10.244.0.6:53 -m");
+    sh("ipvsadm -A -t 192.168.50.10:8080 -s rr");
+    sh("ipvsadm -A -t 10.200.0.1:80 -s wrr");
+    let before = ipvsadm_ln();
+    assert_eq!(before.len(), 4, "{before:#?}");
+    let lbd = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .args([
+                "proxy",
+                "cleanup-kube-proxy",
+                "--ipvs",
+                "-c",
+                "/nonexistent/lbd.yaml",
+            ])
+            .args(extra)
+            .output()
+            .expect("run lbd");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = lbd(&["--dry-run"]);
+    assert_eq!(code, Some(0), "dry run: {out}{err}");
+    assert!(
+        out.contains("10.96.0.1:443") && out.contains("30053"),
+        "{out}"
+    );
+    assert_eq!(ipvsadm_ln(), before, "a dry run changed the table");
+    assert!(sh("ip -o link show").contains("kube-ipvs0"));
+
+    let (code, out, err) = lbd(&[]);
+    assert_eq!(code, Some(0), "cleanup: {out}{err}");
+    let after: BTreeSet<String> = ipvsadm_ln().into_iter().map(|s| s.id).collect();
+    assert_eq!(
+        after,
+        BTreeSet::from([
+            "TCP 192.168.50.10:8080".to_string(),
+            "TCP 10.200.0.1:80".to_string()
+        ])
+    );
+    assert!(
+        !sh("ip -o link show").contains("kube-ipvs0"),
+        "kube-ipvs0 left"
+    );
+    assert!(sh("ip -o link show").contains("eth9"));
+
+    let (code, out, err) = lbd(&[]);
+    assert_eq!(code, Some(0), "second run: {out}{err}");
+    assert!(out.contains("nothing to remove"), "{out}");
+}
