@@ -1022,6 +1022,8 @@ fn health_check_node_port_for_local_load_balancers_only() {
             &ObjectKey::new("default", "local-lb"),
             &HealthCheck {
                 port: 32000,
+                ipv4: true,
+                ipv6: false,
                 local_endpoints: 2
             }
         )]

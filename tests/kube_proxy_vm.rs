@@ -36,7 +36,8 @@ use support::proxy_diff::{
     differences, owners, random_scenario, table_scenarios, unexplained, Difference, Scenario,
 };
 use support::proxy_vm::{
-    clean_kernel, ipvs_table, kube_ipvs0, node, settle, start_kube_proxy, write_kube_proxy_config,
+    clean_kernel, ipvs_table, kube_ipvs0, node, settle, sh, start_kube_proxy,
+    write_kube_proxy_config,
 };
 
 async fn create(o: &Objects, s: &Scenario) {
@@ -127,17 +128,42 @@ async fn health_check_ports(o: &Objects, members: &[Scenario]) -> BTreeMap<Strin
     out
 }
 
-/// What a proxy answers on each health-check port over loopback: status,
+/// What a proxy answers on each health-check port over each family's
+/// loopback (key "NAME over IPv4" / "NAME over IPv6"): status,
 /// the `X-Load-Balancing-Endpoint-Weight` header and the JSON body, or
 /// "closed" when nothing listens.
 fn health_check_answers(ports: &BTreeMap<String, u16>) -> BTreeMap<String, String> {
+    // A proxy opens the ports at the end of a sync, after the table (and
+    // kube-proxy's per-family proxiers each at their own): asked again for
+    // up to 30 s while any is closed.
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let answers = health_check_answers_once(ports);
+        let each_open = ports.keys().all(|name| {
+            answers
+                .iter()
+                .any(|(k, a)| k.starts_with(&format!("{name} ")) && !a.starts_with("closed"))
+        });
+        if Instant::now() > deadline || each_open {
+            return answers;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+fn health_check_answers_once(ports: &BTreeMap<String, u16>) -> BTreeMap<String, String> {
     use std::io::{Read, Write};
+    let loopbacks: [(&str, std::net::IpAddr); 2] = [
+        ("over IPv4", std::net::Ipv4Addr::LOCALHOST.into()),
+        ("over IPv6", std::net::Ipv6Addr::LOCALHOST.into()),
+    ];
     ports
         .iter()
-        .map(|(name, port)| {
+        .flat_map(|(name, port)| loopbacks.iter().map(move |(fam, lo)| (name, fam, lo, port)))
+        .map(|(name, fam, lo, port)| {
             let answer = (|| -> std::io::Result<String> {
                 let mut s = std::net::TcpStream::connect_timeout(
-                    &std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
+                    &std::net::SocketAddr::new(*lo, *port),
                     std::time::Duration::from_secs(5),
                 )?;
                 s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
@@ -158,7 +184,7 @@ fn health_check_answers(ports: &BTreeMap<String, u16>) -> BTreeMap<String, Strin
                 Ok(format!("{status} weight={weight:?} {json}"))
             })();
             (
-                name.clone(),
+                format!("{name} {fam}"),
                 answer.unwrap_or_else(|e| format!("closed ({})", e.kind())),
             )
         })
@@ -190,6 +216,7 @@ async fn run_group(
     let (kp_table, kp_addrs) = (ipvs_table(), kube_ipvs0());
     let hc_ports = health_check_ports(o, members).await;
     let kp_hc = health_check_answers(&hc_ports);
+    let kp_listening = sh("ss -ltn 2>&1 || true");
     drop(kp);
     // Which families the judge ran (it logs its dual-stack decision).
     let kp_log =
@@ -246,11 +273,21 @@ async fn run_group(
         let mine = lbd_hc.get(name).map(String::as_str).unwrap_or("missing");
         eprintln!("group {group}: health check {name}: kube-proxy {kp} | lbd {mine}");
         if kp != mine {
+            let port = name.split(' ').next().and_then(|n| hc_ports.get(n));
             hc_diffs.push(format!(
-                "health check of {name} (port {}): kube-proxy {kp}, lbd {mine}",
-                hc_ports[name]
+                "health check of {name} (port {port:?}): kube-proxy {kp}, lbd {mine}"
             ));
         }
+    }
+    if !hc_diffs.is_empty() {
+        let hc_log: Vec<&str> = kp_log
+            .lines()
+            .filter(|l| {
+                l.to_ascii_lowercase().contains("healthcheck") || l.contains("odePortAddresses")
+            })
+            .take(20)
+            .collect();
+        eprintln!("group {group}: kube-proxy's listeners:\n{kp_listening}\nits health-check log: {hc_log:#?}");
     }
     let answered = kp_hc.values().filter(|a| !a.starts_with("closed")).count();
     (diffs, hc_diffs, answered)

@@ -799,6 +799,8 @@ fn add_service(
             ObjectKey::new(ns, name),
             HealthCheck {
                 port,
+                ipv4: addrs.cluster_ips.iter().any(IpAddr::is_ipv4),
+                ipv6: addrs.cluster_ips.iter().any(IpAddr::is_ipv6),
                 local_endpoints: local_ready.len(),
             },
         );

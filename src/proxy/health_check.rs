@@ -8,8 +8,9 @@
 //! endpoint and the proxy is healthy (its syncs keep up), else 503; a JSON
 //! body with the Service, `localEndpoints` and `serviceProxyHealthy`, and
 //! the count again in `X-Load-Balancing-Endpoint-Weight`. The listeners are
-//! opened on the NodePort addresses (all of them, dual stack, when
-//! `nodePortAddresses` is unset) and reconciled after every sync: a Service
+//! opened on the NodePort addresses of the Service's families (the
+//! wildcard address of each when `nodePortAddresses` is unset, as
+//! kube-proxy's per-family proxiers do) and reconciled after every sync: a Service
 //! that is gone, or whose port or addresses changed, is closed; a new one
 //! opened; the rest left alone, their counts updated in place. A port that
 //! cannot be bound is logged and tried again at the next sync.
@@ -52,8 +53,9 @@ pub fn service_health_response(
     r
 }
 
-/// Where the health-check ports listen: None = every address of both
-/// families (kube-proxy with `nodePortAddresses` unset), else these.
+/// Where the health-check ports listen: None = the wildcard address of
+/// each of the Service's families (kube-proxy with `nodePortAddresses`
+/// unset), else these (those of the Service's families).
 pub type ListenAddresses = Option<Vec<IpAddr>>;
 
 struct Instance {
@@ -134,13 +136,19 @@ impl ServiceHealthServer {
     ) -> std::io::Result<Instance> {
         // Every listener first: one that fails closes the others (dropped
         // here), so a retry starts clean.
+        let of_family = |ip: &IpAddr| if ip.is_ipv4() { hc.ipv4 } else { hc.ipv6 };
+        let wildcards = [
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ];
         let listeners = match addresses {
-            None => vec![bind_any(hc.port)?],
-            Some(a) => a
-                .iter()
-                .map(|ip| bind(SocketAddr::new(*ip, hc.port)))
-                .collect::<std::io::Result<Vec<_>>>()?,
-        };
+            None => &wildcards[..],
+            Some(a) => &a[..],
+        }
+        .iter()
+        .filter(|ip| of_family(ip))
+        .map(|ip| bind(SocketAddr::new(*ip, hc.port)))
+        .collect::<std::io::Result<Vec<_>>>()?;
         let inst = Instance {
             port: hc.port,
             addresses: addresses.clone(),
@@ -182,30 +190,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
+    // An IPv6 socket is IPv6 only, even the wildcard: the IPv4 side is
+    // its own socket, when the Service has that family.
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     listen(socket, addr)
-}
-
-/// Both families on one socket (`[::]` with V6ONLY off), as Go's ":port";
-/// IPv4 alone where the host has no IPv6.
-fn bind_any(port: u16) -> std::io::Result<tokio::net::TcpListener> {
-    let dual = socket2::Socket::new(
-        socket2::Domain::IPV6,
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .and_then(|s| {
-        s.set_only_v6(false)?;
-        Ok(s)
-    })
-    .and_then(|s| listen(s, SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)));
-    match dual {
-        Ok(l) => Ok(l),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
-        Err(_) => bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
-    }
 }
 
 #[cfg(test)]
@@ -303,6 +293,8 @@ mod tests {
                     ObjectKey::new("default", name),
                     HealthCheck {
                         port: *port,
+                        ipv4: true,
+                        ipv6: false,
                         local_endpoints: *n,
                     },
                 )
@@ -367,12 +359,63 @@ mod tests {
         assert_eq!(get(port).await.unwrap().0, 200);
     }
 
-    /// nodePortAddresses unset: one dual-stack socket reached over IPv4.
+    /// One GET to `ip`:`port`: the status, or None when refused.
+    async fn get_at(ip: IpAddr, port: u16) -> Option<u16> {
+        let mut s = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((ip, port)),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.split(' ').nth(1).and_then(|c| c.parse().ok())
+    }
+
+    /// nodePortAddresses unset: the wildcard address of each of the
+    /// Service's families, and only those (kube-proxy's per-family
+    /// proxiers): an IPv4 Service is not answered over IPv6 and the
+    /// reverse; a dual-stack one over both.
     #[tokio::test]
-    async fn unset_addresses_listen_everywhere() {
-        let mut srv = ServiceHealthServer::new(ProxyHealth::new(Duration::from_secs(60)));
-        let port = free_port();
-        srv.sync(&wanted(&[("a", port, 1)]), &None);
-        assert_eq!(get(port).await.unwrap().0, 200);
+    async fn unset_addresses_listen_on_the_services_families() {
+        let v6_loopback = std::net::TcpListener::bind("[::1]:0").is_ok();
+        if !v6_loopback {
+            eprintln!("skipping the IPv6 half: no ::1 here");
+        }
+        let (v4, v6) = (
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        );
+        for (ipv4, ipv6) in [(true, false), (false, true), (true, true)] {
+            if ipv6 && !v6_loopback {
+                continue;
+            }
+            let mut srv = ServiceHealthServer::new(ProxyHealth::new(Duration::from_secs(60)));
+            let port = free_port();
+            let hc = HealthCheck {
+                port,
+                ipv4,
+                ipv6,
+                local_endpoints: 1,
+            };
+            srv.sync(&[(ObjectKey::new("default", "a"), hc)].into(), &None);
+            assert_eq!(srv.open_ports().len(), 1, "{ipv4} {ipv6}");
+            assert_eq!(
+                get_at(v4, port).await,
+                ipv4.then_some(200),
+                "v4 {ipv4} {ipv6}"
+            );
+            if v6_loopback {
+                assert_eq!(
+                    get_at(v6, port).await,
+                    ipv6.then_some(200),
+                    "v6 {ipv4} {ipv6}"
+                );
+            }
+        }
     }
 }

@@ -437,6 +437,10 @@ pub struct FlowPort {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthCheck {
     pub port: u16,
+    /// The Service's IP families (its ClusterIPs'): kube-proxy runs one
+    /// proxier per family, and each listens on its own family only.
+    pub ipv4: bool,
+    pub ipv6: bool,
     /// Distinct ready local endpoint addresses over all the Service's
     /// ports (kube-proxy's `LocalReadyEndpoints`).
     pub local_endpoints: usize,
