@@ -414,7 +414,13 @@ async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
     eventually(
         Duration::from_secs(10),
         "keepalived master, lbd backup",
-        || async { lbd.status().await["vrrp"][0]["state"] == "BACKUP" },
+        // BACKUP is lbd's state from its start: wait until it has heard
+        // keepalived as the master, else the node can go dark before lbd
+        // knows whose adverts stopped (seen: 2 runs in 5).
+        || async {
+            let v = &lbd.status().await["vrrp"][0];
+            v["state"] == "BACKUP" && v["master"] == "10.216.0.1"
+        },
     )
     .await;
     assert!(
@@ -436,10 +442,18 @@ async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
     );
     let dark = Instant::now();
     let b1 = addr(1).to_string();
-    eventually(Duration::from_secs(3), "b1 marked down", || async {
-        lbd.backend(0, &b1).await["healthy"] == false
+    let marked = tokio::time::timeout(Duration::from_secs(3), async {
+        while lbd.backend(0, &b1).await["healthy"] != false {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
     .await;
+    assert!(
+        marked.is_ok(),
+        "b1 not marked down within 3 s: {}\n{}",
+        lbd.status().await,
+        lbd.logs()
+    );
     let took = dark.elapsed();
     let b = lbd.backend(0, &b1).await;
     assert_eq!(b["down_reason"], "peer_gone", "{b}\n{}", lbd.logs());
