@@ -216,7 +216,7 @@ async fn run_group(
     let (kp_table, kp_addrs) = (ipvs_table(), kube_ipvs0());
     let hc_ports = health_check_ports(o, members).await;
     let kp_hc = health_check_answers(&hc_ports);
-    let kp_listening = sh("ss -ltn 2>&1 || true");
+    let kp_listening = sh("grep -h ' 0A ' /proc/net/tcp /proc/net/tcp6 || true");
     drop(kp);
     // Which families the judge ran (it logs its dual-stack decision).
     let kp_log =
@@ -287,7 +287,7 @@ async fn run_group(
             })
             .take(20)
             .collect();
-        eprintln!("group {group}: kube-proxy's listeners:\n{kp_listening}\nits health-check log: {hc_log:#?}");
+        eprintln!("group {group}: kube-proxy's listening sockets (/proc/net/tcp*, state 0A):\n{kp_listening}\nits health-check log: {hc_log:#?}");
     }
     let answered = kp_hc.values().filter(|a| !a.starts_with("closed")).count();
     (diffs, hc_diffs, answered)
