@@ -242,7 +242,7 @@ tcplb:
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
     // A TLS file that does not exist yet is not a problem (bootstrap: the
-    // CA appears with `kubeadm init`), see tests/tcplb_bootstrap.rs.
+    // CA appears with `kubeadm init`), see tests/tcplb_operations.rs.
     assert!(!out.contains("ca.crt"), "{out}");
 }
 

@@ -251,6 +251,39 @@ fn config_problems_are_findings() {
     );
 }
 
+/// After install doctor asks the running lbd too (`Facts.status`): each
+/// reason `lbd status` would exit 3 for is a finding; a healthy answer
+/// adds none.
+#[test]
+fn the_running_lbds_degraded_reasons_are_findings() {
+    let golden =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/status/report.json");
+    let report: lbd::status::StatusReport =
+        serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    let c = config(CONTROL_PLANE);
+    let mut n = healthy_node();
+    n.status = Some(report.clone());
+    let f = diagnose(Some(&c), &[], &n);
+    assert_eq!(
+        problems(&f),
+        [
+            "the running lbd: VRRP instance v6 is in FAULT",
+            "the running lbd: listener apiserver: 1 of 2 backends down ([fd00:db8::2]:6443)",
+        ]
+    );
+    assert!(
+        f[0].fix.starts_with("lbd status shows the detail"),
+        "{}",
+        f[0].fix
+    );
+
+    let mut healthy = report;
+    healthy.vrrp[1].state = lbd::vrrp::fsm::State::Backup;
+    healthy.tcplb[0].backends[1].healthy = true;
+    n.status = Some(healthy);
+    assert_eq!(diagnose(Some(&c), &[], &n), []);
+}
+
 fn lbd(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_lbd"))
         .args(args)

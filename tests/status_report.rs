@@ -237,3 +237,65 @@ fn every_balance_and_track_target_reads_back() {
         (None, false)
     );
 }
+
+/// `lbd status` exits 3 when `degraded` gives a reason (SPEC.md: a backend
+/// down, the proxy not synced, an instance in FAULT); what the operator did
+/// on purpose gives none.
+#[test]
+fn degraded_reasons_are_faults_not_operator_intent() {
+    use lbd::status::client::degraded;
+    let r = full_report();
+    assert_eq!(
+        degraded(&r),
+        [
+            "VRRP instance v6 is in FAULT",
+            "listener apiserver: 1 of 2 backends down ([fd00:db8::2]:6443)",
+        ]
+    );
+
+    // The same node healthy: v6 a (released) BACKUP, the second backend up.
+    // The first backend stays drained, v6 released: neither is a reason.
+    let mut healthy = full_report();
+    healthy.vrrp[1].state = State::Backup;
+    healthy.vrrp[1].faults.clear();
+    healthy.tcplb[0].backends[1].healthy = true;
+    assert!(healthy.vrrp[1].released && healthy.tcplb[0].backends[0].drained);
+    assert_eq!(degraded(&healthy), Vec::<String>::new());
+
+    // FAULT alone.
+    let mut fault = healthy.clone();
+    fault.vrrp[0].state = State::Fault;
+    assert_eq!(degraded(&fault), ["VRRP instance apiserver is in FAULT"]);
+
+    // The proxy not synced, with and without an error.
+    let mut unsynced = healthy.clone();
+    let p = unsynced.proxy.as_mut().unwrap();
+    p.synced = false;
+    assert_eq!(degraded(&unsynced), ["proxy (ipvs) not synced yet"]);
+    unsynced.proxy.as_mut().unwrap().last_error = Some("list services: 403".into());
+    assert_eq!(
+        degraded(&unsynced),
+        ["proxy (ipvs) not synced: list services: 403"]
+    );
+
+    // A drained backend that is down (its apiserver stopped for the
+    // upgrade) is no reason; the same backend enabled again is.
+    let mut drained_down = healthy.clone();
+    drained_down.tcplb[0].backends[0].healthy = false;
+    assert_eq!(degraded(&drained_down), Vec::<String>::new());
+    drained_down.tcplb[0].backends[0].drained = false;
+    assert_eq!(
+        degraded(&drained_down),
+        ["listener apiserver: 1 of 2 backends down (10.31.90.1:6443)"]
+    );
+
+    // A listener draining after a reload removed it: its backends no
+    // longer matter, even all down.
+    let mut draining = full_report();
+    draining.vrrp[1].state = State::Backup;
+    draining.tcplb[0].draining = true;
+    for b in &mut draining.tcplb[0].backends {
+        b.healthy = false;
+    }
+    assert_eq!(degraded(&draining), Vec::<String>::new());
+}

@@ -201,7 +201,9 @@ fn render(report: &StatusReport, reasons: &[String], how: Show) -> String {
 
 /// Why an answering lbd is not healthy, one reason each: a backend down, a
 /// listener with none up, an instance in FAULT, the proxy not synced.
-/// Empty: healthy. `lbd status` exits 3 when there is a reason.
+/// Empty: healthy. `lbd status` exits 3 when there is a reason. What the
+/// operator did on purpose is none: a drained backend, a listener draining
+/// after a reload removed it, a released VRRP instance.
 pub fn degraded(r: &StatusReport) -> Vec<String> {
     let mut out = Vec::new();
     for v in &r.vrrp {
@@ -210,10 +212,12 @@ pub fn degraded(r: &StatusReport) -> Vec<String> {
         }
     }
     for l in r.tcplb.iter().filter(|l| !l.draining) {
+        // A drained backend is out by the operator's hand (maintenance:
+        // its apiserver may well be stopped): no reason to page anyone.
         let down: Vec<String> = l
             .backends
             .iter()
-            .filter(|b| !b.healthy)
+            .filter(|b| !b.healthy && !b.drained)
             .map(|b| b.address.to_string())
             .collect();
         if !down.is_empty() {
@@ -303,6 +307,15 @@ fn render_vrrp(out: &mut String, vrrp: &[VrrpInstanceStatus]) {
                 ago(v.since_seconds),
                 v.transitions
             );
+            // The STATE column keeps SPEC.md's four names; a release is
+            // operator intent and says how it ends.
+            if v.released {
+                let _ = writeln!(
+                    out,
+                    "    released: priority 0 until \"lbd vrrp resume {}\"",
+                    v.name
+                );
+            }
             for t in v.tracks.iter().filter(|t| t.failing) {
                 let _ = writeln!(
                     out,
