@@ -9,7 +9,11 @@
 //!   unchanged listener; enable brings it back;
 //! - bootstrap (issue 15.1): a check whose CA does not exist yet is a
 //!   warning for `lbd check`, a TLS-handshake check for `lbd run`, and
-//!   verified HTTPS once the CA appears by rename, without a restart.
+//!   verified HTTPS once the CA appears by rename, without a restart;
+//!   the same for a client certificate and key that do not exist yet
+//!   (the CA does): a handshake verified with the CA, then mTLS;
+//! - `/readyz`: 503 until every listener's first health round is done,
+//!   200 after; at once without listeners.
 
 mod support;
 
@@ -324,4 +328,107 @@ async fn bootstrap_check_waits_for_its_ca_then_verifies_without_a_restart() {
     );
     // The same process all along.
     assert!(lbd.child.try_wait().unwrap().is_none(), "lbd exited");
+}
+
+/// `/readyz` on the admin socket: (HTTP status, body).
+async fn readyz(lbd: &Lbd) -> (u16, String) {
+    let (code, body) = lbd::status::client::request(&lbd.socket, http::Method::GET, "/readyz")
+        .await
+        .expect("/readyz answers");
+    (code.as_u16(), String::from_utf8_lossy(&body).into_owned())
+}
+
+/// An HTTP backend whose answers wait for the test: each connection reads
+/// the request, counts it in `held`, then holds it until `open` is true,
+/// then answers 200.
+struct GatedBackend {
+    addr: SocketAddr,
+    open: tokio::sync::watch::Sender<bool>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn gated_http_backend() -> GatedBackend {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = held.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut gate = gate.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Relaxed);
+                if gate.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                let _ = tcp
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    GatedBackend { addr, open, held }
+}
+
+/// `/readyz` (issue 15.6): 503 "starting" while a listener's first health
+/// round is still running (its one backend's first check waits, well
+/// inside its timeout), 200 once that check has answered; without
+/// listeners there is no round to wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_first_health_round() {
+    let backend = gated_http_backend().await;
+    let addr = local(free_port());
+    let body = tcplb_section(
+        None,
+        &[listener_yaml(
+            "api",
+            addr,
+            &[backend.addr],
+            "roundrobin",
+            "{ type: http, path: /healthz, interval: 1h, timeout: 60s, rise: 1, fall: 1 }",
+            "",
+        )],
+    );
+    let lbd = Lbd::start(&body).await;
+    // The first check has reached the backend and its request is held.
+    eventually(Duration::from_secs(5), "the first check held", || async {
+        backend.held.load(Relaxed) > 0
+    })
+    .await;
+    assert_eq!(readyz(&lbd).await, (503, "starting\n".to_string()));
+    // Still not ready a moment later: nothing but the round decides.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(readyz(&lbd).await, (503, "starting\n".to_string()));
+    let st = lbd.status().await;
+    assert!(
+        st["tcplb"][0]["backends"][0]["last_check_latency_ms"].is_null(),
+        "{st}"
+    );
+
+    backend.open.send_replace(true);
+    eventually(Duration::from_secs(5), "/readyz 200", || async {
+        readyz(&lbd).await.0 == 200
+    })
+    .await;
+    assert_eq!(readyz(&lbd).await, (200, "ok\n".to_string()));
+    let st = lbd.status().await;
+    assert_eq!(st["tcplb"][0]["backends"][0]["healthy"], true, "{st}");
+
+    // No listeners (an admin section only): ready as soon as it serves.
+    let bare = Lbd::start("").await;
+    eventually(Duration::from_secs(2), "/readyz 200 at once", || async {
+        readyz(&bare).await == (200, "ok\n".to_string())
+    })
+    .await;
 }

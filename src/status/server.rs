@@ -27,7 +27,8 @@ use super::report::StatusReport;
 pub struct AdminState {
     pub report: Box<dyn Fn() -> StatusReport + Send + Sync>,
     pub registry: Arc<Registry>,
-    /// Every listener bound and checked once, the first syncs done.
+    /// `/readyz`: set once every listener has checked each of its backends
+    /// once (app.rs); never cleared.
     pub ready: AtomicBool,
     /// `lbd backend drain|enable` (unix socket only).
     pub drain_backend: Box<DrainBackend>,
