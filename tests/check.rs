@@ -120,6 +120,69 @@ fn pem_files_are_parsed_and_the_key_must_match_the_certificate() {
     assert!(err.starts_with(&format!("{c}:8:")), "{err}");
 }
 
+/// Bootstrap: the CA is there, the client certificate and key are not
+/// yet. Warnings (exit 0) saying what the check does meanwhile, each at
+/// its key; a key whose certificate is still missing is not matched
+/// against it (the check does that once both exist).
+#[test]
+fn a_client_certificate_that_does_not_exist_yet_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = cert(dir.path(), "ca");
+    let (_, present_key) = cert(dir.path(), "client");
+    let later = dir.path().join("later");
+    let (crt, key) = (later.join("client.crt"), later.join("client.key"));
+    let d = |p: &Path| p.display().to_string();
+    let c = dir.path().join("lbd.yaml").display().to_string();
+
+    let (code, out, err) = check(
+        dir.path(),
+        &https_listener(&format!(
+            "ca_file: {}, cert_file: {}, key_file: {}",
+            d(&ca),
+            d(&crt),
+            d(&key)
+        )),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(": ok (1 listener(s))"), "{out}");
+    let meanwhile = "does not exist yet; until it appears the checks are a TLS handshake without a client certificate (verified if tls.ca_file exists), then HTTPS with the client certificate (watched, no reload needed)";
+    let cert_col = 24 + d(&ca).len() + 13;
+    let key_col = cert_col + d(&crt).len() + 12;
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "warning: {c}:8:{cert_col}: tls.cert_file: {} {meanwhile}",
+                d(&crt)
+            ),
+            format!(
+                "warning: {c}:8:{key_col}: tls.key_file: {} {meanwhile}",
+                d(&key)
+            ),
+        ],
+        "{err}"
+    );
+
+    // The key there, its certificate not yet: one warning, no mismatch.
+    let (code, _, err) = check(
+        dir.path(),
+        &https_listener(&format!(
+            "ca_file: {}, cert_file: {}, key_file: {}",
+            d(&ca),
+            d(&crt),
+            d(&present_key)
+        )),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("tls.cert_file: ") && err.contains("does not exist yet"),
+        "{err}"
+    );
+}
+
 fn kubeconfig(cluster: &str, user: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n{cluster}users:\n- name: u\n  user:\n{user}contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"

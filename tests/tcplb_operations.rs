@@ -432,3 +432,70 @@ async fn readyz_waits_for_the_first_health_round() {
     })
     .await;
 }
+
+/// Bootstrap with the CA in place but the client certificate and key not
+/// yet (kubeadm writes them at another step): like a missing CA, a TLS
+/// handshake (here verified with the CA, no client certificate), then,
+/// once both appear, HTTPS with the client certificate against a backend
+/// that requires one, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_check_waits_for_its_client_certificate_then_uses_it() {
+    let pki = Pki::new();
+    let m = https_backend("m", &pki, true).await;
+    let pending = tempfile::tempdir().unwrap();
+    let (crt, key) = (
+        pending.path().join("client.crt"),
+        pending.path().join("client.key"),
+    );
+    let addr = local(free_port());
+    let health = format!(
+        "{{ type: https, path: /healthz, interval: 100ms, timeout: 500ms, rise: 1, fall: 1, tls: {{ ca_file: {}, server_name: kubernetes, cert_file: {}, key_file: {} }} }}",
+        pki.ca.display(),
+        crt.display(),
+        key.display()
+    );
+    let body = tcplb_section(
+        None,
+        &[listener_yaml("api", addr, &[&m], "roundrobin", &health, "")],
+    );
+    let mut lbd = Lbd::start(&body).await;
+    let waiting = format!(
+        "tls-handshake (waiting for {}, {})",
+        crt.display(),
+        key.display()
+    );
+    eventually(Duration::from_secs(5), "m checked", || async {
+        lbd.status().await["tcplb"][0]["backends"][0]["last_check_latency_ms"].is_number()
+    })
+    .await;
+    let st = lbd.status().await;
+    assert_eq!(st["tcplb"][0]["check"], waiting.as_str(), "{st}");
+    // The handshake (server verified with the CA) is all it asks.
+    assert_eq!(st["tcplb"][0]["backends"][0]["healthy"], true, "{st}");
+
+    // The files appear, the key first and the certificate by rename.
+    std::fs::copy(&pki.client_key, &key).unwrap();
+    let tmp = pending.path().join(".client.crt.tmp");
+    std::fs::copy(&pki.client_cert, &tmp).unwrap();
+    std::fs::rename(&tmp, &crt).unwrap();
+    eventually(Duration::from_secs(5), "checks verified", || async {
+        lbd.status().await["tcplb"][0]["check"] == "https verified"
+    })
+    .await;
+    // HTTP now goes through: m's failing /healthz is seen, which only a
+    // request with the client certificate m requires can see.
+    m.healthy.store(false, Relaxed);
+    let maddr = m.addr.to_string();
+    eventually(Duration::from_secs(5), "m down by its healthz", || async {
+        backend_of(&lbd.status().await, 0, &maddr)["healthy"] == false
+    })
+    .await;
+    let sb = backend_of(&lbd.status().await, 0, &maddr);
+    assert_eq!(sb["last_error"], "HTTP 500, expected 200", "{sb}");
+    m.healthy.store(true, Relaxed);
+    eventually(Duration::from_secs(5), "m up again", || async {
+        backend_of(&lbd.status().await, 0, &maddr)["healthy"] == true
+    })
+    .await;
+    assert!(lbd.child.try_wait().unwrap().is_none(), "lbd exited");
+}

@@ -440,11 +440,20 @@ impl Cx<'_> {
     }
 
     /// Marks the private key just read as `cert`'s, so the loader checks
-    /// that they belong together.
+    /// that they belong together. Only a certificate that exists: one that
+    /// does not yet was a warning already, and the key is matched with it
+    /// when the health check loads both.
     fn pair_key_with_certificate(&mut self, key: Option<&Path>, cert: Option<&Path>) {
         let (Some(key), Some(cert)) = (key, cert) else {
             return;
         };
+        if !self
+            .files
+            .iter()
+            .any(|f| f.kind == FileKind::Certificate && f.path == cert)
+        {
+            return;
+        }
         if let Some(f) = self
             .files
             .iter_mut()

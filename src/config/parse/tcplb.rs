@@ -362,6 +362,9 @@ impl Cx<'_> {
             return t;
         };
         const MEANWHILE: &str = "until it appears the checks are a TLS handshake without verification, then verified HTTPS (watched, no reload needed)";
+        // A client certificate missing while the CA is there (kubeadm
+        // writes them at different steps): the handshake still verifies.
+        const MEANWHILE_CLIENT: &str = "until it appears the checks are a TLS handshake without a client certificate (verified if tls.ca_file exists), then HTTPS with the client certificate (watched, no reload needed)";
         t.ca_file = o
             .get("ca_file")
             .and_then(|n| self.file_or_later(n, "tls.ca_file", FileKind::CaBundle, MEANWHILE));
@@ -371,12 +374,12 @@ impl Cx<'_> {
         if let Some(n) = o.get("insecure_skip_verify") {
             t.insecure_skip_verify = self.boolean(n).unwrap_or(false);
         }
-        t.cert_file = o
-            .get("cert_file")
-            .and_then(|n| self.file_or_later(n, "tls.cert_file", FileKind::Certificate, MEANWHILE));
-        t.key_file = o
-            .get("key_file")
-            .and_then(|n| self.file_or_later(n, "tls.key_file", FileKind::PrivateKey, MEANWHILE));
+        t.cert_file = o.get("cert_file").and_then(|n| {
+            self.file_or_later(n, "tls.cert_file", FileKind::Certificate, MEANWHILE_CLIENT)
+        });
+        t.key_file = o.get("key_file").and_then(|n| {
+            self.file_or_later(n, "tls.key_file", FileKind::PrivateKey, MEANWHILE_CLIENT)
+        });
         self.pair_key_with_certificate(t.key_file.as_deref(), t.cert_file.as_deref());
         if t.cert_file.is_some() != t.key_file.is_some() {
             self.err(
