@@ -7,6 +7,13 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 PKGS=(
+  # rustc links with the system C compiler, and ring (rustls) compiles C:
+  # a fresh Debian 12 has neither gcc nor the C library's headers and crt
+  # files (gcc only recommends libc6-dev, and recommends are off below).
+  # g++: libfuzzer-sys builds libFuzzer (scripts/fuzz-smoke.sh). git:
+  # build.rs records the commit for `lbd version`. (No pkg-config: no
+  # dependency links a system library.)
+  gcc g++ libc6-dev git
   iproute2 procps psmisc openssl curl socat tcpdump   # namespaces, demo, checks
   nftables ipvsadm                                    # kernel state judges
   keepalived                                          # VRRP interop peer

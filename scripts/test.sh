@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: what .ci/run calls and what a newcomer runs.
-#   sudo scripts/test.sh            everything (root: netns, VM, interop)
+#   scripts/test.sh                 everything (as root: netns, VM, interop)
 #   LBD_SKIP_VM=1 scripts/test.sh   without the qemu VM stage
 set -euo pipefail
 cd "$(dirname "$0")/.."

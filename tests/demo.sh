@@ -3,9 +3,9 @@
 # failover does not happen; then interrupts a second run and checks that it
 # leaves no namespace, process or temporary directory behind.
 #
-#   sudo tests/demo.sh                     # builds lbd (debug) first
-#   sudo LBD_BIN=target/debug/lbd tests/demo.sh
-#   sudo DEMO_REQUIRE_VRRP=1 tests/demo.sh # fail when lbd runs no VRRP
+#   tests/demo.sh                          # as root; builds lbd (debug) first
+#   LBD_BIN=target/debug/lbd tests/demo.sh
+#   DEMO_REQUIRE_VRRP=1 tests/demo.sh      # fail when lbd runs no VRRP
 #
 # DEMO_REQUIRE_VRRP defaults to 1 as soon as src/app.rs wires the VRRP
 # speaker (mentions `vrrp::`), so the demo cannot quietly fall back to the
