@@ -295,6 +295,13 @@ impl Instance {
 
     /// Feeds the queued inputs (and what performing them raises) at `at`.
     async fn feed(&mut self, at: Instant) {
+        // Nothing to hand over: the clock must not move either. Moved here
+        // (after a late wake-up from the timer branch), it would stamp the
+        // packets still queued with this later time, and the router would
+        // fire a timer that fell due after them before their adverts.
+        if self.follow_ups.is_empty() {
+            return;
+        }
         let now = self.clock(at);
         let mut queue: VecDeque<Input> = self.follow_ups.drain(..).collect();
         let mut handled = 0;
