@@ -113,7 +113,8 @@ unit_keys() {
     want=("Type=notify" "ExecStartPre=/usr/bin/lbd check -c /etc/lbd/lbd.yaml"
           "ExecStart=/usr/bin/lbd run -c /etc/lbd/lbd.yaml" "ExecReload=/usr/bin/lbd reload -c /etc/lbd/lbd.yaml"
           "Restart=always" "NoNewPrivileges=yes" "ProtectSystem=strict" "ProtectHome=yes"
-          "RuntimeDirectory=lbd" "RuntimeDirectoryMode=0700" "LimitNOFILE=1048576"
+          "RuntimeDirectory=lbd" "RuntimeDirectoryMode=0700" "RuntimeDirectoryPreserve=restart"
+          "OOMPolicy=continue" "LimitNOFILE=1048576"
           "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE"
           "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE")
     for k in "${want[@]}"; do grep -qxF -- "$k" "$unit" || missing+="missing: $k"$'\n'; done
