@@ -267,7 +267,8 @@ fn the_running_lbds_degraded_reasons_are_findings() {
     assert_eq!(
         problems(&f),
         [
-            "the running lbd: VRRP instance v6 is in FAULT",
+            "the running lbd: VRRP instance v6 is in FAULT (vip_foreign: fd00:db8::100/64 \
+             configured on eth1 by someone else (lbd never touches it))",
             "the running lbd: listener apiserver: 1 of 2 backends down ([fd00:db8::2]:6443)",
         ]
     );

@@ -248,7 +248,8 @@ fn degraded_reasons_are_faults_not_operator_intent() {
     assert_eq!(
         degraded(&r),
         [
-            "VRRP instance v6 is in FAULT",
+            "VRRP instance v6 is in FAULT (vip_foreign: fd00:db8::100/64 configured on eth1 \
+             by someone else (lbd never touches it))",
             "listener apiserver: 1 of 2 backends down ([fd00:db8::2]:6443)",
         ]
     );
@@ -262,10 +263,42 @@ fn degraded_reasons_are_faults_not_operator_intent() {
     assert!(healthy.vrrp[1].released && healthy.tcplb[0].backends[0].drained);
     assert_eq!(degraded(&healthy), Vec::<String>::new());
 
-    // FAULT alone.
+    // FAULT alone: every fault's reason and detail, in order; none known
+    // (a daemon from before `faults`): the bare state.
     let mut fault = healthy.clone();
     fault.vrrp[0].state = State::Fault;
     assert_eq!(degraded(&fault), ["VRRP instance apiserver is in FAULT"]);
+    fault.vrrp[0].faults = vec![
+        VrrpFaultStatus {
+            reason: Fault::VipFailed,
+            detail: "add 10.31.90.0/24 on eth0: Permission denied (os error 13)".into(),
+        },
+        VrrpFaultStatus {
+            reason: Fault::LinkDown,
+            detail: "eth0 has no carrier".into(),
+        },
+    ];
+    assert_eq!(
+        degraded(&fault),
+        [
+            "VRRP instance apiserver is in FAULT (vip_failed: add 10.31.90.0/24 on eth0: \
+          Permission denied (os error 13); link_down: eth0 has no carrier)"
+        ]
+    );
+    let table = lbd::status::client::render_table(&fault);
+    let under: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("  apiserver "))
+        .skip(1)
+        .take(2)
+        .collect();
+    assert_eq!(
+        under,
+        [
+            "    fault vip_failed: add 10.31.90.0/24 on eth0: Permission denied (os error 13)",
+            "    fault link_down: eth0 has no carrier",
+        ]
+    );
 
     // The proxy not synced, with and without an error.
     let mut unsynced = healthy.clone();

@@ -208,7 +208,19 @@ pub fn degraded(r: &StatusReport) -> Vec<String> {
     let mut out = Vec::new();
     for v in &r.vrrp {
         if v.state == crate::vrrp::fsm::State::Fault {
-            out.push(format!("VRRP instance {} is in FAULT", v.name));
+            // The reason goes with it, so a page says what to fix without
+            // a second look (a daemon from before `faults` sends none).
+            let why = v
+                .faults
+                .iter()
+                .map(|f| format!("{}: {}", f.reason, f.detail))
+                .collect::<Vec<_>>()
+                .join("; ");
+            out.push(if why.is_empty() {
+                format!("VRRP instance {} is in FAULT", v.name)
+            } else {
+                format!("VRRP instance {} is in FAULT ({why})", v.name)
+            });
         }
     }
     for l in r.tcplb.iter().filter(|l| !l.draining) {
@@ -307,8 +319,13 @@ fn render_vrrp(out: &mut String, vrrp: &[VrrpInstanceStatus]) {
                 ago(v.since_seconds),
                 v.transitions
             );
-            // The STATE column keeps SPEC.md's four names; a release is
-            // operator intent and says how it ends.
+            // The STATE column keeps SPEC.md's four names; why a FAULT
+            // holds goes under the row, one line per fault, as the JSON's
+            // `faults` has it.
+            for f in &v.faults {
+                let _ = writeln!(out, "    fault {}: {}", f.reason, f.detail);
+            }
+            // A release is operator intent and says how it ends.
             if v.released {
                 let _ = writeln!(
                     out,

@@ -219,4 +219,42 @@ mod tests {
             assert!(out.contains(&line), "missing {line} in\n{out}");
         }
     }
+
+    /// Every VRRP metric lbd exports is documented, in vrrp.md's list and
+    /// operations.md's table, and so is every fault reason it carries.
+    #[test]
+    fn every_metric_and_fault_reason_is_documented() {
+        let mut reg = Registry::default();
+        let m = VrrpMetrics::register(&mut reg);
+        m.instance("api");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let vrrp = std::fs::read_to_string(root.join("docs/vrrp.md")).unwrap();
+        let ops = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+        let names: std::collections::BTreeSet<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.contains("lbd_vrrp_faults"), "{names:?}");
+        for name in names {
+            // Counters are documented by their exported `_total` name.
+            let shown = if out.contains(&format!("# TYPE {name} counter")) {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            assert!(vrrp.contains(&shown), "docs/vrrp.md lacks {shown}");
+            assert!(ops.contains(&shown), "docs/operations.md lacks {shown}");
+        }
+        for f in Fault::ALL {
+            let name = format!("`{f}`");
+            assert!(vrrp.contains(&name), "docs/vrrp.md lacks the fault {name}");
+            assert!(
+                ops.contains(&name),
+                "docs/operations.md lacks the fault {name}"
+            );
+        }
+    }
 }
