@@ -846,6 +846,58 @@ fn reconfigure_applies_in_place() {
     assert_eq!((b.state(), b.effective_priority()), (State::Backup, 50));
 }
 
+/// A reload that changes the VIPs' lifetime: a master renews them at once
+/// (the kernel's copies carry the old lifetime, which a longer period's
+/// first renewal would come after), then at the new period.
+#[test]
+fn a_new_vip_lifetime_renews_at_once() {
+    let p = VirtualRouterParams {
+        vip_renew: Some(ms(667)),
+        ..params(100)
+    };
+    let (mut r, t) = master(p.clone());
+    let now = t + ms(600);
+    let longer = VirtualRouterParams {
+        vip_renew: Some(ms(3000)),
+        ..p.clone()
+    };
+    assert_eq!(
+        r.handle(
+            now,
+            Input::Reconfigure {
+                params: longer.clone()
+            }
+        ),
+        vec![Action::RenewVips]
+    );
+    assert_eq!(r.state(), State::Master);
+    let mut renewals = Vec::new();
+    let end = now + ms(6500);
+    while let Some(d) = r.next_deadline().filter(|d| *d <= end) {
+        if r.handle(d, Input::Tick).contains(&Action::RenewVips) {
+            renewals.push(d - now);
+        }
+    }
+    assert_eq!(renewals, [ms(3000), ms(6000)]);
+    // The same lifetime again: nothing to renew early.
+    assert!(!r
+        .handle(end, Input::Reconfigure { params: longer })
+        .contains(&Action::RenewVips));
+    // A backup holds nothing: nothing renewed.
+    let mut b = started(p);
+    assert!(!b
+        .handle(
+            ms(10),
+            Input::Reconfigure {
+                params: VirtualRouterParams {
+                    vip_renew: Some(ms(3000)),
+                    ..params(100)
+                }
+            }
+        )
+        .contains(&Action::RenewVips));
+}
+
 #[test]
 fn vips_are_renewed_while_master_only() {
     let (mut r, t) = master(VirtualRouterParams {

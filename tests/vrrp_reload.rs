@@ -109,7 +109,8 @@ fn reload_in_place_keeps_traffic_and_sends_no_priority_zero() {
     }
     let net = 65;
     let sc = Scenario {
-        tcplb: "tcplb:\n  listeners:\n    - name: api\n      bind: 0.0.0.0:8443\n      backends: [127.0.0.1:7001]\n      health: { type: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }\n".to_string(),
+        // `dead` has no backend that answers: a track on it fails.
+        tcplb: "tcplb:\n  listeners:\n    - name: api\n      bind: 0.0.0.0:8443\n      backends: [127.0.0.1:7001]\n      health: { type: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }\n    - name: dead\n      bind: 0.0.0.0:8444\n      backends: [127.0.0.1:7999]\n      health: { type: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }\n".to_string(),
         ..Scenario::default()
     };
     let mut c = Cluster::new(net, sc, &[150, 100]);
@@ -139,42 +140,119 @@ fn reload_in_place_keeps_traffic_and_sends_no_priority_zero() {
     let n1: IpAddr = format!("10.213.{net}.1").parse().unwrap();
     let since = SystemTime::now();
     let (ok0, failed0) = client.counts();
-    type Edit = Box<dyn Fn(String) -> String>;
-    let changes: [(&str, Edit); 5] = [
-        (
-            "priority",
-            Box::new(|s: String| s.replace("priority: 150", "priority: 140")),
-        ),
-        (
+    let obs_ip: IpAddr = format!("10.213.{net}.9").parse().unwrap();
+    let n2: IpAddr = format!("10.213.{net}.2").parse().unwrap();
+    // Every step is an edit of the start config (so a step also undoes
+    // what the one before added), what the master's status must show once
+    // applied, and how long traffic runs before the counts are read.
+    struct Step {
+        what: &'static str,
+        edit: Box<dyn Fn(String) -> String>,
+        effective_priority: u64,
+        second_vip: bool,
+        settle: Duration,
+    }
+    let step = |what, effective_priority, edit: Box<dyn Fn(String) -> String>| Step {
+        what,
+        edit,
+        effective_priority,
+        second_vip: false,
+        settle: Duration::from_millis(800),
+    };
+    fn p140(s: String) -> String {
+        s.replace("priority: 150", "priority: 140")
+    }
+    let track = |s: String, list: &str| {
+        p140(s).replace(
+            "preempt: true",
+            &format!("preempt: true\n      track: [{list}]"),
+        )
+    };
+    let steps = [
+        step("priority", 140, Box::new(p140)),
+        step(
             "advert_interval",
-            Box::new(|s: String| {
-                s.replace("priority: 150", "priority: 140")
-                    .replace("advert_interval: 100ms", "advert_interval: 200ms")
-            }),
+            140,
+            Box::new(move |s| p140(s).replace("advert_interval: 100ms", "advert_interval: 200ms")),
         ),
-        (
-            "a second VIP",
-            Box::new(move |s: String| {
-                s.replace("priority: 150", "priority: 140")
-                    .replace("advert_interval: 100ms", "advert_interval: 200ms")
-                    .replace(
-                        &format!("[10.213.{net}.100/24]"),
-                        &format!("[10.213.{net}.100/24, 10.213.{net}.101/24]"),
-                    )
-            }),
-        ),
-        (
+        Step {
+            second_vip: true,
+            ..step(
+                "a second VIP",
+                140,
+                Box::new(move |s| {
+                    p140(s)
+                        .replace("advert_interval: 100ms", "advert_interval: 200ms")
+                        .replace(
+                            &format!("[10.213.{net}.100/24]"),
+                            &format!("[10.213.{net}.100/24, 10.213.{net}.101/24]"),
+                        )
+                }),
+            )
+        },
+        step(
             "preempt off and a notify script",
-            Box::new(|s: String| {
-                s.replace("priority: 150", "priority: 140")
+            140,
+            Box::new(move |s| {
+                p140(s)
                     .replace("advert_interval: 100ms", "advert_interval: 200ms")
                     .replace("preempt: true", "preempt: false\n      notify: \"true\"")
             }),
         ),
-        ("back to the start", Box::new(|s: String| s)),
+        // The listener `dead` has no backend up: its track fails, and its
+        // weight is what the master must advertise (still above n2's 100).
+        step(
+            "a track list",
+            130,
+            Box::new(move |s| track(s, "{listener: dead, weight: -10}")),
+        ),
+        step(
+            "a track's weight and a second track",
+            115,
+            Box::new(move |s| {
+                track(
+                    s,
+                    "{listener: dead, weight: -25}, {interface: eth0, weight: -50}",
+                )
+            }),
+        ),
+        // Multicast to unicast: n2 (multicast still) hears a unicast advert
+        // as well; the observer is a peer so that the capture sees them.
+        step(
+            "unicast_peers",
+            140,
+            Box::new(move |s| {
+                p140(s).replace(
+                    "preempt: true",
+                    &format!("preempt: true\n      unicast_peers: [\"{n2}\", \"{obs_ip}\"]"),
+                )
+            }),
+        ),
+        // Longer than the 2 s default: the VIP's lifetime in the kernel is
+        // still the old one, so a renewal put off to the new period would
+        // let it lapse. Traffic runs past the old lifetime.
+        Step {
+            settle: Duration::from_millis(2600),
+            ..step(
+                "vip_lifetime",
+                140,
+                Box::new(|s| {
+                    p140(s).replace("preempt: true", "preempt: true\n      vip_lifetime: 9s")
+                }),
+            )
+        },
+        step("back to the start", 150, Box::new(|s| s)),
     ];
-    for (what, edit) in changes {
+    for Step {
+        what,
+        edit,
+        effective_priority,
+        second_vip,
+        settle,
+    } in steps
+    {
         let before = std::fs::read_to_string(c.log(0)).unwrap_or_default().len();
+        let reloaded_at = SystemTime::now();
         c.reload(0, edit);
         // Applied: the log says so (reload done), then traffic for a while.
         let done = support::netns::wait_for(Duration::from_secs(5), || {
@@ -182,7 +260,20 @@ fn reload_in_place_keeps_traffic_and_sends_no_priority_zero() {
                 .contains("config reloaded")
         });
         assert!(done.is_some(), "{what}: no reload logged\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(800));
+        if what == "vip_lifetime" {
+            // Renewed with the new lifetime at once, long before the old
+            // one (2 s) could run out.
+            let vip = format!("10.213.{net}.100/24");
+            let renewed = support::netns::wait_for(Duration::from_millis(500), || {
+                valid_lft(&c.lab.addrs(&c.ns[0]), &vip).is_some_and(|l| l > 2)
+            });
+            assert!(
+                renewed.is_some(),
+                "{what}: not renewed with the new lifetime\n{}",
+                c.lab.addrs(&c.ns[0])
+            );
+        }
+        std::thread::sleep(settle);
         let (ok, failed) = client.counts();
         eprintln!(
             "[net {net}] reload ({what}): {} requests, {} failed",
@@ -199,20 +290,51 @@ fn reload_in_place_keeps_traffic_and_sends_no_priority_zero() {
         assert_eq!(w.holders(), vec![0], "{what}: the VIP moved\n{}", c.logs());
         // Applied, not just accepted.
         let st = c.instance(0);
-        let want = if what == "back to the start" {
-            150
-        } else {
-            140
-        };
-        assert_eq!(st["effective_priority"], want, "{what}: {st}");
+        assert_eq!(st["state"], "MASTER", "{what}: {st}");
+        assert_eq!(st["effective_priority"], effective_priority, "{what}: {st}");
         let second = c.lab.has_addr(&c.ns[0], &format!("10.213.{net}.101"));
-        let want = what == "a second VIP";
         assert_eq!(
             second,
-            want,
+            second_vip,
             "{what}: second VIP\n{}",
             c.lab.addrs(&c.ns[0])
         );
+        match what {
+            "a track list" | "a track's weight and a second track" => {
+                let tracks = st["tracks"].as_array().cloned().unwrap_or_default();
+                let want = if what == "a track list" { 1 } else { 2 };
+                assert_eq!(tracks.len(), want, "{what}: {st}");
+                assert_eq!(tracks[0]["target"], "listener:dead", "{what}: {st}");
+                assert_eq!(tracks[0]["failing"], true, "{what}: {st}");
+            }
+            "unicast_peers" => {
+                // Since the reload: unicast to the observer, and only that
+                // (the capture cannot see the copy to n2).
+                let dsts: Vec<IpAddr> = cap
+                    .advert_destinations(n1)
+                    .into_iter()
+                    .filter(|(at, _)| *at >= reloaded_at)
+                    .map(|(_, d)| d)
+                    .collect();
+                assert!(dsts.contains(&obs_ip), "{what}: no unicast advert seen");
+                let group: IpAddr = "224.0.0.18".parse().unwrap();
+                let last = dsts.iter().rposition(|d| *d == group);
+                let first = dsts.iter().position(|d| *d == obs_ip);
+                assert!(
+                    last < first,
+                    "{what}: multicast after the first unicast advert: {dsts:?}"
+                );
+            }
+            "vip_lifetime" => {
+                let lft = valid_lft(&c.lab.addrs(&c.ns[0]), &format!("10.213.{net}.100/24"));
+                assert!(
+                    lft.is_some_and(|l| l > 2),
+                    "{what}: the VIP's lifetime is not the new 9 s: {lft:?}\n{}",
+                    c.lab.addrs(&c.ns[0])
+                );
+            }
+            _ => {}
+        }
     }
     assert!(
         w.take_max_dual().is_zero(),
@@ -230,4 +352,14 @@ fn reload_in_place_keeps_traffic_and_sends_no_priority_zero() {
     );
     // And the master did advertise meanwhile (the capture works).
     assert!(!cap.adverts_from(n1).is_empty());
+}
+
+/// The `valid_lft` in seconds of `cidr` in `ip -o addr show` output.
+fn valid_lft(addrs: &str, cidr: &str) -> Option<u64> {
+    let line = addrs
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == cidr))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "valid_lft")?;
+    words.next()?.strip_suffix("sec")?.parse().ok()
 }

@@ -22,6 +22,8 @@ pub enum Frame {
     /// A VRRP advertisement (v2 or v3, IPv4 or IPv6).
     Advert {
         src: IpAddr,
+        /// The group, or a unicast peer.
+        dst: IpAddr,
         src_mac: [u8; 6],
         vrid: u8,
         priority: u8,
@@ -92,6 +94,17 @@ impl Capture {
                 Frame::Advert {
                     src: a, priority, ..
                 } if a == src => Some((s.at, priority)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Where `src`'s adverts went: (time, destination address).
+    pub fn advert_destinations(&self, src: IpAddr) -> Vec<(SystemTime, IpAddr)> {
+        self.seen()
+            .into_iter()
+            .filter_map(|s| match s.frame {
+                Frame::Advert { src: a, dst, .. } if a == src => Some((s.at, dst)),
                 _ => None,
             })
             .collect()
@@ -225,8 +238,15 @@ pub fn parse(f: &[u8]) -> Option<Frame> {
                 payload[14],
                 payload[15],
             ));
+            let dst = IpAddr::V4(Ipv4Addr::new(
+                payload[16],
+                payload[17],
+                payload[18],
+                payload[19],
+            ));
             Some(Frame::Advert {
                 src,
+                dst,
                 src_mac,
                 vrid: payload[ihl + 1],
                 priority: payload[ihl + 2],
@@ -240,9 +260,13 @@ pub fn parse(f: &[u8]) -> Option<Frame> {
             let mut s = [0u8; 16];
             s.copy_from_slice(&payload[8..24]);
             let src = IpAddr::V6(Ipv6Addr::from(s));
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&payload[24..40]);
+            let dst = IpAddr::V6(Ipv6Addr::from(d));
             match payload[6] {
                 112 => Some(Frame::Advert {
                     src,
+                    dst,
                     src_mac,
                     vrid: payload[41],
                     priority: payload[42],

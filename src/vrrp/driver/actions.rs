@@ -209,9 +209,15 @@ impl Instance {
             self.resolve().await;
         }
         if old.track != self.cfg.track {
-            self.track_state = TrackState::default();
             self.refresh_tracked().await;
-            self.retrack();
+            // The router is told whatever the new state: retrack() compares
+            // states only, and an emptied list computes the same state as a
+            // fresh one, which left the old weight on the priority.
+            self.track_state =
+                TrackState::compute(&self.cfg.track, &self.listeners, &self.links_up);
+            let weight = self.track_state.weight(&self.cfg.track);
+            tracing::info!(instance = %self.cfg.name, weight, "tracking changed by a reload");
+            self.follow_ups.push(Input::TrackChanged { weight });
         }
         let added: Vec<IpNet> = self
             .cfg

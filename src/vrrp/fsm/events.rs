@@ -311,6 +311,13 @@ impl VirtualRouter {
             self.garp_at = p.garp_refresh.map(|r| now + r);
         }
         if old.vip_renew != p.vip_renew {
+            // The kernel's copies still carry the old lifetime: renewed at
+            // once, or a longer lifetime's later first renewal let them
+            // lapse before it (a gap while master, seen in
+            // tests/vrrp_reload.rs).
+            if p.vip_renew.is_some() && self.holds_vips {
+                out.push(Action::RenewVips);
+            }
             self.renew_at = p.vip_renew.map(|r| now + r);
         }
         if seen_by_peers {
