@@ -304,3 +304,129 @@ fn a_netlink_overrun_is_reported() {
     );
     assert!(saw.1 < 400, "every event arrived: the buffer was not small");
 }
+
+/// A VIP the kernel refuses to put back (issue 14: failures are state).
+/// The VIP lives in a /28 of its own; the master's copy is deleted and, in
+/// the same `ip -batch`, a `scope link` address is put in that /28, so
+/// lbd's restore (a renewal of a VIP gone missing) is refused by the
+/// kernel itself: EINVAL, "ipv4: Invalid scope value" (a global address
+/// in a subnet that holds one of another scope). No hook in lbd. The
+/// master goes FAULT `vip_failed` with the kernel's answer in status,
+/// sends priority 0, the peer takes over after its skew time; the retry
+/// after the backoff is refused again while the cause holds; once it goes,
+/// the next retry succeeds and n1 (150) takes the VIP back.
+///
+/// (IPv6 with `disable_ipv6=1` on the interface is refused too, EACCES,
+/// but it also takes the link-local address adverts go from: that is
+/// `no_source_address`, and no priority 0 can get out.)
+#[test]
+fn a_vip_the_kernel_refuses_is_a_fault_and_recovers_after_the_backoff() {
+    if !require_root("a_vip_the_kernel_refuses_is_a_fault_and_recovers_after_the_backoff") {
+        return;
+    }
+    let net = 54;
+    let mut c = Cluster::new(net, Scenario::default(), &[150, 100]);
+    let cap = observe(&mut c);
+    let w = c.watch();
+    let (vip24, vip28) = (
+        format!("10.213.{net}.100/24"),
+        format!("10.213.{net}.100/28"),
+    );
+    for i in 0..2 {
+        let conf = c.dir.path().join(format!("n{}.yaml", i + 1));
+        std::fs::write(&conf, c.config(i).replace(&vip24, &vip28)).unwrap();
+        c.start_with(i, &conf);
+    }
+    assert!(
+        w.wait_sole_holder(0, Duration::from_secs(10)).is_some(),
+        "{}",
+        c.logs()
+    );
+    let n1 = c.ns[0].clone();
+    let n1_ip = node_ip(&c, 0);
+    let blocker = format!("10.213.{net}.101");
+    let batch = c.dir.path().join("refuse.batch");
+    std::fs::write(
+        &batch,
+        format!("addr del {vip28} dev eth0\naddr add {blocker}/28 dev eth0 scope link\n"),
+    )
+    .unwrap();
+    let t0 = SystemTime::now();
+    // lbd may put the VIP back between the two lines: then the kernel
+    // refuses the blocker instead, and the batch runs again.
+    let placed = wait_for(Duration::from_secs(5), || {
+        support::netns::run_output(&["ip", "-n", &n1, "-force", "-batch", batch.to_str().unwrap()]);
+        c.lab.has_addr(&n1, &blocker)
+    });
+    assert!(
+        placed.is_some(),
+        "blocker never placed: {}",
+        c.lab.addrs(&n1)
+    );
+    let took = w
+        .wait_sole_holder(1, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("n2 never took over: {:?}\n{}", w.holders(), c.logs()));
+    eprintln!("[net {net}] n1's VIP refused by the kernel: n2 holds it after {took:?}");
+    assert!(
+        took <= c.skew(1) + c.interval() + Duration::from_millis(250),
+        "{took:?}: not a priority 0 handover (skew {:?})\n{}",
+        c.skew(1),
+        c.logs()
+    );
+    let zero = cap.priority_zero();
+    assert!(
+        zero.iter().any(|(at, src)| *src == n1_ip && *at >= t0),
+        "no priority 0 from n1 on the wire: {zero:?}\n{}",
+        c.logs()
+    );
+    eventually_sync(Duration::from_secs(3), "n1 in FAULT for vip_failed", || {
+        c.instance(0)["state"] == "FAULT" && fault_reasons(&c, 0) == ["vip_failed"]
+    });
+    let detail = c.instance(0)["faults"][0]["detail"].to_string();
+    assert!(
+        detail.contains(&format!("cannot install {vip28}")) && detail.contains("os error 22"),
+        "{detail}"
+    );
+    // The table and its exit code say it too.
+    let sock = c.socket(0);
+    let out = support::netns::run_output(&[
+        support::lbd::lbd_bin(),
+        "status",
+        "--socket",
+        sock.to_str().unwrap(),
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{table}");
+    assert!(
+        table.contains("    fault vip_failed: VIP renewal: cannot install")
+            && table.contains("DEGRADED: VRRP instance vip is in FAULT (vip_failed: "),
+        "{table}"
+    );
+    // The backoff's retries (1 s, then 2 s) are refused as well while the
+    // cause holds: n1 never holds the VIP, n2 stays master.
+    let t1 = c.instance(0)["transitions"].as_u64().unwrap_or(0);
+    let held = wait_for(Duration::from_millis(3500), || w.holders().contains(&0));
+    assert!(
+        held.is_none(),
+        "n1 held a refused VIP: {}",
+        c.lab.addrs(&n1)
+    );
+    let retried = c.instance(0)["transitions"].as_u64().unwrap_or(0);
+    assert!(retried > t1, "no retry after the backoff\n{}", c.logs());
+    assert_eq!(c.instance(1)["state"], "MASTER");
+    // The cause goes: the next retry installs it, and n1 preempts n2.
+    c.lab.sh(
+        &n1,
+        &["ip", "addr", "del", &format!("{blocker}/28"), "dev", "eth0"],
+    );
+    let back = w
+        .wait_sole_holder(0, Duration::from_secs(35))
+        .unwrap_or_else(|| panic!("n1 did not recover: {:?}\n{}", w.holders(), c.logs()));
+    eprintln!("[net {net}] blocker removed: n1 holds the VIP again after {back:?}");
+    eventually_sync(Duration::from_secs(2), "n1 MASTER without faults", || {
+        c.instance(0)["state"] == "MASTER" && fault_reasons(&c, 0).is_empty()
+    });
+    assert_eq!(c.instance(1)["state"], "BACKUP");
+    let log = std::fs::read_to_string(c.log(0)).unwrap();
+    assert!(log.contains("fault over"), "{log}");
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{
-    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, CacheInfo,
+    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, AddressScope, CacheInfo,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use serde::{Deserialize, Serialize};
@@ -121,6 +121,8 @@ pub struct AddrInfo {
     /// When the kernel created it (hundredths of a second since boot): a
     /// renewal keeps it, a delete and add changes it.
     pub created_cs: Option<u32>,
+    /// Scope universe (`scope global`), not link or host.
+    pub global: bool,
     raw: AddressMessage,
 }
 
@@ -159,6 +161,7 @@ impl AddrInfo {
             deprecated: flags.contains(AddressFlags::Deprecated),
             link_local,
             created_cs,
+            global: msg.header.scope == AddressScope::Universe,
             raw: msg.clone(),
         })
     }
@@ -339,17 +342,41 @@ impl Netlink {
         exclude: &[IpAddr],
     ) -> Result<Option<IpAddr>, SysError> {
         let addrs = self.addresses(link.index).await?;
-        let pick = addrs.iter().find(|a| {
-            let fam = a.addr.addr().is_ipv6() == v6;
-            let usable = !exclude.contains(&a.addr.addr()) && !a.has_lbd_mark(&link.name);
-            if v6 {
-                fam && usable && a.link_local != unicast && !a.tentative
-            } else {
-                fam && usable && !a.secondary
-            }
-        });
-        Ok(pick.map(|a| a.addr.addr()))
+        Ok(pick_source(&addrs, &link.name, v6, unicast, exclude))
     }
+}
+
+/// The address adverts go from (RFC 5798 5.1.2.1): IPv6, the link-local
+/// (with `unicast`, a global one); IPv4, the first primary of scope global,
+/// else the first primary. The kernel lists a link- or host-scope primary
+/// (a 169.254.0.0/16 of avahi-autoipd, any `scope link` address) before
+/// the global ones: taken first, it changed the source under a running
+/// instance, and unicast peers drop adverts from an address they do not
+/// list. Never a VIP (`exclude`) nor an address lbd marked.
+pub fn pick_source(
+    addrs: &[AddrInfo],
+    ifname: &str,
+    v6: bool,
+    unicast: bool,
+    exclude: &[IpAddr],
+) -> Option<IpAddr> {
+    let usable = |a: &&AddrInfo| {
+        a.addr.addr().is_ipv6() == v6
+            && !exclude.contains(&a.addr.addr())
+            && !a.has_lbd_mark(ifname)
+    };
+    let pick = if v6 {
+        addrs
+            .iter()
+            .filter(usable)
+            .find(|a| a.link_local != unicast && !a.tentative)
+    } else {
+        let primaries = || addrs.iter().filter(usable).filter(|a| !a.secondary);
+        primaries()
+            .find(|a| a.global)
+            .or_else(|| primaries().next())
+    };
+    pick.map(|a| a.addr.addr())
 }
 
 #[cfg(test)]
@@ -369,8 +396,40 @@ mod tests {
             deprecated: false,
             link_local: false,
             created_cs: None,
+            global: true,
             raw: AddressMessage::default(),
         }
+    }
+
+    /// IPv4: a link-scope primary that the kernel lists first (as it does)
+    /// is passed over for the global one, and used only when it is all
+    /// there is; secondaries, VIPs and lbd's own addresses never.
+    #[test]
+    fn the_ipv4_source_is_a_global_primary() {
+        let scope_link = AddrInfo {
+            global: false,
+            ..listed("10.213.50.101/28", None, None, None)
+        };
+        let primary = listed("10.213.50.1/24", None, None, None);
+        let secondary = AddrInfo {
+            secondary: true,
+            ..listed("10.213.50.2/24", None, None, None)
+        };
+        let vip = listed("10.213.50.100/24", None, None, Some(2));
+        let ours = listed("10.213.50.99/24", None, Some(LBD_ADDR_PROTO), Some(2));
+        let exclude: [IpAddr; 1] = ["10.213.50.100".parse().unwrap()];
+        let pick = |list: &[AddrInfo]| pick_source(list, "eth0", false, false, &exclude);
+        let all = [
+            scope_link.clone(),
+            vip.clone(),
+            ours.clone(),
+            secondary.clone(),
+            primary,
+        ];
+        assert_eq!(pick(&all), Some("10.213.50.1".parse().unwrap()));
+        let no_global = [vip, ours, secondary, scope_link];
+        assert_eq!(pick(&no_global), Some("10.213.50.101".parse().unwrap()));
+        assert_eq!(pick(&no_global[..3]), None);
     }
 
     /// What a 5.10 kernel shows for lbd's VIPs: no IFA_PROTO, and no label
