@@ -414,6 +414,17 @@ fn a_vip_the_kernel_refuses_is_a_fault_and_recovers_after_the_backoff() {
     let retried = c.instance(0)["transitions"].as_u64().unwrap_or(0);
     assert!(retried > t1, "no retry after the backoff\n{}", c.logs());
     assert_eq!(c.instance(1)["state"], "MASTER");
+    // The scope link address, listed before n1's own, is never the source
+    // (the retries above advertised).
+    let from_blocker = cap.adverts_from(blocker.parse().unwrap());
+    assert!(
+        from_blocker.is_empty(),
+        "adverts from {blocker}: {from_blocker:?}"
+    );
+    assert!(cap
+        .adverts_from(n1_ip)
+        .iter()
+        .any(|(at, p)| *p == 150 && *at > t0));
     // The cause goes: the next retry installs it, and n1 preempts n2.
     c.lab.sh(
         &n1,
