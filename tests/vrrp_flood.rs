@@ -152,11 +152,41 @@ fn gaps_ms(t: &[SystemTime]) -> Vec<u128> {
         .collect()
 }
 
+/// [`under_flood`] until a window reached the rate (at most three tries: a
+/// host busy with other work starves the sender for a while, which says
+/// nothing about lbd). The window is then judged whole.
+fn flood_window(
+    c: &Cluster,
+    fl: &str,
+    cap: &Capture,
+    flood: Vec<Vec<u8>>,
+    span: Duration,
+    src: IpAddr,
+    vip: IpAddr,
+) -> Window {
+    let mut w = under_flood(c, fl, cap, flood.clone(), span, src, vip);
+    for _ in 1..3 {
+        if reached(&w) {
+            break;
+        }
+        eprintln!(
+            "flood reached only {:.0}/s sent, {:.0}/s taken: once more",
+            w.rate, w.taken
+        );
+        w = under_flood(c, fl, cap, flood.clone(), span, src, vip);
+    }
+    w
+}
+
+fn reached(w: &Window) -> bool {
+    w.rate >= RATE as f64 * 0.8 && w.taken >= RATE as f64 * 0.8
+}
+
 /// The flood must have reached lbd at (nearly) the issue's rate, or the
 /// test proves little: counted by the sender and by the master's lbd.
 fn assert_flood_reached(w: &Window) {
     assert!(
-        w.rate >= RATE as f64 * 0.8 && w.taken >= RATE as f64 * 0.8,
+        reached(w),
         "the flood reached only {:.0}/s sent, {:.0}/s taken by lbd (aim {RATE})",
         w.rate,
         w.taken
@@ -220,7 +250,7 @@ fn timers_hold_under_a_flood() {
 
     let span = Duration::from_secs(5);
     let vip = c.vip();
-    let w1 = under_flood(&c, &fl, &cap, dropped_flood(net, vip), span, n1, vip);
+    let w1 = flood_window(&c, &fl, &cap, dropped_flood(net, vip), span, n1, vip);
     eprintln!(
         "[net {net}] flood to drop at {:.0}/s ({:.0}/s taken by lbd): the master sent {} adverts and {} \
          gratuitous ARPs in {span:?}, longest gaps {:?} / {:?}",
@@ -251,7 +281,7 @@ fn timers_hold_under_a_flood() {
         w1.garp_gap()
     );
 
-    let w2 = under_flood(&c, &fl, &cap, answered_flood(net, vip), span, n1, vip);
+    let w2 = flood_window(&c, &fl, &cap, answered_flood(net, vip), span, n1, vip);
     eprintln!(
         "[net {net}] flood to answer at {:.0}/s ({:.0}/s taken by lbd): the master sent {} adverts in {span:?}",
         w2.rate,
