@@ -5,6 +5,7 @@
 #   bench/kube-proxy-vs-lbd.sh              # 1000 then 10000 Services x 5
 #   SIZES=1000 bench/kube-proxy-vs-lbd.sh   # one size
 # env: SIZES, LBD_BENCH_CHANGES (endpoint changes timed per proxy, 3),
+#      LBD_BENCH_ONLY=lbd (lbd alone, no ratios: to measure a change to lbd),
 #      PROFILE (release; debug to skip the release build: figures then
 #      overstate lbd's CPU), VM_MEM (MiB, default 3072 for 1k, 6144 above),
 #      VM_TIMEOUT (s, default 7200). Needs bench/kube-peers.sh's binaries.
@@ -21,5 +22,5 @@ for n in $sizes; do
   echo "=== $n Services (VM_MEM=$mem)"
   LBD_BENCH_SERVICES=$n VM_MEM=$mem VM_TIMEOUT=${VM_TIMEOUT:-7200} \
     VM_KERNELS=6.1 VM_TESTS=kube_proxy_bench \
-    scripts/vm-test.sh "${prof[@]}" -- --nocapture 2>&1 | grep -E '^bench|panicked|^vm-test'
+    scripts/vm-test.sh "${prof[@]}" -- --nocapture 2>&1 | grep --line-buffered -E '^bench|panicked|^vm-test'
 done
