@@ -1024,7 +1024,8 @@ fn health_check_node_port_for_local_load_balancers_only() {
                 port: 32000,
                 ipv4: true,
                 ipv6: false,
-                local_endpoints: 2
+                local_v4: 2,
+                local_v6: 0,
             }
         )]
     );
@@ -1039,7 +1040,7 @@ fn health_check_node_port_for_local_load_balancers_only() {
     );
     let d = run(&services[..1], &[only_remote], &[]);
     assert_eq!(
-        d.health_checks[&ObjectKey::new("default", "local-lb")].local_endpoints,
+        d.health_checks[&ObjectKey::new("default", "local-lb")].local_v4,
         0
     );
 
@@ -1054,6 +1055,49 @@ fn health_check_node_port_for_local_load_balancers_only() {
     );
     let d = run(&[other], &slices[..1], &[]);
     assert!(d.health_checks.is_empty());
+}
+
+/// A dual-stack load balancer: each family's listener answers with that
+/// family's local endpoints (kube-proxy's per-family proxiers each count
+/// their own family's slices), not the sum.
+#[test]
+fn dual_stack_health_checks_count_each_family_apart() {
+    let s = svc(json!({
+        "metadata": {"name": "dual", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.70",
+                 "clusterIPs": ["10.96.0.70", "fd00:10:96::70"],
+                 "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
+                 "externalTrafficPolicy": "Local", "healthCheckNodePort": 32070,
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30070}]}
+    }));
+    let v4 = eps(
+        "dual",
+        "dual-v4",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}]),
+        vec![
+            ep("10.244.7.1", NODE, Some(true), None, None),
+            ep("10.244.7.2", NODE, Some(true), None, None),
+            ep("10.244.7.3", NODE, Some(true), None, None),
+        ],
+    );
+    let v6 = eps(
+        "dual",
+        "dual-v6",
+        "IPv6",
+        json!([{"name": "http", "port": 8080}]),
+        vec![
+            ep("fd00:244::7:1", NODE, Some(true), None, None),
+            ep("fd00:244::7:2", "cp2", Some(true), None, None),
+        ],
+    );
+    let d = run(&[s], &[v4, v6], &[]);
+    let hc = &d.health_checks[&ObjectKey::new("default", "dual")];
+    assert_eq!((hc.ipv4, hc.ipv6), (true, true));
+    assert_eq!(
+        (hc.local_endpoints(false), hc.local_endpoints(true)),
+        (3, 1)
+    );
 }
 
 /// What the conntrack cleanup is given: each UDP/SCTP port of a Service

@@ -191,6 +191,56 @@ fn health_check_answers_once(ports: &BTreeMap<String, u16>) -> BTreeMap<String, 
         .collect()
 }
 
+/// A GET over IPv4 loopback; the body, or "" when nothing answers.
+fn http_get_loopback(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let get = || -> std::io::Result<String> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|b| b.1.to_string())
+            .unwrap_or_default())
+    };
+    get().unwrap_or_default()
+}
+
+/// Whether kube-proxy's proxier of `family` finished a sync: its
+/// `kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family}` is set
+/// (stamped at the end of syncProxyRules, just before the health-check
+/// ports are opened). Unknown (no metrics) counts as finished.
+fn family_sync_completed(metrics: &str, family: &str) -> bool {
+    if metrics.is_empty() {
+        return true;
+    }
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kubeproxy_sync_proxy_rules_last_timestamp_seconds{"))
+        .filter(|l| l.contains(&format!("ip_family=\"{family}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .any(|v| v > 0.0)
+}
+
+/// docs/proxy.md's `kube-proxy-ipv6-sync-fails-in-the-vm`: an IPv6 health
+/// check kube-proxy never opened because its IPv6 proxier never finished
+/// a sync (its metrics) is not judged, provided lbd's answer there is a
+/// real one for that Service (open, its name in the body).
+fn health_check_difference_allowed(name: &str, kp: &str, lbd: &str, kp_v6_failed: bool) -> bool {
+    let service = name.split(' ').next().unwrap_or_default();
+    kp_v6_failed
+        && name.ends_with("over IPv6")
+        && kp.starts_with("closed")
+        && !lbd.starts_with("closed")
+        && lbd.contains(&format!("\"name\":\"{service}\""))
+}
+
 /// One settings group: both proxies on its scenarios; the differences of
 /// the tables, and of the health-check answers.
 async fn run_group(
@@ -217,6 +267,7 @@ async fn run_group(
     let hc_ports = health_check_ports(o, members).await;
     let kp_hc = health_check_answers(&hc_ports);
     let kp_listening = sh("grep -h ' 0A ' /proc/net/tcp /proc/net/tcp6 || true");
+    let kp_metrics = http_get_loopback(10249, "/metrics");
     drop(kp);
     // Which families the judge ran (it logs its dual-stack decision).
     let kp_log =
@@ -268,10 +319,29 @@ async fn run_group(
     for s in members {
         delete(o, s).await;
     }
+    // kube-proxy's IPv6 proxier in the VM may never finish a sync: it
+    // programs IPVS, then stops before the end of syncProxyRules, where it
+    // stamps sync_proxy_rules_last_timestamp_seconds and right after opens
+    // its health-check ports. Its own metrics say so.
+    let v6_synced = family_sync_completed(&kp_metrics, "IPv6");
+    eprintln!(
+        "group {group}: kube-proxy's sync metrics: {:#?}",
+        kp_metrics
+            .lines()
+            .filter(
+                |l| l.starts_with("kubeproxy_sync_proxy_rules_last_timestamp_seconds")
+                    || l.starts_with("kubeproxy_sync_proxy_rules_iptables_restore_failures_total")
+            )
+            .collect::<Vec<_>>()
+    );
     let mut hc_diffs = Vec::new();
     for (name, kp) in &kp_hc {
         let mine = lbd_hc.get(name).map(String::as_str).unwrap_or("missing");
         eprintln!("group {group}: health check {name}: kube-proxy {kp} | lbd {mine}");
+        if health_check_difference_allowed(name, kp, mine, !v6_synced) {
+            eprintln!("group {group}: allowed (kube-proxy-ipv6-sync-fails-in-the-vm): {name}");
+            continue;
+        }
         if kp != mine {
             let port = name.split(' ').next().and_then(|n| hc_ports.get(n));
             hc_diffs.push(format!(
@@ -280,12 +350,20 @@ async fn run_group(
         }
     }
     if !hc_diffs.is_empty() {
+        let ports: Vec<String> = hc_ports.values().map(u16::to_string).collect();
         let hc_log: Vec<&str> = kp_log
             .lines()
             .filter(|l| {
-                l.to_ascii_lowercase().contains("healthcheck") || l.contains("odePortAddresses")
+                let lower = l.to_ascii_lowercase();
+                lower.contains("healthcheck")
+                    || lower.contains("health check")
+                    || lower.contains("listen")
+                    || lower.contains("address already in use")
+                    || lower.contains("iptables-restore")
+                    || l.contains("odePortAddresses")
+                    || ports.iter().any(|p| l.contains(p.as_str()))
             })
-            .take(20)
+            .take(40)
             .collect();
         eprintln!("group {group}: kube-proxy's listening sockets (/proc/net/tcp*, state 0A):\n{kp_listening}\nits health-check log: {hc_log:#?}");
     }
@@ -502,5 +580,65 @@ fn the_allowlist_explains_only_its_documented_differences() {
     assert_eq!(
         left,
         vec![etp_local, v6_node_port_of_v4_service, proxy_name]
+    );
+}
+
+/// The health-check allowance, on the host: only an IPv6 answer kube-proxy
+/// never gave because its IPv6 proxier never finished a sync (its
+/// metrics), and only where lbd answered for that Service.
+#[test]
+fn the_health_check_allowance_needs_the_judges_ipv6_failure() {
+    let lbd = r#"503 weight=Some("0") {"localEndpoints":0,"service":{"name":"r3","namespace":"default"},"serviceProxyHealthy":true}"#;
+    let closed = "closed (connection refused)";
+    assert!(health_check_difference_allowed(
+        "r3 over IPv6",
+        closed,
+        lbd,
+        true
+    ));
+    // Without the judge's logged failure, the same difference counts.
+    assert!(!health_check_difference_allowed(
+        "r3 over IPv6",
+        closed,
+        lbd,
+        false
+    ));
+    // Never over IPv4, never when lbd is closed too or answers for another name.
+    assert!(!health_check_difference_allowed(
+        "r3 over IPv4",
+        closed,
+        lbd,
+        true
+    ));
+    assert!(!health_check_difference_allowed(
+        "r3 over IPv6",
+        closed,
+        closed,
+        true
+    ));
+    assert!(!health_check_difference_allowed(
+        "s5 over IPv6",
+        closed,
+        lbd,
+        true
+    ));
+    // An answer from kube-proxy is always judged.
+    assert!(!health_check_difference_allowed(
+        "r3 over IPv6",
+        "200 weight=Some(\"1\")",
+        lbd,
+        true
+    ));
+
+    let metrics = "# HELP x\n\
+        kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 1.7966e+09\n\
+        kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=\"IPv6\"} 3\n";
+    assert!(family_sync_completed(metrics, "IPv4"));
+    assert!(!family_sync_completed(metrics, "IPv6"));
+    let zero = "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"} 0\n";
+    assert!(!family_sync_completed(zero, "IPv6"));
+    assert!(
+        family_sync_completed("", "IPv6"),
+        "no metrics: not an excuse"
     );
 }

@@ -152,7 +152,7 @@ fn gaps_ms(t: &[SystemTime]) -> Vec<u128> {
         .collect()
 }
 
-/// [`under_flood`] until a window reached the rate (at most three tries: a
+/// [`under_flood`] until a window reached the rate (at most five tries: a
 /// host busy with other work starves the sender for a while, which says
 /// nothing about lbd). The window is then judged whole.
 fn flood_window(
@@ -165,7 +165,7 @@ fn flood_window(
     vip: IpAddr,
 ) -> Window {
     let mut w = under_flood(c, fl, cap, flood.clone(), span, src, vip);
-    for _ in 1..3 {
+    for _ in 1..5 {
         if reached(&w) {
             break;
         }

@@ -801,7 +801,8 @@ fn add_service(
                 port,
                 ipv4: addrs.cluster_ips.iter().any(IpAddr::is_ipv4),
                 ipv6: addrs.cluster_ips.iter().any(IpAddr::is_ipv6),
-                local_endpoints: local_ready.len(),
+                local_v4: local_ready.iter().filter(|a| a.is_ipv4()).count(),
+                local_v6: local_ready.iter().filter(|a| a.is_ipv6()).count(),
             },
         );
     }

@@ -203,6 +203,11 @@ impl Syncer {
             }),
         );
         self.record(&out, took);
+        if kind == SyncKind::Full {
+            // A full sync's transient plan and listings would otherwise
+            // stay resident until the next one.
+            crate::sys::memory::release_free_heap();
+        }
         out
     }
 

@@ -61,7 +61,8 @@ pub type ListenAddresses = Option<Vec<IpAddr>>;
 struct Instance {
     port: u16,
     addresses: ListenAddresses,
-    local_endpoints: Arc<AtomicUsize>,
+    /// The IPv4 and IPv6 listeners' counts.
+    local_endpoints: [Arc<AtomicUsize>; 2],
     stop: CancellationToken,
 }
 
@@ -95,8 +96,9 @@ impl ServiceHealthServer {
         });
         for (key, hc) in wanted {
             if let Some(inst) = self.instances.get(key) {
-                inst.local_endpoints
-                    .store(hc.local_endpoints, Ordering::Relaxed);
+                for (v6, count) in [false, true].into_iter().zip(&inst.local_endpoints) {
+                    count.store(hc.local_endpoints(v6), Ordering::Relaxed);
+                }
                 continue;
             }
             match self.open(key, hc, addresses) {
@@ -152,11 +154,13 @@ impl ServiceHealthServer {
         let inst = Instance {
             port: hc.port,
             addresses: addresses.clone(),
-            local_endpoints: Arc::new(AtomicUsize::new(hc.local_endpoints)),
+            local_endpoints: [false, true]
+                .map(|v6| Arc::new(AtomicUsize::new(hc.local_endpoints(v6)))),
             stop: CancellationToken::new(),
         };
         for l in listeners {
-            let count = inst.local_endpoints.clone();
+            let v6 = l.local_addr()?.is_ipv6();
+            let count = inst.local_endpoints[usize::from(v6)].clone();
             let health = self.health.clone();
             let service = key.clone();
             let handler = move |_req: &http::Request<hyper::body::Incoming>| {
@@ -295,7 +299,8 @@ mod tests {
                         port: *port,
                         ipv4: true,
                         ipv6: false,
-                        local_endpoints: *n,
+                        local_v4: *n,
+                        local_v6: 0,
                     },
                 )
             })
@@ -400,7 +405,8 @@ mod tests {
                 port,
                 ipv4,
                 ipv6,
-                local_endpoints: 1,
+                local_v4: 1,
+                local_v6: 1,
             };
             srv.sync(&[(ObjectKey::new("default", "a"), hc)].into(), &None);
             assert_eq!(srv.open_ports().len(), 1, "{ipv4} {ipv6}");
@@ -417,5 +423,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A dual-stack Service: each family's listener answers with its own
+    /// family's count (kube-proxy's per-family proxiers), and follows it.
+    #[tokio::test]
+    async fn each_family_answers_its_own_count() {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("skipping: no ::1 here");
+            return;
+        }
+        let (v4, v6) = (
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        );
+        let mut srv = ServiceHealthServer::new(ProxyHealth::new(Duration::from_secs(60)));
+        let port = free_port();
+        let key = ObjectKey::new("default", "dual");
+        let hc = |local_v4, local_v6| HealthCheck {
+            port,
+            ipv4: true,
+            ipv6: true,
+            local_v4,
+            local_v6,
+        };
+        srv.sync(&[(key.clone(), hc(2, 0))].into(), &None);
+        assert_eq!(get_at(v4, port).await, Some(200));
+        assert_eq!(get_at(v6, port).await, Some(503));
+        srv.sync(&[(key, hc(0, 1))].into(), &None);
+        assert_eq!(get_at(v4, port).await, Some(503));
+        assert_eq!(get_at(v6, port).await, Some(200));
     }
 }

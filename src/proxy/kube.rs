@@ -11,12 +11,13 @@
 //! When the apiserver goes away the watchers back off and retry while the
 //! stores keep their last complete content, so the kernel is left as is.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -24,7 +25,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{ObjectKey, ServiceInputs, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+use super::changes::TRIGGER_TIME_ANNOTATION;
+use super::model::{
+    ObjectKey, ServiceInputs, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
+};
 use crate::config::ProxyConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +333,7 @@ fn spawn_watch<K, F>(
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
+        + Slim
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -373,13 +378,29 @@ where
 /// kubectl's copy of the whole object as last applied: never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// What the stores keep of an object: all but its managedFields and
-/// kubectl's last-applied copy, which nothing here reads and which are
-/// most of a small object's size (kube-proxy's informers drop managedFields
-/// the same way, client-go's `TransformStripManagedFields`). At 10k
-/// Services the stores are most of the proxy's memory.
-fn slim<K: kube::Resource>(obj: &mut K) {
-    let meta = obj.meta_mut();
+/// The labels the proxy reads (the rest are dropped from the stores).
+const READ_LABELS: [&str; 3] = [SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL];
+/// The annotations the proxy reads: the slice's trigger time, for the
+/// programming-latency metric.
+const READ_ANNOTATIONS: [&str; 1] = [TRIGGER_TIME_ANNOTATION];
+
+/// What the stores keep of an object. At 10k Services the stores are most
+/// of the proxy's memory, and most of an object is what the proxy never
+/// reads: managedFields (which kube-proxy's informers drop too, client-go's
+/// `TransformStripManagedFields`), kubectl's last-applied copy, uid and
+/// timestamps, the selector, endpoints' targetRef and hostname. Services
+/// and EndpointSlices keep only the metadata the proxy reads (name,
+/// namespace, resourceVersion, [`READ_LABELS`], [`READ_ANNOTATIONS`]);
+/// the Node keeps all but managedFields and the last-applied copy (one
+/// object; its health and topology read labels, taints, status).
+/// A field newly read from a Service or slice must be kept here first:
+/// the unit tests below list what survives.
+pub trait Slim {
+    fn slim(&mut self);
+}
+
+/// The Node and anything else: managedFields and last-applied only.
+fn slim_generic(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove(LAST_APPLIED);
@@ -389,15 +410,107 @@ fn slim<K: kube::Resource>(obj: &mut K) {
     }
 }
 
+/// Services and slices: the metadata the proxy reads, nothing else.
+fn slim_meta(meta: &mut ObjectMeta) {
+    let keep = |m: Option<BTreeMap<String, String>>, read: &[&str]| {
+        let m: BTreeMap<String, String> = m?
+            .into_iter()
+            .filter(|(k, _)| read.contains(&k.as_str()))
+            .collect();
+        (!m.is_empty()).then_some(m)
+    };
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        resource_version: meta.resource_version.take(),
+        labels: keep(meta.labels.take(), &READ_LABELS),
+        annotations: keep(meta.annotations.take(), &READ_ANNOTATIONS),
+        ..ObjectMeta::default()
+    };
+}
+
+impl Slim for Service {
+    fn slim(&mut self) {
+        slim_meta(&mut self.metadata);
+        if let Some(spec) = self.spec.as_mut() {
+            // Endpoints come from the slices, never from the selector.
+            spec.selector = None;
+            if let Some(p) = spec.ports.as_mut() {
+                p.shrink_to_fit();
+            }
+        }
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
+    }
+}
+
+impl Slim for EndpointSlice {
+    fn slim(&mut self) {
+        slim_meta(&mut self.metadata);
+        if let Some(eps) = self.endpoints.as_mut() {
+            for ep in eps.iter_mut() {
+                ep.target_ref = None;
+                ep.hostname = None;
+                ep.deprecated_topology = None;
+                ep.addresses.shrink_to_fit();
+            }
+            // A list's vectors grow by doubling: up to half of them unused.
+            eps.shrink_to_fit();
+        }
+        if let Some(p) = self.ports.as_mut() {
+            p.shrink_to_fit();
+        }
+    }
+}
+
+impl Slim for Node {
+    fn slim(&mut self) {
+        slim_generic(&mut self.metadata);
+    }
+}
+
+/// [`Slim::slim`] as a function, for the watch streams' `modify`.
+pub fn slim<K: Slim>(obj: &mut K) {
+    obj.slim();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_stores_keep_neither_managed_fields_nor_the_last_applied_copy() {
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "cp1", "uid": "u1",
+                "labels": {"topology.kubernetes.io/zone": "a"},
+                "annotations": {LAST_APPLIED: "{}"},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}]
+            },
+            "spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}
+        }))
+        .unwrap();
+        node.slim();
+        assert_eq!(node.metadata.managed_fields, None);
+        assert_eq!(node.metadata.annotations, None);
+        // The Node keeps the rest: labels, taints, uid.
+        assert_eq!(node.metadata.uid.as_deref(), Some("u1"));
+        assert!(node
+            .metadata
+            .labels
+            .unwrap()
+            .contains_key("topology.kubernetes.io/zone"));
+        assert_eq!(node.spec.unwrap().taints.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn services_keep_only_what_the_proxy_reads() {
         let mut svc: Service = serde_json::from_value(serde_json::json!({
             "metadata": {
-                "name": "a", "namespace": "default",
+                "name": "a", "namespace": "default", "uid": "u", "resourceVersion": "7",
+                "generation": 3, "creationTimestamp": "2026-12-06T10:00:00Z",
+                "labels": {"app": "web", SERVICE_PROXY_NAME_LABEL: "x"},
                 "annotations": {
                     LAST_APPLIED: "{\"apiVersion\":\"v1\"}",
                     "service.kubernetes.io/topology-mode": "Auto"
@@ -405,22 +518,56 @@ mod tests {
                 "managedFields": [{"manager": "kubectl", "operation": "Apply",
                                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
             },
-            "spec": {"clusterIP": "10.96.0.10"}
+            "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                     "ports": [{"port": 80, "targetPort": 8080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]},
+                       "conditions": [{"type": "t", "status": "True", "reason": "r",
+                                       "message": "m", "lastTransitionTime": "2026-12-06T10:00:00Z"}]}
         }))
         .unwrap();
-        slim(&mut svc);
-        assert_eq!(svc.metadata.managed_fields, None);
-        let kept: Vec<&String> = svc.metadata.annotations.as_ref().unwrap().keys().collect();
-        // Annotations that mean something to the proxy stay.
-        assert_eq!(kept, ["service.kubernetes.io/topology-mode"]);
-        assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
+        svc.slim();
+        let want: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "default", "resourceVersion": "7",
+                         "labels": {SERVICE_PROXY_NAME_LABEL: "x"}},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80, "targetPort": 8080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}}
+        }))
+        .unwrap();
+        assert_eq!(svc, want);
+    }
 
-        let mut only_last: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "b", "annotations": {LAST_APPLIED: "{}"}}
+    #[test]
+    fn slices_keep_only_what_the_proxy_reads() {
+        let mut es: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "a-1", "namespace": "default", "uid": "u", "resourceVersion": "9",
+                "generateName": "a-", "generation": 1,
+                "labels": {SERVICE_NAME_LABEL: "a", "endpointslice.kubernetes.io/managed-by": "c"},
+                "annotations": {TRIGGER_TIME_ANNOTATION: "2026-12-06T10:00:00Z"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "a", "uid": "s"}]
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.1"], "hostname": "h", "nodeName": "cp1",
+                           "zone": "z", "conditions": {"ready": true, "serving": true},
+                           "hints": {"forZones": [{"name": "z"}]},
+                           "targetRef": {"kind": "Pod", "name": "p", "namespace": "default", "uid": "pu"},
+                           "deprecatedTopology": {"k": "v"}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
         }))
         .unwrap();
-        slim(&mut only_last);
-        assert_eq!(only_last.metadata.annotations, None);
+        es.slim();
+        let want: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a-1", "namespace": "default", "resourceVersion": "9",
+                         "labels": {SERVICE_NAME_LABEL: "a"},
+                         "annotations": {TRIGGER_TIME_ANNOTATION: "2026-12-06T10:00:00Z"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.1"], "nodeName": "cp1", "zone": "z",
+                           "conditions": {"ready": true, "serving": true},
+                           "hints": {"forZones": [{"name": "z"}]}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))
+        .unwrap();
+        assert_eq!(es, want);
     }
 
     fn k(ns: &str, name: &str) -> ObjectKey {

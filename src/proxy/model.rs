@@ -442,8 +442,22 @@ pub struct HealthCheck {
     pub ipv4: bool,
     pub ipv6: bool,
     /// Distinct ready local endpoint addresses over all the Service's
-    /// ports (kube-proxy's `LocalReadyEndpoints`).
-    pub local_endpoints: usize,
+    /// ports (kube-proxy's `LocalReadyEndpoints`), per family: each
+    /// family's proxier counts its own family's endpoints, so a dual-stack
+    /// Service answers each family with that family's count.
+    pub local_v4: usize,
+    pub local_v6: usize,
+}
+
+impl HealthCheck {
+    /// The count a listener of this family answers with.
+    pub fn local_endpoints(&self, v6: bool) -> usize {
+        if v6 {
+            self.local_v6
+        } else {
+            self.local_v4
+        }
+    }
 }
 
 impl DesiredState {

@@ -6,6 +6,7 @@ pub mod addr;
 pub mod arp;
 pub mod fd;
 pub mod link;
+pub mod memory;
 pub mod netns;
 pub mod packet;
 pub mod process;

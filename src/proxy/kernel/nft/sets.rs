@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -166,7 +167,11 @@ impl ElementChanges {
 #[derive(Debug, Clone, Default)]
 pub struct SetTracker {
     counts: HashMap<SetElement, u32>,
-    per_vs: HashMap<ServiceKey, Vec<SetElement>>,
+    /// Each virtual server as its elements were counted: the desired
+    /// table's own `Arc`s (shared, not copies), from which the elements
+    /// to uncount are derived again when it changes. Keeping the elements
+    /// themselves cost ~350 bytes a virtual server.
+    per_vs: HashMap<ServiceKey, Arc<DesiredVs>>,
     bound: BTreeSet<IpAddr>,
 }
 
@@ -175,11 +180,10 @@ impl SetTracker {
     pub fn of(desired: &DesiredState) -> Self {
         let mut t = SetTracker::default();
         for (k, vs) in &desired.virtual_servers {
-            let e = vs_elements(k, vs);
-            for x in &e {
-                *t.counts.entry(x.clone()).or_default() += 1;
+            for x in vs_elements(k, vs) {
+                *t.counts.entry(x).or_default() += 1;
             }
-            t.per_vs.insert(*k, e);
+            t.per_vs.insert(*k, Arc::clone(vs));
         }
         for a in &desired.bind_addresses {
             t.counts.insert(address_element(*a), 1);
@@ -196,15 +200,16 @@ impl SetTracker {
     pub fn update(&mut self, desired: &DesiredState, scope: &Scope) -> Option<ElementChanges> {
         let mut delta: BTreeMap<SetElement, i64> = BTreeMap::new();
         for k in &scope.virtual_servers {
-            for x in self.per_vs.remove(k).into_iter().flatten() {
-                *delta.entry(x).or_default() -= 1;
+            if let Some(old) = self.per_vs.remove(k) {
+                for x in vs_elements(k, &old) {
+                    *delta.entry(x).or_default() -= 1;
+                }
             }
             if let Some(vs) = desired.virtual_servers.get(k) {
-                let e = vs_elements(k, vs);
-                for x in &e {
-                    *delta.entry(x.clone()).or_default() += 1;
+                for x in vs_elements(k, vs) {
+                    *delta.entry(x).or_default() += 1;
                 }
-                self.per_vs.insert(*k, e);
+                self.per_vs.insert(*k, Arc::clone(vs));
             }
         }
         for a in &scope.addresses {
