@@ -22,6 +22,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lbd::proxy::driver::Syncer;
 use lbd::proxy::engine::EngineSettings;
 use lbd::proxy::kernel::{FakeKernel, Firewall, IpvsDataPlane, NftDocument, NftError};
+use lbd::proxy::kube::Slim;
 use lbd::proxy::metrics::ProxyMetrics;
 use serde_json::json;
 
@@ -154,22 +155,17 @@ struct Figures {
     virtual_servers: usize,
 }
 
+/// An object as the reflector store holds it: parsed, slimmed, shared.
+fn stored<K: serde::de::DeserializeOwned + Slim>(json: &str) -> Arc<K> {
+    let mut obj: K = serde_json::from_str(json).unwrap();
+    obj.slim();
+    Arc::new(obj)
+}
+
 fn measure(n: usize) -> Figures {
     let base = live();
-    let services: Vec<Arc<Service>> = (0..n)
-        .map(|i| {
-            let mut s: Service = serde_json::from_str(&service_json(i)).unwrap();
-            lbd::proxy::kube::Slim::slim(&mut s);
-            Arc::new(s)
-        })
-        .collect();
-    let slices: Vec<Arc<EndpointSlice>> = (0..n)
-        .map(|i| {
-            let mut s: EndpointSlice = serde_json::from_str(&slice_json(i)).unwrap();
-            lbd::proxy::kube::Slim::slim(&mut s);
-            Arc::new(s)
-        })
-        .collect();
+    let services: Vec<Arc<Service>> = (0..n).map(|i| stored(&service_json(i))).collect();
+    let slices: Vec<Arc<EndpointSlice>> = (0..n).map(|i| stored(&slice_json(i))).collect();
     let stores = live() - base;
 
     let kernel = FakeKernel::default();

@@ -590,45 +590,26 @@ fn the_allowlist_explains_only_its_documented_differences() {
 fn the_health_check_allowance_needs_the_judges_ipv6_failure() {
     let lbd = r#"503 weight=Some("0") {"localEndpoints":0,"service":{"name":"r3","namespace":"default"},"serviceProxyHealthy":true}"#;
     let closed = "closed (connection refused)";
-    assert!(health_check_difference_allowed(
-        "r3 over IPv6",
-        closed,
-        lbd,
-        true
-    ));
-    // Without the judge's logged failure, the same difference counts.
-    assert!(!health_check_difference_allowed(
-        "r3 over IPv6",
-        closed,
-        lbd,
-        false
-    ));
-    // Never over IPv4, never when lbd is closed too or answers for another name.
-    assert!(!health_check_difference_allowed(
-        "r3 over IPv4",
-        closed,
-        lbd,
-        true
-    ));
-    assert!(!health_check_difference_allowed(
-        "r3 over IPv6",
-        closed,
-        closed,
-        true
-    ));
-    assert!(!health_check_difference_allowed(
-        "s5 over IPv6",
-        closed,
-        lbd,
-        true
-    ));
-    // An answer from kube-proxy is always judged.
-    assert!(!health_check_difference_allowed(
-        "r3 over IPv6",
-        "200 weight=Some(\"1\")",
-        lbd,
-        true
-    ));
+    let answered = "200 weight=Some(\"1\")";
+    // (answer of, kube-proxy, lbd, the judge's IPv6 sync unfinished, allowed)
+    let cases = [
+        ("r3 over IPv6", closed, lbd, true, true),
+        // Without the judge's unfinished sync, the same difference counts.
+        ("r3 over IPv6", closed, lbd, false, false),
+        // Never over IPv4, never when lbd is closed too or answers for
+        // another name, and an answer from kube-proxy is always judged.
+        ("r3 over IPv4", closed, lbd, true, false),
+        ("r3 over IPv6", closed, closed, true, false),
+        ("s5 over IPv6", closed, lbd, true, false),
+        ("r3 over IPv6", answered, lbd, true, false),
+    ];
+    for (name, kp, mine, unfinished, allowed) in cases {
+        assert_eq!(
+            health_check_difference_allowed(name, kp, mine, unfinished),
+            allowed,
+            "{name}: kube-proxy {kp}, lbd {mine}, unfinished {unfinished}"
+        );
+    }
 
     let metrics = "# HELP x\n\
         kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 1.7966e+09\n\
