@@ -33,7 +33,8 @@ use support::kube_cluster::{ClusterOptions, KubeCluster, SERVICE_CIDR_V4, SERVIC
 use support::kube_objects::Objects;
 use support::lbd::Lbd;
 use support::proxy_diff::{
-    differences, owners, random_scenario, table_scenarios, unexplained, Difference, Scenario,
+    differences, owners, random_scenario, scenario_size, shrink_candidates, table_scenarios,
+    unexplained, Difference, Scenario,
 };
 use support::proxy_vm::{
     clean_kernel, ipvs_table, kube_ipvs0, node, settle, sh, start_kube_proxy,
@@ -228,6 +229,53 @@ fn family_sync_completed(metrics: &str, family: &str) -> bool {
         .any(|v| v > 0.0)
 }
 
+/// Whether `s` alone still shows a difference outside the allowlist.
+async fn still_differs(cluster: &KubeCluster, o: &Objects, run: usize, s: &Scenario) -> bool {
+    let members = std::slice::from_ref(s);
+    let (diffs, hc_diffs, _) = run_group(cluster, o, run, &s.kube_proxy, members).await;
+    !hc_diffs.is_empty() || !unexplained(&diffs, members).is_empty()
+}
+
+/// Greedy shrinking of a failing scenario: the first of its
+/// [`shrink_candidates`] that still differs (run alone under both proxies)
+/// replaces it, until none does or the budget (12 runs, 10 minutes) is
+/// spent. Returns the smallest failing variant found.
+async fn shrink(cluster: &KubeCluster, o: &Objects, failing: &Scenario) -> Scenario {
+    const RUNS: usize = 12;
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    let mut best = failing.clone();
+    let mut runs = 0;
+    'outer: loop {
+        for cand in shrink_candidates(&best) {
+            if runs == RUNS || Instant::now() > deadline {
+                break 'outer;
+            }
+            runs += 1;
+            // Group numbers past the settings groups: their own config
+            // and log files.
+            if still_differs(cluster, o, 100 + runs, &cand).await {
+                eprintln!(
+                    "shrink {}: run {runs}: still differs at size {}",
+                    failing.name,
+                    scenario_size(&cand)
+                );
+                best = cand;
+                continue 'outer;
+            }
+        }
+        break;
+    }
+    eprintln!(
+        "shrink {}: {runs} runs, size {} -> {}\nfixture {} (shrunk):\n{}",
+        failing.name,
+        scenario_size(failing),
+        scenario_size(&best),
+        best.name,
+        serde_json::to_string(&best).unwrap()
+    );
+    best
+}
+
 /// docs/proxy.md's `kube-proxy-ipv6-sync-fails-in-the-vm`: an IPv6 health
 /// check kube-proxy never opened because its IPv6 proxier never finished
 /// a sync (its metrics) is not judged, provided lbd's answer there is a
@@ -397,8 +445,19 @@ async fn kube_proxy_and_lbd_program_the_same_tables() {
     let mut failures = Vec::new();
     let mut allowed = 0;
     let mut hc_answered = 0;
+    let mut failing: BTreeMap<String, Scenario> = BTreeMap::new();
     for (group, (extra, members)) in groups.iter().enumerate() {
         let (diffs, hc_diffs, answered) = run_group(&cluster, &o, group, extra, members).await;
+        for d in &hc_diffs {
+            // "health check of NAME over ...": the Service's scenario.
+            let svc = d.split(' ').nth(3).unwrap_or_default();
+            for s in members
+                .iter()
+                .filter(|s| s.objects.iter().any(|v| v["metadata"]["name"] == svc))
+            {
+                failing.insert(s.name.clone(), s.clone());
+            }
+        }
         failures.extend(hc_diffs);
         hc_answered += answered;
         let bad = unexplained(&diffs, members);
@@ -408,8 +467,25 @@ async fn kube_proxy_and_lbd_program_the_same_tables() {
             failures.push(format!("{d}\n  scenarios: {names:?}"));
             for s in owners(d, members) {
                 eprintln!("fixture {}:\n{}", s.name, serde_json::to_string(s).unwrap());
+                failing.insert(s.name.clone(), s.clone());
             }
         }
+    }
+    // Random scenarios that failed are shrunk (the table ones are small
+    // already), at most two, each within a bounded number of runs.
+    for s in failing
+        .values()
+        .filter(|s| s.name.starts_with("random-"))
+        .take(2)
+    {
+        let small = shrink(&cluster, &o, s).await;
+        failures.push(format!(
+            "shrunk {} ({} -> {}): {}",
+            s.name,
+            scenario_size(s),
+            scenario_size(&small),
+            serde_json::to_string(&small).unwrap()
+        ));
     }
     eprintln!(
         "timing: {} scenarios in {} groups, whole test {:?}; {allowed} allowlisted differences",
@@ -622,4 +698,60 @@ fn the_health_check_allowance_needs_the_judges_ipv6_failure() {
         family_sync_completed("", "IPv6"),
         "no metrics: not an excuse"
     );
+}
+
+/// Shrinking, on the host: every candidate is one step smaller, and the
+/// steps cover what a random scenario varies (slices, endpoints, ports,
+/// families, status, optional spec fields).
+#[test]
+fn shrink_candidates_are_each_one_step_smaller() {
+    for i in 0..40 {
+        let s = random_scenario(1796604616, i);
+        let size = scenario_size(&s);
+        for c in shrink_candidates(&s) {
+            assert!(scenario_size(&c) < size, "{}: {c:?} not smaller", s.name);
+            assert_eq!(c.name, s.name);
+            // Still one Service, still parseable as what the test creates.
+            let svcs: Vec<&Value> = c
+                .objects
+                .iter()
+                .filter(|v| v["kind"] == "Service")
+                .collect();
+            assert_eq!(svcs.len(), 1);
+            let _: Service = serde_json::from_value(svcs[0].clone()).unwrap();
+            for v in c.objects.iter().filter(|v| v["kind"] == "EndpointSlice") {
+                let _: EndpointSlice = serde_json::from_value(v.clone()).unwrap();
+            }
+        }
+    }
+    // A dual-stack Service with both slices and a UDP port: every kind of step.
+    let dual = (0..400)
+        .map(|i| random_scenario(7, i % 150))
+        .find(|s| {
+            let spec = &s.objects[0]["spec"];
+            spec["ipFamilies"].as_array().is_some_and(|f| f.len() == 2)
+                && spec["ports"].as_array().is_some_and(|p| p.len() == 2)
+        })
+        .expect("a dual-stack two-port random scenario");
+    let cands = shrink_candidates(&dual);
+    let single_stack = cands
+        .iter()
+        .filter(|c| c.objects[0]["spec"]["ipFamilies"].as_array().map(Vec::len) == Some(1))
+        .count();
+    assert_eq!(single_stack, 2, "one per family kept");
+    let one_port = cands
+        .iter()
+        .filter(|c| c.objects[0]["spec"]["ports"].as_array().map(Vec::len) == Some(1))
+        .count();
+    assert!(one_port >= 2, "each port dropped in turn");
+    // Shrinking ends: repeatedly taking the first candidate reaches a
+    // scenario with none.
+    let mut s = dual;
+    for _ in 0..200 {
+        match shrink_candidates(&s).into_iter().next() {
+            Some(c) => s = c,
+            None => break,
+        }
+    }
+    assert!(shrink_candidates(&s).is_empty());
 }

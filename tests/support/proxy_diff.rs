@@ -347,3 +347,120 @@ pub fn unexplained<'a>(diffs: &'a [Difference], scenarios: &[Scenario]) -> Vec<&
         })
         .collect()
 }
+
+/// Smaller variants of a failing scenario, each one step from it, most
+/// reducing first: an EndpointSlice dropped, one endpoint dropped, a
+/// Service port dropped (with its slice ports), the second IP family
+/// dropped (the Service single-stack, that family's slices gone), the
+/// status, or one optional spec field (affinity, traffic policies,
+/// external IPs, source ranges) removed. The differential test keeps the
+/// first variant that still differs and starts again from it (greedy
+/// shrinking); a variant that no longer differs is discarded. Names and
+/// addresses stay, so the shrunk scenario pastes into scenarios.json.
+pub fn shrink_candidates(s: &Scenario) -> Vec<Scenario> {
+    let mut out = Vec::new();
+    let variant = |objects: Vec<Value>| Scenario {
+        objects,
+        ..s.clone()
+    };
+    let slices: Vec<usize> = (0..s.objects.len())
+        .filter(|&i| s.objects[i]["kind"] == "EndpointSlice")
+        .collect();
+    for &i in &slices {
+        let mut o = s.objects.clone();
+        o.remove(i);
+        out.push(variant(o));
+    }
+    for &i in &slices {
+        let n = s.objects[i]["endpoints"].as_array().map_or(0, Vec::len);
+        for e in 0..n {
+            let mut o = s.objects.clone();
+            if let Some(eps) = o[i]["endpoints"].as_array_mut() {
+                eps.remove(e);
+            }
+            out.push(variant(o));
+        }
+    }
+    for (si, svc) in s.objects.iter().enumerate() {
+        if svc["kind"] != "Service" {
+            continue;
+        }
+        let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        if ports.len() > 1 {
+            for (pi, p) in ports.iter().enumerate() {
+                let mut o = s.objects.clone();
+                if let Some(list) = o[si]["spec"]["ports"].as_array_mut() {
+                    list.remove(pi);
+                }
+                for &i in &slices {
+                    if let Some(list) = o[i]["ports"].as_array_mut() {
+                        list.retain(|sp| sp["name"] != p["name"]);
+                    }
+                }
+                out.push(variant(o));
+            }
+        }
+        let families = svc["spec"]["ipFamilies"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if families.len() == 2 {
+            for keep in 0..2 {
+                let mut o = s.objects.clone();
+                let spec = &mut o[si]["spec"];
+                let ip = spec["clusterIPs"][keep].clone();
+                spec["ipFamilies"] = json!([families[keep]]);
+                spec["clusterIPs"] = json!([ip]);
+                spec["clusterIP"] = ip;
+                spec["ipFamilyPolicy"] = json!("SingleStack");
+                let gone = &families[1 - keep];
+                o.retain(|x| x["kind"] != "EndpointSlice" || x["addressType"] != *gone);
+                out.push(variant(o));
+            }
+        }
+        if svc.get("status").is_some() {
+            let mut o = s.objects.clone();
+            if let Some(m) = o[si].as_object_mut() {
+                m.remove("status");
+            }
+            out.push(variant(o));
+        }
+        for field in [
+            "sessionAffinityConfig",
+            "sessionAffinity",
+            "internalTrafficPolicy",
+            "externalTrafficPolicy",
+            "externalIPs",
+            "loadBalancerSourceRanges",
+        ] {
+            if svc["spec"].get(field).is_some() {
+                let mut o = s.objects.clone();
+                if let Some(spec) = o[si]["spec"].as_object_mut() {
+                    spec.remove(field);
+                    if field == "sessionAffinity" {
+                        spec.remove("sessionAffinityConfig");
+                    }
+                }
+                out.push(variant(o));
+            }
+        }
+    }
+    out
+}
+
+/// The size [`shrink_candidates`] reduces: objects, endpoints, ports,
+/// families, spec fields and status all count, so every candidate is
+/// smaller than its scenario.
+pub fn scenario_size(s: &Scenario) -> usize {
+    s.objects
+        .iter()
+        .map(|o| {
+            1 + o["endpoints"].as_array().map_or(0, Vec::len)
+                + o["ports"].as_array().map_or(0, Vec::len)
+                + o["spec"].as_object().map_or(0, |m| m.len())
+                + o["spec"]["ports"].as_array().map_or(0, Vec::len)
+                + o["spec"]["ipFamilies"].as_array().map_or(0, Vec::len)
+                + usize::from(o.get("status").is_some())
+        })
+        .sum()
+}
