@@ -55,7 +55,8 @@
 #   late      how long after the VIP moved the last failed request started
 #             (0: none after the move; the 1 s advert target: <= 300 ms)
 #   takeover  from the failure to the first sample with the VIP on another node
-#   split     samples in which two live nodes held the VIP at once (summed),
+#   split     samples in which two live nodes held the VIP at once (summed;
+#             a VIP lbd keeps hidden for its handover grace does not count),
 #             and in brackets the longest such stretch (consecutive samples x
 #             the sample period). A lone sample is the make-before-break
 #             handover (the old master keeps the VIP until it hears its
@@ -350,7 +351,7 @@ wait_until() { # seconds command...
 ok_count() { grep -c ' ok ' "$1" 2>/dev/null || true; }
 recovered() { # probe-file event-ms: VIP on another live node and a request that started after it succeeded
     awk -v t="$2" '
-        $1 == "S" && $2 > t && !moved { n = split($3, h, ","); for (k = 1; k <= n; k++) if (h[k] != "n1" && h[k] !~ /^~/ && h[k] != "-") moved = $2 }
+        $1 == "S" && $2 > t && !moved { n = split($3, h, ","); for (k = 1; k <= n; k++) if (h[k] != "n1" && h[k] !~ /^[~%]/ && h[k] != "-") moved = $2 }
         $1 == "P" && $4 == "ok" && $2 > t { oks[++c] = $2 }
         END { if (!moved) exit 1; for (k = 1; k <= c; k++) if (oks[k] > moved) exit 0; exit 1 }' "$1" 2>/dev/null
 }
@@ -474,9 +475,10 @@ EOF
         $1 == "S" {
             live = 0; stale = 0
             k = split($3, h, ",")
-            for (j = 1; j <= k; j++) { if (h[j] ~ /^~/) stale = 1; else if (h[j] != "-") live++ }
+            # "%": hidden by lbd'"'"'s handover grace (answers no ARP): not live.
+            for (j = 1; j <= k; j++) { if (h[j] ~ /^~/) stale = 1; else if (h[j] != "-" && h[j] !~ /^%/) live++ }
             if (live > 1) { split_brain++; if (++run * sms > split_ms) split_ms = run * sms } else run = 0
-            if ($2 > t && !moved) for (j = 1; j <= k; j++) if (h[j] != "n1" && h[j] !~ /^~/ && h[j] != "-") moved = $2
+            if ($2 > t && !moved) for (j = 1; j <= k; j++) if (h[j] != "n1" && h[j] !~ /^[~%]/ && h[j] != "-") moved = $2
             if ($2 > t) { if (stale) last_stale = $2; last = $2; stale_at_end = stale }
         }
         END {

@@ -13,8 +13,9 @@
 //!   each `--node NAME=/run/netns/NS` over a netlink socket opened inside that
 //!   namespace (no process forks, so sampling does not disturb the timing) and
 //!   prints which nodes hold `--vip`: `S <t_ms> <holders>`, where a holder
-//!   whose link is down (a dead node keeping a stale VIP) is written `~NAME`
-//!   and `-` means nobody.
+//!   whose link is down (a dead node keeping a stale VIP) is written `~NAME`,
+//!   one whose IPv4 VIP is hidden by lbd's handover grace (deprecated, no
+//!   ARP answers: docs/vrrp.md) `%NAME`, and `-` means nobody.
 //!
 //! Times are Unix milliseconds, as the script's `date +%s%3N`. Stops when
 //! `--stop-file` exists or after `--max-secs`.
@@ -180,11 +181,15 @@ fn sampler(args: Arc<Args>, tx: mpsc::UnboundedSender<String>) {
                         continue;
                     }
                 };
-                if addrs.iter().any(|a| a.addr.addr() == args.vip) {
-                    holders.push(if link.up {
-                        name.clone()
-                    } else {
+                if let Some(a) = addrs.iter().find(|a| a.addr.addr() == args.vip) {
+                    // `%`: an IPv4 VIP lbd keeps hidden for its handover
+                    // grace (deprecated is its mark; no ARP answers).
+                    holders.push(if !link.up {
                         format!("~{name}")
+                    } else if a.addr.addr().is_ipv4() && a.deprecated {
+                        format!("%{name}")
+                    } else {
+                        name.clone()
                     });
                 }
             }

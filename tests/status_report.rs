@@ -48,6 +48,7 @@ fn full_report() -> StatusReport {
                 ],
                 faults: Vec::new(),
                 released: false,
+                handover: None,
             },
             VrrpInstanceStatus {
                 name: "v6".into(),
@@ -71,6 +72,7 @@ fn full_report() -> StatusReport {
                             .into(),
                 }],
                 released: true,
+                handover: None,
             },
         ],
         tcplb: vec![ListenerStatus {

@@ -35,6 +35,7 @@ fn params(priority: u8) -> VirtualRouterParams {
         immediate_preempt: false,
         garp_master_delay: None,
         vip_renew: None,
+        handover_grace: None,
     }
 }
 
@@ -1041,6 +1042,201 @@ fn answers_to_a_flood_are_rate_limited() {
     assert_eq!(r.state(), State::Master);
 }
 
+// ---------------------------------------------------- handover grace -----
+
+fn graceful(p: VirtualRouterParams) -> VirtualRouterParams {
+    VirtualRouterParams {
+        handover_grace: Some(ms(2000)),
+        vip_renew: Some(ms(667)),
+        ..p
+    }
+}
+
+fn hand(hide: bool, forward_to: Option<u8>) -> Action {
+    Action::Handover {
+        hide,
+        forward_to: forward_to.map(ip),
+    }
+}
+
+/// A master stopping on purpose keeps its VIPs, hidden and renewed, for
+/// the grace once its successor advertises; then they go.
+#[test]
+fn a_stopping_master_hides_its_vips_for_the_grace_once_its_successor_is_master() {
+    let (mut r, t) = master(graceful(params(100)));
+    assert_eq!(
+        r.handle(t + ms(10), Input::Shutdown),
+        vec![send(0), changed(State::Master, State::Initialize)]
+    );
+    let heard = t + ms(400);
+    assert_eq!(
+        r.handle(heard, advert(9, 90)),
+        vec![hand(true, None), Action::RenewVips]
+    );
+    assert!(r.holds_vips());
+    assert_eq!(r.handover(), (true, None));
+    // Renewed while hidden (a grace may outlast the lifetime), then gone.
+    let mut renewals = 0;
+    let mut end = Vec::new();
+    while let Some(d) = r.next_deadline() {
+        let a = r.handle(d, Input::Tick);
+        renewals += a.iter().filter(|a| **a == Action::RenewVips).count();
+        if a.contains(&Action::RemoveVips) {
+            end = a;
+            assert_eq!(d, heard + ms(2000));
+            break;
+        }
+    }
+    assert_eq!(renewals, 2, "at +667 and +1334 ms");
+    assert_eq!(end, vec![Action::RemoveVips, hand(false, None)]);
+    assert_eq!(r.next_deadline(), None);
+}
+
+/// Without a grace the successor's advert removes them, as before.
+#[test]
+fn without_a_grace_the_successor_ends_the_vips_at_once() {
+    let (mut r, t) = master(params(100));
+    r.handle(t, Input::Shutdown);
+    assert_eq!(
+        r.handle(t + ms(300), advert(9, 90)),
+        vec![Action::RemoveVips]
+    );
+}
+
+/// A fault is no hand-over on purpose: no grace.
+#[test]
+fn a_master_leaving_for_a_fault_gets_no_grace() {
+    let (mut r, t) = master(graceful(params(100)));
+    r.handle(
+        t,
+        Input::Fault {
+            reason: lbd::vrrp::fsm::Fault::VipForeign,
+        },
+    );
+    assert_eq!(
+        r.handle(t + ms(300), advert(9, 90)),
+        vec![Action::RemoveVips]
+    );
+}
+
+/// The backup that takes over after its master's priority 0 forwards that
+/// master's connections to it for the grace, set before the VIPs go on.
+#[test]
+fn a_backup_taking_over_from_a_leaving_master_forwards_to_it_for_the_grace() {
+    let mut r = started(graceful(params(90)));
+    assert!(r.handle(ms(500), advert(9, 100)).is_empty());
+    assert!(r.handle(ms(1500), advert(9, 0)).is_empty());
+    let at = r.next_deadline().unwrap();
+    assert_eq!(at, ms(1500) + skew_time(Version::V3, 90, 100));
+    assert_eq!(
+        r.handle(at, Input::Tick),
+        vec![
+            send(90),
+            hand(false, Some(9)),
+            Action::AddVips,
+            Action::SendGratuitous { refresh: false },
+            changed(State::Backup, State::Master),
+        ]
+    );
+    assert_eq!(r.handover(), (false, Some(ip(9))));
+    // Adverts and renewals go on; at the end of the grace the forward ends.
+    let mut stopped = None;
+    while let Some(d) = r.next_deadline().filter(|d| *d <= at + ms(2500)) {
+        if r.handle(d, Input::Tick).contains(&hand(false, None)) {
+            stopped = Some(d);
+        }
+    }
+    assert_eq!(stopped, Some(at + ms(2000)));
+    assert_eq!(r.state(), State::Master);
+}
+
+/// After a silent Master_Down_Interval the old master is down: nothing is
+/// forwarded to it (its connections died with it).
+#[test]
+fn a_backup_taking_over_from_a_dead_master_forwards_nothing() {
+    let mut r = started(graceful(params(90)));
+    assert!(r.handle(ms(500), advert(9, 100)).is_empty());
+    let at = r.next_deadline().unwrap();
+    let a = r.handle(at, Input::Tick);
+    assert_eq!(a, takeover(90, State::Backup));
+    assert_eq!(r.handover(), (false, None));
+}
+
+/// Preempted (a higher priority took over): a hand-over on purpose on
+/// both sides, the old master hides, the preempting one forwards to it.
+#[test]
+fn preemption_hides_on_the_old_master_and_forwards_on_the_new_one() {
+    let (mut old, t) = master(graceful(params(100)));
+    let now = t + ms(100);
+    assert_eq!(
+        old.handle(now, advert(9, 150)),
+        vec![
+            hand(true, None),
+            Action::RenewVips,
+            changed(State::Master, State::Backup)
+        ]
+    );
+    assert!(old.holds_vips());
+    // The hidden VIPs come back into use if it becomes master again.
+    let back = old.next_deadline().unwrap();
+    assert!(back <= now + ms(2000));
+
+    let mut new = started(VirtualRouterParams {
+        immediate_preempt: true,
+        ..graceful(params(150))
+    });
+    // Following 10.0.0.9 at 100, which it outranks.
+    assert!(new.handle(ms(500), advert(9, 100)).is_empty());
+    let at = new.next_deadline().unwrap();
+    let a = new.handle(at, Input::Tick);
+    assert_eq!(a[1], hand(false, Some(9)), "{a:?}");
+}
+
+/// A node whose grace is still running becomes master again: the VIPs
+/// are answered for again (unhidden) before the gratuitous ARPs.
+#[test]
+fn a_hidden_node_that_becomes_master_again_shows_its_vips_first() {
+    let (mut r, t) = master(graceful(params(100)));
+    r.handle(t + ms(10), advert(9, 150));
+    assert_eq!(r.handover(), (true, None));
+    // 10.0.0.9 dies at once: Master_Down_Interval (3.6 s) later we take
+    // over; the grace (2 s) ends first and the VIPs go.
+    let mut r2 = r.clone();
+    let mut a = Vec::new();
+    while let Some(d) = r2.next_deadline() {
+        a = r2.handle(d, Input::Tick);
+        if !r2.holds_vips() {
+            assert_eq!(d, t + ms(10) + ms(2000));
+            break;
+        }
+    }
+    assert_eq!(a, vec![Action::RemoveVips, hand(false, None)]);
+    // With a long grace the takeover finds them hidden.
+    let (mut l, t) = master(VirtualRouterParams {
+        handover_grace: Some(ms(60_000)),
+        ..graceful(params(100))
+    });
+    l.handle(t + ms(10), advert(9, 150));
+    let mut got = Vec::new();
+    while let Some(d) = l.next_deadline() {
+        got = l.handle(d, Input::Tick);
+        if l.state() == State::Master {
+            break;
+        }
+    }
+    // 10.0.0.9 went silent: not alive, so nothing is forwarded to it.
+    assert_eq!(
+        got,
+        vec![
+            send(100),
+            hand(false, None),
+            Action::RenewVips,
+            Action::SendGratuitous { refresh: false },
+            changed(State::Backup, State::Master),
+        ]
+    );
+}
+
 // ------------------------------------------------- simulated LAN ---------
 
 /// Routers on one lossless link: every advert reaches every other router at
@@ -1399,6 +1595,7 @@ fn params_and_local_instance_from_config() {
         notify_fault: None,
         notify_stop: None,
         vip_lifetime: ms(60_000),
+        handover_grace: Duration::ZERO,
     };
     let p = VirtualRouterParams::from_config(&cfg, ip(1));
     assert_eq!(p.version, Version::V2);
@@ -1455,6 +1652,7 @@ fn random_input_sequences_keep_the_invariants() {
             immediate_preempt: rng.bool(),
             garp_master_delay: [None, Some(ms(5000))][rng.usize(..2)],
             vip_renew: [None, Some(ms(1000))][rng.usize(..2)],
+            handover_grace: [None, Some(ms(2000))][rng.usize(..2)],
             ..params(0)
         };
         let mut r = VirtualRouter::new(p.clone());
@@ -1463,6 +1661,8 @@ fn random_input_sequences_keep_the_invariants() {
         // Adopted VIPs a Backup still keeps (and renews) at Startup, until
         // it is master or lets them go.
         let mut adopted = false;
+        // Handover grace: VIPs kept hidden (renewed until it ends).
+        let mut hidden = false;
         let mut now = Duration::ZERO;
         for _ in 0..2000 {
             now += ms(rng.u64(0..1500));
@@ -1488,6 +1688,7 @@ fn random_input_sequences_keep_the_invariants() {
                     },
                 },
                 12 => Input::Adopted,
+                13 => Input::HandoverFailed,
                 _ => Input::Advert {
                     src: ip(rng.u8(1..10)),
                     priority: rng.u8(..),
@@ -1529,13 +1730,27 @@ fn random_input_sequences_keep_the_invariants() {
                     Action::RenewVips => {
                         assert!(holding, "seed {seed}: RenewVips without VIPs");
                         let master = was_master || r.state() == State::Master;
-                        assert!(master || adopted, "seed {seed}: renewal outside Master");
+                        assert!(
+                            master || adopted || hidden,
+                            "seed {seed}: renewal outside Master"
+                        );
                     }
                     Action::StateChanged { from, to } => {
                         assert_eq!(from, state, "seed {seed}");
                         assert_ne!(from, to);
                         state = to;
                         adopted &= to == State::Backup;
+                    }
+                    Action::Handover { hide, forward_to } => {
+                        assert!(
+                            p.handover_grace.is_some(),
+                            "seed {seed}: no grace configured"
+                        );
+                        assert!(!hide || holding, "seed {seed}: hiding VIPs not held");
+                        if forward_to.is_some() {
+                            assert!(!hide, "seed {seed}: forwarding while hidden");
+                        }
+                        hidden = hide;
                     }
                     Action::SendAdvert { priority: 0, .. } => {
                         assert!(
@@ -1556,6 +1771,23 @@ fn random_input_sequences_keep_the_invariants() {
             }
             assert_eq!(state, r.state(), "seed {seed}");
             assert_eq!(holding, r.holds_vips(), "seed {seed}");
+            // Hidden only while held and not master; forwarding only while
+            // master; what the driver was told is what the router says.
+            assert_eq!(r.handover().0, hidden, "seed {seed}");
+            if hidden {
+                assert!(
+                    holding && r.state() != State::Master,
+                    "seed {seed}: hidden as {:?}",
+                    r.state()
+                );
+            }
+            if r.handover().1.is_some() {
+                assert_eq!(
+                    r.state(),
+                    State::Master,
+                    "seed {seed}: forwarding outside Master"
+                );
+            }
             if r.state() == State::Master {
                 assert!(holding, "seed {seed}: Master without VIPs");
                 assert!(!r.released() && r.faults().is_empty(), "seed {seed}");

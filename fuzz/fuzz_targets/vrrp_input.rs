@@ -96,6 +96,7 @@ impl Instance {
             immediate_preempt: flags & 64 == 0,
             garp_master_delay: Some(Duration::from_secs(5)),
             vip_renew: Some(Duration::from_secs(1)),
+            handover_grace: (flags & 16 != 0).then(|| Duration::from_secs(2)),
         };
         let local = LocalInstance {
             version,
@@ -173,11 +174,23 @@ impl Instance {
                     assert!(self.holds_vips, "RenewVips without VIPs: {input:?}");
                     // A Backup renews only VIPs it adopted, while it
                     // waits out Master_Down_Interval (fsm: adoption).
+                    // Hidden VIPs (handover grace) too, until it ends.
                     assert!(
                         was_master
                             || after == State::Master
-                            || (after == State::Backup && self.adopted_held),
+                            || (after == State::Backup && self.adopted_held)
+                            || self.router.handover().0,
                         "renewal outside MASTER: {input:?} in {before:?} -> {actions:?}"
+                    );
+                }
+                Action::Handover { hide, forward_to } => {
+                    assert!(
+                        !*hide || self.holds_vips,
+                        "hiding VIPs not held: {input:?} -> {actions:?}"
+                    );
+                    assert!(
+                        !(*hide && forward_to.is_some()),
+                        "hiding and forwarding: {input:?} -> {actions:?}"
                     );
                 }
                 Action::StateChanged { from, to } => {

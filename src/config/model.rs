@@ -81,6 +81,10 @@ pub struct VrrpInstanceConfig {
     /// valid_lft of the VIPs: a crashed lbd leaves no VIP behind for longer.
     /// The master renews it well before it runs out.
     pub vip_lifetime: Duration,
+    /// After a hand-over on purpose, how long the old master keeps its VIPs
+    /// (hidden) for the connections it accepted and the new master sends
+    /// their packets on to it; zero: off.
+    pub handover_grace: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -325,6 +325,9 @@ fn render_vrrp(out: &mut String, vrrp: &[VrrpInstanceStatus]) {
             for f in &v.faults {
                 let _ = writeln!(out, "    fault {}: {}", f.reason, f.detail);
             }
+            if let Some(h) = &v.handover {
+                let _ = writeln!(out, "    handover: {h}");
+            }
             // A release is operator intent and says how it ends.
             if v.released {
                 let _ = writeln!(

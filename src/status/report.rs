@@ -63,6 +63,10 @@ pub struct VrrpInstanceStatus {
     /// Released by `lbd vrrp release`: priority 0 until resumed.
     #[serde(default)]
     pub released: bool,
+    /// Handover grace at work (docs/vrrp.md): what this node does for the
+    /// connections of a hand-over; None: nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -114,7 +114,9 @@ pub struct AddrInfo {
     pub preferred_lft: Option<u32>,
     pub secondary: bool,
     pub tentative: bool,
-    /// IPv6: preferred lifetime over, never chosen as a source.
+    /// Preferred lifetime over. IPv6: never chosen as a source (every
+    /// IPv6 VIP); IPv4: a mark only (a VIP hidden by the VRRP handover
+    /// grace).
     pub deprecated: bool,
     /// IPv6 link-local (fe80::/10): where VRRPv3 over IPv6 sends from.
     pub link_local: bool,
@@ -231,6 +233,55 @@ impl Netlink {
             .ok_or_else(|| SysError::NoSuchInterface(name.into()))
     }
 
+    /// The MAC the kernel's neighbour table has for `ip` on `ifindex`
+    /// (any state but incomplete or failed); None: not known.
+    pub async fn neighbour_mac(
+        &self,
+        ifindex: u32,
+        ip: IpAddr,
+    ) -> Result<Option<[u8; 6]>, SysError> {
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+        };
+        use netlink_packet_route::AddressFamily;
+        let family = if ip.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await?;
+        let found = msgs.iter().find_map(|m| {
+            if m.header.ifindex != ifindex
+                || matches!(
+                    m.header.state,
+                    NeighbourState::Incomplete | NeighbourState::Failed
+                )
+            {
+                return None;
+            }
+            let dst = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
+                _ => None,
+            })?;
+            if dst != ip {
+                return None;
+            }
+            m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+                _ => None,
+            })
+        });
+        Ok(found)
+    }
+
     /// Every address of the given family on the interface.
     pub async fn addresses(&self, ifindex: u32) -> Result<Vec<AddrInfo>, SysError> {
         let msgs: Vec<AddressMessage> = self
@@ -256,6 +307,21 @@ impl Netlink {
         lifetime: Duration,
         installed: &[InstalledAddr],
     ) -> Result<AddOutcome, SysError> {
+        self.add_vip_marked(link, vip, lifetime, installed, false)
+            .await
+    }
+
+    /// [`add_vip`](Self::add_vip); `hidden` (VRRP handover grace) installs
+    /// an IPv4 VIP deprecated too, as a mark (IPv4 source selection does
+    /// not look at it).
+    pub async fn add_vip_marked(
+        &self,
+        link: &LinkInfo,
+        vip: IpNet,
+        lifetime: Duration,
+        installed: &[InstalledAddr],
+        hidden: bool,
+    ) -> Result<AddOutcome, SysError> {
         let existing = self.addresses(link.index).await?;
         if existing
             .iter()
@@ -276,7 +342,7 @@ impl Netlink {
             )));
         match vip {
             IpNet::V4(_) => {
-                ci.ifa_preferred = secs;
+                ci.ifa_preferred = if hidden { 0 } else { secs };
                 if let Some(label) = lbd_label(&link.name) {
                     msg.attributes.push(AddressAttribute::Label(label));
                 }

@@ -3,8 +3,9 @@
 //! that was MASTER, a priority 0 advert from its source to its group (RFC
 //! 5798 sec 6.4.3, as on shutdown), so a backup takes over after its skew
 //! time; then its VIPs stay until that backup advertises (make before
-//! break, at most two intervals), and go. The records then say nothing is
-//! held, so the next worker starts clean.
+//! break, at most two intervals), and go, with the worker's handover
+//! tables (grace.rs). The records then say nothing is held, so the next
+//! worker starts clean.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,10 @@ use tokio::time::Instant;
 
 use crate::sys::addr::{LinkInfo, Netlink};
 
+use crate::proxy::kernel::nft;
+
 use super::fsm::leave_bound;
+use super::grace::{self, GraceRules};
 use super::net::{inbound, Inbound, VrrpSocket};
 use super::packet::{Auth, LocalInstance, Version, VrrpPacket};
 use super::state::{self, InstanceRecord, StateDir};
@@ -69,6 +73,7 @@ async fn one(path: PathBuf, mut rec: InstanceRecord) -> HandedOver {
         }
     }
     out.removed = remove_on(link.as_ref(), &rec).await;
+    clear_grace(&rec).await;
     out.took = started.elapsed();
     rec.master = false;
     rec.installed.clear();
@@ -144,6 +149,16 @@ async fn await_successor(
         }
     }
     None
+}
+
+/// The worker's handover tables (grace.rs) go with it: hidden VIPs are
+/// gone, and nobody is left to end a forward.
+async fn clear_grace(rec: &InstanceRecord) {
+    let v6 = rec.virtual_ips.first().is_some_and(|v| v.addr().is_ipv6());
+    let script = grace::render(&rec.instance, v6, &GraceRules::default());
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || nft::apply_script(&script)).await {
+        tracing::debug!(instance = %rec.instance, error = %e, "handover tables not cleared")
+    }
 }
 
 /// Removes the addresses `rec` says lbd installed (only those still ours).

@@ -380,6 +380,7 @@ mod tests {
             notify_fault: None,
             notify_stop: None,
             vip_lifetime: Duration::from_secs(30),
+            handover_grace: Duration::ZERO,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod track;
 
 pub mod control;
 pub mod driver;
+pub mod grace;
 pub mod handover;
 pub mod instances;
 pub mod metrics;

@@ -168,6 +168,7 @@ mod tests {
             transitions: 0,
             faults: Vec::new(),
             released: false,
+            handover: None,
             since_seconds: 0,
             version: 3,
             advert_interval_ms: 100,

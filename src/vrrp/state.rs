@@ -226,6 +226,7 @@ mod tests {
             notify_fault: None,
             notify_stop: None,
             vip_lifetime: Duration::from_secs(3),
+            handover_grace: Duration::ZERO,
         }
     }
 

@@ -33,6 +33,10 @@ pub(super) struct VipHolder {
     nl: Netlink,
     lifetime: Duration,
     installed: Vec<InstalledAddr>,
+    /// Handover grace: the VIPs are hidden, and installed IPv4 ones are
+    /// marked deprecated (preferred_lft 0: a marker only, IPv4 source
+    /// selection ignores it) so `ip addr` and observers can tell.
+    hidden: bool,
 }
 
 impl VipHolder {
@@ -42,7 +46,12 @@ impl VipHolder {
             nl,
             lifetime,
             installed,
+            hidden: false,
         }
+    }
+
+    pub(super) fn set_hidden(&mut self, hidden: bool) {
+        self.hidden = hidden;
     }
 
     pub(super) fn installed(&self) -> &[InstalledAddr] {
@@ -67,7 +76,7 @@ impl VipHolder {
             self.record(vip);
             let outcome = self
                 .nl
-                .add_vip(link, vip, self.lifetime, &self.installed)
+                .add_vip_marked(link, vip, self.lifetime, &self.installed, self.hidden)
                 .await;
             match outcome {
                 Ok(AddOutcome::Installed) => {}

@@ -1,5 +1,11 @@
 //! VRRP test helpers: which namespaces hold a VIP, sampled continuously,
 //! with the longest time two of them held it at once (split brain).
+//!
+//! A VIP kept hidden by the handover grace (docs/vrrp.md: no ARP / ND
+//! answers, the connections of a master that left) is not held: nobody
+//! is sent to it. IPv4 marks it deprecated; for IPv6 (always deprecated)
+//! the namespace's nft ruleset says (an `ip6 lbd-handover-*` table with
+//! an input chain), looked at no more than every 100 ms.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,16 +54,27 @@ impl VipWatch {
                     .unwrap();
                 rt.block_on(async move {
                     let nl = lbd::sys::addr::Netlink::connect().unwrap();
+                    let mut v6_hidden = (false, Instant::now() - Duration::from_secs(1));
                     while !stop.load(Ordering::Relaxed) {
                         // By name each time: a test may delete and recreate
                         // the link (another ifindex); no link, no VIP.
                         let has = match nl.link_by_name(&ifname).await {
-                            Ok(link) => nl
-                                .addresses(link.index)
-                                .await
-                                .ok()
-                                .map(|list| list.iter().any(|a| a.addr.addr() == vip)),
+                            Ok(link) => nl.addresses(link.index).await.ok().map(|list| {
+                                list.iter().any(|a| {
+                                    a.addr.addr() == vip && !(vip.is_ipv4() && a.deprecated)
+                                })
+                            }),
                             Err(_) => Some(false),
+                        };
+                        // The thread is in the namespace: so is nft.
+                        let has = match has {
+                            Some(true) if vip.is_ipv6() => {
+                                if v6_hidden.1.elapsed() >= Duration::from_millis(100) {
+                                    v6_hidden = (ipv6_hidden_here(), Instant::now());
+                                }
+                                Some(!v6_hidden.0)
+                            }
+                            other => other,
                         };
                         if let Some(has) = has {
                             flags[i].store(has, Ordering::Relaxed);
@@ -151,6 +168,27 @@ impl VipWatch {
         let t = super::netns::wait_for(limit, || self.holders().len() == 1)?;
         Some((self.holders()[0], t))
     }
+}
+
+/// Whether this thread's namespace hides IPv6 VIPs (module doc).
+fn ipv6_hidden_here() -> bool {
+    let Ok(out) = std::process::Command::new("nft")
+        .args(["list", "ruleset", "ip6"])
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut in_ours = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("table ") {
+            in_ours = l.starts_with("table ip6 lbd-handover-");
+        } else if in_ours && l.starts_with("chain input") {
+            return true;
+        }
+    }
+    false
 }
 
 impl Drop for VipWatch {

@@ -36,6 +36,7 @@ const INSTANCE_KEYS: &[&str] = &[
     "notify_fault",
     "notify_stop",
     "vip_lifetime",
+    "handover_grace",
 ];
 
 /// `preempt`, `preempt_delay` and `immediate_preempt`.
@@ -163,6 +164,7 @@ impl Cx<'_> {
             notify("notify_stop"),
         ];
         let vip_lifetime = self.vip_lifetime(&mut o, advert_interval);
+        let handover_grace = self.handover_grace(&mut o);
         self.finish(o, INSTANCE, INSTANCE_KEYS);
         Some(VrrpInstanceConfig {
             name: name?,
@@ -187,6 +189,7 @@ impl Cx<'_> {
             notify_fault: scripts[3].clone(),
             notify_stop: scripts[4].clone(),
             vip_lifetime,
+            handover_grace,
         })
     }
 
@@ -373,6 +376,20 @@ impl Cx<'_> {
         }
     }
 
+    /// How long a master that handed over keeps serving the connections
+    /// it accepted (docs/vrrp.md, handover grace); 0s: off.
+    fn handover_grace(&mut self, o: &mut Obj<'_>) -> Duration {
+        const DEFAULT: Duration = Duration::from_secs(2);
+        let Some(n) = o.get("handover_grace") else {
+            return DEFAULT;
+        };
+        let d = self.duration(n, "handover_grace").unwrap_or(DEFAULT);
+        if d > Duration::from_secs(60) {
+            self.err(n.pos, "handover_grace must be at most 60s (0s: off)");
+        }
+        d
+    }
+
     fn vip_lifetime(&mut self, o: &mut Obj<'_>, advert_interval: Duration) -> Duration {
         // Seconds are the kernel's unit for valid_lft; three adverts' worth
         // lets the master renew it twice before it could lapse.
@@ -459,6 +476,30 @@ mod tests {
         // Three adverts' worth, in whole seconds.
         assert_eq!(i.vip_lifetime, Duration::from_secs(9));
         assert!(i.unicast_peers.is_empty() && i.track.is_empty() && i.auth_pass.is_empty());
+    }
+
+    #[test]
+    fn handover_grace_defaults_to_two_seconds_zero_is_off_and_is_bounded() {
+        let grace = |extra: &str| {
+            check(&instance(extra)).unwrap().vrrp.unwrap().instances[0].handover_grace
+        };
+        assert_eq!(grace(""), Duration::from_secs(2));
+        assert_eq!(grace("      handover_grace: 0s\n"), Duration::ZERO);
+        assert_eq!(
+            grace("      handover_grace: 500ms\n"),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            problems(&instance("      handover_grace: 61s\n")),
+            ["t.yaml:7:23: handover_grace must be at most 60s (0s: off)"]
+        );
+        // Off in the router's parameters when zero.
+        let c = check(&instance("      handover_grace: 0s\n")).unwrap();
+        let p = crate::vrrp::fsm::VirtualRouterParams::from_config(
+            &c.vrrp.unwrap().instances[0],
+            "10.0.0.2".parse().unwrap(),
+        );
+        assert_eq!(p.handover_grace, None);
     }
 
     #[test]

@@ -3,12 +3,17 @@
 
 use std::sync::Arc;
 
+use std::net::{IpAddr, SocketAddr, SocketAddrV6, UdpSocket};
+
 use ipnet::IpNet;
+
+use crate::proxy::kernel::nft::{self, NftError};
 
 use crate::config::VrrpInstanceConfig;
 use crate::status::{VrrpFaultStatus, VrrpInstanceStatus, VrrpPeerStatus};
 
 use super::super::fsm::{Action, Fault, Input, State};
+use super::super::grace::{self, Forward, GraceRules};
 use super::super::notify::{scripts_for, Notifier};
 use super::super::packet::{LocalInstance, Version, VrrpPacket};
 use super::super::state;
@@ -41,6 +46,10 @@ impl Instance {
                     }
                 }
                 Action::StateChanged { from, to } => self.state_changed(from, to),
+                Action::Handover { hide, forward_to } => {
+                    self.holder.set_hidden(hide);
+                    self.handover(hide, forward_to).await
+                }
             }
         }
         self.persist();
@@ -120,6 +129,106 @@ impl Instance {
                 "cannot remove VIPs (they lapse at the end of their lifetime)");
         }
         self.record.installed = self.holder.installed().to_vec();
+    }
+
+    /// The router's handover state (its module doc: handover grace) made
+    /// the kernel's: the instance's nft tables replaced. Forwarding needs
+    /// the old master's MAC (grace.rs: no loop); without it, or without
+    /// nft, the connections are not carried over, as without a grace.
+    async fn handover(&mut self, hide: bool, forward_to: Option<IpAddr>) {
+        let link = self.iface.link.clone();
+        let mut forward = None;
+        if let (Some(to), Some(link)) = (forward_to, &link) {
+            match self.old_master_mac(link.index, to).await {
+                Some(mac) => {
+                    forward = Some(Forward {
+                        to,
+                        device: link.name.clone(),
+                        mac,
+                    })
+                }
+                None => {
+                    tracing::warn!(instance = %self.cfg.name, old_master = %to,
+                        "handover: the old master's MAC is not known; its connections are not forwarded")
+                }
+            }
+        }
+        let rules = GraceRules {
+            vips: self.cfg.virtual_ips.iter().map(|v| v.addr()).collect(),
+            primary: self.iface.src,
+            hide,
+            forward,
+        };
+        self.apply_grace(rules).await;
+    }
+
+    /// Replaces this instance's handover tables with `rules` (nothing to
+    /// do when nft holds them already).
+    pub(super) async fn apply_grace(&mut self, rules: GraceRules) {
+        if self.grace_applied.as_ref() == Some(&rules) {
+            return;
+        }
+        let script = grace::render(&self.cfg.name, self.v6(), &rules);
+        let r = tokio::task::spawn_blocking(move || nft::apply_script(&script))
+            .await
+            .unwrap_or_else(|e| Err(NftError::Rejected(format!("nft task: {e}"))));
+        match r {
+            Ok(()) => {
+                let what = grace_summary(&rules);
+                tracing::info!(instance = %self.cfg.name, handover = what.as_deref().unwrap_or("none"),
+                    "handover rules applied");
+                self.grace_status = what;
+                self.grace_applied = Some(rules);
+            }
+            Err(e) => {
+                tracing::warn!(instance = %self.cfg.name, error = %e,
+                    "handover rules not applied: connections are not carried over a hand-over");
+                self.grace_status = (!rules.is_empty()).then(|| format!("rules not applied: {e}"));
+                self.grace_applied = None;
+                // Hidden VIPs that still answer ARP would be a second
+                // holder: the router lets them go.
+                if !rules.is_empty() {
+                    self.follow_ups.push(Input::HandoverFailed);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// At start: a predecessor that died during a grace may have left its
+    /// tables; they go (quietly where nft is missing: then none exist).
+    pub(super) async fn clear_grace_leftovers(&mut self) {
+        let script = grace::render(&self.cfg.name, self.v6(), &GraceRules::default());
+        match tokio::task::spawn_blocking(move || nft::apply_script(&script)).await {
+            Ok(Ok(())) => self.grace_applied = Some(GraceRules::default()),
+            Ok(Err(e)) => {
+                tracing::debug!(instance = %self.cfg.name, error = %e, "handover tables not checked")
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The MAC of the old master: from the neighbour table, else after
+    /// one datagram to its discard port makes the kernel resolve it (at
+    /// most ~100 ms, while the old master still holds the VIP).
+    async fn old_master_mac(&self, ifindex: u32, to: IpAddr) -> Option<[u8; 6]> {
+        for attempt in 0..5 {
+            if let Ok(Some(mac)) = self.nl.neighbour_mac(ifindex, to).await {
+                return Some(mac);
+            }
+            if attempt == 0 {
+                poke(ifindex, to);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        None
+    }
+
+    fn v6(&self) -> bool {
+        self.cfg
+            .virtual_ips
+            .first()
+            .is_some_and(|v| v.addr().is_ipv6())
     }
 
     pub(super) fn announce(&self, vips: &[IpNet]) {
@@ -305,6 +414,7 @@ impl Instance {
                 })
                 .collect(),
             released: r.released(),
+            handover: self.grace_status.clone(),
             ..initial_status(&self.cfg)
         }));
         self.m
@@ -357,5 +467,34 @@ pub fn initial_status(cfg: &VrrpInstanceConfig) -> VrrpInstanceStatus {
         tracks: Vec::new(),
         faults: Vec::new(),
         released: false,
+        handover: None,
+    }
+}
+
+/// One empty datagram to `to`'s discard port (9): the kernel resolves the
+/// neighbour to send it. Best effort.
+fn poke(ifindex: u32, to: IpAddr) {
+    let (bind, dst): (SocketAddr, SocketAddr) = match to {
+        IpAddr::V4(v) => ((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), (v, 9).into()),
+        IpAddr::V6(v) => (
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            SocketAddrV6::new(v, 9, 0, ifindex).into(),
+        ),
+    };
+    if let Ok(s) = UdpSocket::bind(bind) {
+        let _ = s.send_to(&[], dst);
+    }
+}
+
+/// What `lbd status` says about handover rules in place.
+fn grace_summary(r: &GraceRules) -> Option<String> {
+    match (r.hide, &r.forward) {
+        (false, None) => None,
+        (true, None) => Some("VIPs kept hidden for the connections this node accepted".into()),
+        (false, Some(f)) => Some(format!("forwarding the connections of {} to it", f.to)),
+        (true, Some(f)) => Some(format!(
+            "VIPs hidden; forwarding the connections of {} to it",
+            f.to
+        )),
     }
 }

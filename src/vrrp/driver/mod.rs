@@ -36,6 +36,7 @@ use crate::sys::link::NetMonitor;
 
 use super::control::{Control, Outcome};
 use super::fsm::{leave_bound, Fault, Input, VirtualRouter, VirtualRouterParams};
+use super::grace::GraceRules;
 use super::metrics::{InstanceMetrics, VrrpMetrics};
 use super::net::{inbound, Inbound, Received, VrrpSocket};
 use super::notify::Notifier;
@@ -118,6 +119,12 @@ struct Instance {
     /// Inputs raised while performing actions, fed next.
     follow_ups: Vec<Input>,
     publish_at: Instant,
+    /// The handover rules nft holds for this instance (None: none known;
+    /// the empty rules are applied once at start, removing a crashed
+    /// predecessor's).
+    grace_applied: Option<GraceRules>,
+    /// What `lbd status` says about them.
+    grace_status: Option<String>,
 }
 
 impl Instance {
@@ -165,8 +172,11 @@ impl Instance {
             vip_backoff: VIP_RETRY_FIRST,
             follow_ups: Vec::new(),
             publish_at: Instant::now(),
+            grace_applied: None,
+            grace_status: None,
             cfg,
         };
+        inst.clear_grace_leftovers().await;
         inst.resolve().await;
         inst.adopt().await;
         inst.check_foreign().await;
@@ -267,6 +277,7 @@ impl Instance {
         self.feed(Instant::now()).await;
         let give_up = Instant::now()
             + leave_bound(self.router.params().advert_interval_cs)
+            + self.router.params().handover_grace.unwrap_or_default()
             + Duration::from_millis(100);
         while self.router.holds_vips() && Instant::now() < give_up {
             self.turn().await;
@@ -280,6 +291,7 @@ impl Instance {
         if self.router.holds_vips() {
             self.remove_vips().await;
         }
+        self.apply_grace(GraceRules::default()).await;
         self.persist();
         self.publish();
         self.notifier.flush(Duration::from_secs(1)).await;

@@ -64,7 +64,7 @@ impl VirtualRouter {
         match self.state {
             // Adopted VIPs and never started: nothing to hand over.
             State::Initialize => return self.drop_vips(out),
-            State::Master => self.leave(now, out),
+            State::Master => self.leave(now, true, out),
             State::Backup | State::Fault => {
                 self.clear_timers();
                 // Adopted VIPs a Backup was keeping for Master_Down_Interval
@@ -73,6 +73,10 @@ impl VirtualRouter {
                 // two intervals (2 s at most) from now.
                 let bound = now + leave_bound(self.params.advert_interval_cs);
                 self.leave_until = self.leave_until.map(|t| t.min(bound));
+                // Hidden VIPs (handover grace) stay renewed to its end.
+                if self.hidden_until.is_some() {
+                    self.renew_at = self.params.vip_renew.map(|r| now + r);
+                }
             }
         }
         self.master = None;
@@ -96,7 +100,11 @@ impl VirtualRouter {
         // Only a master advertises: one with a priority above 0 is the
         // successor a leaving master waits for.
         if priority > 0 && self.leave_until.is_some() {
-            self.drop_vips(out);
+            if self.graceful_leave {
+                self.hide_vips(now, out);
+            } else {
+                self.drop_vips(out);
+            }
         }
         match self.state {
             State::Backup => self.backup_rx(now, src, priority, advert_interval_cs),
@@ -112,7 +120,9 @@ impl VirtualRouter {
         // Master_Down_Timer to Skew_Time."
         if priority == 0 {
             self.arm_master_down(now + self.skew());
-            if self.master == Some(src) {
+            if self.master.is_none_or(|m| m == src) {
+                // Leaving: alive, and the one a takeover forwards to.
+                self.last_master = Some(src);
                 self.master = None;
             }
             return;
@@ -138,6 +148,7 @@ impl VirtualRouter {
             }
             self.arm_master_down(now + self.down_interval());
             self.master = Some(src);
+            self.last_master = Some(src);
             return;
         }
         // "Else (Priority in the ADVERTISEMENT is less than the local
@@ -149,6 +160,7 @@ impl VirtualRouter {
             return;
         }
         self.master = Some(src);
+        self.last_master = Some(src);
         if self.params.immediate_preempt {
             let at = now + self.skew();
             self.arm_master_down(self.master_down_at.map_or(at, |t| t.min(at)));
@@ -188,8 +200,11 @@ impl VirtualRouter {
             }
             self.arm_master_down(now + self.down_interval());
             self.master = Some(src);
+            self.last_master = Some(src);
             self.preempt_hold_until = None;
-            self.drop_vips(out);
+            self.stop_forwarding(out);
+            // Preempted is a hand-over on purpose too (module doc: grace).
+            self.hide_vips(now, out);
             self.set_state(now, State::Backup, out);
         } else if self
             .last_reassert
@@ -218,7 +233,7 @@ impl VirtualRouter {
         }
         match self.state {
             State::Initialize | State::Fault => return,
-            State::Master if reason.can_advertise() => self.leave(now, out),
+            State::Master if reason.can_advertise() => self.leave(now, false, out),
             State::Master => {
                 self.clear_timers();
                 self.drop_vips(out);
@@ -262,7 +277,7 @@ impl VirtualRouter {
         self.released = true;
         match self.state {
             State::Master => {
-                self.leave(now, out);
+                self.leave(now, true, out);
                 self.master = None;
                 self.set_state(now, State::Backup, out);
             }
@@ -336,14 +351,19 @@ impl VirtualRouter {
             self.become_master(now, out);
             return;
         }
-        if due(self.leave_until) {
+        if due(self.leave_until) || due(self.hidden_until) {
             self.drop_vips(out);
+        }
+        if due(self.forward_until) {
+            self.stop_forwarding(out);
         }
         if self.state != State::Master {
             // Adopted VIPs kept by a Backup (Startup above) stay renewed
             // until this node is master or they go.
-            let adopted = self.state == State::Backup && self.holds_vips;
-            if adopted && self.leave_until.is_some() && due(self.renew_at) {
+            // So do hidden ones (handover grace) until the grace ends.
+            let adopted = self.state == State::Backup && self.leave_until.is_some();
+            let kept = self.holds_vips && (adopted || self.hidden_until.is_some());
+            if kept && due(self.renew_at) {
                 out.push(Action::RenewVips);
                 self.renew_at = self.params.vip_renew.map(|r| now + r);
             }
@@ -382,6 +402,7 @@ impl VirtualRouter {
         self.clear_timers();
         self.arm_master_down(now + self.down_interval());
         self.master = None;
+        self.last_master = None;
         self.preempt_hold_until = if self.params.preempt_delay.is_zero() {
             None
         } else {
@@ -404,6 +425,15 @@ impl VirtualRouter {
         // backups' timers, and adding the VIPs (a netlink round trip, slow
         // under load) must not delay it past their skew (a second master).
         self.send_advert(now, out);
+        // Before the VIPs and the gratuitous ARPs that move the clients:
+        // from then on the old master's connections arrive here.
+        self.hidden_until = None;
+        self.forward_to = self.params.handover_grace.and(self.live_last_master(now));
+        self.forward_until = self
+            .forward_to
+            .and(self.params.handover_grace)
+            .map(|g| now + g);
+        self.sync_handover(out);
         if self.holds_vips {
             out.push(Action::RenewVips);
         } else {
@@ -420,20 +450,77 @@ impl VirtualRouter {
 
     /// A master leaving on purpose: priority 0 (RFC 5798 sec 6.4.3), timers
     /// off, the VIPs kept until a successor advertises (module doc).
-    fn leave(&mut self, now: Duration, out: &mut Vec<Action>) {
+    /// `graceful`: on purpose (shutdown, release), so the successor gets
+    /// the handover grace (module doc); not for a fault.
+    fn leave(&mut self, now: Duration, graceful: bool, out: &mut Vec<Action>) {
         out.push(Action::SendAdvert {
             priority: 0,
             advert_interval_cs: self.params.advert_interval_cs,
         });
         self.clear_timers();
+        self.stop_forwarding(out);
+        self.graceful_leave = graceful;
         if self.holds_vips {
             self.leave_until = Some(now + leave_bound(self.params.advert_interval_cs));
+        }
+    }
+
+    /// The handover rules could not be applied: what they were for ends.
+    pub(super) fn on_handover_failed(&mut self, out: &mut Vec<Action>) {
+        if self.hidden_until.is_some() {
+            self.drop_vips(out);
+        }
+        self.stop_forwarding(out);
+    }
+
+    /// Our successor is master: with a handover grace the VIPs stay for
+    /// it, hidden (renewed once so their lifetime covers it), else they go.
+    fn hide_vips(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let grace = self.params.handover_grace.filter(|_| self.holds_vips);
+        let Some(grace) = grace else {
+            return self.drop_vips(out);
+        };
+        self.leave_until = None;
+        self.graceful_leave = false;
+        self.hidden_until = Some(now + grace);
+        self.sync_handover(out);
+        out.push(Action::RenewVips);
+        self.renew_at = self.params.vip_renew.map(|r| now + r);
+    }
+
+    /// The master we followed, if it is alive: heard within two of its
+    /// intervals (a silent one is down, after Master_Down_Interval).
+    fn live_last_master(&self, now: Duration) -> Option<IpAddr> {
+        let m = self
+            .last_master
+            .filter(|m| *m != self.params.primary_address)?;
+        let p = self.peers.get(&m)?;
+        (now < p.last_heard + 2 * cs(p.advert_interval_cs.max(1))).then_some(m)
+    }
+
+    fn stop_forwarding(&mut self, out: &mut Vec<Action>) {
+        self.forward_until = None;
+        self.forward_to = None;
+        self.sync_handover(out);
+    }
+
+    /// Hands the driver the handover state if it changed.
+    fn sync_handover(&mut self, out: &mut Vec<Action>) {
+        let want = (self.hidden_until.is_some(), self.forward_to);
+        if want != self.handover_sent {
+            self.handover_sent = want;
+            out.push(Action::Handover {
+                hide: want.0,
+                forward_to: want.1,
+            });
         }
     }
 
     /// The VIPs go now (if held), ending any wait for a successor.
     fn drop_vips(&mut self, out: &mut Vec<Action>) {
         self.leave_until = None;
+        self.hidden_until = None;
+        self.graceful_leave = false;
         // Nothing left to renew: a renewal due in the same tick (a clock
         // that jumped past both) must not stay armed in the past.
         self.renew_at = None;
@@ -441,6 +528,7 @@ impl VirtualRouter {
             self.holds_vips = false;
             out.push(Action::RemoveVips);
         }
+        self.sync_handover(out);
     }
 
     /// Sets the Master_Down_Timer, unless released (which never takes over).
@@ -479,6 +567,10 @@ impl VirtualRouter {
         let from = self.state;
         if from == to {
             return;
+        }
+        // Forwarding is a master's (handover grace): it ends with the role.
+        if from == State::Master {
+            self.stop_forwarding(out);
         }
         self.state = to;
         self.since = now;

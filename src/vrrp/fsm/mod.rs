@@ -71,6 +71,17 @@
 //! - **Reconfigure** (a reload): new parameters apply in place, without a
 //!   state change; a master advertises a changed priority, interval or
 //!   address list at once.
+//! - **Handover grace** (`handover_grace`, not RFC; off in bare params): a
+//!   hand-over on purpose moves the VIP but not the TCP connections the old
+//!   master accepted; once the neighbours' caches point at the successor,
+//!   its kernel resets them. So a master that leaves on purpose (shutdown,
+//!   release, preempted) keeps its VIPs for the grace once its successor is
+//!   heard, hidden (no ARP / ND answers: `Action::Handover { hide }`), and
+//!   a backup that takes over from a master it heard within the last two of
+//!   that master's intervals (it handed over or was preempted, so it is
+//!   alive: not after a silent Master_Down_Interval) sends the packets of
+//!   connections it does not know on to that master for the grace
+//!   (`forward_to`). A dead master is never forwarded to.
 //! - Adverts from our own primary address (multicast looped back) are
 //!   ignored.
 
@@ -181,6 +192,10 @@ pub enum Input {
     /// Before Startup: VIPs of ours are on the interface already (module
     /// doc: adoption).
     Adopted,
+    /// The driver could not put the last `Action::Handover` in place (no
+    /// nft, a kernel without the ARP family): hidden VIPs go now, as
+    /// without a grace, and forwarding is off.
+    HandoverFailed,
 }
 
 impl Input {
@@ -217,6 +232,15 @@ pub enum Action {
     SendGratuitous { refresh: bool },
     /// For notify, logs and metrics.
     StateChanged { from: State, to: State },
+    /// Handover grace (module doc), the whole desired state each time:
+    /// `hide`: the VIPs we still hold get no ARP / ND answers;
+    /// `forward_to`: TCP packets to the VIPs of connections this node does
+    /// not know go on to that router. RemoveVips comes before the
+    /// `hide: false` that follows it.
+    Handover {
+        hide: bool,
+        forward_to: Option<IpAddr>,
+    },
 }
 
 /// A router heard on the link, for status.
@@ -259,6 +283,18 @@ pub struct VirtualRouter {
     leave_until: Option<Duration>,
     /// End of the preempt_delay window (see module doc).
     preempt_hold_until: Option<Duration>,
+    /// Handover grace (module doc): the VIPs stay, hidden, until then.
+    hidden_until: Option<Duration>,
+    /// Handover grace: packets of unknown connections go to `forward_to`
+    /// until then.
+    forward_until: Option<Duration>,
+    forward_to: Option<IpAddr>,
+    /// The handover state last handed to the driver.
+    handover_sent: (bool, Option<IpAddr>),
+    /// The master last followed as Backup (who a takeover forwards to).
+    last_master: Option<IpAddr>,
+    /// This leave is on purpose (shutdown, release): the grace applies.
+    graceful_leave: bool,
     /// When we last answered a priority 0 / reasserted against a lower
     /// master (module doc: at most so often).
     last_answer: Option<Duration>,
@@ -292,6 +328,12 @@ impl VirtualRouter {
             renew_at: None,
             leave_until: None,
             preempt_hold_until: None,
+            hidden_until: None,
+            forward_until: None,
+            forward_to: None,
+            handover_sent: (false, None),
+            last_master: None,
+            graceful_leave: false,
             last_answer: None,
             last_reassert: None,
             master: None,
@@ -327,6 +369,7 @@ impl VirtualRouter {
             Input::Resume => self.on_resume(now, &mut out),
             Input::Reconfigure { params } => self.on_reconfigure(now, params, &mut out),
             Input::Adopted => self.on_adopted(),
+            Input::HandoverFailed => self.on_handover_failed(&mut out),
         }
         self.fire_due(now, false, &mut out);
         out
@@ -341,6 +384,8 @@ impl VirtualRouter {
             self.garp_burst_at,
             self.renew_at,
             self.leave_until,
+            self.hidden_until,
+            self.forward_until,
         ]
         .into_iter()
         .flatten()
@@ -391,6 +436,12 @@ impl VirtualRouter {
         self.holds_vips
     }
 
+    /// Handover grace: (VIPs hidden, forwarding to), as last handed to the
+    /// driver.
+    pub fn handover(&self) -> (bool, Option<IpAddr>) {
+        self.handover_sent
+    }
+
     /// State changes, not counting those out of Initialize (so a node that
     /// started and became master shows 1).
     pub fn transitions(&self) -> u64 {
@@ -432,6 +483,7 @@ mod tests {
             immediate_preempt: false,
             garp_master_delay: None,
             vip_renew: None,
+            handover_grace: None,
         }
     }
 

@@ -41,6 +41,11 @@ pub struct VirtualRouterParams {
     /// lifetime); None: never.
     #[serde(default)]
     pub vip_renew: Option<Duration>,
+    /// Handover grace (module doc): how long a master that left keeps its
+    /// VIPs, hidden, for the connections it accepted, and how long its
+    /// successor sends those connections' packets on to it; None: off.
+    #[serde(default)]
+    pub handover_grace: Option<Duration>,
 }
 
 impl VirtualRouterParams {
@@ -61,6 +66,7 @@ impl VirtualRouterParams {
             immediate_preempt: cfg.immediate_preempt,
             garp_master_delay: cfg.garp_master_delay.filter(|d| !d.is_zero()),
             vip_renew: Some(vip_renew_period(cfg.vip_lifetime)),
+            handover_grace: Some(cfg.handover_grace).filter(|d| !d.is_zero()),
         }
     }
 }

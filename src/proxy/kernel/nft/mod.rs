@@ -81,7 +81,7 @@ impl Firewall for NftFirewall {
             Some((p, a)) => (p.as_str(), a),
             None => ("nft", &[][..]),
         };
-        run_nft(program, args, ruleset.as_str())
+        run_nft(program, args, &NFT_ARGS, ruleset.as_str())
     }
 }
 
@@ -92,9 +92,21 @@ impl Firewall for NftFirewall {
 /// reads /proc/sys).
 const NFT_ARGS: [&str; 3] = ["-j", "-f", "/proc/self/fd/0"];
 
-/// Runs `program args -j -f /proc/self/fd/0` with `payload` written to its
-/// standard input while its output is read (no pipe can fill and stall).
-fn run_nft(program: &str, args: &[String], payload: &str) -> Result<(), NftError> {
+/// Applies `script` in nft's own syntax, in one transaction, with plain
+/// `nft` from PATH (the VRRP handover rules: a few lines, not a table
+/// rendered from thousands of Services).
+pub fn apply_script(script: &str) -> Result<(), NftError> {
+    run_nft("nft", &[], &["-f", "/proc/self/fd/0"], script)
+}
+
+/// Runs `program args NFT_ARGS` with `payload` written to its standard
+/// input while its output is read (no pipe can fill and stall).
+fn run_nft(
+    program: &str,
+    args: &[String],
+    nft_args: &[&str],
+    payload: &str,
+) -> Result<(), NftError> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let run = |source| NftError::Run {
@@ -103,7 +115,7 @@ fn run_nft(program: &str, args: &[String], payload: &str) -> Result<(), NftError
     };
     let mut child = Command::new(program)
         .args(args)
-        .args(NFT_ARGS)
+        .args(nft_args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
