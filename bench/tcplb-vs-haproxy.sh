@@ -295,8 +295,25 @@ until [[ $(first_up) == 4 && $(lbd_up lbdu) == 4 && $(ha_up) == 4 ]]; do
     sleep 0.3
 done
 sleep 3 # a few check rounds at idle
-rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
-RSS_LBD=$(rss_mb $LBD_PID) RSS_LBDU=$(rss_mb $LBDU_PID) RSS_HA=$(rss_mb $HA_PID)
+# `lbd run` is a supervisor and its worker (`lbd-worker`, src/supervisor.rs):
+# the worker moves the bytes, so its CPU is the proxy's; RSS is both
+# processes' together (what the node pays). haproxy -db is one process.
+worker_of() {
+    local c
+    for c in $(cat "/proc/$1/task/$1/children" 2>/dev/null); do
+        [[ $(cat "/proc/$c/comm" 2>/dev/null) == lbd-worker ]] && { echo "$c"; return; }
+    done
+    echo "$1"
+}
+LBD_WORKER=$(worker_of "$LBD_PID") LBDU_WORKER=$(worker_of "$LBDU_PID")
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+rss_mb() { # PID...: the sum in MB
+    local kb=0 p
+    for p in "$@"; do kb=$((kb + $(rss_kb "$p"))); done
+    awk -v kb="$kb" 'BEGIN { printf "%.1f", kb / 1024 }'
+}
+both() { [[ $2 == "$1" ]] && echo "$1" || echo "$1 $2"; }
+RSS_LBD=$(rss_mb $(both "$LBD_PID" "$LBD_WORKER")) RSS_LBDU=$(rss_mb $(both "$LBDU_PID" "$LBDU_WORKER")) RSS_HA=$(rss_mb $HA_PID)
 
 # ---- measurement helpers -------------------------------------------------------
 cpu_ticks() { [[ -z $1 ]] && echo 0 || awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -354,16 +371,16 @@ for dir in up down; do
     flag=()
     [[ $dir == down ]] && flag=(-R)
     read -r R[ha_$dir] R[ha_${dir}_cpu] < <(iperf $HA_IPERF "$HA_PID" "${flag[@]}")
-    read -r R[lbd_$dir] R[lbd_${dir}_cpu] < <(iperf $LBD_IPERF "$LBD_PID" "${flag[@]}")
-    read -r R[lbdu_$dir] R[lbdu_${dir}_cpu] < <(iperf $LBDU_IPERF "$LBDU_PID" "${flag[@]}")
+    read -r R[lbd_$dir] R[lbd_${dir}_cpu] < <(iperf $LBD_IPERF "$LBD_WORKER" "${flag[@]}")
+    read -r R[lbdu_$dir] R[lbdu_${dir}_cpu] < <(iperf $LBDU_IPERF "$LBDU_WORKER" "${flag[@]}")
     read -r R[direct_$dir] _ < <(iperf $IPERF_DIRECT "" "${flag[@]}")
 done
 for kind in ka nc; do
     hdr=()
     [[ $kind == nc ]] && hdr=(-H "Connection: close")
     read -r R[ha_$kind] R[ha_${kind}_p99] R[ha_${kind}_err] R[ha_${kind}_cpu] < <(wrkrun $HA_HTTPS "$HA_PID" "${hdr[@]}")
-    read -r R[lbd_$kind] R[lbd_${kind}_p99] R[lbd_${kind}_err] R[lbd_${kind}_cpu] < <(wrkrun $LBD_HTTPS "$LBD_PID" "${hdr[@]}")
-    read -r R[lbdu_$kind] R[lbdu_${kind}_p99] R[lbdu_${kind}_err] R[lbdu_${kind}_cpu] < <(wrkrun $LBDU_HTTPS "$LBDU_PID" "${hdr[@]}")
+    read -r R[lbd_$kind] R[lbd_${kind}_p99] R[lbd_${kind}_err] R[lbd_${kind}_cpu] < <(wrkrun $LBD_HTTPS "$LBD_WORKER" "${hdr[@]}")
+    read -r R[lbdu_$kind] R[lbdu_${kind}_p99] R[lbdu_${kind}_err] R[lbdu_${kind}_cpu] < <(wrkrun $LBDU_HTTPS "$LBDU_WORKER" "${hdr[@]}")
     read -r R[direct_$kind] R[direct_${kind}_p99] R[direct_${kind}_err] _ < <(wrkrun "${NGX[0]}" "" "${hdr[@]}")
 done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"

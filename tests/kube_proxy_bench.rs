@@ -88,6 +88,26 @@ fn usage(pid: u32) -> (f64, f64, f64) {
     (cpu, rss, peak)
 }
 
+/// `usage`'s CPU seconds as (user, system, reaped children) over the
+/// tree: where a slow full sync spends its time (the run-mode finding of
+/// docs/benchmarks.md: lbd after kube-proxy takes ~4x the CPU).
+fn cpu_split(pid: u32) -> (f64, f64, f64) {
+    let mut t = (0.0, 0.0, 0.0);
+    for p in process_tree(pid) {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|r| r.1).unwrap_or_default();
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|v| v.parse::<f64>().unwrap_or(0.0))
+            .collect();
+        let at = |k: usize| f.get(k).copied().unwrap_or(0.0) / 100.0;
+        t.0 += at(11);
+        t.1 += at(12);
+        t.2 += at(13) + at(14);
+    }
+    t
+}
+
 fn usage_of(pid: u32) -> (f64, f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis: utime is the 12th,
@@ -143,6 +163,8 @@ struct Figures {
     /// From the start until the process tree goes idle after its first sync.
     settled: Duration,
     cpu_at_sync: f64,
+    /// The same CPU seconds split: user, system, reaped children.
+    cpu_split_at_sync: (f64, f64, f64),
     rss_at_sync: f64,
     changes: Vec<Duration>,
     cpu_end: f64,
@@ -170,6 +192,7 @@ async fn measure(o: &Objects, pid: u32, started: Instant, n: usize, changes: usi
         ..Figures::default()
     };
     (fig.cpu_at_sync, fig.rss_at_sync, _) = usage(pid);
+    fig.cpu_split_at_sync = cpu_split(pid);
     // The kernel's table is complete before the first sync has finished
     // (kube-proxy still binds addresses, fills ipsets and runs
     // iptables-restore): changes are timed once the proxy is idle, as on a
@@ -250,10 +273,13 @@ fn print(name: &str, n: usize, f: &Figures) {
         .collect();
     eprintln!(
         "bench {name} services={n} endpoints={ENDPOINTS}: full_sync_s={:.2} settled_s={:.2} cpu_s_at_sync={:.2} \
-         rss_mib_at_sync={:.1} change_ms=[{}] cpu_s_end={:.2} rss_mib_end={:.1} peak_rss_mib={:.1}",
+         (user={:.2} sys={:.2} children={:.2}) rss_mib_at_sync={:.1} change_ms=[{}] cpu_s_end={:.2} rss_mib_end={:.1} peak_rss_mib={:.1}",
         f.full_sync.as_secs_f64(),
         f.settled.as_secs_f64(),
         f.cpu_at_sync,
+        f.cpu_split_at_sync.0,
+        f.cpu_split_at_sync.1,
+        f.cpu_split_at_sync.2,
         f.rss_at_sync,
         ms.join(","),
         f.cpu_end,
@@ -319,6 +345,23 @@ async fn kube_proxy_vs_lbd() {
     ))
     .await;
     let lbd_fig = measure(&o, lbd.child.id(), started, n, changes).await;
+    // When its caches were ready (the lists done) against when the table
+    // was complete: apiserver side or kernel side of a slow full sync.
+    let status = lbd.status().await;
+    eprintln!(
+        "bench lbd timeline: started at {} ({:?} before the full table); proxy status {}",
+        humantime::format_rfc3339_millis(std::time::SystemTime::now() - started.elapsed()),
+        lbd_fig.full_sync,
+        status["proxy"]
+    );
+    for line in lbd
+        .logs()
+        .lines()
+        .filter(|l| l.contains("caches synced") || l.contains("WARN") || l.contains("ERROR"))
+        .take(20)
+    {
+        eprintln!("bench lbd log: {line}");
+    }
     drop(lbd);
     print("lbd", n, &lbd_fig);
     clean_kernel();

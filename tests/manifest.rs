@@ -385,6 +385,17 @@ fn termination_grace_covers_the_drain() {
     let pod = manifest(&config, &[]);
     let spec = pod.spec.unwrap();
     assert_eq!(spec.termination_grace_period_seconds, Some(125));
+    // A VRRP handover grace longer than the default 2 s comes on top.
+    let config = write(
+        dir.path(),
+        "lbd2.yaml",
+        "vrrp:\n  instances:\n    - name: v\n      interface: eth0\n      vrid: 51\n      \
+         virtual_ips: [10.0.0.100/24]\n      handover_grace: 20s\n\
+         tcplb:\n  shutdown_grace: 2m\n  listeners:\n    - name: a\n      bind: 127.0.0.1:8443\n      \
+         backends: [127.0.0.1:6443]\n      health: { type: tcp }\n",
+    );
+    let spec = manifest(&config, &[]).spec.unwrap();
+    assert_eq!(spec.termination_grace_period_seconds, Some(143));
 }
 
 #[test]

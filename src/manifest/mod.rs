@@ -434,14 +434,22 @@ fn labels() -> BTreeMap<String, String> {
     ])
 }
 
-/// The pod must outlive the balancer's drain: shutdown_grace, plus a margin
-/// for giving up the VIP, and never below Kubernetes' default.
+/// The pod must outlive the stop: the VIP given up (at most two advert
+/// intervals, 2 s), the VRRP handover grace, then the balancer's drain
+/// (shutdown_grace); never below Kubernetes' default. The 5 s margin covers
+/// the hand-over and the default 2 s grace; a longer grace adds the rest.
 fn termination_grace_seconds(config: &Config) -> i64 {
     let grace = config
         .tcplb
         .as_ref()
         .map_or(Duration::from_secs(30), |t| t.shutdown_grace);
-    (grace.as_secs() + 5).max(30) as i64
+    let handover = config
+        .vrrp
+        .as_ref()
+        .and_then(|v| v.instances.iter().map(|i| i.handover_grace).max())
+        .unwrap_or_default()
+        .saturating_sub(Duration::from_secs(2));
+    (grace.as_secs() + handover.as_secs_f64().ceil() as u64 + 5).max(30) as i64
 }
 
 /// Liveness on `/healthz` and readiness on `/readyz` of the admin listener;
