@@ -5,7 +5,9 @@
 #   bench/kube-proxy-vs-lbd.sh              # 1000 then 10000 Services x 5
 #   SIZES=1000 bench/kube-proxy-vs-lbd.sh   # one size
 # env: SIZES, LBD_BENCH_CHANGES (endpoint changes timed per proxy, 3),
-#      LBD_BENCH_ONLY=lbd (lbd alone, no ratios: to measure a change to lbd),
+#      LBD_BENCH_ORDER (default lbd,kube-proxy,lbd: lbd on an untouched
+#      kernel, kube-proxy, lbd after kube-proxy; LBD_BENCH_ORDER=lbd: lbd
+#      alone, no ratios, to measure a change to lbd),
 #      PROFILE (release; debug to skip the release build: figures then
 #      overstate lbd's CPU), VM_MEM (MiB, default 3072 for 1k, 6144 above),
 #      VM_TIMEOUT (s, default 7200). Needs bench/kube-peers.sh's binaries.

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lbd::proxy::driver::Syncer;
 use lbd::proxy::engine::EngineSettings;
 use lbd::proxy::kernel::{FakeKernel, Firewall, IpvsDataPlane, NftDocument, NftError};
 use lbd::proxy::kube::Slim;
 use lbd::proxy::metrics::ProxyMetrics;
+use lbd::proxy::objects::EndpointSlice;
 use serde_json::json;
 
 struct Counting;

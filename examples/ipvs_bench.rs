@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lbd::proxy::driver::Syncer;
 use lbd::proxy::engine::EngineSettings;
 use lbd::proxy::kernel::ipvs::{FakeIpvs, IpvsHandle, NetlinkIpvs};
@@ -25,6 +24,7 @@ use lbd::proxy::kernel::{
 };
 use lbd::proxy::metrics::ProxyMetrics;
 use lbd::proxy::model::{ObjectKey, ServiceInputs};
+use lbd::proxy::objects::EndpointSlice;
 use serde_json::json;
 
 fn service(i: usize) -> Arc<Service> {

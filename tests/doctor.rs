@@ -364,3 +364,97 @@ fn cli_usage_and_a_missing_config() {
         "{text}"
     );
 }
+
+/// What `lbd doctor` gathers itself, not made-up facts: a real haproxy
+/// holding the balancer's port in a network namespace is found by /proc
+/// (its process, and the socket traced to it), the CA that kubeadm has not
+/// written yet is a note, and once haproxy is gone so are its findings.
+#[test]
+fn a_real_haproxy_on_the_balancers_port_is_found() {
+    if !require_root("a_real_haproxy_on_the_balancers_port_is_found") {
+        return;
+    }
+    let Some(haproxy) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        eprintln!("skipping: haproxy not installed (scripts/install-deps.sh installs it)");
+        return;
+    };
+    let mut lab = Lab::new("doctorp");
+    let a = lab.add_ns("a");
+    lab.attach(&a, "eth0", &["10.77.1.1/24"]);
+    let dir = tempfile::tempdir().unwrap();
+    let hcfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &hcfg,
+        "global\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 5s\n  \
+         timeout server 5s\nfrontend apiserver\n  bind 0.0.0.0:8443\n  default_backend b\n\
+         backend b\n  server s1 10.77.1.1:6443\n",
+    )
+    .unwrap();
+    let h = lab.spawn(&a, haproxy, &["-db", "-f", hcfg.to_str().unwrap()], None);
+    let hpid = lab.child(h).id();
+    let ca = dir.path().join("pki/ca.crt");
+    let cfg = dir.path().join("lbd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tcplb:\n  listeners:\n    - name: apiserver\n      bind: 0.0.0.0:8443\n      \
+             backends: [10.77.1.1:6443]\n      health: {{type: https, tls: {{ca_file: {}}}}}\n\
+             admin:\n  socket: {}\n  listen: \"\"\n",
+            ca.display(),
+            dir.path().join("lbd.sock").display()
+        ),
+    )
+    .unwrap();
+    let run = |lab: &Lab| {
+        let out = lab.exec(
+            &a,
+            &[
+                env!("CARGO_BIN_EXE_lbd"),
+                "doctor",
+                "-c",
+                cfg.to_str().unwrap(),
+            ],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // haproxy binds its port a moment after it starts.
+    let port_line = format!("0.0.0.0:8443 is taken by haproxy (pid {hpid})");
+    let mut seen = (None, String::new());
+    for _ in 0..50 {
+        seen = run(&lab);
+        if seen.1.contains(&port_line) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (code, out) = seen;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("listener apiserver 0.0.0.0:8443: {port_line}")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("haproxy runs (pid {hpid})")), "{out}");
+    assert!(
+        out.contains(&format!("{} does not exist yet", ca.display())),
+        "{out}"
+    );
+
+    lab.signal(h, "TERM");
+    assert!(lab
+        .wait_exit(h, std::time::Duration::from_secs(5))
+        .is_some());
+    let (_, out) = run(&lab);
+    assert!(!out.contains(&format!("pid {hpid}")), "{out}");
+    assert!(!out.contains("8443 is taken"), "{out}");
+    // The file appears: no note about it any more.
+    std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
+    std::fs::write(&ca, "not checked by doctor's presence test\n").unwrap();
+    let (_, out) = run(&lab);
+    assert!(!out.contains("does not exist yet"), "{out}");
+}

@@ -127,6 +127,45 @@ fn kubeadm_ha_guide_keepalived_haproxy_and_kube_proxy() {
     }
 }
 
+/// The guide's haproxy.cfg as revised for haproxy 2.x (`http-check
+/// connect ssl`, `http-check send meth GET uri /healthz`, `verify none` on
+/// each server) instead of `option ssl-hello-chk`.
+#[test]
+fn kubeadm_ha_guide_haproxy_2_http_check_connect_ssl() {
+    let sources = Sources {
+        haproxy: Some(source("kubeadm-guide/haproxy-2.4.cfg")),
+        ..Default::default()
+    };
+    let out = imported(&sources, "kubeadm-guide/lbd-haproxy-2.4.expected.yaml");
+    let c = parsed(&out);
+    let l = &c.tcplb.as_ref().unwrap().listeners[0];
+    assert_eq!(l.name, "apiserver");
+    assert_eq!(l.bind, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!(l.backends.len(), 3);
+    // Over TLS, GET /healthz, expecting 200: what haproxy checked.
+    assert_eq!(l.health.kind, HealthKind::Https);
+    assert_eq!(l.health.path, "/healthz");
+    // verify none and no cluster CA where it was imported: unverified, and
+    // said so.
+    assert!(l.health.tls.insecure_skip_verify);
+    assert!(
+        out.contains("verify none"),
+        "the comment names verify none:\n{out}"
+    );
+    assert!(c.vrrp.is_none() && c.proxy.is_none());
+
+    // The path is the one `http-check send ... uri` names, not a default.
+    let mut other = source("kubeadm-guide/haproxy-2.4.cfg");
+    other.text = other.text.replace("uri /healthz", "uri /livez");
+    let out = import(&Sources {
+        haproxy: Some(other),
+        ..Default::default()
+    })
+    .unwrap();
+    let c = parsed(&out);
+    assert_eq!(c.tcplb.unwrap().listeners[0].health.path, "/livez", "{out}");
+}
+
 #[test]
 fn a_cluster_ca_on_the_node_turns_verification_on() {
     let mut s = kubeadm_guide();

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lbd::proxy::desired::{
     compute, node_addresses, node_port_ips, primary_node_ips, DesiredCache, DesiredParams,
     NodeAddresses,
@@ -14,6 +13,7 @@ use lbd::proxy::desired::{
 use lbd::proxy::model::{
     DesiredState, DestKey, FlowPort, HealthCheck, ObjectKey, Protocol, ServiceKey, VsKind,
 };
+use lbd::proxy::objects::EndpointSlice;
 use serde_json::{json, Value};
 
 fn svc(v: Value) -> Service {
@@ -776,10 +776,6 @@ fn node_addresses_come_from_node_status() {
 #[test]
 fn memoised_compute_equals_full_compute_through_changes() {
     use lbd::proxy::desired::DesiredCache;
-    let with_rv = |mut v: Value, rv: &str| {
-        v["metadata"]["resourceVersion"] = json!(rv);
-        v
-    };
     let mut services: Vec<Service> = (0..5)
         .map(|i| {
             let mut s = cluster_svc(
@@ -797,17 +793,15 @@ fn memoised_compute_equals_full_compute_through_changes() {
             .iter()
             .map(|a| ep(a, NODE, Some(true), None, None))
             .collect();
-        slice(with_rv(
-            serde_json::to_value(eps(
-                &format!("s{i}"),
-                &format!("s{i}-a"),
-                "IPv4",
-                json!([{"name": "http", "port": 8080}]),
-                list,
-            ))
-            .unwrap(),
-            rv,
-        ))
+        let mut s = eps(
+            &format!("s{i}"),
+            &format!("s{i}-a"),
+            "IPv4",
+            json!([{"name": "http", "port": 8080}]),
+            list,
+        );
+        s.metadata.resource_version = Some(rv.into());
+        s
     };
     let mut slices: Vec<EndpointSlice> = (0..5)
         .map(|i| mk(i, "1", &["10.244.0.1", "10.244.0.2"]))

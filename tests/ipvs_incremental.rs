@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lbd::proxy::desired::{self, DesiredCache, DesiredParams};
 use lbd::proxy::driver::Syncer;
 use lbd::proxy::engine::{EngineSettings, SyncOutcome};
@@ -20,6 +19,7 @@ use lbd::proxy::kube::ChangeTracker;
 use lbd::proxy::metrics::ProxyMetrics;
 use lbd::proxy::model::{DestKey, Protocol, RealServer, ServiceKey, VirtualServer};
 use lbd::proxy::model::{ObjectKey, ServiceInputs};
+use lbd::proxy::objects::EndpointSlice;
 use serde_json::{json, Value};
 
 const NODE: &str = "cp1";

@@ -1,9 +1,10 @@
 //! Issue 12's benchmark, run by bench/kube-proxy-vs-lbd.sh (not a CI
 //! test: it skips unless `LBD_BENCH_SERVICES` is set, and runs only in the
 //! VM): `LBD_BENCH_SERVICES` ClusterIP Services with 5 endpoints each
-//! through the real kube-apiserver, then the real kube-proxy
-//! (`--proxy-mode=ipvs`) and the real `lbd` binary one after the other on a
-//! clean table with the same KubeProxyConfiguration. For each: full sync
+//! through the real kube-apiserver, then the real `lbd` binary, the real
+//! kube-proxy (`--proxy-mode=ipvs`) and lbd again, one after the other on a
+//! clean table with the same KubeProxyConfiguration (`LBD_BENCH_ORDER`,
+//! default `lbd,kube-proxy,lbd`). For each: full sync
 //! (process start to the kernel holding every virtual and real server),
 //! settled (process start until its tree goes idle: the first sync done),
 //! one endpoint change on the settled proxy (from just before the API write
@@ -11,8 +12,8 @@
 //! 3, 2 s apart so that minSyncPeriod does not time them), and the process
 //! tree's CPU seconds (with reaped children: kube-proxy's ipset and
 //! iptables runs) and RSS (summed: lbd's supervisor and worker) once the
-//! table is complete and after the changes. Prints one line per figure and
-//! the ratios lbd / kube-proxy.
+//! table is complete and after the changes. Prints one line per proxy and
+//! the ratios of each lbd run to kube-proxy.
 
 mod support;
 
@@ -74,62 +75,61 @@ fn process_tree(root: u32) -> Vec<u32> {
     tree
 }
 
-/// CPU seconds and RSS / peak RSS in MiB of `pid`'s whole tree: user +
-/// system of each live process plus what its reaped children used
-/// (kube-proxy's ipset/iptables runs count against it), RSS summed.
-fn usage(pid: u32) -> (f64, f64, f64) {
-    let (mut cpu, mut rss, mut peak) = (0.0, 0.0, 0.0);
-    for p in process_tree(pid) {
-        let (c, r, h) = usage_of(p);
-        cpu += c;
-        rss += r;
-        peak += h;
-    }
-    (cpu, rss, peak)
+/// What `/proc` says of a process tree: CPU seconds as user, system and
+/// reaped children (kube-proxy's ipset/iptables runs count against it;
+/// the split says where a slow full sync goes: the run-mode finding of
+/// docs/benchmarks.md), and RSS / peak RSS in MiB, summed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    user: f64,
+    sys: f64,
+    children: f64,
+    rss: f64,
+    peak: f64,
 }
 
-/// `usage`'s CPU seconds as (user, system, reaped children) over the
-/// tree: where a slow full sync spends its time (the run-mode finding of
-/// docs/benchmarks.md: lbd after kube-proxy takes ~4x the CPU).
-fn cpu_split(pid: u32) -> (f64, f64, f64) {
-    let mut t = (0.0, 0.0, 0.0);
-    for p in process_tree(pid) {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map(|r| r.1).unwrap_or_default();
-        let f: Vec<f64> = rest
-            .split_whitespace()
-            .map(|v| v.parse::<f64>().unwrap_or(0.0))
-            .collect();
-        let at = |k: usize| f.get(k).copied().unwrap_or(0.0) / 100.0;
-        t.0 += at(11);
-        t.1 += at(12);
-        t.2 += at(13) + at(14);
+impl Usage {
+    fn cpu(&self) -> f64 {
+        self.user + self.sys + self.children
     }
-    t
 }
 
-fn usage_of(pid: u32) -> (f64, f64, f64) {
+fn usage(pid: u32) -> Usage {
+    let mut u = Usage::default();
+    for p in process_tree(pid) {
+        let o = usage_of(p);
+        u.user += o.user;
+        u.sys += o.sys;
+        u.children += o.children;
+        u.rss += o.rss;
+        u.peak += o.peak;
+    }
+    u
+}
+
+fn usage_of(pid: u32) -> Usage {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis: utime is the 12th,
     // then stime, cutime, cstime.
     let rest = stat.rsplit_once(')').map(|r| r.1).unwrap_or_default();
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = (11..15)
-        .map(|k| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        .sum();
+    let secs = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
+    let mib = |key: &str| {
         status
             .lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
             .unwrap_or(0.0)
+            / 1024.0
     };
-    (
-        ticks / 100.0,
-        kib("VmRSS:") / 1024.0,
-        kib("VmHWM:") / 1024.0,
-    )
+    Usage {
+        user: secs(11),
+        sys: secs(12),
+        children: secs(13) + secs(14),
+        rss: mib("VmRSS:"),
+        peak: mib("VmHWM:"),
+    }
 }
 
 /// Creates the Services and their slices, 16 requests in flight.
@@ -162,14 +162,11 @@ struct Figures {
     full_sync: Duration,
     /// From the start until the process tree goes idle after its first sync.
     settled: Duration,
-    cpu_at_sync: f64,
-    /// The same CPU seconds split: user, system, reaped children.
-    cpu_split_at_sync: (f64, f64, f64),
-    rss_at_sync: f64,
+    /// When the kernel's table was complete.
+    at_sync: Usage,
     changes: Vec<Duration>,
-    cpu_end: f64,
-    rss_end: f64,
-    peak_rss: f64,
+    /// After the changes (its peak: the run's).
+    end: Usage,
 }
 
 /// Waits for the full table, then makes `changes` endpoint changes, each
@@ -191,8 +188,7 @@ async fn measure(o: &Objects, pid: u32, started: Instant, n: usize, changes: usi
         full_sync: started.elapsed(),
         ..Figures::default()
     };
-    (fig.cpu_at_sync, fig.rss_at_sync, _) = usage(pid);
-    fig.cpu_split_at_sync = cpu_split(pid);
+    fig.at_sync = usage(pid);
     // The kernel's table is complete before the first sync has finished
     // (kube-proxy still binds addresses, fills ipsets and runs
     // iptables-restore): changes are timed once the proxy is idle, as on a
@@ -232,7 +228,7 @@ async fn measure(o: &Objects, pid: u32, started: Instant, n: usize, changes: usi
         }
         fig.changes.push(t.elapsed());
     }
-    (fig.cpu_end, fig.rss_end, fig.peak_rss) = usage(pid);
+    fig.end = usage(pid);
     fig
 }
 
@@ -240,10 +236,10 @@ async fn measure(o: &Objects, pid: u32, started: Instant, n: usize, changes: usi
 /// time from `started`.
 async fn settle(pid: u32, started: Instant) -> Duration {
     let window = Duration::from_secs(5);
-    let mut last = usage(pid).0;
+    let mut last = usage(pid).cpu();
     loop {
         tokio::time::sleep(window).await;
-        let now = usage(pid).0;
+        let now = usage(pid).cpu();
         if now - last < 0.05 * window.as_secs_f64() {
             return started.elapsed().saturating_sub(window);
         }
@@ -276,15 +272,15 @@ fn print(name: &str, n: usize, f: &Figures) {
          (user={:.2} sys={:.2} children={:.2}) rss_mib_at_sync={:.1} change_ms=[{}] cpu_s_end={:.2} rss_mib_end={:.1} peak_rss_mib={:.1}",
         f.full_sync.as_secs_f64(),
         f.settled.as_secs_f64(),
-        f.cpu_at_sync,
-        f.cpu_split_at_sync.0,
-        f.cpu_split_at_sync.1,
-        f.cpu_split_at_sync.2,
-        f.rss_at_sync,
+        f.at_sync.cpu(),
+        f.at_sync.user,
+        f.at_sync.sys,
+        f.at_sync.children,
+        f.at_sync.rss,
         ms.join(","),
-        f.cpu_end,
-        f.rss_end,
-        f.peak_rss
+        f.end.cpu(),
+        f.end.rss,
+        f.end.peak
     );
 }
 
@@ -323,35 +319,73 @@ async fn kube_proxy_vs_lbd() {
         t.elapsed()
     );
     let config = write_kube_proxy_config(&cluster, 0, "");
-    // LBD_BENCH_ONLY=lbd: lbd alone (a change to lbd measured against an
-    // earlier run's kube-proxy figures; the ratios are then not printed).
-    let lbd_only = std::env::var("LBD_BENCH_ONLY").is_ok_and(|v| v == "lbd");
-
-    let mut kp_fig = Figures::default();
-    if !lbd_only {
-        let started = Instant::now();
-        let kp = start_kube_proxy(&cluster, &config, 0);
-        kp_fig = measure(&o, kp.0.id(), started, n, changes).await;
-        drop(kp);
-        print("kube-proxy", n, &kp_fig);
+    // LBD_BENCH_ORDER: the proxies in the order they run, each on a clean
+    // table. The default runs lbd on a kernel no proxy touched before
+    // (a new node), then kube-proxy, then lbd again (a node migrating
+    // from kube-proxy: the run mode in which lbd's full sync took ~4x
+    // the CPU, docs/benchmarks.md). LBD_BENCH_ORDER=lbd: lbd alone (a
+    // change to lbd measured against an earlier run's kube-proxy; no
+    // ratios then).
+    let order =
+        std::env::var("LBD_BENCH_ORDER").unwrap_or_else(|_| "lbd,kube-proxy,lbd".to_string());
+    let mut runs: Vec<(String, Figures)> = Vec::new();
+    for proxy in order.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let name = match (proxy, runs.iter().any(|(n, _)| n == "kube-proxy")) {
+            ("kube-proxy", _) => "kube-proxy".to_string(),
+            ("lbd", false) => "lbd".to_string(),
+            ("lbd", true) => "lbd-after-kube-proxy".to_string(),
+            (other, _) => panic!("LBD_BENCH_ORDER: {other:?} is neither lbd nor kube-proxy"),
+        };
+        let fig = if proxy == "kube-proxy" {
+            let started = Instant::now();
+            let kp = start_kube_proxy(&cluster, &config, 0);
+            let fig = measure(&o, kp.0.id(), started, n, changes).await;
+            drop(kp);
+            fig
+        } else {
+            run_lbd(&o, &config, n, changes).await
+        };
+        print(&name, n, &fig);
         clean_kernel();
         undo_changes(&o, n, changes).await;
+        runs.push((name, fig));
     }
 
+    let Some((_, kp)) = runs.iter().find(|(n, _)| n == "kube-proxy") else {
+        return;
+    };
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    for (name, f) in runs.iter().filter(|(n, _)| n != "kube-proxy") {
+        eprintln!(
+            "bench ratios services={n} {name} / kube-proxy (targets: change <= 0.1 at 10k, \
+             full sync <= 0.33, RSS <= 0.7): change_median={:.3} full_sync={:.3} settled={:.3} \
+             cpu_at_sync={:.3} rss_at_sync={:.3} peak_rss={:.3}",
+            ratio(median(&f.changes), median(&kp.changes)),
+            ratio(f.full_sync.as_secs_f64(), kp.full_sync.as_secs_f64()),
+            ratio(f.settled.as_secs_f64(), kp.settled.as_secs_f64()),
+            ratio(f.at_sync.cpu(), kp.at_sync.cpu()),
+            ratio(f.at_sync.rss, kp.at_sync.rss),
+            ratio(f.end.peak, kp.end.peak)
+        );
+    }
+}
+
+/// Starts the real lbd on `config`, measures it, and prints when its
+/// caches were ready against when the table was complete (apiserver side
+/// or kernel side of a slow full sync).
+async fn run_lbd(o: &Objects, config: &std::path::Path, n: usize, changes: usize) -> Figures {
     let started = Instant::now();
     let lbd = Lbd::start(&format!(
         "proxy:\n  kube_proxy_config: {}\n",
         config.display()
     ))
     .await;
-    let lbd_fig = measure(&o, lbd.child.id(), started, n, changes).await;
-    // When its caches were ready (the lists done) against when the table
-    // was complete: apiserver side or kernel side of a slow full sync.
+    let fig = measure(o, lbd.child.id(), started, n, changes).await;
     let status = lbd.status().await;
     eprintln!(
         "bench lbd timeline: started at {} ({:?} before the full table); proxy status {}",
         humantime::format_rfc3339_millis(std::time::SystemTime::now() - started.elapsed()),
-        lbd_fig.full_sync,
+        fig.full_sync,
         status["proxy"]
     );
     for line in lbd
@@ -362,26 +396,5 @@ async fn kube_proxy_vs_lbd() {
     {
         eprintln!("bench lbd log: {line}");
     }
-    drop(lbd);
-    print("lbd", n, &lbd_fig);
-    clean_kernel();
-    if lbd_only {
-        return;
-    }
-
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    eprintln!(
-        "bench ratios services={n} (lbd / kube-proxy; targets: change <= 0.1 at 10k, \
-         full sync <= 0.33, RSS <= 0.7): change_median={:.3} full_sync={:.3} settled={:.3} \
-         cpu_at_sync={:.3} rss_at_sync={:.3} peak_rss={:.3}",
-        ratio(median(&lbd_fig.changes), median(&kp_fig.changes)),
-        ratio(
-            lbd_fig.full_sync.as_secs_f64(),
-            kp_fig.full_sync.as_secs_f64()
-        ),
-        ratio(lbd_fig.settled.as_secs_f64(), kp_fig.settled.as_secs_f64()),
-        ratio(lbd_fig.cpu_at_sync, kp_fig.cpu_at_sync),
-        ratio(lbd_fig.rss_at_sync, kp_fig.rss_at_sync),
-        ratio(lbd_fig.peak_rss, kp_fig.peak_rss)
-    );
+    fig
 }

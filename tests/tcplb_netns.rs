@@ -473,6 +473,23 @@ async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
     assert!(matches!(who.as_deref(), Ok("b2") | Ok("b3")), "{who:?}");
 }
 
+/// The pid of the worker lbd's supervisor `pid` runs (`lbd-worker`).
+fn worker_of(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|n| n.trim() == "lbd-worker")
+        })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn started_before_the_ca_exists_it_holds_the_vip_balances_then_verifies() {
     let Some((mut s, backends)) =
@@ -509,6 +526,9 @@ async fn started_before_the_ca_exists_it_holds_the_vip_balances_then_verifies() 
     let st = lbd.status().await;
     let waiting = format!("tls-handshake (waiting for {})", ca.display());
     assert_eq!(st["tcplb"][0]["check"], waiting.as_str(), "{st}");
+    let supervisor = s.lab.child(lbd.child).id();
+    let worker = worker_of(supervisor);
+    assert!(worker.is_some(), "no lbd worker under pid {supervisor}");
 
     // Balanced over all three (the handshake alone passes b3).
     let mut seen = std::collections::BTreeSet::new();
@@ -547,11 +567,13 @@ async fn started_before_the_ca_exists_it_holds_the_vip_balances_then_verifies() 
         ["b1".to_string(), "b2".to_string()].into(),
         "{seen:?}"
     );
-    // The same process, still master, all along.
+    // The same processes, still master, all along: neither the supervisor
+    // nor its worker was restarted to pick up the CA.
     assert!(
         s.lab.child(lbd.child).try_wait().unwrap().is_none(),
         "lbd exited"
     );
+    assert_eq!(worker_of(supervisor), worker, "the worker was restarted");
     assert_eq!(lbd.status().await["vrrp"][0]["state"], "MASTER");
     assert!(s.lab.has_addr(&lb, "10.216.0.100"));
 }

@@ -12,15 +12,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::objects::EndpointSlice;
 use crate::sys::rtnl::is_link_local_v6;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::endpoints::{port_endpoints, select, Here, PortEndpoints, PortPolicies, TrafficPolicy};
 use super::model::{
     protocol_from_k8s, DesiredState, DesiredVs, FlowPort, HealthCheck, ObjectKey, Protocol, Scope,
-    ServiceInputs, ServiceKey, VirtualServer, VsKind, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
+    ServiceInputs, ServiceKey, VirtualServer, VsKind, SERVICE_PROXY_NAME_LABEL,
 };
 
 /// kube-proxy's default for sessionAffinityConfig.clientIP.timeoutSeconds.
@@ -483,16 +483,11 @@ fn group_slices<E: Borrow<EndpointSlice>>(
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let s: &EndpointSlice = s.borrow();
-        let Some(name) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
+        let Some(name) = s.service_name.as_deref() else {
             continue;
         };
         let ns = s.metadata.namespace.as_deref().unwrap_or("");
-        by_service.entry((ns, name.as_str())).or_default().push(s);
+        by_service.entry((ns, name)).or_default().push(s);
     }
     // Slice order must not matter (merging is order-sensitive on clashes).
     for v in by_service.values_mut() {

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use super::objects::EndpointSlice;
 use k8s_openapi::api::core::v1::ServicePort;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::model::{protocol_from_k8s, DestKey, Protocol};
 
@@ -147,10 +147,7 @@ pub fn port_endpoints(
                     Some(here.node_name),
                 ),
             };
-            for a in &ep.addresses {
-                let Ok(addr) = a.parse::<IpAddr>() else {
-                    continue;
-                };
+            for &addr in &ep.addresses {
                 let key = DestKey {
                     addr,
                     port: ep_port,

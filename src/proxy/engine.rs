@@ -27,8 +27,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::objects::EndpointSlice;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::changes::ChangeCounter;
 use super::desired::{DesiredCache, DesiredParams, NodeAddresses};

@@ -14,9 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::objects::EndpointSlice;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -446,21 +446,10 @@ impl Slim for Service {
 }
 
 impl Slim for EndpointSlice {
+    // The endpoints, ports and service-name label are already what the
+    // proxy reads (`objects::EndpointSlice` decodes nothing else).
     fn slim(&mut self) {
         slim_meta(&mut self.metadata);
-        if let Some(eps) = self.endpoints.as_mut() {
-            for ep in eps.iter_mut() {
-                ep.target_ref = None;
-                ep.hostname = None;
-                ep.deprecated_topology = None;
-                ep.addresses.shrink_to_fit();
-            }
-            // A list's vectors grow by doubling: up to half of them unused.
-            eps.shrink_to_fit();
-        }
-        if let Some(p) = self.ports.as_mut() {
-            p.shrink_to_fit();
-        }
     }
 }
 
@@ -547,7 +536,7 @@ mod tests {
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "a", "uid": "s"}]
             },
             "addressType": "IPv4",
-            "endpoints": [{"addresses": ["10.244.0.1"], "hostname": "h", "nodeName": "cp1",
+            "endpoints": [{"addresses": ["10.244.0.1", "not-an-ip"], "hostname": "h", "nodeName": "cp1",
                            "zone": "z", "conditions": {"ready": true, "serving": true},
                            "hints": {"forZones": [{"name": "z"}]},
                            "targetRef": {"kind": "Pod", "name": "p", "namespace": "default", "uid": "pu"},
@@ -568,6 +557,15 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(es, want);
+        // The service-name label is a field of its own, the addresses parsed.
+        assert_eq!(es.service_name.as_deref(), Some("a"));
+        assert_eq!(es.metadata.labels, None);
+        let ep = &es.endpoints.as_ref().unwrap()[0];
+        assert_eq!(
+            ep.addresses,
+            vec!["10.244.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(ep.node_name.as_deref(), Some("cp1"));
     }
 
     fn k(ns: &str, name: &str) -> ObjectKey {

@@ -9,6 +9,7 @@
 //!   `schedule`: when to sync and what kind; `engine`: one sync, sans-IO,
 //!   as steps a data plane answers; `changes`: kube-proxy's change counters.
 //! - `kernel`: the data planes and their narrow kernel traits, with fakes.
+//! - `objects`: the EndpointSlice as the stores keep it.
 //! - `kube`: the watchers; `driver`: the syncer and the async loop;
 //!   `report`: the status; `server`: healthz and metrics; `health_check`:
 //!   the healthCheckNodePort servers; `stale_flows`: which UDP/SCTP
@@ -35,6 +36,7 @@ pub mod kernel;
 pub mod kube;
 pub mod metrics;
 pub mod model;
+pub mod objects;
 pub mod plan;
 pub mod report;
 pub mod schedule;

@@ -13,9 +13,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::objects::EndpointSlice;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Transport protocol of a virtual server (`IPVS_SVC_ATTR_PROTOCOL`).
@@ -331,7 +331,7 @@ impl ObjectKey {
 
     /// The Service an EndpointSlice belongs to (its service-name label).
     pub fn service_of(slice: &EndpointSlice) -> Option<Self> {
-        let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        let name = slice.service_name.as_deref()?;
         Some(ObjectKey::new(
             slice.metadata.namespace.as_deref().unwrap_or(""),
             name,

@@ -506,6 +506,12 @@ impl KubeCluster {
         )
     }
 
+    /// The cluster's CA certificate (it signed the apiserver's serving
+    /// certificate): a pod's `ca.crt`.
+    pub fn ca_file(&self) -> &Path {
+        &self.pki.ca
+    }
+
     /// An admin kubeconfig straight to the apiserver.
     pub fn kubeconfig_yaml(&self) -> String {
         self.kubeconfig(self.apiserver_addr)

@@ -37,6 +37,17 @@ impl Lbd {
 
     /// [`Lbd::start`] with global options before `run` (`--log-format json`).
     pub async fn start_with(options: &[&str], body: &str) -> Lbd {
+        Self::start_in(options, &[], &[], body).await
+    }
+
+    /// [`Lbd::start_with`] with options of `run` (`--node-name`) and
+    /// environment variables (a pod's `KUBERNETES_SERVICE_HOST`).
+    pub async fn start_in(
+        options: &[&str],
+        run_options: &[&str],
+        env: &[(&str, &str)],
+        body: &str,
+    ) -> Lbd {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("lbd.sock");
         let config = dir.path().join("lbd.yaml");
@@ -46,6 +57,8 @@ impl Lbd {
             .args(options)
             .args(["run", "-c"])
             .arg(&config)
+            .args(run_options)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
