@@ -52,6 +52,13 @@ if ! command -v go >/dev/null 2>&1; then
   echo "kube-peers: skipped: Go not found (kube-apiserver, kube-proxy and etcd are built from Go modules)" >&2
   exit 3
 fi
+# Kubernetes needs a newer Go than Debian 12's (1.19); from Go 1.21 on, go
+# fetches the toolchain a module asks for by itself. Older: skip, saying so.
+go_minor=$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+if [ -z "$go_minor" ] || [ "$go_minor" -lt 21 ]; then
+  echo "kube-peers: skipped: $(go env GOVERSION 2>/dev/null || echo 'this go') is too old to build kubernetes $KUBE_VERSION (Go >= 1.21 fetches the toolchain it needs)" >&2
+  exit 3
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -8,6 +8,12 @@
 #   syscalls/request      strace -c -f on every thread of the proxy, attached
 #                         only while wrk runs (the proxy runs at full speed
 #                         otherwise, so futex and epoll counts are real)
+#   CPU/request (cpu)     the proxy at full speed, nothing attached: user and
+#                         system CPU microseconds and context switches
+#                         (voluntary + involuntary, every thread) per
+#                         request, from /proc before and after wrk (lbd: its
+#                         worker process, where the data path runs). Time,
+#                         not a count: read it on a quiet machine.
 #
 # Both figures hold on a busy machine (they count work, not time), which is
 # why they, and not req/s, guide the optimisation of the data path.
@@ -17,7 +23,7 @@
 #
 # DUR       seconds of wrk per measurement (default 10)
 # PROXIES   "haproxy lbd" (default) or one of them
-# TOOLS     "callgrind strace" (default) or one of them
+# TOOLS     "callgrind strace cpu" (default) or any of them
 # LBD       lbd binary (default: cargo build --release)
 # BASE_PORT first of the 127.0.0.1 ports used (default 27440, 20 ports)
 # CONNS     wrk connections (default 50, as the comparison benchmark)
@@ -28,7 +34,7 @@ set -euo pipefail
 
 DUR=${DUR:-10}
 PROXIES=${PROXIES:-"haproxy lbd"}
-TOOLS=${TOOLS:-"callgrind strace"}
+TOOLS=${TOOLS:-"callgrind strace cpu"}
 CONNS=${CONNS:-50}
 BASE=${BASE_PORT:-27440}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -94,7 +100,25 @@ stop_proxy() {
     kill -KILL "$PROXY_PID" 2>/dev/null || true
 }
 
-declare -A IR REQ_CG SYS REQ_ST TOP
+# The process whose CPU the data path uses: lbd's worker, haproxy itself.
+data_pid() { # NAME PID
+    local c
+    if [[ $1 == lbd ]]; then
+        for c in $(cat /proc/"$2"/task/*/children 2>/dev/null); do
+            [[ $(cat /proc/"$c"/comm 2>/dev/null) == lbd-worker ]] && { echo "$c"; return; }
+        done
+    fi
+    echo "$2"
+}
+# PID: "utime_ticks stime_ticks context_switches" over its threads.
+cpu_counters() {
+    local stat ctx
+    stat=$(awk '{ sub(/^.*\) /, ""); print $12, $13 }' /proc/"$1"/stat)
+    ctx=$(cat /proc/"$1"/task/*/status | awk '/^(non)?voluntary_ctxt_switches/ { s += $2 } END { print s + 0 }')
+    echo "$stat $ctx"
+}
+
+declare -A IR REQ_CG SYS REQ_ST TOP US_REQ SYS_REQ CS_REQ
 for p in $PROXIES; do
     port=$(port_of "$p")
     if [[ $TOOLS == *callgrind* ]]; then
@@ -127,6 +151,20 @@ for p in $PROXIES; do
         TOP[$p]=$(awk -v n="${REQ_ST[$p]}" '$1 ~ /^[0-9.]+$/ && $NF != "total" { printf "%s %.2f\n", $NF, $4 / n }' \
             "$WORK/strace.$p.txt" | sort -k2 -nr | head -8 | awk '{ printf "%s%s=%s", sep, $1, $2; sep = " " }')
     fi
+    if [[ $TOOLS == *cpu* ]]; then
+        start_proxy "$p"
+        wait_port "$port"
+        wrk_requests "$port" 2 >/dev/null
+        dp=$(data_pid "$p" "$PROXY_PID")
+        read -r u0 s0 c0 < <(cpu_counters "$dp")
+        n=$(wrk_requests "$port" "$DUR")
+        read -r u1 s1 c1 < <(cpu_counters "$dp")
+        stop_proxy
+        hz=$(getconf CLK_TCK)
+        US_REQ[$p]=$(awk -v a="$u0" -v b="$u1" -v n="$n" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / n }')
+        SYS_REQ[$p]=$(awk -v a="$s0" -v b="$s1" -v n="$n" -v hz="$hz" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / n }')
+        CS_REQ[$p]=$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.3f", (b - a) / n }')
+    fi
 done
 
 per() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.0f", a / b; else print "-" }'; }
@@ -138,3 +176,11 @@ for p in $PROXIES; do
     printf '| %-8s | %14s | %10s | %12s | %10s | %s\n' "$p" "$(per "${IR[$p]:-}" "${REQ_CG[$p]:-}")" \
         "${REQ_CG[$p]:--}" "$(per2 "${SYS[$p]:-}" "${REQ_ST[$p]:-}")" "${REQ_ST[$p]:--}" "${TOP[$p]:-}"
 done
+if [[ $TOOLS == *cpu* ]]; then
+    echo
+    printf '| %-8s | %12s | %12s | %16s\n' proxy "user us/req" "sys us/req" "ctx switches/req"
+    printf '|----------|--------------|--------------|-----------------\n'
+    for p in $PROXIES; do
+        printf '| %-8s | %12s | %12s | %16s\n' "$p" "${US_REQ[$p]:--}" "${SYS_REQ[$p]:--}" "${CS_REQ[$p]:--}"
+    done
+fi

@@ -452,6 +452,52 @@ async fn status_exit_codes_degraded_healthy_and_watch() {
         assert_eq!(v["node"], "cp1");
     }
 
+    // --watch as a table: in a pipe one table a second and no escape codes
+    // (a log file stays readable); on a terminal each answer redraws the
+    // screen in place (home, clear), as watch(1).
+    let watch = Command::new(lbd_bin())
+        .args(["status", "--watch", "--socket", &sock])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = watch.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "the last answer was degraded");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tables = text
+        .lines()
+        .filter(|l| l.starts_with("lbd ") && l.contains(" on cp1, up "))
+        .count();
+    assert!(
+        (2..=4).contains(&tables),
+        "one table a second for 2.5 s:\n{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "escape codes in a pipe: {text:?}");
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let cmd = format!(
+            "timeout -s INT 2.5 {} status --watch --socket {sock}",
+            lbd_bin()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        let tty = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            tty.matches("\u{1b}[H\u{1b}[2J").count() >= 2,
+            "a redraw in place per answer on a terminal: {tty:?}"
+        );
+    }
+
     // `lbd reload` with the dead backend gone: applied, then healthy.
     let one = listener_yaml("apiserver", bind, &[&up], "roundrobin", health, "");
     std::fs::write(

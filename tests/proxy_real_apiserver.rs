@@ -589,3 +589,103 @@ async fn apiserver_restart_keeps_the_table_and_catches_up() {
     .await;
     p.stop().await;
 }
+
+/// The kubeadm order (docs/kubeadm.md) with a real apiserver behind lbd's
+/// balancer: lbd starts first, with the cluster CA not written yet and no
+/// apiserver up; the apiserver comes up and passes the TLS-handshake check;
+/// the CA appears and the checks become verified HTTPS `/healthz`, with no
+/// restart; a Kubernetes client works through lbd's listener (the
+/// control-plane endpoint); the apiserver going away takes it out of
+/// rotation and its return puts it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_fronts_a_real_apiserver_started_after_it() {
+    use support::lbd::{backend_of, eventually, free_port, Lbd};
+    let Some(mut cluster) =
+        KubeCluster::start("balancer_fronts_apiserver", ClusterOptions::default()).await
+    else {
+        return;
+    };
+    cluster.stop_apiserver();
+    let pending = tempfile::tempdir().unwrap();
+    let ca = pending.path().join("ca.crt");
+    let api = cluster.apiserver_addr.to_string();
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let mut lbd = Lbd::start(&format!(
+        "tcplb:\n  listeners:\n    - name: apiserver\n      bind: {endpoint}\n      \
+         backends: [{api}]\n      health: {{type: https, path: /healthz, interval: 200ms, \
+         timeout: 2s, rise: 1, fall: 1, tls: {{ca_file: {}, server_name: kubernetes}}}}\n",
+        ca.display()
+    ))
+    .await;
+    let waiting = format!("tls-handshake (waiting for {})", ca.display());
+    let st = lbd.status().await;
+    assert_eq!(st["tcplb"][0]["check"], waiting.as_str(), "{st}");
+    eventually(
+        Duration::from_secs(10),
+        "the absent apiserver down",
+        || async { backend_of(&lbd.status().await, 0, &api)["healthy"] == false },
+    )
+    .await;
+
+    // kubeadm init starts the apiserver: the handshake check passes it.
+    cluster.start_apiserver().await;
+    eventually(
+        Duration::from_secs(10),
+        "the apiserver up by handshake",
+        || async { backend_of(&lbd.status().await, 0, &api)["healthy"] == true },
+    )
+    .await;
+    // ... and writes the CA (a rename into place, as kubeadm's writes).
+    let tmp = pending.path().join("ca.crt.tmp");
+    std::fs::copy(cluster.ca_file(), &tmp).unwrap();
+    std::fs::rename(&tmp, &ca).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "verified HTTPS /healthz",
+        || async {
+            let st = lbd.status().await;
+            st["tcplb"][0]["check"] == "https verified"
+                && backend_of(&st, 0, &api)["healthy"] == true
+        },
+    )
+    .await;
+
+    // A client of the control-plane endpoint: through lbd to the apiserver.
+    let yaml = cluster
+        .kubeconfig_yaml()
+        .replace(&format!("https://{api}"), &format!("https://{endpoint}"));
+    assert!(yaml.contains(&endpoint), "{yaml}");
+    let kc = kube::config::Kubeconfig::from_yaml(&yaml).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    let list = namespaces.list(&Default::default()).await.unwrap();
+    assert!(
+        list.items
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some("default")),
+        "namespaces through lbd: {:?}",
+        list.items
+            .iter()
+            .map(|n| n.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+
+    // The apiserver stops: out of rotation; back: in again, same lbd.
+    cluster.stop_apiserver();
+    eventually(
+        Duration::from_secs(10),
+        "the stopped apiserver down",
+        || async { backend_of(&lbd.status().await, 0, &api)["healthy"] == false },
+    )
+    .await;
+    cluster.start_apiserver().await;
+    eventually(Duration::from_secs(10), "the apiserver back up", || async {
+        backend_of(&lbd.status().await, 0, &api)["healthy"] == true
+    })
+    .await;
+    assert!(lbd.wait_exit(Duration::ZERO).is_none(), "lbd exited");
+    assert_eq!(lbd.status().await["tcplb"][0]["check"], "https verified");
+}

@@ -12,13 +12,11 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::cluster::{Cluster, Scenario};
-use support::netns::{in_ns, require_root, run_output, wait_for};
+use support::netns::{require_root, run_output, wait_for};
+use support::ping_client::PingClient;
 
 /// How long each backend takes to answer: connections stay open across
 /// the hand-over.
@@ -42,90 +40,6 @@ fn slow_echo_in(ns: &str, addr: &str) {
             });
         }
     });
-}
-
-/// Requests (connect, "ping", its echo) through `vip:8443` from `ns`,
-/// one started every 10 ms, each in its own thread (at most 200 at once).
-struct Client {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    errors: Arc<Mutex<Vec<String>>>,
-}
-
-impl Client {
-    fn start(ns: &str, vip: IpAddr) -> Client {
-        let c = Client {
-            stop: Arc::new(AtomicBool::new(false)),
-            ok: Arc::new(AtomicU64::new(0)),
-            failed: Arc::new(AtomicU64::new(0)),
-            errors: Arc::new(Mutex::new(Vec::new())),
-        };
-        let (stop, ok, failed, errors) = (
-            c.stop.clone(),
-            c.ok.clone(),
-            c.failed.clone(),
-            c.errors.clone(),
-        );
-        let ns = ns.to_string();
-        let running = Arc::new(AtomicU64::new(0));
-        std::thread::spawn(move || {
-            let to = SocketAddr::new(vip, 8443);
-            // Bounded: 6000 requests (a minute) at most.
-            for _ in 0..6000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if running.load(Ordering::Relaxed) < 200 {
-                    let (ok, failed, errors, running) =
-                        (ok.clone(), failed.clone(), errors.clone(), running.clone());
-                    running.fetch_add(1, Ordering::Relaxed);
-                    let ns = ns.clone();
-                    std::thread::spawn(move || {
-                        let r = in_ns(&ns, move || -> std::io::Result<()> {
-                            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
-                            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-                            s.write_all(b"ping")?;
-                            let mut buf = [0u8; 4];
-                            s.read_exact(&mut buf)?;
-                            if &buf != b"ping" {
-                                return Err(std::io::Error::other("bad echo"));
-                            }
-                            Ok(())
-                        });
-                        match r {
-                            Ok(()) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                let mut v = errors.lock().unwrap();
-                                if v.len() < 5 {
-                                    v.push(e.to_string());
-                                }
-                            }
-                        }
-                        running.fetch_sub(1, Ordering::Relaxed);
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        c
-    }
-
-    fn counts(&self) -> (u64, u64) {
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// The lbd-handover tables in `ns` (`nft list tables`).
@@ -192,19 +106,19 @@ fn graceful_stop(net: u8, v6: bool, grace: &str) -> (Outcome, Cluster) {
         "{}",
         c.logs()
     );
-    let client = Client::start(&obs, c.vip());
+    let client = PingClient::start(&obs, c.vip(), 200, Duration::from_secs(3));
     let warm = wait_for(Duration::from_secs(10), || client.counts().0 >= 20);
     assert!(
         warm.is_some(),
         "no request got through: {:?}\n{}",
-        client.errors.lock().unwrap(),
+        client.errors(),
         c.logs()
     );
     // Both backends up in n2 before the stop: a request must not fail for
     // a reason that has nothing to do with the hand-over.
     std::thread::sleep(Duration::from_millis(500));
     let (ok0, failed0) = client.counts();
-    client.errors.lock().unwrap().clear();
+    client.clear_errors();
     let idx = c.procs[0].take().expect("n1 runs");
     c.lab.signal(idx, "TERM");
     let mut forwarding = None;
@@ -229,7 +143,7 @@ fn graceful_stop(net: u8, v6: bool, grace: &str) -> (Outcome, Cluster) {
     // The requests started before the exit get their answers.
     std::thread::sleep(ANSWER_AFTER + Duration::from_millis(700));
     let (ok1, failed1) = client.counts();
-    let errors = client.errors.lock().unwrap().clone();
+    let errors = client.errors();
     drop(client);
     (
         Outcome {

@@ -8,13 +8,12 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use support::cluster::{Cluster, Scenario};
-use support::netns::{in_ns, require_root};
+use support::netns::require_root;
+use support::ping_client::PingClient;
 use support::wire::Capture;
 
 /// An echo server on 127.0.0.1:7001 inside `ns`, for the test's life.
@@ -33,73 +32,6 @@ fn echo_in(ns: &str) {
             });
         }
     });
-}
-
-/// Requests (connect, "ping", its echo) through `vip:8443` from `ns`
-/// every 10 ms until stopped: (ok, failed, the last failure).
-struct Client {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    last_error: Arc<std::sync::Mutex<String>>,
-}
-
-impl Client {
-    fn start(ns: &str, vip: IpAddr) -> Client {
-        let c = Client {
-            stop: Arc::new(AtomicBool::new(false)),
-            ok: Arc::new(AtomicU64::new(0)),
-            failed: Arc::new(AtomicU64::new(0)),
-            last_error: Arc::new(std::sync::Mutex::new(String::new())),
-        };
-        let (stop, ok, failed, last) = (
-            c.stop.clone(),
-            c.ok.clone(),
-            c.failed.clone(),
-            c.last_error.clone(),
-        );
-        let ns = ns.to_string();
-        std::thread::spawn(move || {
-            in_ns(&ns, move || {
-                let to = SocketAddr::new(vip, 8443);
-                while !stop.load(Ordering::Relaxed) {
-                    let r = (|| -> std::io::Result<()> {
-                        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
-                        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                        s.write_all(b"ping")?;
-                        let mut buf = [0u8; 4];
-                        s.read_exact(&mut buf)?;
-                        if &buf != b"ping" {
-                            return Err(std::io::Error::other("bad echo"));
-                        }
-                        Ok(())
-                    })();
-                    match r {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            *last.lock().unwrap() = e.to_string();
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })
-        });
-        c
-    }
-
-    fn counts(&self) -> (u64, u64) {
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 #[test]
@@ -127,12 +59,12 @@ fn reload_in_place_keeps_traffic_and_sends_no_priority_zero() {
         "{}",
         c.logs()
     );
-    let client = Client::start(&obs, c.vip());
+    let client = PingClient::start(&obs, c.vip(), 1, Duration::from_secs(1));
     let warm = support::netns::wait_for(Duration::from_secs(5), || client.counts().0 >= 10);
     assert!(
         warm.is_some(),
-        "no request got through: {}\n{}",
-        client.last_error.lock().unwrap(),
+        "no request got through: {:?}\n{}",
+        client.errors(),
         c.logs()
     );
     w.take_max_dual();
@@ -283,8 +215,8 @@ fn reload_in_place_keeps_traffic_and_sends_no_priority_zero() {
         assert_eq!(
             failed,
             failed0,
-            "{what}: failed requests (last: {})\n{}",
-            client.last_error.lock().unwrap(),
+            "{what}: failed requests ({:?})\n{}",
+            client.errors(),
             c.logs()
         );
         assert_eq!(w.holders(), vec![0], "{what}: the VIP moved\n{}", c.logs());

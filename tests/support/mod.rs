@@ -29,6 +29,7 @@ pub mod kube_objects;
 pub mod lbd;
 pub mod netns;
 pub mod nsrun;
+pub mod ping_client;
 pub mod pki;
 pub mod proxy_diff;
 pub mod proxy_vm;
