@@ -83,6 +83,7 @@ declare -A R
 if [[ -n ${REPLAY:-} ]]; then # RUNS > 1: the table of the medians only
     while read -r k v; do R[$k]=$v; done <"$REPLAY"
     RSS_LBD=${R[rss_lbd]} RSS_LBDU=${R[rss_lbdu]} RSS_HA=${R[rss_ha]}
+    PSS_LBD=${R[pss_lbd]:-} PSS_LBDU=${R[pss_lbdu]:-} PSS_HA=${R[pss_ha]:-}
 else # the run itself, down to the table (not indented: one long block)
 # ---- ports (all on 127.0.0.1) ----------------------------------------------
 NGX=($((BASE + 1)) $((BASE + 2)) $((BASE + 3))) # three TLS backends (one nginx)
@@ -314,6 +315,17 @@ rss_mb() { # PID...: the sum in MB
 }
 both() { [[ $2 == "$1" ]] && echo "$1" || echo "$1 $2"; }
 RSS_LBD=$(rss_mb $(both "$LBD_PID" "$LBD_WORKER")) RSS_LBDU=$(rss_mb $(both "$LBDU_PID" "$LBDU_WORKER")) RSS_HA=$(rss_mb $HA_PID)
+# VmRSS counts the pages of the binary in each process that maps them: the
+# supervisor and the worker share ~7.7 MB of lbd's text, which the sum of
+# their RSS counts twice. PSS (each shared page split between the processes
+# that map it) summed is what the node pays; haproxy's PSS likewise splits
+# the libraries it shares with other processes (libssl with nginx here).
+pss_mb() { # PID...: the sum of Pss in MB
+    local kb=0 p
+    for p in "$@"; do kb=$((kb + $(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup"))); done
+    awk -v kb="$kb" 'BEGIN { printf "%.1f", kb / 1024 }'
+}
+PSS_LBD=$(pss_mb $(both "$LBD_PID" "$LBD_WORKER")) PSS_LBDU=$(pss_mb $(both "$LBDU_PID" "$LBDU_WORKER")) PSS_HA=$(pss_mb $HA_PID)
 
 # ---- measurement helpers -------------------------------------------------------
 cpu_ticks() { [[ -z $1 ]] && echo 0 || awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -387,6 +399,7 @@ echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [[ -n ${RESULTS_OUT:-} ]]; then # one run of RUNS > 1: the figures for the medians
     for k in "${!R[@]}"; do echo "$k ${R[$k]}"; done >"$RESULTS_OUT"
     printf 'rss_lbd %s\nrss_lbdu %s\nrss_ha %s\n' "$RSS_LBD" "$RSS_LBDU" "$RSS_HA" >>"$RESULTS_OUT"
+    printf 'pss_lbd %s\npss_lbdu %s\npss_ha %s\n' "$PSS_LBD" "$PSS_LBDU" "$PSS_HA" >>"$RESULTS_OUT"
 fi
 fi # REPLAY
 
@@ -417,7 +430,8 @@ row "HTTPS keep-alive req/s" "${R[lbd_ka]}" "${R[ha_ka]}" ">=" 1.2
 row "HTTPS keep-alive p99 ms" "${R[lbd_ka_p99]}" "${R[ha_ka_p99]}" "<=" 1.0
 row "new TLS connections/s" "${R[lbd_nc]}" "${R[ha_nc]}" "" ""
 row "new TLS connections p99 ms" "${R[lbd_nc_p99]}" "${R[ha_nc_p99]}" "" ""
-row "idle RSS MB" "$RSS_LBD" "$RSS_HA" "abs<=" 15
+row "idle RSS MB (VmRSS summed)" "$RSS_LBD" "$RSS_HA" "" ""
+row "idle PSS MB (what the node pays)" "$PSS_LBD" "$PSS_HA" "abs<=" 15
 echo
 # CPU cost per unit of work: robust when the load generator and other
 # processes compete for the same cores (throughput then mostly measures them).
