@@ -384,6 +384,22 @@ fn status_cmd(args: &[&str]) -> std::process::Output {
     Command::new(lbd_bin()).args(args).output().unwrap()
 }
 
+/// `lbd ARGS` (a `--watch`) for 2.5 s, then SIGINT: its output.
+async fn watched(args: &[&str]) -> std::process::Output {
+    let watch = Command::new(lbd_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    watch.wait_with_output().unwrap()
+}
+
 /// SPEC.md's exit codes: 3 while a backend is down (the reason on its own
 /// line), 0 once it is gone; `--watch --json` prints one object a second
 /// until interrupted and exits with the last answer's code.
@@ -429,18 +445,7 @@ async fn status_exit_codes_degraded_healthy_and_watch() {
     assert_eq!(v["tcplb"][0]["backends"][1]["healthy"], false);
 
     // --watch --json: one compact object per line, SIGINT ends it.
-    let watch = Command::new(lbd_bin())
-        .args(["status", "--watch", "--json", "--socket", &sock])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(watch.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let out = watch.wait_with_output().unwrap();
+    let out = watched(&["status", "--watch", "--json", "--socket", &sock]).await;
     assert_eq!(out.status.code(), Some(3), "the last answer was degraded");
     let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
     assert!(
@@ -455,18 +460,7 @@ async fn status_exit_codes_degraded_healthy_and_watch() {
     // --watch as a table: in a pipe one table a second and no escape codes
     // (a log file stays readable); on a terminal each answer redraws the
     // screen in place (home, clear), as watch(1).
-    let watch = Command::new(lbd_bin())
-        .args(["status", "--watch", "--socket", &sock])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(watch.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let out = watch.wait_with_output().unwrap();
+    let out = watched(&["status", "--watch", "--socket", &sock]).await;
     assert_eq!(out.status.code(), Some(3), "the last answer was degraded");
     let text = String::from_utf8_lossy(&out.stdout);
     let tables = text

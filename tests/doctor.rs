@@ -292,6 +292,23 @@ fn lbd(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `lbd doctor -c cfg` in namespace `ns`: exit code and output.
+fn doctor_in(lab: &Lab, ns: &str, cfg: &std::path::Path) -> (Option<i32>, String) {
+    let out = lab.exec(
+        ns,
+        &[
+            env!("CARGO_BIN_EXE_lbd"),
+            "doctor",
+            "-c",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// The ARP probe, as arping -D: on the instance's interface only, for the
 /// VIP only. A neighbour that holds the VIP answers with its MAC; once it
 /// lets go, nobody does.
@@ -320,21 +337,7 @@ fn arp_probe_finds_the_neighbour_holding_the_vip() {
         ),
     )
     .unwrap();
-    let run = || {
-        let out = lab.exec(
-            &a,
-            &[
-                env!("CARGO_BIN_EXE_lbd"),
-                "doctor",
-                "-c",
-                cfg.to_str().unwrap(),
-            ],
-        );
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let run = || doctor_in(&lab, &a, &cfg);
     let (code, out) = run();
     assert_eq!(code, Some(1), "{out}");
     assert!(
@@ -408,21 +411,7 @@ fn a_real_haproxy_on_the_balancers_port_is_found() {
         ),
     )
     .unwrap();
-    let run = |lab: &Lab| {
-        let out = lab.exec(
-            &a,
-            &[
-                env!("CARGO_BIN_EXE_lbd"),
-                "doctor",
-                "-c",
-                cfg.to_str().unwrap(),
-            ],
-        );
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let run = |lab: &Lab| doctor_in(lab, &a, &cfg);
     // haproxy binds its port a moment after it starts.
     let port_line = format!("0.0.0.0:8443 is taken by haproxy (pid {hpid})");
     let mut seen = (None, String::new());
