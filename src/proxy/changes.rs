@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::objects::EndpointSlice;
 use k8s_openapi::api::core::v1::Service;
 
 use super::model::{ObjectKey, ServiceInputs};
+use super::objects::EndpointSlice;
 
 /// Annotation the EndpointSlice controller sets to when the change that
 /// produced this slice version happened (network programming latency).

@@ -12,7 +12,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::objects::EndpointSlice;
 use crate::sys::rtnl::is_link_local_v6;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -22,6 +21,7 @@ use super::model::{
     protocol_from_k8s, DesiredState, DesiredVs, FlowPort, HealthCheck, ObjectKey, Protocol, Scope,
     ServiceInputs, ServiceKey, VirtualServer, VsKind, SERVICE_PROXY_NAME_LABEL,
 };
+use super::objects::EndpointSlice;
 
 /// kube-proxy's default for sessionAffinityConfig.clientIP.timeoutSeconds.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;

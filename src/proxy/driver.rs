@@ -11,7 +11,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::objects::EndpointSlice;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::Client;
 use tokio::sync::{mpsc, Notify};
@@ -25,6 +24,7 @@ use super::kernel::{DataPlane, HostSettings, KernelError, KernelOp};
 use super::kube::{start_watchers, Watched};
 use super::metrics::{OpLabels, ProxyMetrics};
 use super::model::{FlowPort, ObjectKey, ServiceInputs};
+use super::objects::EndpointSlice;
 use super::report::{LastSync, ProxyReporter};
 use super::schedule::{Decision, Event, Schedule, SyncKind, SyncReport};
 use super::server::ProxyHealth;

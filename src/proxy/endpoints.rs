@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::objects::EndpointSlice;
 use k8s_openapi::api::core::v1::ServicePort;
 
 use super::model::{protocol_from_k8s, DestKey, Protocol};
+use super::objects::EndpointSlice;
 
 /// Weight of a serving real server; draining ones get 0.
 pub const DEFAULT_WEIGHT: u32 = 1;

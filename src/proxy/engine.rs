@@ -27,7 +27,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::objects::EndpointSlice;
 use k8s_openapi::api::core::v1::Service;
 
 use super::changes::ChangeCounter;
@@ -35,6 +34,7 @@ use super::desired::{DesiredCache, DesiredParams, NodeAddresses};
 use super::kernel::nft::{self, NftDocument, NftParams, SetTracker};
 use super::kernel::{HostSettings, KernelError, KernelOp, OpCounts, RealServerListing};
 use super::model::{DesiredState, Scope, ServiceInputs, ServiceKey, Timeouts};
+use super::objects::EndpointSlice;
 use super::plan::{plan, Change, DrainTracker, KernelState, Plan, PlanParams};
 use super::schedule::ScheduleSettings;
 use crate::config::ProxyConfig;

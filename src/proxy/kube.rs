@@ -14,7 +14,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::objects::EndpointSlice;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -26,9 +25,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::changes::TRIGGER_TIME_ANNOTATION;
-use super::model::{
-    ObjectKey, ServiceInputs, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
-};
+use super::model::{ObjectKey, ServiceInputs, HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+use super::objects::EndpointSlice;
 use crate::config::ProxyConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -378,8 +376,10 @@ where
 /// kubectl's copy of the whole object as last applied: never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// The labels the proxy reads (the rest are dropped from the stores).
-const READ_LABELS: [&str; 3] = [SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL];
+/// The labels the proxy reads (the rest are dropped from the stores); a
+/// slice's service-name label is already a field of its own
+/// (`objects::EndpointSlice::service_name`).
+const READ_LABELS: [&str; 2] = [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL];
 /// The annotations the proxy reads: the slice's trigger time, for the
 /// programming-latency metric.
 const READ_ANNOTATIONS: [&str; 1] = [TRIGGER_TIME_ANNOTATION];
@@ -388,8 +388,9 @@ const READ_ANNOTATIONS: [&str; 1] = [TRIGGER_TIME_ANNOTATION];
 /// of the proxy's memory, and most of an object is what the proxy never
 /// reads: managedFields (which kube-proxy's informers drop too, client-go's
 /// `TransformStripManagedFields`), kubectl's last-applied copy, uid and
-/// timestamps, the selector, endpoints' targetRef and hostname. Services
-/// and EndpointSlices keep only the metadata the proxy reads (name,
+/// timestamps, the selector (an endpoint's targetRef and hostname are never
+/// decoded: `objects::EndpointSlice`). Services and EndpointSlices keep
+/// only the metadata the proxy reads (name,
 /// namespace, resourceVersion, [`READ_LABELS`], [`READ_ANNOTATIONS`]);
 /// the Node keeps all but managedFields and the last-applied copy (one
 /// object; its health and topology read labels, taints, status).
@@ -466,6 +467,7 @@ pub fn slim<K: Slim>(obj: &mut K) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::model::SERVICE_NAME_LABEL;
     use super::*;
 
     #[test]

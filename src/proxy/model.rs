@@ -13,10 +13,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::objects::EndpointSlice;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::objects::EndpointSlice;
 
 /// Transport protocol of a virtual server (`IPVS_SVC_ATTR_PROTOCOL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
