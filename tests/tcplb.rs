@@ -484,3 +484,104 @@ async fn insecure_skip_verify_accepts_an_unknown_ca_and_verify_rejects_it() {
         .unwrap()
         .contains("TLS"));
 }
+
+/// `name{thread="N"} value` lines of the admin socket's /metrics, by thread.
+async fn per_data_thread(lbd: &Lbd, name: &str) -> BTreeMap<String, u64> {
+    let (code, body) = lbd::status::client::request(&lbd.socket, http::Method::GET, "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(code, 200);
+    let prefix = format!("{name}{{thread=\"");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (thread, value) = rest.split_once("\"} ")?;
+            Some((thread.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The data path runs one event loop per thread (`LBD_DATA_THREADS`, one
+/// per CPU by default): every thread accepts from the shared listening
+/// socket, the sessions it accepted stay counted on it while they live,
+/// and each one carries its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_data_thread_accepts_and_keeps_its_sessions() {
+    let b = echo_backend("b1", false).await;
+    let addr = local(free_port());
+    let yaml = listener_yaml(
+        "echo",
+        addr,
+        &[&b],
+        "roundrobin",
+        "{ type: tcp, interval: 100ms, rise: 1, fall: 2 }",
+        "",
+    );
+    let lbd = Lbd::start_in(
+        &[],
+        &[],
+        &[("LBD_DATA_THREADS", "3")],
+        &tcplb_section(None, &[yaml]),
+    )
+    .await;
+    let b_addr = b.addr.to_string();
+    eventually(Duration::from_secs(5), "backend up", || async {
+        backend_of(&lbd.status().await, 0, &b_addr)["healthy"] == true
+    })
+    .await;
+
+    // The worker has its three data threads, named for `top -H`.
+    let worker = support::cluster::worker_of(lbd.child.id()).expect("worker process");
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{worker}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("lbd-data-"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["lbd-data-0", "lbd-data-1", "lbd-data-2"]);
+
+    // Connections until every thread has accepted some (they race for
+    // each one), bounded in count and time.
+    let mut open = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let accepted = loop {
+        for _ in 0..10 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            ping(&mut s, open.len() as u32).await;
+            open.push(s);
+        }
+        let accepted = per_data_thread(&lbd, "lbd_data_thread_connections_total").await;
+        if accepted.len() == 3 && accepted.values().all(|n| *n > 0) {
+            break accepted;
+        }
+        assert!(
+            Instant::now() < deadline && open.len() < 600,
+            "after {} connections not every thread accepted: {accepted:?}",
+            open.len()
+        );
+    };
+    assert_eq!(
+        accepted.values().sum::<u64>(),
+        open.len() as u64,
+        "{accepted:?}"
+    );
+    // Each thread still holds what it accepted, and every session works.
+    let active = per_data_thread(&lbd, "lbd_data_thread_connections_active").await;
+    assert_eq!(active, accepted, "all sessions are still open");
+    for (i, s) in open.iter_mut().enumerate() {
+        ping(s, 10_000 + i as u32).await;
+    }
+    let n = open.len() as u64;
+    drop(open);
+    eventually(Duration::from_secs(5), "every session ended", || async {
+        per_data_thread(&lbd, "lbd_data_thread_connections_active")
+            .await
+            .values()
+            .all(|n| *n == 0)
+    })
+    .await;
+    let total = per_data_thread(&lbd, "lbd_data_thread_connections_total").await;
+    assert_eq!(total.values().sum::<u64>(), n, "{total:?}");
+}

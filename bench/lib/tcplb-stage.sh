@@ -58,7 +58,7 @@ stage_certs() {
 stage_nginx() {
     local workers=$1 listen="" p
     shift
-    for p in "$@"; do listen+="        listen 127.0.0.1:$p ssl;"$'\n'; done
+    for p in "$@"; do listen+="        listen 127.0.0.1:$p ssl reuseport;"$'\n'; done
     mkdir -p tmp
     local body
     body=$(head -c 1024 /dev/zero | tr "\0" x)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use std::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::data_threads::{data_threads, DataThread};
 use super::forward::CopyMode;
 use super::hedge::ConnectTimes;
 use super::session::session;
@@ -103,7 +104,7 @@ impl Listener {
     /// changed, so a bind error refuses the start or the reload).
     pub fn start(
         cfg: ListenerConfig,
-        socket: TcpListener,
+        socket: std::net::TcpListener,
         health: Arc<ListenerHealth>,
         copy_mode: CopyMode,
     ) -> Arc<Listener> {
@@ -136,7 +137,7 @@ impl Listener {
             hedge_wins: AtomicU64::new(0),
             config: ArcSwap::from_pointee(cfg),
         });
-        tokio::spawn(accept_loop(listener.clone(), socket));
+        spawn_accept_loops(&listener, socket);
         tokio::spawn(watch_backend_down(listener.clone()));
         listener
     }
@@ -240,10 +241,10 @@ impl Listener {
     }
 }
 
-/// Binds and listens on `addr`, registered with the runtime: every step of
-/// starting a listener that can fail. Connections queue in the backlog
-/// until [`Listener::start`] accepts them.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds and listens on `addr`: every step of starting a listener that can
+/// fail. Connections queue in the backlog until [`Listener::start`] accepts
+/// them.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -263,10 +264,53 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-async fn accept_loop(listener: Arc<Listener>, socket: TcpListener) {
+/// One accept loop per data thread, each on its own duplicate of `socket`
+/// (see [`super::data_threads`]); on the caller's runtime when there are
+/// no data threads. A duplicate that cannot be made (descriptor limit)
+/// leaves that thread out; the last thread takes `socket` itself, so one
+/// loop always runs.
+fn spawn_accept_loops(listener: &Arc<Listener>, socket: std::net::TcpListener) {
+    let threads = data_threads();
+    let Some((last, others)) = threads.split_last() else {
+        tokio::spawn(accept_on(listener.clone(), socket, None));
+        return;
+    };
+    for thread in others {
+        match socket.try_clone() {
+            Ok(dup) => {
+                thread
+                    .handle
+                    .spawn(accept_on(listener.clone(), dup, Some(thread)));
+            }
+            Err(e) => tracing::warn!(listener = %listener.name, thread = thread.index, error = %e,
+                "cannot share the listening socket with a data thread"),
+        }
+    }
+    last.handle
+        .spawn(accept_on(listener.clone(), socket, Some(last)));
+}
+
+/// Registers `socket` with the runtime it runs on, then accepts.
+async fn accept_on(
+    listener: Arc<Listener>,
+    socket: std::net::TcpListener,
+    thread: Option<&'static DataThread>,
+) {
+    match TcpListener::from_std(socket) {
+        Ok(socket) => accept_loop(listener, socket, thread).await,
+        Err(e) => tracing::error!(listener = %listener.name, error = %e,
+            "cannot register the listening socket; this thread does not accept"),
+    }
+}
+
+async fn accept_loop(
+    listener: Arc<Listener>,
+    socket: TcpListener,
+    thread: Option<&'static DataThread>,
+) {
     loop {
         // At max_connections new clients wait in the kernel's backlog, as
         // with haproxy's maxconn, instead of being refused.
@@ -281,9 +325,11 @@ async fn accept_loop(listener: Arc<Listener>, socket: TcpListener) {
         match accepted {
             Ok((client, peer)) => {
                 let l = listener.clone();
-                listener
-                    .sessions
-                    .spawn(async move { session(l, client, peer, permit).await });
+                let counted = thread.map(DataThread::session_started);
+                listener.sessions.spawn(async move {
+                    session(l, client, peer, permit).await;
+                    drop(counted);
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

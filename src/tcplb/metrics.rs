@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
+use super::data_threads::{started_data_threads, DataThread};
 use super::listener::{Backend, Listener};
 
 /// The listeners currently running (including draining ones).
@@ -141,6 +142,24 @@ const PER_BACKEND: [(&str, &str, MetricType, BackendGetter); 6] = [
     ),
 ];
 
+type DataThreadGetter = fn(&DataThread) -> u64;
+
+/// Per data thread (all listeners together): how the sessions spread.
+const PER_DATA_THREAD: [(&str, &str, MetricType, DataThreadGetter); 2] = [
+    (
+        "lbd_data_thread_connections_active",
+        "Sessions open now on this data thread",
+        MetricType::Gauge,
+        |t| t.active.load(Relaxed),
+    ),
+    (
+        "lbd_data_thread_connections",
+        "Sessions this data thread accepted",
+        MetricType::Counter,
+        |t| t.accepted.load(Relaxed),
+    ),
+];
+
 impl Collector for TcplbCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let listeners = self.listeners.load_full();
@@ -166,6 +185,12 @@ impl Collector for TcplbCollector {
                         .collect::<Vec<_>>()
                 })
                 .collect();
+            encode_series(&mut encoder, (name, help, kind), series)?;
+        }
+        for (name, help, kind, get) in PER_DATA_THREAD {
+            let series = started_data_threads()
+                .iter()
+                .map(|t| ([("thread", t.index.to_string())], get(t)));
             encode_series(&mut encoder, (name, help, kind), series)?;
         }
         Ok(())

@@ -2,12 +2,13 @@
 //!
 //! `balancer` is the lifecycle app.rs drives (start, prepare/commit reload,
 //! report, drain) around the pure `plan`; `listener` one listener's accept
-//! loop and drain; `session` one client connection: `connect` (retries,
+//! loop and drain, run on the `data_threads`; `session` one client connection: `connect` (retries,
 //! hedging, passive health; `hedge` the pure delay), then `forward` (the
 //! duplex copy, each direction a `pump`); `select` the pure backend choice;
 //! `metrics` read at scrape time.
 mod balancer;
 mod connect;
+pub mod data_threads;
 mod forward;
 pub mod hedge;
 mod listener;
