@@ -13,9 +13,13 @@
 //! it: no hand-off, no stealing.
 //!
 //! Every data thread holds a duplicate of each listening socket and races
-//! the others to accept, so a busy thread leaves new clients to an idle
-//! one. Not `SO_REUSEPORT`: a socket of another root process that set it
-//! (haproxy does) would silently share lbd's port instead of the bind
+//! the others to accept; the winner hands the new session to the thread
+//! with the fewest open sessions (itself on a tie), as haproxy spreads
+//! accepted connections over its threads. Without the hand-off one thread
+//! took a whole burst of connects (wrk's 50 at once) while the other
+//! idled. A hand-off costs one cross-thread wake per connection, never per
+//! request. Not `SO_REUSEPORT`: a socket of another root process that set
+//! it (haproxy does) would silently share lbd's port instead of the bind
 //! failing.
 //!
 //! `LBD_DATA_THREADS=N` sets the count (default: the CPUs this process may
@@ -35,14 +39,29 @@ use tokio::runtime::Handle;
 pub struct DataThread {
     pub index: usize,
     pub handle: Handle,
-    /// Sessions this thread accepted, all listeners together.
+    /// Sessions that ran on this thread, all listeners together.
     pub accepted: AtomicU64,
     /// Sessions open on this thread now.
     pub active: AtomicU64,
 }
 
 impl DataThread {
-    /// Counts a session accepted here; the guard counts its end.
+    /// The thread with the fewest open sessions, this one on a tie: where
+    /// a session accepted here should run.
+    pub fn least_loaded(&'static self) -> &'static DataThread {
+        let mut best = self;
+        let mut fewest = self.active.load(Relaxed);
+        for t in started_data_threads() {
+            let n = t.active.load(Relaxed);
+            if n < fewest {
+                best = t;
+                fewest = n;
+            }
+        }
+        best
+    }
+
+    /// Counts a session that runs here; the guard counts its end.
     pub fn session_started(&'static self) -> ActiveSession {
         self.accepted.fetch_add(1, Relaxed);
         self.active.fetch_add(1, Relaxed);

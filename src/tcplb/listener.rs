@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -267,8 +267,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// One accept loop per data thread, each on its own duplicate of `socket`
-/// (see [`super::data_threads`]); on the caller's runtime when there are
+/// One accept loop per data thread, each on its own duplicate of `socket`,
+/// handing what it accepts to the least loaded thread (see
+/// [`super::data_threads`]); on the caller's runtime when there are
 /// no data threads. A duplicate that cannot be made (descriptor limit)
 /// leaves that thread out; the last thread takes `socket` itself, so one
 /// loop always runs.
@@ -325,11 +326,40 @@ async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 let l = listener.clone();
-                let counted = thread.map(DataThread::session_started);
-                listener.sessions.spawn(async move {
-                    session(l, client, peer, permit).await;
+                let Some(here) = thread else {
+                    listener
+                        .sessions
+                        .spawn(async move { session(l, client, peer, permit).await });
+                    continue;
+                };
+                let to = here.least_loaded();
+                let counted = to.session_started();
+                if std::ptr::eq(to, here) {
+                    listener.sessions.spawn(async move {
+                        session(l, client, peer, permit).await;
+                        drop(counted);
+                    });
+                    continue;
+                }
+                // Moves to the other thread's epoll: deregistered here,
+                // registered there.
+                let client = match client.into_std() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(listener = %listener.name, %peer, error = %e,
+                            "cannot hand a connection to another data thread");
+                        continue;
+                    }
+                };
+                let fut = async move {
+                    match TcpStream::from_std(client) {
+                        Ok(client) => session(l, client, peer, permit).await,
+                        Err(e) => tracing::warn!(listener = %l.name, %peer, error = %e,
+                            "cannot register a handed-over connection"),
+                    }
                     drop(counted);
-                });
+                };
+                listener.sessions.spawn_on(fut, &to.handle);
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -154,7 +154,7 @@ const PER_DATA_THREAD: [(&str, &str, MetricType, DataThreadGetter); 2] = [
     ),
     (
         "lbd_data_thread_connections",
-        "Sessions this data thread accepted",
+        "Sessions that ran on this data thread (accepted there or handed to it)",
         MetricType::Counter,
         |t| t.accepted.load(Relaxed),
     ),
