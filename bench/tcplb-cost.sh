@@ -100,16 +100,6 @@ stop_proxy() {
     kill -KILL "$PROXY_PID" 2>/dev/null || true
 }
 
-# The process whose CPU the data path uses: lbd's worker, haproxy itself.
-data_pid() { # NAME PID
-    local c
-    if [[ $1 == lbd ]]; then
-        for c in $(cat /proc/"$2"/task/*/children 2>/dev/null); do
-            [[ $(cat /proc/"$c"/comm 2>/dev/null) == lbd-worker ]] && { echo "$c"; return; }
-        done
-    fi
-    echo "$2"
-}
 # PID: "utime_ticks stime_ticks context_switches" over its threads.
 cpu_counters() {
     local stat ctx
@@ -155,7 +145,7 @@ for p in $PROXIES; do
         start_proxy "$p"
         wait_port "$port"
         wrk_requests "$port" 2 >/dev/null
-        dp=$(data_pid "$p" "$PROXY_PID")
+        dp=$(worker_of "$PROXY_PID")
         read -r u0 s0 c0 < <(cpu_counters "$dp")
         n=$(wrk_requests "$port" "$DUR")
         read -r u1 s1 c1 < <(cpu_counters "$dp")

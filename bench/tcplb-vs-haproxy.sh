@@ -31,6 +31,8 @@ VS=${VS:-lbd}
 [[ $VS == lbd || $VS == haproxy ]] || { echo "VS is lbd or haproxy" >&2; exit 2; }
 BASE=${BASE_PORT:-26440}
 here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib/tcplb-stage.sh
+source "$here/bench/lib/tcplb-stage.sh"
 
 for tool in haproxy iperf3 wrk nginx openssl jq curl taskset; do
     command -v "$tool" >/dev/null || {
@@ -95,28 +97,11 @@ HA_HTTPS=$((BASE + 10)) HA_IPERF=$((BASE + 11)) HA_STATS=$((BASE + 19))
 HA2_STATS=$((BASE + 29)) # VS=haproxy: the second haproxy, on lbd's ports
 LBD_HTTPS=$((BASE + 20)) LBD_IPERF=$((BASE + 21))
 LBDU_HTTPS=$((BASE + 30)) LBDU_IPERF=$((BASE + 31))
-for p in "${NGX[@]}" $IPERF_DIRECT $IPERF_HA $IPERF_LBD $IPERF_LBDU $HA_HTTPS $HA_IPERF \
-    $HA_STATS $HA2_STATS $LBD_HTTPS $LBD_IPERF $LBDU_HTTPS $LBDU_IPERF; do
-    if [[ -n $(ss -Htln "sport = :$p") ]]; then
-        echo "port $p is in use; set BASE_PORT" >&2
-        exit 2
-    fi
-done
+ports_free "${NGX[@]}" $IPERF_DIRECT $IPERF_HA $IPERF_LBD $IPERF_LBDU $HA_HTTPS $HA_IPERF \
+    $HA_STATS $HA2_STATS $LBD_HTTPS $LBD_IPERF $LBDU_HTTPS $LBDU_IPERF
 
-# ---- cleanup: everything started here dies with the script -------------------
-WORK=$(mktemp -d /tmp/lbd-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.3
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    [[ -n ${WATCHDOG:-} ]] && kill "$WATCHDOG" 2>/dev/null || true
-    wait 2>/dev/null || true
-    if [[ -n ${KEEP:-} ]]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'echo "interrupted" >&2; exit 130' INT TERM
+# ---- work directory: everything started here dies with the script ----------
+stage_workdir # bench/lib/tcplb-stage.sh: WORK, PIDS, the clean-up on exit
 # The whole run is bounded: a stuck tool cannot keep it alive.
 LIMIT=$((17 * DUR + 120))
 (
@@ -129,10 +114,7 @@ LIMIT=$((17 * DUR + 120))
 ) &
 WATCHDOG=$!
 
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-# Both proxies get the same connection limit, within the descriptor limit
-# (haproxy needs 2 per session; lbd needs 2, plus 4 for the splice pipes).
-MAXCONN=4000
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true # MAXCONN (the stage's) fits in it
 NCPU=$(nproc)
 if [[ $PIN == 1 ]]; then
     (( NCPU >= 2 )) || { echo "PIN=1 needs 2 CPUs" >&2; exit 2; }
@@ -142,47 +124,9 @@ else
 fi
 CLK_TCK=$(getconf CLK_TCK)
 
-# ---- certificates: a CA and an ECDSA P-256 server cert for 127.0.0.1 --------
-cd "$WORK"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout ca.key -out ca.crt -days 2 -subj /CN=lbd-bench-ca 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >srv.ext
-openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-    -extfile srv.ext -out srv.crt 2>/dev/null
-
-# ---- TLS backends: one nginx listening on three ports ------------------------
-mkdir -p tmp
-BODY=$(head -c 1024 /dev/zero | tr "\0" x) # 1 KiB body, served from memory
-cat >nginx.conf <<EOF
-worker_processes $NGX_WORKERS;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    default_type text/plain;
-    client_body_temp_path $WORK/tmp;
-    keepalive_requests 10000000;   # keep-alive test: no reconnects
-    keepalive_timeout 300s;
-    ssl_certificate $WORK/srv.crt;
-    ssl_certificate_key $WORK/srv.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache off;         # every new connection is a full handshake
-    ssl_session_tickets off;
-    server {
-        listen 127.0.0.1:${NGX[0]} ssl;
-        listen 127.0.0.1:${NGX[1]} ssl;
-        listen 127.0.0.1:${NGX[2]} ssl;
-        location = /healthz { return 200 "ok\n"; }
-        location / { return 200 "$BODY"; }
-    }
-}
-EOF
-"${LOAD_CPU[@]}" nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" \
-    -g 'daemon off;' &
-PIDS+=($!)
+# ---- certificates, and one nginx serving TLS on three ports (the backends) ---
+stage_certs
+stage_nginx "$NGX_WORKERS" "${NGX[@]}"
 
 # ---- iperf3 servers ------------------------------------------------------------
 for p in $IPERF_DIRECT $IPERF_HA $IPERF_LBD $IPERF_LBDU; do
@@ -191,82 +135,18 @@ for p in $IPERF_DIRECT $IPERF_HA $IPERF_LBD $IPERF_LBDU; do
 done
 
 # ---- haproxy ---------------------------------------------------------------------
-haproxy_config() { # HTTPS_PORT IPERF_PORT IPERF_BACKEND STATS_PORT
-    cat <<EOF
-global
-    nbthread $HA_THREADS
-    maxconn $MAXCONN
-defaults
-    mode tcp
-    timeout connect 3s
-    timeout client 1h      # lbd has no idle timeout; haproxy needs one
-    timeout server 1h
-    option tcpka           # lbd sets TCP keepalive on both legs
-    retries 2
-    option redispatch
-listen https
-    bind 127.0.0.1:$1
-    balance roundrobin
-    option httpchk GET /healthz
-    http-check expect status 200
-    default-server check check-ssl verify none inter 1s rise 2 fall 2
-    server b1 127.0.0.1:${NGX[0]}
-    server b2 127.0.0.1:${NGX[1]}
-    server b3 127.0.0.1:${NGX[2]}
-listen iperf
-    bind 127.0.0.1:$2
-    balance roundrobin
-    server i1 127.0.0.1:$3 check inter 1s rise 2 fall 2
-listen stats
-    mode http
-    bind 127.0.0.1:$4
-    timeout client 5s
-    stats enable
-    stats uri /
-EOF
-}
-haproxy_config "$HA_HTTPS" "$HA_IPERF" "$IPERF_HA" "$HA_STATS" >haproxy.cfg
+stage_haproxy_cfg haproxy.cfg "$HA_HTTPS" "$HA_IPERF" "$IPERF_HA" "$HA_STATS" "$HA_THREADS" 1s "${NGX[@]}"
 haproxy -c -q -f haproxy.cfg
 "${PROXY_CPU[@]}" haproxy -db -f haproxy.cfg >haproxy.log 2>&1 &
 HA_PID=$!
 PIDS+=($HA_PID)
 
 # ---- lbd: splice (default) and user-space copy -------------------------------
-lbd_config() { # NAME HTTPS_PORT IPERF_PORT IPERF_BACKEND
-    cat <<EOF
-node: { name: bench }
-tcplb:
-  listeners:
-    - name: https
-      bind: 127.0.0.1:$2
-      balance: roundrobin
-      backends: [127.0.0.1:${NGX[0]}, 127.0.0.1:${NGX[1]}, 127.0.0.1:${NGX[2]}]
-      health:
-        type: https
-        path: /healthz
-        expect_status: 200
-        interval: 1s
-        timeout: 1s
-        rise: 2
-        fall: 2
-        tls: { insecure_skip_verify: true }
-      retries: 2
-      max_connections: $MAXCONN
-    - name: iperf
-      bind: 127.0.0.1:$3
-      balance: roundrobin
-      backends: [127.0.0.1:$4]
-      health: { type: tcp, interval: 1s, rise: 2, fall: 2 }
-admin:
-  socket: $WORK/$1.sock
-  listen: ""
-EOF
-}
-lbd_config lbd "$LBD_HTTPS" "$LBD_IPERF" "$IPERF_LBD" >lbd.yaml
-lbd_config lbdu "$LBDU_HTTPS" "$LBDU_IPERF" "$IPERF_LBDU" >lbdu.yaml
+stage_lbd_cfg lbd.yaml lbd "$LBD_HTTPS" "$LBD_IPERF" "$IPERF_LBD" 1s "${NGX[@]}"
+stage_lbd_cfg lbdu.yaml lbdu "$LBDU_HTTPS" "$LBDU_IPERF" "$IPERF_LBDU" 1s "${NGX[@]}"
 "$LBD" check -c lbd.yaml >/dev/null
 if [[ $VS == haproxy ]]; then # lbd's column: a second haproxy
-    haproxy_config "$LBD_HTTPS" "$LBD_IPERF" "$IPERF_LBD" "$HA2_STATS" >haproxy2.cfg
+    stage_haproxy_cfg haproxy2.cfg "$LBD_HTTPS" "$LBD_IPERF" "$IPERF_LBD" "$HA2_STATS" "$HA_THREADS" 1s "${NGX[@]}"
     "${PROXY_CPU[@]}" haproxy -db -f haproxy2.cfg >haproxy2.log 2>&1 &
 else
     RUST_LOG=warn "${PROXY_CPU[@]}" "$LBD" run -c lbd.yaml >lbd.log 2>&1 &
@@ -299,13 +179,6 @@ sleep 3 # a few check rounds at idle
 # `lbd run` is a supervisor and its worker (`lbd-worker`, src/supervisor.rs):
 # the worker moves the bytes, so its CPU is the proxy's; RSS is both
 # processes' together (what the node pays). haproxy -db is one process.
-worker_of() {
-    local c
-    for c in $(cat "/proc/$1/task/$1/children" 2>/dev/null); do
-        [[ $(cat "/proc/$c/comm" 2>/dev/null) == lbd-worker ]] && { echo "$c"; return; }
-    done
-    echo "$1"
-}
 LBD_WORKER=$(worker_of "$LBD_PID") LBDU_WORKER=$(worker_of "$LBDU_PID")
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 rss_mb() { # PID...: the sum in MB

@@ -54,7 +54,11 @@ stage_certs() {
 # stage_nginx WORKERS PORT...: one nginx with TLS on every PORT: /healthz 200,
 # / a 1 KiB body from memory, keep-alive without a request limit, no TLS
 # session reuse (every new connection is a full handshake). Runs under
-# ${LOAD_CPU[@]} when set.
+# ${LOAD_CPU[@]} when set. `reuseport`: each worker has its own socket and
+# the kernel spreads connections over them by hash. Without it the workers
+# race for a burst of connects (wrk's 50 at once) and one often took most
+# of them (2 against 261 CPU ticks in one run): the busy worker set req/s
+# and the other CPU idled, by chance, for whichever proxy ran then.
 stage_nginx() {
     local workers=$1 listen="" p
     shift
@@ -164,4 +168,15 @@ admin:
   socket: $WORK/$sock.sock
   listen: ""
 LBD
+}
+
+# worker_of PID: the process whose CPU the data path uses. `lbd run` is a
+# supervisor and its worker (`lbd-worker`, src/supervisor.rs), which moves
+# the bytes; any other PID (haproxy -db is one process) is itself.
+worker_of() {
+    local c
+    for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        [[ $(cat /proc/"$c"/comm 2>/dev/null) == lbd-worker ]] && { echo "$c"; return; }
+    done
+    echo "$1"
 }
