@@ -428,6 +428,22 @@ async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
         "keepalived does not hold the VIP: {}",
         std::fs::read_to_string(&ka_log).unwrap_or_default()
     );
+    // While the master advertises, its backend stays in: over 2.5 s (more
+    // than two of the driver's periodic status refreshes, whose age once
+    // made a master advertising every 100 ms look silent) b1 is never
+    // marked (checks once an hour: a false mark would stay).
+    let b1 = addr(1).to_string();
+    let steady = Instant::now();
+    while steady.elapsed() < Duration::from_millis(2500) {
+        let b = lbd.backend(0, &b1).await;
+        assert_eq!(
+            b["healthy"],
+            true,
+            "b1 marked while its node advertises: {b}\n{}",
+            lbd.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // b1's node goes dark: no adverts out, nothing to :6443 answered. No
     // priority-0 advert (that would be a node leaving on purpose).
@@ -441,7 +457,6 @@ async fn a_vrrp_master_whose_adverts_stop_has_its_backend_marked_at_once() {
         ],
     );
     let dark = Instant::now();
-    let b1 = addr(1).to_string();
     let marked = tokio::time::timeout(Duration::from_secs(3), async {
         while lbd.backend(0, &b1).await["healthy"] != false {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -9,8 +9,8 @@
 //! and cost 10 % of the keep-alive requests a second against haproxy's two
 //! threads (bench/tcplb-vs-haproxy.sh; haproxy with `nbthread 1` showed the
 //! same idle time as lbd). Here every data thread waits on its own epoll
-//! for its own sessions, and a session stays on the thread that accepted
-//! it: no hand-off, no stealing.
+//! for its own sessions, and a session stays on one thread for its life:
+//! no work stealing, no wake-up of another thread per request.
 //!
 //! Every data thread holds a duplicate of each listening socket and races
 //! the others to accept; the winner hands the new session to the thread

@@ -420,7 +420,8 @@ impl Instance {
         self.m
             .effective_priority
             .set(i64::from(r.effective_priority()));
-        self.publish_at = tokio::time::Instant::now() + PUBLISH_EVERY;
+        self.published_at = tokio::time::Instant::now();
+        self.publish_at = self.published_at + PUBLISH_EVERY;
     }
 
     /// The router's clock now, without moving it.

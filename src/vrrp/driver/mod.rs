@@ -51,6 +51,8 @@ pub use actions::initial_status;
 const BATCH: usize = 64;
 /// Status is refreshed this often without a change (ages, last heard).
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// The oldest a status may be after an advert arrived (see `on_received`).
+const FRESH_STATUS: Duration = Duration::from_millis(10);
 /// After the kernel refused a VIP: FAULT for this long, doubling up to
 /// [`VIP_RETRY_MAX`] while it keeps refusing, then Backup again.
 const VIP_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -119,6 +121,8 @@ struct Instance {
     /// Inputs raised while performing actions, fed next.
     follow_ups: Vec<Input>,
     publish_at: Instant,
+    /// When the status was last published (see `on_received`).
+    published_at: Instant,
     /// The handover rules nft holds for this instance (None: none known;
     /// the empty rules are applied once at start, removing a crashed
     /// predecessor's).
@@ -172,6 +176,7 @@ impl Instance {
             vip_backoff: VIP_RETRY_FIRST,
             follow_ups: Vec::new(),
             publish_at: Instant::now(),
+            published_at: Instant::now(),
             grace_applied: None,
             grace_status: None,
             cfg,
@@ -353,6 +358,17 @@ impl Instance {
                 self.m.received.inc();
                 self.follow_ups.push(Input::advert(src, &advert));
                 self.feed(at).await;
+                // The status says when each peer was last heard, and the
+                // balancer's peer-loss watch (`vrrp::peers`) reads a
+                // master's silence from it. Refreshed only every
+                // PUBLISH_EVERY, it showed a master advertising every 100
+                // ms as silent for up to a second: its backend was marked
+                // `peer_gone` about once a second while it served. So
+                // every advert refreshes it, at most once per
+                // FRESH_STATUS (a flood costs no more than that).
+                if Instant::now().saturating_duration_since(self.published_at) >= FRESH_STATUS {
+                    self.publish();
+                }
             }
             Inbound::Own => {}
             dropped => {
