@@ -128,7 +128,7 @@ for p in $PROXIES; do
         wait_port "$port"
         wrk_requests "$port" 2 >/dev/null
         tids=()
-        for t in /proc/"$PROXY_PID"/task/*; do tids+=(-p "${t##*/}"); done
+        for t in /proc/"$(worker_of "$PROXY_PID")"/task/*; do tids+=(-p "${t##*/}"); done # lbd: its worker
         strace -c -f -o "$WORK/strace.$p.txt" "${tids[@]}" 2>/dev/null &
         st=$!
         sleep 0.5 # attached

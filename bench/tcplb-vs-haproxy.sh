@@ -226,16 +226,36 @@ iperf() {
     done
     echo "err -"
 }
-# wrk URL [header]: prints "req/s p99_ms errors cpu%"
+# The machine's busy and idle jiffies (all CPUs), and nginx's workers' CPU
+# ticks: where a request's CPU goes besides the proxy.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; }
+nginx_ticks() {
+    local t=0 w
+    for w in $(cat /proc/"$(cat "$WORK/nginx.pid")"/task/*/children 2>/dev/null); do
+        t=$((t + $(cpu_ticks "$w")))
+    done
+    echo "$t"
+}
+# wrk URL [header]: prints "req/s p99_ms errors cpu% nginx_cpu% busy_cpu% idle%"
+# (the last three in % of one CPU over the run, the machine's idle in % of all)
 wrkrun() {
-    local port=$1 pid=$2 out
+    local port=$1 pid=$2 out b0 i0 b1 i1 n0 n1
     shift 2
+    read -r b0 i0 < <(machine_ticks)
+    n0=$(nginx_ticks)
     measure_cpu_start "$pid"
     out=$(timeout $((DUR + 15)) "${LOAD_CPU[@]}" wrk -t2 -c50 -d"${DUR}s" --latency "$@" \
         "https://127.0.0.1:$port/" 2>&1) || true
     measure_cpu_end "$pid"
+    read -r b1 i1 < <(machine_ticks)
+    n1=$(nginx_ticks)
+    local split
+    split=$(awk -v b0="$b0" -v b1="$b1" -v i0="$i0" -v i1="$i1" -v n0="$n0" -v n1="$n1" \
+        -v w0="$W0" -v w1="$(date +%s.%N)" -v hz="$CLK_TCK" 'BEGIN {
+        t = (w1 - w0) * hz
+        printf "%.0f %.0f %.1f", (n1 - n0) / t * 100, (b1 - b0) / t * 100, (i1 - i0) / ((b1 - b0) + (i1 - i0)) * 100 }')
     echo "$out" >>"$WORK/wrk.log"
-    awk -v cpu="$CPU" '
+    awk -v cpu="$CPU" -v parts="$split" '
         function ms(v) {
             if (v ~ /us$/) return v / 1000
             if (v ~ /ms$/) return v + 0
@@ -246,7 +266,7 @@ wrkrun() {
         /Requests\/sec:/ { rps = $2 }
         /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
         /Non-2xx/ { err += $NF }
-        END { printf "%s %.2f %d %s\n", (rps == "" ? "err" : rps), p99, err, cpu }' <<<"$out"
+        END { printf "%s %.2f %d %s %s\n", (rps == "" ? "err" : rps), p99, err, cpu, parts }' <<<"$out"
 }
 
 # ---- runs: for each test the proxies run back to back ------------------------
@@ -263,10 +283,14 @@ done
 for kind in ka nc; do
     hdr=()
     [[ $kind == nc ]] && hdr=(-H "Connection: close")
-    read -r R[ha_$kind] R[ha_${kind}_p99] R[ha_${kind}_err] R[ha_${kind}_cpu] < <(wrkrun $HA_HTTPS "$HA_PID" "${hdr[@]}")
-    read -r R[lbd_$kind] R[lbd_${kind}_p99] R[lbd_${kind}_err] R[lbd_${kind}_cpu] < <(wrkrun $LBD_HTTPS "$LBD_WORKER" "${hdr[@]}")
-    read -r R[lbdu_$kind] R[lbdu_${kind}_p99] R[lbdu_${kind}_err] R[lbdu_${kind}_cpu] < <(wrkrun $LBDU_HTTPS "$LBDU_WORKER" "${hdr[@]}")
-    read -r R[direct_$kind] R[direct_${kind}_p99] R[direct_${kind}_err] _ < <(wrkrun "${NGX[0]}" "" "${hdr[@]}")
+    read -r R[ha_$kind] R[ha_${kind}_p99] R[ha_${kind}_err] R[ha_${kind}_cpu] \
+        R[ha_${kind}_ngx] R[ha_${kind}_busy] R[ha_${kind}_idle] < <(wrkrun $HA_HTTPS "$HA_PID" "${hdr[@]}")
+    read -r R[lbd_$kind] R[lbd_${kind}_p99] R[lbd_${kind}_err] R[lbd_${kind}_cpu] \
+        R[lbd_${kind}_ngx] R[lbd_${kind}_busy] R[lbd_${kind}_idle] < <(wrkrun $LBD_HTTPS "$LBD_WORKER" "${hdr[@]}")
+    read -r R[lbdu_$kind] R[lbdu_${kind}_p99] R[lbdu_${kind}_err] R[lbdu_${kind}_cpu] \
+        R[lbdu_${kind}_ngx] R[lbdu_${kind}_busy] R[lbdu_${kind}_idle] < <(wrkrun $LBDU_HTTPS "$LBDU_WORKER" "${hdr[@]}")
+    read -r R[direct_$kind] R[direct_${kind}_p99] R[direct_${kind}_err] R[direct_${kind}_cpu] \
+        R[direct_${kind}_ngx] R[direct_${kind}_busy] R[direct_${kind}_idle] < <(wrkrun "${NGX[0]}" "" "${hdr[@]}")
 done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [[ -n ${RESULTS_OUT:-} ]]; then # one run of RUNS > 1: the figures for the medians
@@ -337,6 +361,31 @@ if [[ $VS == lbd ]]; then
     printf '| %-34s | %9s | %9s | %16s |\n' "idle RSS MB" "$RSS_LBD" "$RSS_LBDU" "$(ratio "$RSS_LBD" "$RSS_LBDU")"
     echo
 fi
+# Where the machine's CPU goes per request (us; % of one CPU x 1e4 / req/s):
+# the proxy, nginx, and the rest (wrk, and kernel work charged to no one of
+# them: softirqs, idle exits). What a faster proxy can win is its own
+# column: the others cost about the same per request whichever proxy is in
+# between (the "no proxy" row). A ratio R over haproxy needs a total of
+# haproxy's total / R.
+us_per() { awk -v c="$1" -v r="$2" 'BEGIN { if (c != "" && c != "-" && r + 0 > 0) printf "%.1f", c / 100 * 1e6 / r; else print "-" }'; }
+split_row() { # TEST LABEL KEY (TEST: ka or nc)
+    local k=$3_$1 rest
+    rest=$(awk -v b="${R[${k}_busy]:-}" -v c="${R[${k}_cpu]:-0}" -v n="${R[${k}_ngx]:-}" \
+        'BEGIN { if (b == "" || n == "") print "-"; else print b - (c == "-" ? 0 : c) - n }')
+    printf '| %-10s | %-10s | %9s | %7s | %7s | %7s | %7s | %6s |\n' "$1" "$2" "${R[$k]:--}" \
+        "$(us_per "${R[${k}_busy]:-}" "${R[$k]:-}")" "$(us_per "${R[${k}_cpu]:-}" "${R[$k]:-}")" \
+        "$(us_per "${R[${k}_ngx]:-}" "${R[$k]:-}")" "$(us_per "$rest" "${R[$k]:-}")" "${R[${k}_idle]:--}"
+}
+echo "Machine CPU per request, us (ka: keep-alive; nc: a new TLS connection each; 2 CPUs shared):"
+echo "| test       | path       |     req/s |   total |   proxy |   nginx |    rest | idle % |"
+echo "|------------|------------|-----------|---------|---------|---------|---------|--------|"
+for kind in ka nc; do
+    if [[ $VS == haproxy ]]; then split_row $kind "haproxy#2" lbd; else split_row $kind lbd lbd; fi
+    split_row $kind haproxy ha
+    split_row $kind "no proxy" direct
+done
+echo
+
 echo "No proxy (client straight to one backend), the ceiling on this machine:"
 echo "  iperf3 ${R[direct_up]} / ${R[direct_down]} (-R) Gb/s; keep-alive ${R[direct_ka]} req/s p99 ${R[direct_ka_p99]} ms; new TLS ${R[direct_nc]} conn/s"
 errs="haproxy ka=${R[ha_ka_err]} nc=${R[ha_nc_err]}; lbd ka=${R[lbd_ka_err]} nc=${R[lbd_nc_err]}; lbd-userspace ka=${R[lbdu_ka_err]} nc=${R[lbdu_nc_err]}"
