@@ -150,26 +150,41 @@ impl Probe {
 
     /// Runs one check against `addr`; never longer than the timeout.
     pub async fn run(&self, addr: SocketAddr) -> ProbeOutcome {
+        self.run_timed(addr).await.0
+    }
+
+    /// [`Probe::run`], and how long its TCP connect took when it connected
+    /// (whatever came after): the hedge's connect times on a node that
+    /// carried no traffic yet.
+    pub async fn run_timed(&self, addr: SocketAddr) -> (ProbeOutcome, Option<Duration>) {
         let start = Instant::now();
         let timeout = self.cfg.timeout;
-        let result = tokio::time::timeout(timeout, self.run_inner(addr))
+        let mut connected = None;
+        let result = tokio::time::timeout(timeout, self.run_inner(addr, &mut connected))
             .await
             .unwrap_or(Err(ProbeError::Timeout(timeout)));
         let latency = start.elapsed();
-        match result {
+        let outcome = match result {
             Ok(()) => ProbeOutcome::Up { latency },
             Err(e) => ProbeOutcome::Down {
                 reason: e.failure(),
                 message: e.to_string(),
                 latency,
             },
-        }
+        };
+        (outcome, connected)
     }
 
-    async fn run_inner(&self, addr: SocketAddr) -> Result<(), ProbeError> {
+    async fn run_inner(
+        &self,
+        addr: SocketAddr,
+        connected: &mut Option<Duration>,
+    ) -> Result<(), ProbeError> {
+        let start = Instant::now();
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(ProbeError::Connect)?;
+        *connected = Some(start.elapsed());
         let _ = tcp.set_nodelay(true);
         match (self.cfg.kind, &self.tls) {
             (HealthKind::Tcp, _) => Ok(()),

@@ -1,6 +1,7 @@
 //! Runs the probes of one listener's backends and publishes what the balancer
 //! reads: an immutable snapshot swapped only when a backend flips.
 
+use crate::tcplb::hedge::ConnectTimes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +62,11 @@ pub struct ListenerHealth {
     probe: std::sync::Mutex<Probe>,
     /// Becomes true once every backend has had its first check (and stays).
     first_round: watch::Sender<bool>,
+    /// How long connects to these backends took, the checks' and the
+    /// sessions': the hedge delay (`tcplb::hedge`). The checks' samples
+    /// give a node that carried no traffic yet (a new VRRP master) a LAN
+    /// delay at once instead of the cap.
+    pub connect_times: Arc<ConnectTimes>,
 }
 
 enum Command {
@@ -115,6 +121,7 @@ impl ListenerHealth {
             task: std::sync::Mutex::new(None),
             probe: std::sync::Mutex::new(probe.clone()),
             first_round: watch::channel(false).0,
+            connect_times: Arc::default(),
         });
         let task = tokio::spawn(aggregate(Arc::downgrade(&me), rx, metrics, shutdown));
         *me.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -164,6 +171,8 @@ type ProbeResult = (SocketAddr, u64, ProbeOutcome);
 struct Aggregator {
     name: String,
     metrics: HealthMetrics,
+    /// The owner's, for the probers to add their connect times to.
+    connect_times: Arc<ConnectTimes>,
     order: Vec<SocketAddr>,
     tracked: BTreeMap<SocketAddr, Tracked>,
     /// Results from a prober of an earlier generation are ignored after a
@@ -209,6 +218,7 @@ impl Aggregator {
             let prober = tokio::spawn(probe_loop(
                 *addr,
                 probe.clone(),
+                self.connect_times.clone(),
                 health.interval,
                 offset,
                 self.generation,
@@ -351,13 +361,17 @@ async fn aggregate(
     metrics: HealthMetrics,
     shutdown: CancellationToken,
 ) {
-    let Some(name) = owner.upgrade().map(|o| o.name.clone()) else {
+    let Some((name, connect_times)) = owner
+        .upgrade()
+        .map(|o| (o.name.clone(), o.connect_times.clone()))
+    else {
         return;
     };
     let (results_tx, mut results) = mpsc::channel::<ProbeResult>(64);
     let mut agg = Aggregator {
         name,
         metrics,
+        connect_times,
         order: Vec::new(),
         tracked: BTreeMap::new(),
         generation: 0,
@@ -429,6 +443,7 @@ fn details(order: &[SocketAddr], tracked: &BTreeMap<SocketAddr, Tracked>) -> Vec
 async fn probe_loop(
     addr: SocketAddr,
     probe: Probe,
+    connect_times: Arc<ConnectTimes>,
     interval: Duration,
     offset: Duration,
     generation: u64,
@@ -440,7 +455,10 @@ async fn probe_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let outcome = probe.run(addr).await;
+        let (outcome, connected) = probe.run_timed(addr).await;
+        if let Some(took) = connected {
+            connect_times.record(took);
+        }
         if results.send((addr, generation, outcome)).await.is_err() {
             return;
         }

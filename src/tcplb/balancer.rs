@@ -761,6 +761,48 @@ mod tests {
         shutdown.cancel();
     }
 
+    /// The checks' connects count for the hedge: a listener that carried no
+    /// client yet (a node that just became VRRP master) hedges at the LAN
+    /// floor once its backends have been checked, not at the cap; a
+    /// backend that refuses gives no sample.
+    #[tokio::test]
+    async fn health_check_connects_set_the_hedge_delay_before_any_client() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            // Accepts and drops: a TCP check needs no more.
+            while let Ok((c, _)) = up.accept().await {
+                drop(c);
+            }
+        });
+        let mut live = listener("live", free_addr(), &[&up_addr]);
+        live.health.interval = Duration::from_millis(20);
+        let mut dead = listener("dead", free_addr(), &["127.0.0.1:1"]);
+        dead.health.interval = Duration::from_millis(20);
+        let (bal, _reg, shutdown) = started(&section(vec![live.clone(), dead.clone()])).await;
+        let (floor, cap) = (live.hedge.min_delay, live.hedge.max_delay);
+        assert!(floor < cap);
+        let l = bal.running["live"].clone();
+        let d = bal.running["dead"].clone();
+        assert_eq!(l.hedge_delay(&live), cap, "no connect seen yet");
+        let seen = tokio::time::timeout(Duration::from_secs(5), async {
+            while l.hedge_delay(&live) != floor {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            seen.is_ok(),
+            "checks did not set the hedge delay: {:?}",
+            l.hedge_delay(&live)
+        );
+        assert_eq!(l.total.load(Relaxed), 0, "no client was involved");
+        // Several refused checks later, still no sample for the dead one.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(d.hedge_delay(&dead), cap);
+        shutdown.cancel();
+    }
+
     /// A PEM CA certificate (self-signed, made here).
     fn ca_pem(name: &str) -> String {
         let key = rcgen::KeyPair::generate().unwrap();

@@ -214,9 +214,7 @@ pub async fn connect(
         return Err(ConnectFailure::NoBackend);
     }
     let hedging = cfg.hedge.enabled && cfg.retries > 0;
-    let delay = listener
-        .connect_times
-        .delay(cfg.hedge.min_delay, cfg.hedge.max_delay);
+    let delay = listener.hedge_delay(cfg);
     let hedge_timer = tokio::time::sleep(delay);
     tokio::pin!(hedge_timer);
     let mut hedge_armed = hedging;
@@ -231,7 +229,10 @@ pub async fn connect(
                     let Some(winner) = s.started.iter().copied().find(|a| a.backend == i) else {
                         continue;
                     };
-                    listener.connect_times.record(winner.at.elapsed());
+                    listener
+                        .health
+                        .connect_times
+                        .record(winner.at.elapsed());
                     s.won(winner);
                     return Ok(Connected {
                         backend: s.backends[i].clone(),

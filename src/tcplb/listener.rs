@@ -18,7 +18,6 @@ use tokio_util::task::TaskTracker;
 
 use super::data_threads::{data_threads, DataThread};
 use super::forward::CopyMode;
-use super::hedge::ConnectTimes;
 use super::session::session;
 use crate::config::{ListenerConfig, OnBackendDown};
 use crate::health::ListenerHealth;
@@ -92,8 +91,6 @@ pub struct Listener {
     pub(super) kill_sessions: CancellationToken,
     sessions: TaskTracker,
     pub draining: AtomicBool,
-    /// Recent connect times, for the hedge delay.
-    pub(super) connect_times: ConnectTimes,
     /// Hedged connects started, and those the hedge won.
     pub hedges: AtomicU64,
     pub hedge_wins: AtomicU64,
@@ -132,7 +129,6 @@ impl Listener {
             kill_sessions: CancellationToken::new(),
             sessions: TaskTracker::new(),
             draining: AtomicBool::new(false),
-            connect_times: ConnectTimes::default(),
             hedges: AtomicU64::new(0),
             hedge_wins: AtomicU64::new(0),
             config: ArcSwap::from_pointee(cfg),
@@ -193,7 +189,8 @@ impl Listener {
 
     /// The delay after which a connect is hedged now.
     pub fn hedge_delay(&self, cfg: &ListenerConfig) -> Duration {
-        self.connect_times
+        self.health
+            .connect_times
             .delay(cfg.hedge.min_delay, cfg.hedge.max_delay)
     }
 
