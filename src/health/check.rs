@@ -148,14 +148,10 @@ impl Probe {
             && self.tls.as_ref().map(|t| &t.files) == other.tls.as_ref().map(|t| &t.files)
     }
 
-    /// Runs one check against `addr`; never longer than the timeout.
-    pub async fn run(&self, addr: SocketAddr) -> ProbeOutcome {
-        self.run_timed(addr).await.0
-    }
-
-    /// [`Probe::run`], and how long its TCP connect took when it connected
-    /// (whatever came after): the hedge's connect times on a node that
-    /// carried no traffic yet.
+    /// Runs one check against `addr`, never longer than the timeout; and
+    /// how long its TCP connect took when it connected (whatever came
+    /// after): the hedge's connect times on a node that carried no traffic
+    /// yet.
     pub async fn run_timed(&self, addr: SocketAddr) -> (ProbeOutcome, Option<Duration>) {
         let start = Instant::now();
         let timeout = self.cfg.timeout;
